@@ -1,0 +1,1 @@
+//! Our SMTP client session (tokio + rustls/ring). See DESIGN.md for why it is ours.

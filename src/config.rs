@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::exit::Failure;
 use crate::secret::Secret;
 
 /// The whole configuration file.
@@ -254,6 +255,57 @@ pub struct SecretSource {
 impl SecretSource {
     pub fn is_set(&self) -> bool {
         self.env.is_some() || self.file.is_some() || self.command.is_some() || self.value.is_some()
+    }
+
+    /// Read the secret. `key` names the setting for error messages (e.g. "auth.password").
+    /// Errors never contain the secret; a failing command's stderr is not shown either
+    /// (it could echo the secret), only its exit status.
+    pub fn resolve(&self, key: &str) -> Result<Secret, Failure> {
+        let trim = |mut s: String| {
+            while s.ends_with('\n') || s.ends_with('\r') {
+                s.pop();
+            }
+            s
+        };
+        let value = if let Some(v) = &self.value {
+            v.expose().to_owned()
+        } else if let Some(var) = &self.env {
+            std::env::var(var).map_err(|_| {
+                Failure::config(format!(
+                    "{key}: environment variable {var} is not set (or not valid UTF-8)"
+                ))
+            })?
+        } else if let Some(path) = &self.file {
+            let raw = std::fs::read_to_string(path).map_err(|e| {
+                Failure::config(format!("{key}: cannot read {}: {e}", path.display()))
+            })?;
+            trim(raw)
+        } else if let Some(cmd) = &self.command {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .map_err(|e| Failure::config(format!("{key}: cannot run command: {e}")))?;
+            if !out.status.success() {
+                return Err(Failure::config(format!(
+                    "{key}: command `{cmd}` failed ({})",
+                    out.status
+                )));
+            }
+            trim(String::from_utf8(out.stdout).map_err(|_| {
+                Failure::config(format!("{key}: command output is not valid UTF-8"))
+            })?)
+        } else {
+            return Err(Failure::config(format!(
+                "{key} is not set: give {key}.env, {key}.file or {key}.command"
+            )));
+        };
+        if value.is_empty() {
+            return Err(Failure::config(format!("{key} is empty")));
+        }
+        Ok(Secret::new(value))
     }
 }
 

@@ -1,1 +1,5 @@
 //! Our SMTP client session (tokio + rustls/ring). See DESIGN.md for why it is ours.
+
+pub mod reply;
+
+pub use reply::{EnhancedCode, Reply};

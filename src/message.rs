@@ -91,3 +91,16 @@ pub struct Prepared {
     /// The final header block as transmitted (for --dry-run and logs), CRLF line endings.
     pub header_block: String,
 }
+
+/// Read (or compose) the message, apply the profile's policies, and write the transmitted
+/// bytes to a temporary spool file.
+pub fn prepare(
+    _args: &crate::cli::SendArgs,
+    _profile: &crate::config::Profile,
+    _input: &mut dyn io::Read,
+) -> Result<Prepared, crate::exit::Failure> {
+    Err(crate::exit::Failure::new(
+        crate::exit::Exit::Software,
+        "message preparation is not implemented yet",
+    ))
+}

@@ -53,3 +53,16 @@ pub struct Endpoint {
     /// "--server", "default for submit".
     pub source: String,
 }
+
+/// The endpoint for this profile and envelope. `server` is `--server HOST[:PORT]`, which
+/// overrides the hosts of any mode (keeping its TLS and auth policy).
+pub async fn resolve(
+    _profile: &crate::config::Profile,
+    _envelope: &crate::message::Envelope,
+    _server: Option<&str>,
+) -> Result<Endpoint, crate::exit::Failure> {
+    Err(crate::exit::Failure::new(
+        crate::exit::Exit::Software,
+        "routing is not implemented yet",
+    ))
+}

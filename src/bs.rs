@@ -7,7 +7,9 @@
 //! parse the message's headers, or panic on any input.
 //!
 //! Decisions:
-//! - EHLO advertises 8BITMIME, PIPELINING, SIZE n, ENHANCEDSTATUSCODES and HELP. No AUTH, no
+//! - EHLO advertises 8BITMIME, PIPELINING, SIZE n, ENHANCEDSTATUSCODES, SMTPUTF8 and HELP.
+//!   Non-ASCII addresses are accepted only in a transaction whose MAIL carried SMTPUTF8
+//!   (else `553 5.6.7`, RFC 6531); the delivery path sees them in the envelope. No AUTH, no
 //!   STARTTLS, no CHUNKING, no DSN: those commands get `502 5.5.1` (not advertised, so not
 //!   "temporarily unavailable" 454); unknown parameters get `555 5.5.4`.
 //! - MAIL is accepted without a prior EHLO/HELO (as Postfix does by default); `MAIL FROM:addr`
@@ -114,6 +116,7 @@ pub fn serve<R: BufRead, W: Write>(
         greeted: false,
         sender: None,
         recipients: Vec::new(),
+        utf8: false,
         line: Vec::with_capacity(1024),
     };
     s.run(handler)
@@ -128,6 +131,8 @@ struct Session<'l, R, W> {
     /// Some during a transaction (after MAIL).
     sender: Option<String>,
     recipients: Vec<String>,
+    /// The transaction's MAIL carried SMTPUTF8.
+    utf8: bool,
     line: Vec<u8>,
 }
 
@@ -233,6 +238,7 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
     }
 
     fn reset(&mut self) {
+        self.utf8 = false;
         self.sender = None;
         self.recipients.clear();
     }
@@ -296,7 +302,7 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
                     let arg = clean(arg);
                     write!(
                         self.output,
-                        "250-{host} greets {arg}\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n",
+                        "250-{host} greets {arg}\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 HELP\r\n",
                         self.limits.max_size
                     )?;
                     self.output.flush()?;
@@ -361,6 +367,7 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
         let Some((addr, params)) = parse_path_arg(arg, "FROM:") else {
             return self.error(501, "5.5.4 Syntax: MAIL FROM:<address>");
         };
+        let mut utf8 = false;
         for p in params {
             let (key, value) = p.split_once('=').unwrap_or((p, ""));
             match key.to_ascii_uppercase().as_str() {
@@ -379,9 +386,14 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
                         return self.error(501, "5.5.4 Bad BODY parameter");
                     }
                 }
+                "SMTPUTF8" if value.is_empty() && !p.contains('=') => utf8 = true,
                 _ => return self.error(555, "5.5.4 Unsupported parameter"),
             }
         }
+        if !utf8 && !addr.is_ascii() {
+            return self.error(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
+        }
+        self.utf8 = utf8;
         self.sender = Some(addr);
         self.recipients.clear();
         self.reply(250, "2.1.0 Sender OK")?;
@@ -400,6 +412,9 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
         }
         if !params.is_empty() {
             return self.error(555, "5.5.4 Unsupported parameter");
+        }
+        if !self.utf8 && !addr.is_ascii() {
+            return self.error(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
         }
         if self.recipients.len() >= self.limits.max_recipients {
             // Not counted as an error: the client is to send the rest in another message.

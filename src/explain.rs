@@ -31,7 +31,7 @@
 //! own temporary failures.
 
 use crate::config::Mode;
-use crate::exit::Exit;
+use crate::exit::{Exit, Failure};
 use crate::smtp::{EnhancedCode, Reply};
 
 /// What the explanation may mention about this user's situation.
@@ -711,6 +711,11 @@ pub fn format_failure(reply: &Reply, ctx: &Context<'_>, what: &str) -> String {
     }
 }
 
+/// `format_failure` with the exit code `exit_for` gives: the `Failure` deliver returns.
+pub fn failure_for(reply: &Reply, ctx: &Context<'_>, what: &str) -> Failure {
+    Failure::new(exit_for(reply), format_failure(reply, ctx, what))
+}
+
 // ---------------------------------------------------------------------------------------------
 // `m365send explain CODE`
 // ---------------------------------------------------------------------------------------------
@@ -1156,6 +1161,18 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
         ),
         _ => None,
     }
+}
+
+/// The explanation of a token endpoint's error response: the AADSTS code in
+/// `error_description` when there is one (more precise), else the OAuth `error` name.
+pub fn explain_token_error(
+    error: &str,
+    description: &str,
+    ctx: &Context<'_>,
+) -> Option<Explanation> {
+    aadsts_code(description)
+        .and_then(|code| explain_aadsts(&code, ctx))
+        .or_else(|| explain_aadsts(error, ctx))
 }
 
 #[cfg(test)]

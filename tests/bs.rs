@@ -58,6 +58,7 @@ Subject: hi\r\n\r\nline one\r\n..leading dot\r\n.\r\nQUIT\r\n",
             "250-PIPELINING",
             "250-SIZE 36700160",
             "250-ENHANCEDSTATUSCODES",
+            "250-SMTPUTF8",
             "250 HELP",
             "250 2.1.0 Sender OK",
             "250 2.1.5 Recipient OK",
@@ -180,7 +181,7 @@ fn rset_noop_vrfy_help_and_refused_extensions() {
 STARTTLS\r\nAUTH PLAIN AGFhAGI=\r\nBDAT 10 LAST\r\nQUIT\r\n",
     );
     assert_eq!(
-        lines[7..],
+        lines[8..],
         [
             "250 2.1.0 Sender OK",
             "250 2.0.0 OK",
@@ -203,7 +204,7 @@ fn mail_parameters() {
         ..limits()
     };
     let input = "MAIL FROM:<s@t> SIZE=1001\r\nMAIL FROM:<s@t> SIZE=x\r\nMAIL FROM:<s@t> BODY=BINARYMIME\r\n\
-MAIL FROM:<s@t> SMTPUTF8\r\nMAIL FROM:s@t BODY=7BIT SIZE=1000\r\nQUIT\r\n";
+MAIL FROM:<s@t> RET=FULL\r\nMAIL FROM:<s@t> SMTPUTF8=yes\r\nMAIL FROM:s@t BODY=7BIT SIZE=1000\r\nQUIT\r\n";
     let (lines, _) = run_with(input.as_bytes(), &l, BsOutcome::Delivered);
     assert_eq!(
         lines[1..],
@@ -212,10 +213,29 @@ MAIL FROM:<s@t> SMTPUTF8\r\nMAIL FROM:s@t BODY=7BIT SIZE=1000\r\nQUIT\r\n";
             "501 5.5.4 Bad SIZE parameter",
             "501 5.5.4 Bad BODY parameter",
             "555 5.5.4 Unsupported parameter",
+            "555 5.5.4 Unsupported parameter",
             "250 2.1.0 Sender OK",
             "221 2.0.0 Bye",
         ]
     );
+}
+
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let input = "MAIL FROM:<j\u{f6}rg@example.de>\r\nMAIL FROM:<s@t>\r\nRCPT TO:<\u{e9}@t>\r\nRSET\r\n\
+MAIL FROM:<j\u{f6}rg@example.de> SMTPUTF8\r\nRCPT TO:<\u{e9}@t>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n";
+    let (lines, got) = run(input);
+    assert_eq!(
+        lines[1..5],
+        [
+            "553 5.6.7 Non-ASCII address needs SMTPUTF8",
+            "250 2.1.0 Sender OK",
+            "553 5.6.7 Non-ASCII address needs SMTPUTF8",
+            "250 2.0.0 OK",
+        ]
+    );
+    assert_eq!(got[0].0.sender, "j\u{f6}rg@example.de");
+    assert_eq!(got[0].0.recipients, vec!["\u{e9}@t"]);
 }
 
 #[test]

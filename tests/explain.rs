@@ -4,7 +4,8 @@
 use m365send::config::Mode;
 use m365send::exit::Exit;
 use m365send::explain::{
-    Context, aadsts_code, exit_for, explain_aadsts, explain_code, explain_reply, format_failure,
+    Context, aadsts_code, exit_for, explain_aadsts, explain_code, explain_reply,
+    explain_token_error, failure_for, format_failure,
 };
 use m365send::smtp::Reply;
 
@@ -411,4 +412,48 @@ fn aadsts_catalogue() {
     let code = aadsts_code(body).unwrap();
     assert_eq!(code, "AADSTS700082");
     assert!(explain_aadsts(&code, &c).unwrap().advice.contains("login"));
+}
+
+#[test]
+fn token_error_prefers_the_aadsts_code() {
+    let c = Context::default();
+    let e = explain_token_error(
+        "invalid_client",
+        "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID",
+        &c,
+    )
+    .unwrap();
+    assert!(e.advice.contains("Secret ID"));
+    let e = explain_token_error("invalid_scope", "no code here", &c).unwrap();
+    assert_eq!(e.exit, Exit::Config);
+    // An unknown AADSTS code falls back to the error name.
+    let e = explain_token_error("invalid_grant", "AADSTS99999999: new", &c).unwrap();
+    assert!(e.advice.contains("m365send login"));
+    assert!(explain_token_error("weird", "nothing", &c).is_none());
+}
+
+#[test]
+fn failure_for_carries_exit_and_message() {
+    let r = reply("550 5.7.60 SMTP; Client does not have permissions to send as this sender");
+    let f = failure_for(&r, &ctx(), "the sender");
+    assert_eq!(f.exit, Exit::NoPerm);
+    assert_eq!(f.message, format_failure(&r, &ctx(), "the sender"));
+}
+
+#[test]
+fn mode_specific_wording() {
+    let mut c = ctx();
+    c.mode = Some(Mode::Direct);
+    let e = explain_reply(&reply("530 5.7.57 Client was not authenticated"), &c).unwrap();
+    assert!(e.advice.contains("MX endpoint"), "{}", e.advice);
+    c.mode = Some(Mode::Relay);
+    let e = explain_reply(
+        &reply("550 5.7.64 TenantAttribution; Relay Access Denied"),
+        &c,
+    )
+    .unwrap();
+    assert!(e.advice.contains("contoso.com"), "{}", e.advice);
+    c.mode = Some(Mode::Hve);
+    let e = explain_reply(&reply("550 5.5.105 external"), &c).unwrap();
+    assert!(e.meaning.contains("bob@contoso.com"));
 }

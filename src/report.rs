@@ -505,6 +505,43 @@ mod tests {
     }
 
     #[test]
+    fn random_lines_round_trip() {
+        // xorshift64*: deterministic, no extra crate.
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let alphabet: &[&[u8]] = &[b">", b"From ", b"From", b"F", b" ", b"x", b"\r\n", b"\r"];
+        for _ in 0..2000 {
+            let mut input = Vec::new();
+            for _ in 0..next() % 40 {
+                input.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            input.extend_from_slice(b"\r\n");
+            let split = (next() % 7 + 1) as usize;
+            let out = convert(&input, split);
+            // Un-quote: drop the final blank line, remove one '>' from >+From lines, LF → CRLF.
+            let body = out.strip_suffix(b"\n").unwrap();
+            let mut back = Vec::new();
+            for line in body.split_inclusive(|&b| b == b'\n') {
+                let gts = line.iter().take_while(|&&b| b == b'>').count();
+                let line = if gts > 0 && line[gts..].starts_with(b"From ") {
+                    &line[1..]
+                } else {
+                    line
+                };
+                let line = line.strip_suffix(b"\n").unwrap();
+                back.extend_from_slice(line);
+                back.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(back, input, "{:?}", String::from_utf8_lossy(&input));
+        }
+    }
+
+    #[test]
     fn missing_final_newline_is_added() {
         assert_eq!(convert(b"a\r\nFrom", 3), b"a\nFrom\n\n".to_vec());
         assert_eq!(convert(b"a\r", 1), b"a\r\n\n".to_vec());

@@ -492,7 +492,7 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
             ),
         ),
         Kind::BasicAuthBlocked => {
-            if ctx.basic_auth || !matches!(ctx.mode, Some(Mode::Submit) | None) {
+            if ctx.basic_auth {
                 (
                     "password (basic) authentication is disabled (tenant setting, security defaults or conditional access).".to_owned(),
                     format!(
@@ -790,7 +790,7 @@ pub fn explain_code(code: &str) -> Option<String> {
     if input.is_empty() {
         return None;
     }
-    if let Some(a) = aadsts_code(input) {
+    if let Some(a) = aadsts_code(&input.to_ascii_uppercase()) {
         return explain_aadsts(&a, &Context::default()).map(|e| format_aadsts(&a, &e));
     }
     if oauth_error(input).is_some() {

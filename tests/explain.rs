@@ -334,6 +334,7 @@ fn explain_code_accepts_the_forms() {
     );
     let s = explain_code("AADSTS700082").unwrap();
     assert!(s.contains("m365send login") && s.contains("77"), "{s}");
+    assert!(explain_code("aadsts700082").unwrap().contains("login"));
     let s = explain_code("700016").unwrap();
     assert!(
         s.contains("client_id") && s.contains("78 (EX_CONFIG)"),

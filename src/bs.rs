@@ -68,6 +68,22 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The defaults, with this host's name and the profile's size limit.
+    pub fn for_profile(profile: &crate::config::Profile) -> Limits {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        Limits {
+            hostname: if host.is_empty() {
+                "localhost".to_owned()
+            } else {
+                host
+            },
+            max_size: profile.max_size(),
+            ..Limits::default()
+        }
+    }
+}
+
 /// What became of a message handed over at the end of data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BsOutcome {

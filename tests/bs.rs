@@ -427,3 +427,14 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn limits_for_profile() {
+    let p = m365send::config::Profile {
+        max_size: Some(1234),
+        ..Default::default()
+    };
+    let l = Limits::for_profile(&p);
+    assert_eq!(l.max_size, 1234);
+    assert!(!l.hostname.is_empty());
+}

@@ -1,0 +1,460 @@
+//! The explanation catalogue: every reply row of BRIEF.md → exit code and an explanation that
+//! names the right fix; `explain CODE`; the AADSTS catalogue; the DESIGN.md message format.
+
+use m365send::config::Mode;
+use m365send::exit::Exit;
+use m365send::explain::{
+    Context, aadsts_code, exit_for, explain_aadsts, explain_code, explain_reply,
+    explain_token_error, failure_for, format_failure,
+};
+use m365send::smtp::Reply;
+
+fn reply(line: &str) -> Reply {
+    let (code, rest) = line.split_once(' ').unwrap();
+    let enh = rest.split_whitespace().next().unwrap();
+    Reply {
+        code: code.parse().unwrap(),
+        enhanced: enh.parse().ok(),
+        lines: vec![rest.to_owned()],
+    }
+}
+
+fn ctx() -> Context<'static> {
+    Context {
+        mode: Some(Mode::Submit),
+        profile: Some("cron"),
+        mailbox: Some("app@contoso.com"),
+        sender: Some("alerts@contoso.com"),
+        recipient: Some("bob@contoso.com"),
+        host: Some("smtp.office365.com"),
+        app_only: false,
+        basic_auth: false,
+    }
+}
+
+/// (reply, exit, keyword in meaning+advice, context tweak)
+fn rows() -> Vec<(&'static str, Exit, &'static str)> {
+    vec![
+        (
+            "535 5.7.3 Authentication unsuccessful [SN4PR0601CA0005.namprd06.prod.outlook.com]",
+            Exit::NoPerm,
+            "SmtpClientAuthenticationDisabled",
+        ),
+        (
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled",
+            Exit::NoPerm,
+            "Set-CASMailbox",
+        ),
+        (
+            "535 5.7.139 Authentication unsuccessful, basic authentication is disabled.",
+            Exit::NoPerm,
+            "OAuth",
+        ),
+        (
+            "535 5.7.139 Authentication unsuccessful, user is locked by your organization's security defaults policy.",
+            Exit::NoPerm,
+            "OAuth",
+        ),
+        (
+            "550 5.7.30 Basic authentication is not supported for Client Submission.",
+            Exit::NoPerm,
+            "OAuth",
+        ),
+        (
+            "530 5.7.57 Client was not authenticated to send anonymous mail during MAIL FROM [X.prod.outlook.com]",
+            Exit::NoPerm,
+            "AUTH",
+        ),
+        (
+            "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+            Exit::NoPerm,
+            "Send As",
+        ),
+        (
+            "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message",
+            Exit::NoPerm,
+            "Send As",
+        ),
+        (
+            "554 5.2.252 SendAsDenied; app@contoso.com not allowed to send as alerts@contoso.com",
+            Exit::NoPerm,
+            "Send As",
+        ),
+        (
+            "550 5.2.251 Sender throttled due to continuous send as denied errors.",
+            Exit::Unavailable,
+            "Stop retrying",
+        ),
+        (
+            "550 5.2.253 Sender throttled due to continuous errors.",
+            Exit::Unavailable,
+            "Stop retrying",
+        ),
+        (
+            "550 5.2.255 Sender throttled due to continuous errors.",
+            Exit::Unavailable,
+            "Stop retrying",
+        ),
+        (
+            "550 5.7.64 TenantAttribution; Relay Access Denied",
+            Exit::NoPerm,
+            "connector",
+        ),
+        (
+            "451 4.4.62 Mail sent to the wrong Office 365 region. ATTR35.",
+            Exit::TempFail,
+            "connector",
+        ),
+        (
+            "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources",
+            Exit::NoPerm,
+            "relay",
+        ),
+        (
+            "550 5.4.1 Recipient address rejected: Access denied. [X.prod.protection.outlook.com]",
+            Exit::NoUser,
+            "bob@contoso.com",
+        ),
+        (
+            "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient bob@contoso.com not found by SMTP address lookup",
+            Exit::NoUser,
+            "recipient address",
+        ),
+        (
+            "550 5.7.606 Access denied, banned sending IP [192.0.2.7]",
+            Exit::Unavailable,
+            "sender.office.com",
+        ),
+        (
+            "550 5.7.649 Access denied, banned sending IP [192.0.2.7]",
+            Exit::Unavailable,
+            "sender.office.com",
+        ),
+        (
+            "550 5.7.705 Access denied, tenant has exceeded threshold",
+            Exit::Unavailable,
+            "support",
+        ),
+        (
+            "550 5.7.708 Access denied, traffic not accepted from this IP",
+            Exit::Unavailable,
+            "support",
+        ),
+        (
+            "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains",
+            Exit::Unavailable,
+            "support",
+        ),
+        (
+            "451 4.7.500 Access denied, please try again later.",
+            Exit::TempFail,
+            "try again later",
+        ),
+        (
+            "451 4.7.699 Access denied, please try again later.",
+            Exit::TempFail,
+            "try again later",
+        ),
+        (
+            "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.",
+            Exit::TempFail,
+            "TLS 1.2",
+        ),
+        (
+            "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+            Exit::TempFail,
+            "one message at a time",
+        ),
+        (
+            "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message",
+            Exit::Unavailable,
+            "10,000",
+        ),
+        (
+            "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException",
+            Exit::Unavailable,
+            "Sent Items",
+        ),
+        (
+            "552 5.3.4 Message size exceeds fixed maximum message size",
+            Exit::DataErr,
+            "35 MB",
+        ),
+        ("452 4.5.3 Too many recipients", Exit::TempFail, "Split"),
+        (
+            "501 5.5.124 Invalid XOAUTH2 auth data",
+            Exit::NoPerm,
+            "access token",
+        ),
+        (
+            "501 5.5.127 Token will expire soon",
+            Exit::TempFail,
+            "refresh_window_secs",
+        ),
+        (
+            "550 5.5.105 High Volume Email is only available for internal recipients",
+            Exit::NoUser,
+            "outside",
+        ),
+    ]
+}
+
+#[test]
+fn every_brief_row_has_its_exit_code_and_fix() {
+    for (line, exit, keyword) in rows() {
+        let r = reply(line);
+        assert_eq!(exit_for(&r), exit, "exit for {line}");
+        let mut c = ctx();
+        if line.starts_with("535 5.7.3") {
+            c.app_only = false;
+        }
+        let e = explain_reply(&r, &c).unwrap_or_else(|| panic!("no explanation for {line}"));
+        assert_eq!(e.exit, exit, "explanation exit for {line}");
+        let all = format!("{} {}", e.meaning, e.advice);
+        assert!(all.contains(keyword), "{line}: {all:?} lacks {keyword:?}");
+        assert!(!e.meaning.contains('\n') && !e.advice.contains('\n'));
+        assert!(e.meaning.ends_with('.') && e.advice.ends_with('.'), "{all}");
+    }
+}
+
+#[test]
+fn app_only_5_7_3_names_the_three_causes() {
+    let mut c = ctx();
+    c.app_only = true;
+    let e = explain_reply(&reply("535 5.7.3 Authentication unsuccessful"), &c).unwrap();
+    assert!(e.advice.contains("New-ServicePrincipal"));
+    assert!(e.advice.contains("Enterprise application"));
+    assert!(e.advice.contains("FullAccess"));
+    assert!(e.advice.contains("SendAs"));
+    assert!(e.advice.contains("SmtpClientAuthenticationDisabled"));
+    assert!(e.meaning.contains("app@contoso.com"));
+    assert_eq!(e.exit, Exit::NoPerm);
+}
+
+#[test]
+fn basic_auth_5_7_3_says_password() {
+    let mut c = ctx();
+    c.basic_auth = true;
+    let e = explain_reply(&reply("535 5.7.3 Authentication unsuccessful"), &c).unwrap();
+    assert!(e.meaning.contains("password"));
+    assert!(e.advice.contains("OAuth"));
+}
+
+#[test]
+fn design_md_message_format() {
+    let r = reply("550 5.7.60 SMTP; Client does not have permissions to send as this sender");
+    let msg = format_failure(&r, &ctx(), "the sender");
+    assert_eq!(
+        msg,
+        "Microsoft 365 refused the sender (550 5.7.60 SMTP; Client does not have permissions to send as this sender): \
+mailbox app@contoso.com may not send as alerts@contoso.com.\n  \
+Grant it Send As on that address, or set `sender` in profile \"cron\"."
+    );
+}
+
+#[test]
+fn unknown_reply_is_quoted_alone() {
+    let r = reply("550 5.7.1 Unable to relay");
+    assert_eq!(explain_reply(&r, &ctx()), None);
+    assert_eq!(
+        format_failure(&r, &ctx(), "the recipient bob@contoso.com"),
+        "Microsoft 365 refused the recipient bob@contoso.com (550 5.7.1 Unable to relay)."
+    );
+    let mut c = ctx();
+    c.host = Some("127.0.0.1");
+    assert!(format_failure(&r, &c, "the message").starts_with("the server 127.0.0.1 refused"));
+}
+
+#[test]
+fn exit_codes_without_catalogue_entry() {
+    assert_eq!(exit_for(&reply("550 5.1.8 bad sender")), Exit::NoUser);
+    assert_eq!(exit_for(&reply("554 5.6.0 corrupt content")), Exit::DataErr);
+    assert_eq!(
+        exit_for(&reply("550 5.7.1 Unable to relay")),
+        Exit::Unavailable
+    );
+    assert_eq!(exit_for(&reply("450 4.2.1 busy")), Exit::TempFail);
+    let bare = |code| Reply {
+        code,
+        enhanced: None,
+        lines: vec!["x".into()],
+    };
+    assert_eq!(exit_for(&bare(535)), Exit::NoPerm);
+    assert_eq!(exit_for(&bare(530)), Exit::NoPerm);
+    assert_eq!(exit_for(&bare(552)), Exit::DataErr);
+    assert_eq!(exit_for(&bare(550)), Exit::Unavailable);
+    assert_eq!(exit_for(&bare(421)), Exit::TempFail);
+    // 5.2.0 with unknown text: not explained, permanent.
+    let r = reply("554 5.2.0 STOREDRV.Submission.Exception:SomethingElse");
+    assert_eq!(explain_reply(&r, &ctx()), None);
+    assert_eq!(exit_for(&r), Exit::Unavailable);
+}
+
+#[test]
+fn direct_send_5_4_1_mentions_outside_recipients() {
+    let mut c = ctx();
+    c.mode = Some(Mode::Direct);
+    let e = explain_reply(
+        &reply("550 5.4.1 Recipient address rejected: Access denied."),
+        &c,
+    )
+    .unwrap();
+    assert!(e.meaning.contains("outside"));
+    assert!(e.advice.contains("relay"));
+}
+
+#[test]
+fn context_free_words_are_neutral() {
+    let e = explain_reply(
+        &reply("550 5.7.60 SMTP; Client does not have permissions to send as this sender"),
+        &Context::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        e.meaning,
+        "the mailbox that logs in may not send as the sender address."
+    );
+    assert!(e.advice.contains("set `sender` in the profile"));
+}
+
+#[test]
+fn explain_code_accepts_the_forms() {
+    let s = explain_code("5.7.60").unwrap();
+    assert!(s.contains("Send As") && s.contains("77 (EX_NOPERM)"), "{s}");
+    let s = explain_code("550 5.7.60").unwrap();
+    assert!(s.starts_with("550 5.7.60:"), "{s}");
+    let s = explain_code("4.7.500").unwrap();
+    assert!(s.contains("75 (EX_TEMPFAIL)"), "{s}");
+    let s = explain_code("4.7.612").unwrap();
+    assert!(s.contains("try again later"), "{s}");
+    let s = explain_code("550").unwrap();
+    assert!(
+        s.contains("5.7.60") && s.contains("69 (EX_UNAVAILABLE)"),
+        "{s}"
+    );
+    let s = explain_code("AADSTS700082").unwrap();
+    assert!(s.contains("m365send login") && s.contains("77"), "{s}");
+    assert!(explain_code("aadsts700082").unwrap().contains("login"));
+    let s = explain_code("700016").unwrap();
+    assert!(
+        s.contains("client_id") && s.contains("78 (EX_CONFIG)"),
+        "{s}"
+    );
+    let s = explain_code("invalid_grant").unwrap();
+    assert!(s.contains("login"), "{s}");
+    assert!(explain_code("hello").is_none());
+    assert!(explain_code("").is_none());
+    assert!(explain_code("999").is_none());
+}
+
+#[test]
+fn explain_code_lists_variants_of_shared_codes() {
+    let s = explain_code("5.2.0").unwrap();
+    assert!(
+        s.contains("SendAsDenied") && s.contains("SubmissionQuotaExceeded"),
+        "{s}"
+    );
+    assert!(
+        s.contains("77 (EX_NOPERM)") && s.contains("69 (EX_UNAVAILABLE)"),
+        "{s}"
+    );
+    let s = explain_code("5.7.139").unwrap();
+    assert!(s.contains("Set-CASMailbox") && s.contains("OAuth"), "{s}");
+    // Text narrows it down.
+    let s = explain_code("554 5.2.0 SubmissionQuotaExceededException").unwrap();
+    assert!(s.contains("10,000") && !s.contains("Send As"), "{s}");
+    // 5.2.252: SendAsDenied or throttled.
+    let s = explain_code("5.2.252").unwrap();
+    assert!(s.contains("Send As") && s.contains("throttled"), "{s}");
+}
+
+#[test]
+fn explain_code_unknown_enhanced_code_is_generic() {
+    let s = explain_code("5.7.1").unwrap();
+    assert!(s.contains("security or policy") && s.contains("69"), "{s}");
+    let s = explain_code("5.1.3").unwrap();
+    assert!(s.contains("address") && s.contains("67 (EX_NOUSER)"), "{s}");
+}
+
+#[test]
+fn aadsts_catalogue() {
+    let c = Context {
+        profile: Some("app"),
+        ..Context::default()
+    };
+    let cases: &[(&str, Exit, &str)] = &[
+        ("AADSTS700016", Exit::Config, "client_id"),
+        ("AADSTS7000215", Exit::Config, "Value"),
+        ("AADSTS700027", Exit::NoPerm, "certificate"),
+        ("AADSTS700024", Exit::NoPerm, "clock"),
+        ("AADSTS50076", Exit::NoPerm, "multi-factor"),
+        ("AADSTS53003", Exit::NoPerm, "conditional access"),
+        ("AADSTS700082", Exit::NoPerm, "m365send login --profile app"),
+        ("AADSTS70008", Exit::NoPerm, "m365send login --profile app"),
+        ("invalid_scope", Exit::Config, "scope"),
+        ("unauthorized_client", Exit::Config, "public client"),
+        ("invalid_client", Exit::Config, "client_id"),
+        (
+            "invalid_grant",
+            Exit::NoPerm,
+            "m365send login --profile app",
+        ),
+        ("temporarily_unavailable", Exit::TempFail, "later"),
+    ];
+    for (code, exit, kw) in cases {
+        let e = explain_aadsts(code, &c).unwrap_or_else(|| panic!("{code}"));
+        assert_eq!(e.exit, *exit, "{code}");
+        let all = format!("{} {}", e.meaning, e.advice);
+        assert!(all.contains(kw), "{code}: {all}");
+    }
+    assert!(explain_aadsts("AADSTS1", &c).is_none());
+    assert!(explain_aadsts("nonsense", &c).is_none());
+    let body = r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity. The token was issued on 2026-01-01 and was inactive for 90.00:00:00.\r\nTrace ID: x"}"#;
+    let code = aadsts_code(body).unwrap();
+    assert_eq!(code, "AADSTS700082");
+    assert!(explain_aadsts(&code, &c).unwrap().advice.contains("login"));
+}
+
+#[test]
+fn token_error_prefers_the_aadsts_code() {
+    let c = Context::default();
+    let e = explain_token_error(
+        "invalid_client",
+        "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID",
+        &c,
+    )
+    .unwrap();
+    assert!(e.advice.contains("Secret ID"));
+    let e = explain_token_error("invalid_scope", "no code here", &c).unwrap();
+    assert_eq!(e.exit, Exit::Config);
+    // An unknown AADSTS code falls back to the error name.
+    let e = explain_token_error("invalid_grant", "AADSTS99999999: new", &c).unwrap();
+    assert!(e.advice.contains("m365send login"));
+    assert!(explain_token_error("weird", "nothing", &c).is_none());
+}
+
+#[test]
+fn failure_for_carries_exit_and_message() {
+    let r = reply("550 5.7.60 SMTP; Client does not have permissions to send as this sender");
+    let f = failure_for(&r, &ctx(), "the sender");
+    assert_eq!(f.exit, Exit::NoPerm);
+    assert_eq!(f.message, format_failure(&r, &ctx(), "the sender"));
+}
+
+#[test]
+fn mode_specific_wording() {
+    let mut c = ctx();
+    c.mode = Some(Mode::Direct);
+    let e = explain_reply(&reply("530 5.7.57 Client was not authenticated"), &c).unwrap();
+    assert!(e.advice.contains("MX endpoint"), "{}", e.advice);
+    c.mode = Some(Mode::Relay);
+    let e = explain_reply(
+        &reply("550 5.7.64 TenantAttribution; Relay Access Denied"),
+        &c,
+    )
+    .unwrap();
+    assert!(e.advice.contains("contoso.com"), "{}", e.advice);
+    c.mode = Some(Mode::Hve);
+    let e = explain_reply(&reply("550 5.5.105 external"), &c).unwrap();
+    assert!(e.meaning.contains("bob@contoso.com"));
+}

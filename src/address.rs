@@ -104,12 +104,25 @@ pub fn parse_list(value: &str) -> Vec<String> {
     if let Some(msg) = MessageParser::default().parse_headers(raw.as_bytes()) {
         for h in msg.headers() {
             if let HeaderValue::Address(list) = &h.value {
-                out.extend(list.iter().filter_map(|a| a.address()).map(clean));
+                out.extend(list.iter().filter_map(addr_of));
             }
         }
     }
     out.retain(|a| !a.is_empty());
     out
+}
+
+/// The address of a parsed mailbox. mail-parser 0.11 reads a quoted local part
+/// (`"odd local"@contoso.com`) as a display name plus `@contoso.com`: put it back together.
+pub fn addr_of(a: &mail_parser::Addr<'_>) -> Option<String> {
+    let addr = clean(a.address()?);
+    if let Some(domain) = addr.strip_prefix('@')
+        && let Some(local) = a.name()
+    {
+        let local = local.replace('\\', "\\\\").replace('"', "\\\"");
+        return Some(format!("\"{local}\"@{domain}"));
+    }
+    Some(addr).filter(|a| !a.is_empty())
 }
 
 /// The first mailbox of an address-list value: (display name, address).
@@ -120,10 +133,7 @@ pub fn parse_mailbox(value: &str) -> Option<(Option<String>, String)> {
     match &h.value {
         HeaderValue::Address(list) => {
             let a = list.first()?;
-            let addr = clean(a.address()?);
-            if addr.is_empty() {
-                return None;
-            }
+            let addr = addr_of(a)?;
             Some((a.name().map(str::to_owned).filter(|n| !n.is_empty()), addr))
         }
         _ => None,

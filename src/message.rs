@@ -599,21 +599,20 @@ impl HeaderInfo {
             let is = |n: &str| name.eq_ignore_ascii_case(n);
             if is("to") || is("cc") || is("bcc") {
                 if let HeaderValue::Address(list) = &h.value {
-                    info.recipients.extend(
-                        list.iter()
-                            .filter_map(|a| a.address())
-                            .map(|a| a.trim().to_owned())
-                            .filter(|a| !a.is_empty()),
-                    );
+                    info.recipients
+                        .extend(list.iter().filter_map(address::addr_of));
                 }
             } else if is("from") && info.from.is_none() {
                 if let HeaderValue::Address(list) = &h.value
                     && let Some(a) = list.first()
-                    && let Some(addr) = a.address()
+                    && let Some(addr) = address::addr_of(a)
                 {
+                    let quoted_local = addr.starts_with('"');
                     info.from = Some((
-                        a.name().map(str::to_owned).filter(|n| !n.is_empty()),
-                        addr.trim().to_owned(),
+                        a.name()
+                            .map(str::to_owned)
+                            .filter(|n| !n.is_empty() && !quoted_local),
+                        addr,
                     ));
                 }
             } else if is("content-type") {

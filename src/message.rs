@@ -5,6 +5,17 @@
 //! the default domain, Bcc removal, From/envelope sender policy, Date and Message-ID, header
 //! injection checks, the size limit, and the 8BITMIME/SMTPUTF8 flags. The body lives in a
 //! temporary spool file so a large message costs bounded memory. Must not: connect anywhere.
+//!
+//! Memory bound for a message read from stdin: the header block (at most
+//! [`MAX_HEADER_BLOCK`] = 1 MiB, held a few times while parsed and rewritten) plus fixed
+//! 64 KiB buffers; the body is streamed twice through those buffers (stdin → normalised spool
+//! → transmitted file), whatever its size or line lengths. Composed messages are built in
+//! memory by lettre (body and attachments), up to `max_size`.
+//!
+//! Long lines: a single-part text body (no Content-Type, or text/*; no transfer encoding, or
+//! 7bit/8bit) with a line over 998 octets is re-encoded as quoted-printable, so it decodes to
+//! the exact original lines. Multipart and message/* bodies are transmitted as given: long
+//! lines inside them are the caller's to encode.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};

@@ -230,11 +230,11 @@ pub fn parse_server(s: &str, default_port: u16) -> Result<Host, Failure> {
 /// recipients, and relay/direct senders outside the accepted domains.
 fn check_domains(profile: &Profile, envelope: &Envelope) -> Result<(), Failure> {
     let accepted = &profile.accepted_domains;
-    if accepted.is_empty() || !matches!(profile.mode, Mode::Relay | Mode::Direct) {
+    if accepted.is_empty() || !matches!(profile.mode, Mode::Relay | Mode::Direct | Mode::Hve) {
         return Ok(());
     }
     let list = accepted.join(", ");
-    if !envelope.sender.is_empty() {
+    if profile.mode != Mode::Hve && !envelope.sender.is_empty() {
         let ok =
             address::domain_of(&envelope.sender).is_some_and(|d| address::is_accepted(d, accepted));
         if !ok {
@@ -255,7 +255,7 @@ fn check_domains(profile: &Profile, envelope: &Envelope) -> Result<(), Failure> 
             ));
         }
     }
-    if profile.mode == Mode::Direct {
+    if matches!(profile.mode, Mode::Direct | Mode::Hve) {
         let outside: Vec<&str> = envelope
             .recipients
             .iter()
@@ -266,13 +266,18 @@ fn check_domains(profile: &Profile, envelope: &Envelope) -> Result<(), Failure> 
             return Err(Failure::new(
                 Exit::NoUser,
                 format!(
-                    "refused before connecting: {} outside the organisation ({list}). Direct \
-                     send only reaches the organisation's own mailboxes; to reach outside \
+                    "refused before connecting: {} outside the organisation ({list}). {} \
+                     only reaches the organisation's own mailboxes; to reach outside \
                      addresses use mode \"relay\" (a connector) or \"submit\" (a mailbox).",
                     if outside.len() == 1 {
                         format!("recipient {} is", outside[0])
                     } else {
                         format!("recipients {} are", outside.join(", "))
+                    },
+                    if profile.mode == Mode::Hve {
+                        "High Volume Email"
+                    } else {
+                        "Direct send"
                     }
                 ),
             ));

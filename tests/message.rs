@@ -536,3 +536,52 @@ fn composed_body_from_stdin() {
         "line one\n.\nline three"
     );
 }
+
+/// Produces `n` bytes of message without holding them in memory.
+struct Generated {
+    left: u64,
+    header_sent: bool,
+}
+
+impl std::io::Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.header_sent {
+            self.header_sent = true;
+            let h = b"Subject: big\n\n";
+            buf[..h.len()].copy_from_slice(h);
+            return Ok(h.len());
+        }
+        let n = (buf.len() as u64).min(self.left) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = if i % 100 == 99 { b'\n' } else { b'm' };
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Run alone: `cargo test --release --test message -- --ignored hundred_mb`.
+#[test]
+#[ignore]
+fn hundred_mb_in_bounded_memory() {
+    let before = peak_rss_kib();
+    let mut p = profile();
+    p.max_size = Some(200 * 1024 * 1024);
+    let mut input = Generated {
+        left: 100 * 1024 * 1024,
+        header_sent: false,
+    };
+    let m = message::prepare_on(&rcpt(&["ops@contoso.com"]), &p, &mut input, &host()).unwrap();
+    let after = peak_rss_kib();
+    assert!(m.size > 100 * 1024 * 1024);
+    eprintln!("peak RSS before {before} KiB, after {after} KiB");
+    assert!(after - before < 8 * 1024, "grew by {} KiB", after - before);
+}

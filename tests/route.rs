@@ -278,3 +278,14 @@ fn relay_client_certificate_and_tls_settings() {
         Some("/etc/ca.pem")
     );
 }
+
+#[test]
+fn hve_refuses_outside_recipients_too() {
+    let mut p = profile(Mode::Hve);
+    p.accepted_domains = vec!["contoso.com".into()];
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@gmail.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::NoUser);
+    assert!(e.message.contains("High Volume Email"), "{}", e.message);
+}

@@ -289,3 +289,18 @@ fn hve_refuses_outside_recipients_too() {
     assert_eq!(e.exit, Exit::NoUser);
     assert!(e.message.contains("High Volume Email"), "{}", e.message);
 }
+
+#[test]
+fn unreachable_dns_server_is_a_temporary_failure() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut p = profile(Mode::Direct);
+    p.endpoint.dns_server = Some(port);
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::TempFail, "{}", e.message);
+    assert!(e.message.contains("contoso.com"), "{}", e.message);
+}

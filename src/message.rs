@@ -194,6 +194,8 @@ struct BodyStats {
     size: u64,
     longest_line: u64,
     eight_bit: bool,
+    /// Some byte sequence is not UTF-8.
+    not_utf8: bool,
 }
 
 fn check_args(args: &SendArgs) -> Result<(), Failure> {
@@ -471,7 +473,16 @@ impl Ctx<'_> {
                 fields.push(Field::new("MIME-Version", "1.0"));
             }
             if !fields.iter().any(|f| f.is("content-type")) {
-                fields.push(Field::new("Content-Type", "text/plain; charset=utf-8"));
+                // RFC 1428's unknown-8bit when the bytes are not UTF-8 (e.g. Latin-1 output).
+                let charset = if stats.not_utf8 {
+                    "unknown-8bit"
+                } else {
+                    "utf-8"
+                };
+                fields.push(Field::new(
+                    "Content-Type",
+                    &format!("text/plain; charset={charset}"),
+                ));
             }
             fields.push(Field::new("Content-Transfer-Encoding", "quoted-printable"));
         }
@@ -861,6 +872,8 @@ struct StatsWriter<W: Write> {
     inner: W,
     stats: BodyStats,
     line: u64,
+    /// The start of a UTF-8 sequence cut by a write boundary (at most 3 bytes).
+    utf8_carry: Vec<u8>,
 }
 
 impl<W: Write> StatsWriter<W> {
@@ -869,11 +882,29 @@ impl<W: Write> StatsWriter<W> {
             inner,
             stats: BodyStats::default(),
             line: 0,
+            utf8_carry: Vec::new(),
         }
     }
     fn finish(mut self) -> BodyStats {
         self.stats.longest_line = self.stats.longest_line.max(self.line);
+        if !self.utf8_carry.is_empty() {
+            self.stats.not_utf8 = true;
+        }
         self.stats
+    }
+    /// Streaming UTF-8 check of the 8-bit parts.
+    fn check_utf8(&mut self, chunk: &[u8]) {
+        if self.stats.not_utf8 {
+            return;
+        }
+        let mut data = std::mem::take(&mut self.utf8_carry);
+        data.extend_from_slice(chunk);
+        if let Err(e) = std::str::from_utf8(&data) {
+            match e.error_len() {
+                Some(_) => self.stats.not_utf8 = true,
+                None => self.utf8_carry = data[e.valid_up_to()..].to_vec(),
+            }
+        }
     }
 }
 
@@ -893,6 +924,9 @@ impl<W: Write> Write for StatsWriter<W> {
             if b >= 0x80 {
                 self.stats.eight_bit = true;
             }
+        }
+        if self.stats.eight_bit {
+            self.check_utf8(&buf[..n]);
         }
         self.stats.size += n as u64;
         Ok(n)

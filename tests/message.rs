@@ -57,7 +57,8 @@ fn extracts_recipients_with_groups_folding_comments_and_encoded_words() {
         "Cc: \"Smith, J\" <j.smith@contoso.com> (boss),\n",
         " =?utf-8?q?M=C3=BCller?= <mueller@contoso.com>,\n",
         "\tTeam: \"odd local\"@contoso.com, ops@Contoso.COM;\n",
-        "Bcc: secret@fabrikam.com\n",
+        "Bcc: secret@fabrikam.com,\n",
+        "  also-secret@fabrikam.com\n",
         "Subject: hi\n",
         "\n",
         "body\n"
@@ -77,11 +78,13 @@ fn extracts_recipients_with_groups_folding_comments_and_encoded_words() {
             "mueller@contoso.com",
             "\"odd local\"@contoso.com",
             "secret@fabrikam.com",
+            "also-secret@fabrikam.com",
         ]
     );
     let t = text(&p);
     assert!(!t.to_ascii_lowercase().contains("bcc"), "{t}");
     assert!(!t.contains("secret@fabrikam.com"), "{t}");
+    assert!(!t.contains("also-secret"), "{t}");
     assert!(!p.header_block.contains("secret"));
     assert!(t.contains("Subject: hi\r\n"));
     assert!(t.ends_with("\r\n\r\nbody\r\n"), "{t:?}");
@@ -584,4 +587,30 @@ fn hundred_mb_in_bounded_memory() {
     assert!(m.size > 100 * 1024 * 1024);
     eprintln!("peak RSS before {before} KiB, after {after} KiB");
     assert!(after - before < 8 * 1024, "grew by {} KiB", after - before);
+}
+
+#[test]
+fn long_latin1_line_is_not_labelled_utf8() {
+    let mut input = b"Subject: x\n\n".to_vec();
+    input.extend(std::iter::repeat_n(0xe9u8, 1200));
+    input.push(b'\n');
+    let m = prep(&rcpt(&["ops@contoso.com"]), &profile(), &input).unwrap();
+    assert_eq!(
+        header(&m, "Content-Type"),
+        Some("text/plain; charset=unknown-8bit")
+    );
+    // Bytes split across buffers are still recognised as UTF-8.
+    let mut input = b"Subject: x\n\n".to_vec();
+    for _ in 0..40_000 {
+        input.extend_from_slice("é€".as_bytes());
+    }
+    input.push(b'\n');
+    let m = prep(&rcpt(&["ops@contoso.com"]), &profile(), &input).unwrap();
+    assert_eq!(
+        header(&m, "Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let raw = bytes(&m);
+    let parsed = MessageParser::default().parse(&raw).unwrap();
+    assert_eq!(parsed.body_text(0).unwrap().trim_end(), "é€".repeat(40_000));
 }

@@ -66,6 +66,37 @@ pub struct Endpoint {
     pub source: String,
 }
 
+impl TlsPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::Required => "STARTTLS required",
+            TlsPolicy::Opportunistic => "STARTTLS when offered",
+        }
+    }
+}
+
+impl AuthKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::None => "none",
+            AuthKind::Password => "password (AUTH LOGIN)",
+            AuthKind::OAuth => "OAuth2 (XOAUTH2)",
+        }
+    }
+}
+
+/// `name:port`, with an IPv6 literal in brackets (`[::1]:25`): what `TcpStream::connect`
+/// and the user expect.
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name.contains(':') {
+            write!(f, "[{}]:{}", self.name, self.port)
+        } else {
+            write!(f, "{}:{}", self.name, self.port)
+        }
+    }
+}
+
 /// The endpoint for this profile and envelope. `server` is `--server HOST[:PORT]`, which
 /// overrides the hosts of any mode (keeping its TLS and auth policy).
 pub async fn resolve(

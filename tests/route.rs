@@ -304,3 +304,17 @@ fn unreachable_dns_server_is_a_temporary_failure() {
     assert_eq!(e.exit, Exit::TempFail, "{}", e.message);
     assert!(e.message.contains("contoso.com"), "{}", e.message);
 }
+
+#[test]
+fn hosts_display_for_dry_run() {
+    let h = route::parse_server("[2001:db8::1]:2525", 25).unwrap();
+    assert_eq!(h.to_string(), "[2001:db8::1]:2525");
+    let h = Host {
+        name: "mx.contoso.com".into(),
+        port: 25,
+        preference: Some(10),
+    };
+    assert_eq!(h.to_string(), "mx.contoso.com:25");
+    assert_eq!(TlsPolicy::Required.as_str(), "STARTTLS required");
+    assert_eq!(AuthKind::OAuth.as_str(), "OAuth2 (XOAUTH2)");
+}

@@ -3,6 +3,8 @@
 //! A message flows one way: cli → config → message → route → auth → smtp → deliver (→ queue).
 //! See each module's top comment for what it owns.
 
+pub mod address;
+pub mod aliases;
 pub mod app;
 pub mod auth;
 pub mod bs;

@@ -5,12 +5,30 @@
 //! the default domain, Bcc removal, From/envelope sender policy, Date and Message-ID, header
 //! injection checks, the size limit, and the 8BITMIME/SMTPUTF8 flags. The body lives in a
 //! temporary spool file so a large message costs bounded memory. Must not: connect anywhere.
+//!
+//! Memory bound for a message read from stdin: the header block (at most
+//! [`MAX_HEADER_BLOCK`] = 1 MiB, held a few times while parsed and rewritten) plus fixed
+//! 64 KiB buffers; the body is streamed twice through those buffers (stdin → normalised spool
+//! → transmitted file), whatever its size or line lengths. Composed messages are built in
+//! memory by lettre (body and attachments), up to `max_size`.
+//!
+//! Long lines: a single-part text body (no Content-Type, or text/*; no transfer encoding, or
+//! 7bit/8bit) with a line over 998 octets is re-encoded as quoted-printable, so it decodes to
+//! the exact original lines. Multipart and message/* bodies are transmitted as given: long
+//! lines inside them are the caller's to encode.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use mail_parser::{HeaderValue, MessageParser};
 use serde::{Deserialize, Serialize};
+
+use crate::address::{self, LocalHost};
+use crate::aliases::Aliases;
+use crate::cli::SendArgs;
+use crate::config::{Profile, RewriteFrom};
+use crate::exit::{Exit, Failure};
 
 /// DSN return type (RFC 3461 RET).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,15 +110,980 @@ pub struct Prepared {
     pub header_block: String,
 }
 
+/// Largest header block read from stdin (bytes, CRLF included). Beyond it: exit 65.
+pub const MAX_HEADER_BLOCK: usize = 1024 * 1024;
+/// The fixed buffer the body streams through.
+const BUF_SIZE: usize = 64 * 1024;
+/// RFC 5322 line limit without CRLF.
+const MAX_LINE: u64 = 998;
+
 /// Read (or compose) the message, apply the profile's policies, and write the transmitted
 /// bytes to a temporary spool file.
+///
+/// Memory: the header block (at most [`MAX_HEADER_BLOCK`], held a few times over while it is
+/// parsed and rewritten) plus fixed 64 KiB buffers; the body only ever passes through those
+/// buffers, whatever its size. Composed messages (`--subject`/`--body`/`--attach`) are built
+/// in memory by lettre, attachments included.
 pub fn prepare(
-    _args: &crate::cli::SendArgs,
-    _profile: &crate::config::Profile,
-    _input: &mut dyn io::Read,
-) -> Result<Prepared, crate::exit::Failure> {
-    Err(crate::exit::Failure::new(
-        crate::exit::Exit::Software,
-        "message preparation is not implemented yet",
+    args: &SendArgs,
+    profile: &Profile,
+    input: &mut dyn Read,
+) -> Result<Prepared, Failure> {
+    prepare_on(args, profile, input, &LocalHost::current())
+}
+
+/// [`prepare`] for a given host name (tests, and callers that know better).
+pub fn prepare_on(
+    args: &SendArgs,
+    profile: &Profile,
+    input: &mut dyn Read,
+    host: &LocalHost,
+) -> Result<Prepared, Failure> {
+    check_args(args)?;
+    let aliases = Aliases::load(profile)?;
+    let ctx = Ctx {
+        args,
+        profile,
+        host,
+        aliases: &aliases,
+    };
+    if args.composes() {
+        let sender = ctx.envelope_sender(None)?;
+        let bytes = compose(&ctx, &sender, input)?;
+        ctx.process(&mut bytes.as_slice(), true, true)
+    } else {
+        ctx.process(input, args.ignore_dots, false)
+    }
+}
+
+struct Ctx<'a> {
+    args: &'a SendArgs,
+    profile: &'a Profile,
+    host: &'a LocalHost,
+    aliases: &'a Aliases,
+}
+
+/// One header field: its name and its raw bytes (all lines, each ending in CRLF).
+#[derive(Debug, Clone)]
+struct Field {
+    name: String,
+    raw: Vec<u8>,
+}
+
+impl Field {
+    fn new(name: &str, value: &str) -> Field {
+        Field {
+            name: name.to_owned(),
+            raw: format!("{name}: {value}\r\n").into_bytes(),
+        }
+    }
+    fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+    /// The unfolded value, decoded lossily, for simple fields.
+    fn value(&self) -> String {
+        let s = String::from_utf8_lossy(&self.raw);
+        let v = s.split_once(':').map(|(_, v)| v).unwrap_or("");
+        v.replace("\r\n", "").trim().to_owned()
+    }
+}
+
+/// What we learnt about the body while spooling it.
+#[derive(Debug, Default, Clone, Copy)]
+struct BodyStats {
+    size: u64,
+    longest_line: u64,
+    eight_bit: bool,
+    /// Some byte sequence is not UTF-8.
+    not_utf8: bool,
+}
+
+fn check_args(args: &SendArgs) -> Result<(), Failure> {
+    let crlf = |s: &str| s.contains(['\r', '\n']);
+    if args.subject.as_deref().is_some_and(crlf) {
+        return Err(Failure::data(
+            "--subject contains a line break (CR or LF): refused, it could inject a header",
+        ));
+    }
+    for h in &args.headers {
+        validate_header_arg(h)?;
+    }
+    for (opt, list) in [
+        ("recipient", &args.recipients),
+        ("--to", &args.to),
+        ("--cc", &args.cc),
+        ("--bcc", &args.bcc),
+    ] {
+        if let Some(a) = list.iter().find(|a| crlf(a)) {
+            return Err(Failure::usage(format!(
+                "{opt} {:?} contains a line break: refused",
+                a
+            )));
+        }
+    }
+    for (opt, v) in [
+        ("-f", &args.envelope_from),
+        ("--from", &args.from),
+        ("-F", &args.full_name),
+    ] {
+        if v.as_deref().is_some_and(crlf) {
+            return Err(Failure::usage(format!(
+                "{opt} contains a line break: refused"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `Name: value` from --header: a valid field name, no CR/LF anywhere.
+fn validate_header_arg(h: &str) -> Result<(String, String), Failure> {
+    if h.contains(['\r', '\n']) {
+        return Err(Failure::data(format!(
+            "--header {:?} contains a line break (CR or LF): refused, it could inject a header",
+            h
+        )));
+    }
+    let Some((name, value)) = h.split_once(':') else {
+        return Err(Failure::data(format!(
+            "--header {h:?} is not of the form 'Name: value'"
+        )));
+    };
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+        return Err(Failure::data(format!(
+            "--header {h:?}: {name:?} is not a valid header field name"
+        )));
+    }
+    if name.eq_ignore_ascii_case("bcc") {
+        return Err(Failure::data(
+            "--header Bcc: use --bcc (a Bcc header is never transmitted)",
+        ));
+    }
+    Ok((name.to_owned(), value.trim().to_owned()))
+}
+
+impl Ctx<'_> {
+    fn accepted(&self) -> &[String] {
+        &self.profile.accepted_domains
+    }
+
+    /// A sender that should be replaced by the profile's address under `when-local`: no
+    /// domain, the host's own domain, or (when accepted domains are configured) outside them.
+    fn is_local(&self, addr: &str) -> bool {
+        match address::domain_of(addr) {
+            None => true,
+            Some(d) => {
+                self.host.is_own_domain(d, self.accepted())
+                    || (!self.accepted().is_empty() && !address::is_accepted(d, self.accepted()))
+            }
+        }
+    }
+
+    fn profile_sender(&self) -> Option<&str> {
+        self.profile
+            .sender
+            .as_deref()
+            .or(self.profile.mailbox.as_deref())
+            .filter(|s| !s.trim().is_empty())
+    }
+
+    /// The envelope sender after the sender policy. `from_header` is the From address of a
+    /// message read from stdin (used only when nothing else names a sender).
+    fn envelope_sender(&self, from_header: Option<&str>) -> Result<String, Failure> {
+        let p = self.profile;
+        if let Some(f) = &self.args.envelope_from {
+            let t = f.trim();
+            if t.is_empty() || t == "<>" {
+                return Ok(String::new()); // the null sender (bounces)
+            }
+        }
+        let given = self
+            .args
+            .envelope_from
+            .as_deref()
+            .and_then(address::from_arg)
+            .or_else(|| self.args.from.as_deref().and_then(address::from_arg));
+        let base = given
+            .or_else(|| self.profile_sender().map(str::to_owned))
+            .or_else(|| from_header.map(str::to_owned));
+        let Some(mut sender) = base else {
+            return Err(Failure::config(format!(
+                "no envelope sender: set `sender` (or `mailbox`) in profile \"{}\", or give -f ADDR",
+                p.name
+            )));
+        };
+        let rewrite = match p.rewrite_from {
+            RewriteFrom::Always => true,
+            RewriteFrom::WhenLocal => self.is_local(&sender),
+            RewriteFrom::Never => false,
+        };
+        if rewrite && let Some(s) = self.profile_sender() {
+            sender = s.to_owned();
+        }
+        let sender = address::qualify(&sender, p.default_domain.as_deref());
+        if address::domain_of(&sender).is_none() {
+            return Err(Failure::config(format!(
+                "envelope sender {sender:?} has no domain: set `sender` or `default_domain` in \
+                 profile \"{}\", or give -f with a full address",
+                p.name
+            )));
+        }
+        Ok(sender)
+    }
+
+    /// Recipients: arguments, --to/--cc/--bcc, and (-t) the header's To/Cc/Bcc; then aliases,
+    /// the default domain, duplicates removed.
+    fn recipients(&self, header_rcpts: &[String]) -> Result<Vec<String>, Failure> {
+        let a = self.args;
+        let mut raw: Vec<String> = Vec::new();
+        for arg in a.recipients.iter().chain(&a.to).chain(&a.cc).chain(&a.bcc) {
+            if arg.contains([',', '<', '(', ':', '"']) {
+                raw.extend(address::parse_list(arg));
+            } else if !arg.trim().is_empty() {
+                raw.push(arg.trim().to_owned());
+            }
+        }
+        raw.extend(header_rcpts.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for r in raw {
+            for e in self.aliases.expand(&r, self.host, self.accepted())? {
+                let q = address::qualify(&e, self.profile.default_domain.as_deref());
+                if address::domain_of(&q).is_none() {
+                    return Err(Failure::new(
+                        Exit::NoUser,
+                        format!(
+                            "recipient {q:?} has no domain and no alias: add an alias for it, or \
+                             set `default_domain` (or a `default` alias) in profile \"{}\"",
+                            self.profile.name
+                        ),
+                    ));
+                }
+                if seen.insert(address::dedup_key(&q)) {
+                    out.push(q);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(Failure::usage(
+                "no recipients: give them as arguments, with --to/--cc/--bcc, or use -t to take \
+                 them from the To, Cc and Bcc headers",
+            ));
+        }
+        Ok(out)
+    }
+
+    fn process(
+        &self,
+        input: &mut dyn Read,
+        ignore_dots: bool,
+        composed: bool,
+    ) -> Result<Prepared, Failure> {
+        let max = self.profile.max_size();
+        let mut reader = BufReader::with_capacity(BUF_SIZE, Normalizer::new(input, ignore_dots));
+        let (mut fields, body_prefix) = read_header_block(&mut reader)?;
+
+        // Spool the body (normalised) while measuring it.
+        let mut spool = temp_file()?;
+        let stats = {
+            let mut w = StatsWriter::new(BufWriter::with_capacity(BUF_SIZE, spool.as_file_mut()));
+            w.write_all(&body_prefix).map_err(spool_err)?;
+            let mut buf = vec![0u8; BUF_SIZE];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Failure::io(format!("cannot read the message: {e}"))),
+                };
+                w.write_all(&buf[..n]).map_err(spool_err)?;
+                if w.stats.size > max {
+                    return Err(too_large(w.stats.size, max, true));
+                }
+            }
+            w.inner.flush().map_err(spool_err)?;
+            w.finish()
+        };
+
+        // Parse what we need from the header block.
+        let block: Vec<u8> = fields.iter().flat_map(|f| f.raw.iter().copied()).collect();
+        let info = HeaderInfo::parse(&block);
+        let header_rcpts = if self.args.extract_recipients {
+            info.recipients.clone()
+        } else {
+            Vec::new()
+        };
+        let sender = if composed {
+            self.envelope_sender(None)?
+        } else {
+            self.envelope_sender(info.from.as_ref().map(|(_, a)| a.as_str()))?
+        };
+        let recipients = self.recipients(&header_rcpts)?;
+
+        // The transmitted header block.
+        fields.retain(|f| !f.is("bcc") && !f.is("resent-bcc"));
+        self.apply_from(&mut fields, &info, &sender);
+        for h in &self.args.headers {
+            let (name, value) = validate_header_arg(h)?;
+            let new = Field::new(&name, &value);
+            match fields.iter().position(|f| f.is(&name)) {
+                Some(i) => {
+                    fields.retain(|f| !f.is(&name));
+                    fields.insert(i.min(fields.len()), new);
+                }
+                None => fields.push(new),
+            }
+        }
+        if composed {
+            for (name, list) in [("To", &self.args.to), ("Cc", &self.args.cc)] {
+                if !list.is_empty() && !fields.iter().any(|f| f.is(name)) {
+                    let v: Vec<String> = list
+                        .iter()
+                        .map(|a| address::qualify(a.trim(), self.profile.default_domain.as_deref()))
+                        .collect();
+                    fields.push(Field::new(name, &v.join(", ")));
+                }
+            }
+        }
+        if !fields.iter().any(|f| f.is("date")) {
+            fields.push(Field::new("Date", &chrono::Local::now().to_rfc2822()));
+        }
+        if !fields.iter().any(|f| f.is("message-id")) {
+            let from_domain = fields
+                .iter()
+                .find(|f| f.is("from"))
+                .and_then(|f| address::parse_mailbox(&f.value()))
+                .and_then(|(_, a)| address::domain_of(&a).map(str::to_owned));
+            let domain = from_domain
+                .filter(|d| !self.host.is_own_host(d))
+                .or_else(|| address::domain_of(&sender).map(str::to_owned))
+                .unwrap_or_else(|| "m365send.invalid".to_owned());
+            let id: u128 = rand::random();
+            fields.push(Field::new(
+                "Message-ID",
+                &format!("<{id:032x}.{}@{domain}>", chrono::Utc::now().timestamp()),
+            ));
+        }
+
+        // Long lines in a plain single-part body: re-encode as quoted-printable.
+        let recode = !composed && stats.longest_line > MAX_LINE && info.plain_single_part;
+        if recode {
+            fields.retain(|f| !f.is("content-transfer-encoding"));
+            if !fields.iter().any(|f| f.is("mime-version")) {
+                fields.push(Field::new("MIME-Version", "1.0"));
+            }
+            if !fields.iter().any(|f| f.is("content-type")) {
+                // RFC 1428's unknown-8bit when the bytes are not UTF-8 (e.g. Latin-1 output).
+                let charset = if stats.not_utf8 {
+                    "unknown-8bit"
+                } else {
+                    "utf-8"
+                };
+                fields.push(Field::new(
+                    "Content-Type",
+                    &format!("text/plain; charset={charset}"),
+                ));
+            }
+            fields.push(Field::new("Content-Transfer-Encoding", "quoted-printable"));
+        }
+
+        // Write headers + body to the file that is transmitted.
+        let header_bytes: Vec<u8> = fields.iter().flat_map(|f| f.raw.iter().copied()).collect();
+        let mut out = temp_file()?;
+        {
+            let mut w = BufWriter::with_capacity(BUF_SIZE, out.as_file_mut());
+            w.write_all(&header_bytes).map_err(spool_err)?;
+            w.write_all(b"\r\n").map_err(spool_err)?;
+            spool
+                .as_file_mut()
+                .seek(SeekFrom::Start(0))
+                .map_err(spool_err)?;
+            let r = BufReader::with_capacity(BUF_SIZE, spool.as_file_mut());
+            if recode {
+                qp_encode(r, &mut w).map_err(spool_err)?;
+            } else {
+                let mut r = r;
+                io::copy(&mut r, &mut w).map_err(spool_err)?;
+            }
+            w.flush().map_err(spool_err)?;
+        }
+        drop(spool);
+        let size = out.as_file().metadata().map_err(spool_err)?.len();
+        if size > max {
+            return Err(too_large(size, max, false));
+        }
+        let eight_bit = header_bytes.iter().any(|b| *b >= 0x80) || (stats.eight_bit && !recode);
+        let smtputf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
+        Ok(Prepared {
+            envelope: Envelope {
+                sender,
+                recipients,
+                dsn: self.args.dsn.clone(),
+            },
+            body: Body::temporary(out.into_temp_path()),
+            size,
+            eight_bit,
+            smtputf8,
+            header_block: String::from_utf8_lossy(&header_bytes).into_owned(),
+        })
+    }
+
+    /// Add a From header when missing, rewrite it per `rewrite_from`, keeping the display name.
+    fn apply_from(&self, fields: &mut Vec<Field>, info: &HeaderInfo, sender: &str) {
+        let name = self
+            .args
+            .full_name
+            .as_deref()
+            .filter(|n| !n.trim().is_empty());
+        let Some(pos) = fields.iter().position(|f| f.is("from")) else {
+            let addr = if sender.is_empty() {
+                self.profile_sender().unwrap_or("MAILER-DAEMON")
+            } else {
+                sender
+            };
+            fields.insert(0, Field::new("From", &mailbox_display(name, addr)));
+            return;
+        };
+        let Some((old_name, old_addr)) = &info.from else {
+            return;
+        };
+        let rewrite = match self.profile.rewrite_from {
+            RewriteFrom::Always => true,
+            RewriteFrom::WhenLocal => self.is_local(old_addr),
+            RewriteFrom::Never => false,
+        };
+        let target = if rewrite {
+            self.profile_sender().map(str::to_owned)
+        } else if address::domain_of(old_addr).is_none() {
+            // `From: root` is not deliverable anywhere: qualify it at least.
+            self.profile
+                .default_domain
+                .as_deref()
+                .map(|d| address::qualify(old_addr, Some(d)))
+        } else {
+            None
+        };
+        if let Some(t) = target
+            && !t.eq_ignore_ascii_case(old_addr)
+        {
+            let display = old_name.as_deref().or(name);
+            fields[pos] = Field::new("From", &mailbox_display(display, &t));
+        }
+    }
+}
+
+/// `"Cron Daemon" <alerts@contoso.com>`, with the name quoted or RFC 2047-encoded as needed.
+fn mailbox_display(name: Option<&str>, addr: &str) -> String {
+    if let Ok(a) = addr.parse::<lettre::Address>() {
+        return lettre::message::Mailbox::new(name.map(str::to_owned), a).to_string();
+    }
+    match name {
+        Some(n) if n.is_ascii() => {
+            format!(
+                "\"{}\" <{addr}>",
+                n.replace('\\', "\\\\").replace('"', "\\\"")
+            )
+        }
+        Some(n) => {
+            use base64::Engine as _;
+            let enc = base64::engine::general_purpose::STANDARD.encode(n.as_bytes());
+            format!("=?utf-8?b?{enc}?= <{addr}>")
+        }
+        None => addr.to_owned(),
+    }
+}
+
+/// What the header block says, read with mail-parser.
+#[derive(Debug, Default)]
+struct HeaderInfo {
+    /// To, Cc and Bcc addresses (every occurrence; groups flattened).
+    recipients: Vec<String>,
+    /// The first From mailbox: (display name, address).
+    from: Option<(Option<String>, String)>,
+    /// Neither multipart nor message/*, and no transfer encoding other than 7bit/8bit: the
+    /// body can be re-encoded as quoted-printable without changing its meaning.
+    plain_single_part: bool,
+}
+
+impl HeaderInfo {
+    fn parse(block: &[u8]) -> HeaderInfo {
+        let mut raw = block.to_vec();
+        raw.extend_from_slice(b"\r\n");
+        let mut info = HeaderInfo {
+            plain_single_part: true,
+            ..HeaderInfo::default()
+        };
+        let Some(msg) = MessageParser::default().parse_headers(&raw) else {
+            return info;
+        };
+        for h in msg.headers() {
+            let name = h.name.as_str();
+            let is = |n: &str| name.eq_ignore_ascii_case(n);
+            if is("to") || is("cc") || is("bcc") {
+                if let HeaderValue::Address(list) = &h.value {
+                    info.recipients
+                        .extend(list.iter().filter_map(address::addr_of));
+                }
+            } else if is("from") && info.from.is_none() {
+                if let HeaderValue::Address(list) = &h.value
+                    && let Some(a) = list.first()
+                    && let Some(addr) = address::addr_of(a)
+                {
+                    let quoted_local = addr.starts_with('"');
+                    info.from = Some((
+                        a.name()
+                            .map(str::to_owned)
+                            .filter(|n| !n.is_empty() && !quoted_local),
+                        addr,
+                    ));
+                }
+            } else if is("content-type") {
+                if let HeaderValue::ContentType(ct) = &h.value {
+                    let t = ct.ctype();
+                    if !t.eq_ignore_ascii_case("text") {
+                        info.plain_single_part = false;
+                    }
+                }
+            } else if is("content-transfer-encoding") {
+                let v = h.value.as_text().unwrap_or("").trim().to_ascii_lowercase();
+                if v != "7bit" && v != "8bit" {
+                    info.plain_single_part = false;
+                }
+            }
+        }
+        info
+    }
+}
+
+/// Read header fields until the empty line. A line that is not a header field ends the block
+/// and is returned as the start of the body. A leading mbox `From ` line is dropped.
+fn read_header_block(r: &mut dyn BufRead) -> Result<(Vec<Field>, Vec<u8>), Failure> {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut total = 0usize;
+    let mut first = true;
+    loop {
+        let mut line = Vec::new();
+        let limit = (MAX_HEADER_BLOCK - total) as u64 + 1;
+        let n = r
+            .take(limit)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Failure::io(format!("cannot read the message: {e}")))?;
+        if n == 0 {
+            return Ok((fields, Vec::new()));
+        }
+        total += n;
+        if total > MAX_HEADER_BLOCK {
+            return Err(Failure::data(format!(
+                "the message's header block is larger than {} bytes: refused (is the input a \
+                 mail message?)",
+                MAX_HEADER_BLOCK
+            )));
+        }
+        if line == b"\r\n" {
+            return Ok((fields, Vec::new()));
+        }
+        if first && line.starts_with(b"From ") {
+            first = false;
+            continue;
+        }
+        first = false;
+        if line[0] == b' ' || line[0] == b'\t' {
+            if let Some(f) = fields.last_mut() {
+                f.raw.extend_from_slice(&line);
+                continue;
+            }
+            return Ok((fields, line));
+        }
+        match field_name(&line) {
+            Some(name) => fields.push(Field { name, raw: line }),
+            None => {
+                // Not a header: the header block is over (no empty line separated it).
+                return Ok((fields, line));
+            }
+        }
+    }
+}
+
+fn field_name(line: &[u8]) -> Option<String> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    let name = &line[..colon];
+    let name = name.strip_suffix(b" ").unwrap_or(name);
+    if name.is_empty() || !name.iter().all(|b| (33..=126).contains(b)) {
+        return None;
+    }
+    Some(String::from_utf8_lossy(name).into_owned())
+}
+
+fn temp_file() -> Result<tempfile::NamedTempFile, Failure> {
+    tempfile::Builder::new()
+        .prefix("m365send-")
+        .tempfile()
+        .map_err(|e| {
+            Failure::new(
+                Exit::CantCreat,
+                format!(
+                    "cannot create a temporary file in {}: {e}",
+                    std::env::temp_dir().display()
+                ),
+            )
+        })
+}
+
+fn spool_err(e: io::Error) -> Failure {
+    Failure::new(
+        Exit::IoErr,
+        format!("cannot write the message to a temporary file: {e}"),
+    )
+}
+
+fn too_large(size: u64, max: u64, partial: bool) -> Failure {
+    Failure::data(format!(
+        "message too large: {}{size} bytes, the limit is {max} bytes (`max_size` of the \
+         profile; Microsoft 365 allows 35 MB by default, 150 MB at most)",
+        if partial { "more than " } else { "" }
     ))
+}
+
+/// A reader that turns any line ending (CRLF, bare LF, bare CR) into CRLF, ends the message at
+/// a line holding a single dot (unless `ignore_dots`), and makes sure the last line ends in
+/// CRLF. Memory: one fixed input buffer and an output buffer of at most three times it.
+pub struct Normalizer<'a> {
+    inner: &'a mut dyn Read,
+    ignore_dots: bool,
+    inbuf: Box<[u8]>,
+    out: Vec<u8>,
+    out_pos: usize,
+    at_line_start: bool,
+    held_dot: bool,
+    pending_cr: bool,
+    done: bool,
+}
+
+impl<'a> Normalizer<'a> {
+    pub fn new(inner: &'a mut dyn Read, ignore_dots: bool) -> Self {
+        Normalizer {
+            inner,
+            ignore_dots,
+            inbuf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            out: Vec::with_capacity(BUF_SIZE * 3),
+            out_pos: 0,
+            at_line_start: true,
+            held_dot: false,
+            pending_cr: false,
+            done: false,
+        }
+    }
+
+    fn end_line(&mut self) {
+        if self.held_dot && !self.ignore_dots {
+            self.done = true;
+            return;
+        }
+        if self.held_dot {
+            self.out.push(b'.');
+        }
+        self.held_dot = false;
+        self.out.extend_from_slice(b"\r\n");
+        self.at_line_start = true;
+    }
+
+    fn byte(&mut self, b: u8) {
+        if self.pending_cr {
+            self.pending_cr = false;
+            self.end_line();
+            if self.done || b == b'\n' {
+                return;
+            }
+        }
+        match b {
+            b'\r' => self.pending_cr = true,
+            b'\n' => self.end_line(),
+            _ => {
+                if self.held_dot {
+                    self.out.push(b'.');
+                    self.held_dot = false;
+                } else if self.at_line_start && b == b'.' && !self.ignore_dots {
+                    self.held_dot = true;
+                    self.at_line_start = false;
+                    return;
+                }
+                self.at_line_start = false;
+                self.out.push(b);
+            }
+        }
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        self.out.clear();
+        self.out_pos = 0;
+        while self.out.is_empty() && !self.done {
+            let n = loop {
+                match self.inner.read(&mut self.inbuf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                // End of input: finish the last line.
+                if self.pending_cr {
+                    self.pending_cr = false;
+                    self.end_line();
+                } else if self.held_dot {
+                    // A lone "." as the very last line ends the message too.
+                    if self.ignore_dots {
+                        self.end_line();
+                    }
+                } else if !self.at_line_start {
+                    self.end_line();
+                }
+                self.done = true;
+                break;
+            }
+            for i in 0..n {
+                let b = self.inbuf[i];
+                self.byte(b);
+                if self.done {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for Normalizer<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.out_pos >= self.out.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.fill()?;
+        }
+        let n = (self.out.len() - self.out_pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
+        self.out_pos += n;
+        Ok(n)
+    }
+}
+
+/// A writer that measures what passes: size, longest line, 8-bit bytes.
+struct StatsWriter<W: Write> {
+    inner: W,
+    stats: BodyStats,
+    line: u64,
+    /// The start of a UTF-8 sequence cut by a write boundary (at most 3 bytes).
+    utf8_carry: Vec<u8>,
+}
+
+impl<W: Write> StatsWriter<W> {
+    fn new(inner: W) -> Self {
+        StatsWriter {
+            inner,
+            stats: BodyStats::default(),
+            line: 0,
+            utf8_carry: Vec::new(),
+        }
+    }
+    fn finish(mut self) -> BodyStats {
+        self.stats.longest_line = self.stats.longest_line.max(self.line);
+        if !self.utf8_carry.is_empty() {
+            self.stats.not_utf8 = true;
+        }
+        self.stats
+    }
+    /// Streaming UTF-8 check of the 8-bit parts.
+    fn check_utf8(&mut self, chunk: &[u8]) {
+        if self.stats.not_utf8 {
+            return;
+        }
+        let mut data = std::mem::take(&mut self.utf8_carry);
+        data.extend_from_slice(chunk);
+        if let Err(e) = std::str::from_utf8(&data) {
+            match e.error_len() {
+                Some(_) => self.stats.not_utf8 = true,
+                None => self.utf8_carry = data[e.valid_up_to()..].to_vec(),
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for StatsWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        for &b in &buf[..n] {
+            match b {
+                b'\n' => {
+                    // The CR before it was counted: the line is one shorter.
+                    self.stats.longest_line =
+                        self.stats.longest_line.max(self.line.saturating_sub(1));
+                    self.line = 0;
+                }
+                _ => self.line += 1,
+            }
+            if b >= 0x80 {
+                self.stats.eight_bit = true;
+            }
+        }
+        if self.stats.eight_bit {
+            self.check_utf8(&buf[..n]);
+        }
+        self.stats.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Quoted-printable (RFC 2045) for CRLF text: hard line breaks stay CRLF, soft breaks keep
+/// lines at 76 octets, `=`, control and 8-bit bytes and white space before a line end are
+/// encoded. Streams: a fixed buffer, whatever the line length.
+fn qp_encode(mut r: impl BufRead, w: &mut impl Write) -> io::Result<()> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut col = 0usize;
+    let mut pending_ws: Option<u8> = None;
+    let emit = |w: &mut dyn Write, tok: &[u8], col: &mut usize| -> io::Result<()> {
+        if *col + tok.len() > 75 {
+            w.write_all(b"=\r\n")?;
+            *col = 0;
+        }
+        w.write_all(tok)?;
+        *col += tok.len();
+        Ok(())
+    };
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        for &b in buf {
+            match b {
+                b'\r' => {}
+                b'\n' => {
+                    if let Some(ws) = pending_ws.take() {
+                        emit(
+                            w,
+                            &[b'=', HEX[(ws >> 4) as usize], HEX[(ws & 15) as usize]],
+                            &mut col,
+                        )?;
+                    }
+                    w.write_all(b"\r\n")?;
+                    col = 0;
+                }
+                _ => {
+                    if let Some(ws) = pending_ws.take() {
+                        emit(w, &[ws], &mut col)?;
+                    }
+                    if b == b' ' || b == b'\t' {
+                        pending_ws = Some(b);
+                    } else if (33..=126).contains(&b) && b != b'=' {
+                        emit(w, &[b], &mut col)?;
+                    } else {
+                        emit(
+                            w,
+                            &[b'=', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]],
+                            &mut col,
+                        )?;
+                    }
+                }
+            }
+        }
+        r.consume(n);
+    }
+    if let Some(ws) = pending_ws.take() {
+        emit(
+            w,
+            &[b'=', HEX[(ws >> 4) as usize], HEX[(ws & 15) as usize]],
+            &mut col,
+        )?;
+    }
+    Ok(())
+}
+
+/// Build the message for --subject/--body/--attach with lettre. To and Cc headers are added
+/// by `process` (so bare local names may be used); Bcc never appears.
+fn compose(ctx: &Ctx<'_>, sender: &str, input: &mut dyn Read) -> Result<Vec<u8>, Failure> {
+    use lettre::message::header::ContentType;
+    use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+
+    let args = ctx.args;
+    let max = ctx.profile.max_size();
+    let from: Mailbox = match &args.from {
+        Some(f) => {
+            let q = address::qualify(f.trim(), ctx.profile.default_domain.as_deref());
+            let mut mb: Mailbox = q
+                .parse()
+                .map_err(|e| Failure::usage(format!("--from {f:?} is not a valid address: {e}")))?;
+            if mb.name.is_none() {
+                mb.name = args.full_name.clone();
+            }
+            mb
+        }
+        None => {
+            let a: lettre::Address = sender.parse().map_err(|e| {
+                Failure::config(format!("sender {sender:?} is not a valid address: {e}"))
+            })?;
+            Mailbox::new(args.full_name.clone(), a)
+        }
+    };
+    let env_addr = from.email.clone();
+    let envelope = lettre::address::Envelope::new(Some(env_addr.clone()), vec![env_addr])
+        .map_err(|e| Failure::new(Exit::Software, format!("cannot build the envelope: {e}")))?;
+    let mut b = lettre::Message::builder().from(from).envelope(envelope);
+    if let Some(s) = &args.subject {
+        b = b.subject(s.clone());
+    }
+    let text: Vec<u8> = match &args.body {
+        Some(t) => t.clone().into_bytes(),
+        None => {
+            let mut v = Vec::new();
+            input
+                .take(max + 1)
+                .read_to_end(&mut v)
+                .map_err(|e| Failure::io(format!("cannot read the body from stdin: {e}")))?;
+            if v.len() as u64 > max {
+                return Err(too_large(v.len() as u64, max, true));
+            }
+            v
+        }
+    };
+    let text_part = match String::from_utf8(text) {
+        Ok(s) => SinglePart::plain(s),
+        Err(e) => SinglePart::builder()
+            .header(ContentType::TEXT_PLAIN)
+            .body(e.into_bytes()),
+    };
+    let built = if args.attach.is_empty() {
+        b.singlepart(text_part)
+    } else {
+        let mut mp = MultiPart::mixed().singlepart(text_part);
+        let mut total = 0u64;
+        for path in &args.attach {
+            let data = std::fs::read(path).map_err(|e| {
+                Failure::new(
+                    Exit::NoInput,
+                    format!("cannot read attachment {}: {e}", path.display()),
+                )
+            })?;
+            total += data.len() as u64;
+            if total > max {
+                return Err(too_large(total, max, true));
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "attachment".into());
+            let mime = mime_guess::from_path(path).first_or_octet_stream();
+            let ct = ContentType::parse(mime.essence_str()).unwrap_or(
+                ContentType::parse("application/octet-stream")
+                    .map_err(|e| Failure::new(Exit::Software, format!("content type: {e}")))?,
+            );
+            mp = mp.singlepart(Attachment::new(name).body(data, ct));
+        }
+        b.multipart(mp)
+    };
+    let msg = built.map_err(|e| Failure::usage(format!("cannot compose the message: {e}")))?;
+    Ok(msg.formatted())
 }

@@ -1,0 +1,197 @@
+//! Addresses as the envelope sees them: parsing address lists (mail-parser), splitting local
+//! part and domain, qualifying bare names, and deciding whether an address is "local" to this
+//! host (root, root@host.localdomain).
+//!
+//! Owns: those small rules, shared by message and route. Must not: do I/O except asking the
+//! OS for the host name (`LocalHost::current`).
+
+use mail_parser::{HeaderValue, MessageParser};
+
+/// The host we run on, for "is this address local?" decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalHost {
+    /// The host name as the OS reports it (possibly fully qualified), lower case.
+    pub fqdn: String,
+}
+
+impl LocalHost {
+    /// The current host (gethostname).
+    pub fn current() -> LocalHost {
+        LocalHost::named(&gethostname::gethostname().to_string_lossy())
+    }
+
+    pub fn named(name: &str) -> LocalHost {
+        LocalHost {
+            fqdn: name.trim().trim_end_matches('.').to_ascii_lowercase(),
+        }
+    }
+
+    /// True when `domain` names this host itself: its FQDN, its short name, `localhost`,
+    /// `localdomain`, or anything under `.localdomain` / `.localhost`.
+    pub fn is_own_host(&self, domain: &str) -> bool {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        let short = self.fqdn.split('.').next().unwrap_or("");
+        (!self.fqdn.is_empty() && d == self.fqdn)
+            || (!short.is_empty() && d == short)
+            || d == "localhost"
+            || d == "localdomain"
+            || d.ends_with(".localdomain")
+            || d.ends_with(".localhost")
+    }
+
+    /// The domain part of the FQDN (`host.example.net` → `example.net`), if any.
+    pub fn domain_part(&self) -> Option<&str> {
+        self.fqdn
+            .split_once('.')
+            .map(|(_, d)| d)
+            .filter(|d| d.contains('.') || *d == "localdomain")
+    }
+
+    /// True when `domain` is the host's own domain: the host itself, or the domain part of its
+    /// FQDN unless that domain is one of the tenant's accepted domains.
+    pub fn is_own_domain(&self, domain: &str, accepted: &[String]) -> bool {
+        if self.is_own_host(domain) {
+            return true;
+        }
+        match self.domain_part() {
+            Some(part) => domain.eq_ignore_ascii_case(part) && !is_accepted(domain, accepted),
+            None => false,
+        }
+    }
+}
+
+/// `local@domain` → (`local`, Some(`domain`)); `root` → (`root`, None).
+pub fn split(addr: &str) -> (&str, Option<&str>) {
+    match addr.rsplit_once('@') {
+        Some((l, d)) if !d.is_empty() => (l, Some(d)),
+        _ => (addr, None),
+    }
+}
+
+pub fn domain_of(addr: &str) -> Option<&str> {
+    split(addr).1
+}
+
+/// True when `domain` is in `accepted` (case-insensitive). An empty list accepts nothing.
+pub fn is_accepted(domain: &str, accepted: &[String]) -> bool {
+    let d = domain.trim_end_matches('.');
+    accepted
+        .iter()
+        .any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(d))
+}
+
+/// Key for removing duplicates: local part as given, domain in lower case.
+pub fn dedup_key(addr: &str) -> String {
+    match split(addr) {
+        (l, Some(d)) => format!("{l}@{}", d.to_ascii_lowercase()),
+        (l, None) => l.to_owned(),
+    }
+}
+
+/// Append `domain` to a bare local name.
+pub fn qualify(addr: &str, domain: Option<&str>) -> String {
+    match (split(addr).1, domain) {
+        (None, Some(d)) if !d.is_empty() => format!("{addr}@{d}"),
+        _ => addr.to_owned(),
+    }
+}
+
+/// The addresses in an address-list value (`a@x, "B" <b@y>, Team: c@z;`), as mail-parser
+/// reads a To header: groups, comments, quoted local parts and encoded words included.
+pub fn parse_list(value: &str) -> Vec<String> {
+    let raw = format!("To: {value}\r\n\r\n");
+    let mut out = Vec::new();
+    if let Some(msg) = MessageParser::default().parse_headers(raw.as_bytes()) {
+        for h in msg.headers() {
+            if let HeaderValue::Address(list) = &h.value {
+                out.extend(list.iter().filter_map(addr_of));
+            }
+        }
+    }
+    out.retain(|a| !a.is_empty());
+    out
+}
+
+/// The address of a parsed mailbox. mail-parser 0.11 reads a quoted local part
+/// (`"odd local"@contoso.com`) as a display name plus `@contoso.com`: put it back together.
+pub fn addr_of(a: &mail_parser::Addr<'_>) -> Option<String> {
+    let addr = clean(a.address()?);
+    if let Some(domain) = addr.strip_prefix('@')
+        && let Some(local) = a.name()
+    {
+        let local = local.replace('\\', "\\\\").replace('"', "\\\"");
+        return Some(format!("\"{local}\"@{domain}"));
+    }
+    Some(addr).filter(|a| !a.is_empty())
+}
+
+/// The first mailbox of an address-list value: (display name, address).
+pub fn parse_mailbox(value: &str) -> Option<(Option<String>, String)> {
+    let raw = format!("From: {value}\r\n\r\n");
+    let msg = MessageParser::default().parse_headers(raw.as_bytes())?;
+    let h = msg.headers().first()?;
+    match &h.value {
+        HeaderValue::Address(list) => {
+            let a = list.first()?;
+            let addr = addr_of(a)?;
+            Some((a.name().map(str::to_owned).filter(|n| !n.is_empty()), addr))
+        }
+        _ => None,
+    }
+}
+
+/// An address as given by a caller on the command line: `a@x`, `<a@x>`, `Name <a@x>`.
+pub fn from_arg(arg: &str) -> Option<String> {
+    let t = arg.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if !t.contains(['<', '(', '"', ',', ':']) {
+        return Some(t.to_owned());
+    }
+    parse_mailbox(t).map(|(_, a)| a)
+}
+
+fn clean(a: &str) -> String {
+    a.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_and_qualifies() {
+        assert_eq!(split("a@b.c"), ("a", Some("b.c")));
+        assert_eq!(split("root"), ("root", None));
+        assert_eq!(qualify("root", Some("contoso.com")), "root@contoso.com");
+        assert_eq!(qualify("a@b", Some("contoso.com")), "a@b");
+        assert_eq!(dedup_key("Ab@CONTOSO.com"), "Ab@contoso.com");
+    }
+
+    #[test]
+    fn own_host() {
+        let h = LocalHost::named("web1.example.net");
+        assert!(h.is_own_host("web1.example.net"));
+        assert!(h.is_own_host("WEB1"));
+        assert!(h.is_own_host("host.localdomain"));
+        assert!(h.is_own_domain("example.net", &[]));
+        assert!(!h.is_own_domain("example.net", &["example.net".into()]));
+        assert!(!h.is_own_domain("contoso.com", &[]));
+    }
+
+    #[test]
+    fn lists() {
+        assert_eq!(parse_list("Undisclosed recipients:;"), Vec::<String>::new());
+        assert_eq!(
+            parse_list("a@x.y, \"B, b\" <b@y.z> (c), Team: c@z.w, d@z.w;"),
+            vec!["a@x.y", "b@y.z", "c@z.w", "d@z.w"]
+        );
+        assert_eq!(from_arg("Ops <ops@x.y>").as_deref(), Some("ops@x.y"));
+        assert_eq!(from_arg("root").as_deref(), Some("root"));
+    }
+}

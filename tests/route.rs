@@ -1,0 +1,320 @@
+//! route::resolve: modes, MX lookup against a stub DNS server on 127.0.0.1, refusals.
+
+#[path = "support/dns.rs"]
+mod dns;
+
+use dns::{Answer, start_stub_dns};
+use m365send::config::{Cloud, Mode, Profile};
+use m365send::exit::Exit;
+use m365send::message::Envelope;
+use m365send::route::{self, AuthKind, Host, TlsPolicy};
+
+fn profile(mode: Mode) -> Profile {
+    Profile {
+        name: "t".into(),
+        mode,
+        sender: Some("alerts@contoso.com".into()),
+        ..Profile::default()
+    }
+}
+
+fn envelope(rcpts: &[&str]) -> Envelope {
+    Envelope {
+        sender: "alerts@contoso.com".into(),
+        recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+        ..Envelope::default()
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn submit_defaults_per_cloud() {
+    let rt = rt();
+    let env = envelope(&["a@fabrikam.com"]);
+    for (cloud, host) in [
+        (Cloud::Global, "smtp.office365.com"),
+        (Cloud::Usgov, "smtp.office365.us"),
+        (Cloud::China, "smtp.partner.outlook.cn"),
+    ] {
+        let mut p = profile(Mode::Submit);
+        p.cloud = cloud;
+        let ep = rt.block_on(route::resolve(&p, &env, None)).unwrap();
+        assert_eq!(
+            ep.hosts,
+            vec![Host {
+                name: host.into(),
+                port: 587,
+                preference: None
+            }]
+        );
+        assert_eq!(ep.tls, TlsPolicy::Required);
+        assert_eq!(ep.auth, AuthKind::OAuth);
+        assert_eq!(ep.source, "default for submit");
+    }
+    let ep = rt
+        .block_on(route::resolve(&profile(Mode::Hve), &env, None))
+        .unwrap();
+    assert_eq!(ep.hosts[0].name, "smtp.hve.mx.microsoft");
+    let ep = rt
+        .block_on(route::resolve(&profile(Mode::Acs), &env, None))
+        .unwrap();
+    assert_eq!(ep.hosts[0].name, "smtp.azurecomm.net");
+}
+
+#[test]
+fn port_465_is_refused_with_the_reason() {
+    let mut p = profile(Mode::Submit);
+    p.endpoint.port = Some(465);
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["a@b.c"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::Config);
+    assert!(e.message.contains("implicit TLS"), "{}", e.message);
+    assert!(e.message.contains("587"), "{}", e.message);
+}
+
+#[test]
+fn mx_hosts_in_preference_order() {
+    let dns = start_stub_dns(vec![(
+        "contoso.com",
+        Answer::Mx(vec![
+            (20, "backup.contoso.com".into()),
+            (5, "contoso-com.mail.protection.outlook.com".into()),
+            (10, "second.contoso.com".into()),
+        ]),
+    )]);
+    let mut p = profile(Mode::Relay);
+    p.endpoint.dns_server = Some(dns);
+    let ep = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@fabrikam.com"]), None))
+        .unwrap();
+    let names: Vec<(&str, u16, Option<u16>)> = ep
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), h.port, h.preference))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("contoso-com.mail.protection.outlook.com", 25, Some(5)),
+            ("second.contoso.com", 25, Some(10)),
+            ("backup.contoso.com", 25, Some(20)),
+        ]
+    );
+    assert_eq!(ep.tls, TlsPolicy::Required);
+    assert_eq!(ep.auth, AuthKind::None);
+    assert_eq!(ep.source, "MX of contoso.com");
+}
+
+#[test]
+fn mx_domain_and_port_override_and_direct_is_opportunistic() {
+    let dns = start_stub_dns(vec![(
+        "fabrikam.net",
+        Answer::Mx(vec![(0, "fabrikam-net.a-v1.mx.microsoft".into())]),
+    )]);
+    let mut p = profile(Mode::Direct);
+    p.endpoint.dns_server = Some(dns);
+    p.endpoint.mx_domain = Some("fabrikam.net".into());
+    p.endpoint.port = Some(2525);
+    let ep = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+        .unwrap();
+    assert_eq!(ep.hosts[0].name, "fabrikam-net.a-v1.mx.microsoft");
+    assert_eq!(ep.hosts[0].port, 2525);
+    assert_eq!(ep.tls, TlsPolicy::Opportunistic);
+}
+
+#[test]
+fn no_mx_is_exit_68_naming_the_domain() {
+    let dns = start_stub_dns(vec![("contoso.com", Answer::NoData)]);
+    let mut p = profile(Mode::Relay);
+    p.endpoint.dns_server = Some(dns);
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::NoHost, "{}", e.message);
+    assert!(e.message.contains("contoso.com"), "{}", e.message);
+
+    // NXDOMAIN likewise.
+    let dns = start_stub_dns(vec![]);
+    p.endpoint.dns_server = Some(dns);
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::NoHost, "{}", e.message);
+    assert!(e.message.contains("does not exist"), "{}", e.message);
+}
+
+#[test]
+fn silent_dns_is_a_temporary_failure() {
+    let dns = start_stub_dns(vec![("contoso.com", Answer::Silent)]);
+    let mut p = profile(Mode::Relay);
+    p.endpoint.dns_server = Some(dns);
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::TempFail, "{}", e.message);
+}
+
+#[test]
+fn mx_host_skips_the_lookup() {
+    let mut p = profile(Mode::Relay);
+    p.endpoint.mx_host = Some("contoso-com.mail.protection.outlook.com".into());
+    // An unroutable DNS server: if a lookup happened the test would fail.
+    p.endpoint.dns_server = Some("127.0.0.1:9".parse().unwrap());
+    let ep = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+        .unwrap();
+    assert_eq!(ep.hosts[0].name, "contoso-com.mail.protection.outlook.com");
+    assert_eq!(ep.hosts[0].port, 25);
+}
+
+#[test]
+fn server_overrides_any_mode() {
+    let rt = rt();
+    let env = envelope(&["x@contoso.com"]);
+    let ep = rt
+        .block_on(route::resolve(
+            &profile(Mode::Relay),
+            &env,
+            Some("127.0.0.1:2525"),
+        ))
+        .unwrap();
+    assert_eq!(
+        (
+            ep.hosts[0].name.as_str(),
+            ep.hosts[0].port,
+            ep.source.as_str()
+        ),
+        ("127.0.0.1", 2525, "--server")
+    );
+    assert_eq!(ep.tls, TlsPolicy::Required);
+    let ep = rt
+        .block_on(route::resolve(
+            &profile(Mode::Submit),
+            &env,
+            Some("relay.local"),
+        ))
+        .unwrap();
+    assert_eq!(ep.hosts[0].port, 587);
+    let ep = rt
+        .block_on(route::resolve(
+            &profile(Mode::Direct),
+            &env,
+            Some("[::1]:26"),
+        ))
+        .unwrap();
+    assert_eq!((ep.hosts[0].name.as_str(), ep.hosts[0].port), ("::1", 26));
+    let e = rt
+        .block_on(route::resolve(&profile(Mode::Direct), &env, Some("host:0")))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::Usage);
+}
+
+#[test]
+fn direct_send_refuses_outside_recipients() {
+    let mut p = profile(Mode::Direct);
+    p.accepted_domains = vec!["contoso.com".into()];
+    p.endpoint.mx_host = Some("mx.test".into());
+    let e = rt()
+        .block_on(route::resolve(
+            &p,
+            &envelope(&["ok@contoso.com", "someone@gmail.com"]),
+            None,
+        ))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::NoUser);
+    assert!(e.message.contains("someone@gmail.com"), "{}", e.message);
+    assert!(e.message.contains("relay"), "{}", e.message);
+    assert!(!e.message.contains("ok@contoso.com"), "{}", e.message);
+    // Inside the organisation: fine.
+    rt().block_on(route::resolve(&p, &envelope(&["ok@CONTOSO.com"]), None))
+        .unwrap();
+    // Relay reaches outside.
+    p.mode = Mode::Relay;
+    rt().block_on(route::resolve(&p, &envelope(&["someone@gmail.com"]), None))
+        .unwrap();
+}
+
+#[test]
+fn relay_refuses_sender_outside_accepted_domains() {
+    let mut p = profile(Mode::Relay);
+    p.accepted_domains = vec!["contoso.com".into()];
+    p.endpoint.mx_host = Some("mx.test".into());
+    let mut env = envelope(&["a@gmail.com"]);
+    env.sender = "root@server.localdomain".into();
+    let e = rt().block_on(route::resolve(&p, &env, None)).unwrap_err();
+    assert_eq!(e.exit, Exit::NoPerm);
+    assert!(
+        e.message.contains("root@server.localdomain"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn relay_client_certificate_and_tls_settings() {
+    let mut p = profile(Mode::Relay);
+    p.endpoint.mx_host = Some("mx.test".into());
+    p.tls.client_cert = Some("/etc/m365send/relay.crt".into());
+    p.tls.client_key = Some("/etc/m365send/relay.key".into());
+    p.tls.ca_file = Some("/etc/ca.pem".into());
+    p.tls.min_version = m365send::config::TlsVersion::V1_3;
+    let ep = rt()
+        .block_on(route::resolve(&p, &envelope(&["a@b.c"]), None))
+        .unwrap();
+    let cc = ep.client_cert.unwrap();
+    assert_eq!(cc.cert.to_str(), Some("/etc/m365send/relay.crt"));
+    assert_eq!(cc.key.to_str(), Some("/etc/m365send/relay.key"));
+    assert_eq!(ep.tls_min, m365send::config::TlsVersion::V1_3);
+    assert_eq!(
+        ep.ca_file.as_deref().and_then(|p| p.to_str()),
+        Some("/etc/ca.pem")
+    );
+}
+
+#[test]
+fn hve_refuses_outside_recipients_too() {
+    let mut p = profile(Mode::Hve);
+    p.accepted_domains = vec!["contoso.com".into()];
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@gmail.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::NoUser);
+    assert!(e.message.contains("High Volume Email"), "{}", e.message);
+}
+
+#[test]
+fn unreachable_dns_server_is_a_temporary_failure() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut p = profile(Mode::Direct);
+    p.endpoint.dns_server = Some(port);
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::TempFail, "{}", e.message);
+    assert!(e.message.contains("contoso.com"), "{}", e.message);
+}
+
+#[test]
+fn hosts_display_for_dry_run() {
+    let h = route::parse_server("[2001:db8::1]:2525", 25).unwrap();
+    assert_eq!(h.to_string(), "[2001:db8::1]:2525");
+    let h = Host {
+        name: "mx.contoso.com".into(),
+        port: 25,
+        preference: Some(10),
+    };
+    assert_eq!(h.to_string(), "mx.contoso.com:25");
+    assert_eq!(TlsPolicy::Required.as_str(), "STARTTLS required");
+    assert_eq!(AuthKind::OAuth.as_str(), "OAuth2 (XOAUTH2)");
+}

@@ -1190,3 +1190,120 @@ fn missing_settings_are_config_errors() {
         Exit::Config
     );
 }
+
+fn fake_jwt(claims: Value) -> String {
+    format!(
+        "{}.{}.c2ln",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+#[test]
+fn status_shows_what_the_token_grants_not_the_token() {
+    let jwt = fake_jwt(json!({
+        "aud": "https://outlook.office365.com",
+        "roles": ["SMTP.SendAsApp"],
+        "appid": CLIENT,
+        "tid": "tenant-guid",
+    }));
+    let reply = Reply::token(&jwt, 3600, None);
+    let srv = TokenServer::scripted(vec![reply]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let p = app_profile(&srv.authority());
+    block(token(&cfg, &p, false));
+    let mut out = Vec::new();
+    auth::token_status(&cfg, &p, &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("token grants:   aud=https://outlook.office365.com roles=SMTP.SendAsApp"),
+        "{out}"
+    );
+    assert!(!out.contains(&jwt) && !out.contains(jwt.split('.').nth(1).unwrap()));
+    let c = auth::TokenClaims::of(&Secret::new(jwt)).unwrap();
+    assert!(c.allows_smtp());
+}
+
+#[test]
+fn smtp_535_advice_names_the_likely_causes() {
+    let p = app_profile("https://login.microsoftonline.com");
+    let no_roles = Secret::new(fake_jwt(json!({"aud": "https://outlook.office365.com"})));
+    let a = auth::smtp_535_advice(&p, Some(&no_roles));
+    for needle in [
+        "no SMTP permission",
+        "SMTP.SendAsApp",
+        &format!("New-ServicePrincipal -AppId {CLIENT}"),
+        "Enterprise application",
+        "Add-MailboxPermission -Identity app@contoso.com",
+        "FullAccess",
+        "Set-CASMailbox -Identity app@contoso.com -SmtpClientAuthenticationDisabled $false",
+    ] {
+        assert!(a.contains(needle), "{needle}: {a}");
+    }
+    assert!(!a.contains(no_roles.expose()));
+    let ok = Secret::new(fake_jwt(json!({"roles": ["SMTP.SendAsApp"]})));
+    assert!(!auth::smtp_535_advice(&p, Some(&ok)).contains("no SMTP permission"));
+    let d = auth::smtp_535_advice(&delegated_profile("https://x"), None);
+    assert!(d.contains("m365send login --profile me"), "{d}");
+}
+
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn debug_logs_carry_no_secret() {
+    let srv = device_server(
+        vec![
+            pending(),
+            Reply::text(503, "busy"),
+            Reply::token("AT-LOGIN-VALUE", 60, Some("RT-LOGIN-VALUE")),
+            Reply::token("AT-REFRESHED-VALUE", 3600, Some("RT-ROTATED-VALUE")),
+        ],
+        0,
+    );
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut p = delegated_profile(&srv.authority());
+    p.auth.client_secret = secret(SECRET);
+    tracing::subscriber::with_default(subscriber, || {
+        block(auth::login(&cfg, &p, &mut Vec::new())).unwrap();
+        block(token(&cfg, &p, false));
+        block(token(&cfg, &p, false));
+    });
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("token request"), "{logs}");
+    assert!(logs.contains("access token from cache"), "{logs}");
+    for s in [
+        "AT-LOGIN-VALUE",
+        "RT-LOGIN-VALUE",
+        "AT-REFRESHED-VALUE",
+        "RT-ROTATED-VALUE",
+        "DEVICE-CODE-SECRET",
+        SECRET,
+    ] {
+        assert!(!logs.contains(s), "{s} in logs: {logs}");
+    }
+    // The 503 while polling did not end the login; the refresh sent the client secret.
+    let reqs = srv.requests();
+    assert_eq!(reqs.len(), 5);
+    assert_eq!(reqs[4].field("grant_type"), Some("refresh_token"));
+    assert_eq!(reqs[4].field("refresh_token"), Some("RT-LOGIN-VALUE"));
+    assert_eq!(reqs[4].field("client_secret"), Some(SECRET));
+}

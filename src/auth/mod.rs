@@ -505,11 +505,17 @@ pub async fn access_token(
             })
     };
     if !fresh && let Some(t) = cache::read(&dir, &key).as_ref().and_then(cached) {
+        tracing::debug!(profile = %s.profile, expires_at = t.expires_at, "access token from cache");
         return Ok(t);
     }
     let _lock = cache::lock(&dir, &s.profile).await?;
     let mut entry = cache::read(&dir, &key);
     if !fresh && let Some(t) = entry.as_ref().and_then(cached) {
+        tracing::debug!(
+            profile = %s.profile,
+            expires_at = t.expires_at,
+            "access token from cache (written by another process)"
+        );
         return Ok(t);
     }
     if fresh
@@ -556,6 +562,12 @@ pub async fn access_token(
     };
     store(&mut entry, &resp, started, seed);
     cache::write(&dir, &entry)?;
+    tracing::debug!(
+        profile = %s.profile,
+        expires_at = entry.expires_at.unwrap_or_default(),
+        refresh_token_rotated = resp.refresh_token.is_some(),
+        "access token acquired and cached"
+    );
     Ok(AccessToken {
         token: Secret::new(resp.access_token),
         expires_at: entry.expires_at.unwrap_or_default(),
@@ -649,6 +661,14 @@ pub async fn login(config: &Config, profile: &Profile, out: &mut dyn Write) -> R
             Ok(r) => break r,
             Err((PostError::Refused(_, e), _)) if e.error == "authorization_pending" => {}
             Err((PostError::Refused(_, e), _)) if e.error == "slow_down" => interval += 5,
+            // A network hiccup or a 5xx while the user is signing in: keep polling until the
+            // code expires rather than make them start again.
+            Err((PostError::Refused(status, _), _)) if status >= 500 => {
+                tracing::debug!(status, "token endpoint error while polling; polling on");
+            }
+            Err((PostError::Failed(f), _)) if f.exit == Exit::TempFail => {
+                tracing::debug!(error = %f, "token endpoint unreachable while polling; polling on");
+            }
             Err((e, secrets)) => {
                 let refs: Vec<&str> = secrets.iter().map(|s| s.as_str()).collect();
                 return Err(refused(&s, e, &refs));
@@ -701,6 +721,20 @@ async fn token_request_raw(
             .map(|(_, v)| v.to_string()),
     );
     let refs: Vec<&str> = secrets.iter().map(|s| s.as_str()).collect();
+    let grant = fields
+        .iter()
+        .find(|(k, _)| *k == "grant_type")
+        .map(|(_, v)| *v)
+        .unwrap_or("");
+    let credential = auth.last().map(|(k, _)| *k).unwrap_or("none");
+    tracing::debug!(
+        profile = %s.profile,
+        endpoint = %s.token_endpoint(),
+        grant,
+        credential,
+        scope = %s.scope,
+        "token request"
+    );
     match post_form(client, s, &s.token_endpoint(), &form, &refs).await {
         Ok(r) => Ok(r),
         Err(e) => Err((e, secrets)),
@@ -781,6 +815,13 @@ pub fn token_status(
                 }
                 _ => "access token:   none cached".to_string(),
             });
+            if let Some(c) = e
+                .access_token
+                .as_ref()
+                .and_then(|t| TokenClaims::of(&Secret::new(t.clone())))
+            {
+                lines.push(format!("token grants:   {}", c.summary()));
+            }
             lines.push(match (&e.refresh_token, e.refresh_stored_at) {
                 (Some(_), Some(at)) => format!(
                     "refresh token:  stored {} (unused for 90 days it expires)",
@@ -821,4 +862,130 @@ pub fn token_clear(config: &Config, profile: &Profile) -> Result<(), Failure> {
     let _lock = cache::lock_blocking(&dir, &profile.name)?;
     cache::remove(&dir, &profile.name)?;
     Ok(())
+}
+
+/// What an access token says about itself (Microsoft's tokens for Exchange are readable
+/// JWTs). The signature is not checked: this is for diagnosis only, never for trust.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct TokenClaims {
+    /// Audience (the resource), e.g. https://outlook.office365.com.
+    #[serde(default)]
+    pub aud: Option<String>,
+    /// Tenant id.
+    #[serde(default)]
+    pub tid: Option<String>,
+    /// Client id of the app the token was issued to.
+    #[serde(default)]
+    pub appid: Option<String>,
+    /// App-only permissions, e.g. SMTP.SendAsApp.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Delegated permissions, space separated, e.g. "SMTP.Send".
+    #[serde(default)]
+    pub scp: Option<String>,
+    /// Signed-in user (delegated tokens).
+    #[serde(default)]
+    pub upn: Option<String>,
+    /// Expiry, unix seconds.
+    #[serde(default)]
+    pub exp: Option<i64>,
+}
+
+impl TokenClaims {
+    /// Decode the claims of a JWT access token; None when it is not a readable JWT.
+    pub fn of(token: &Secret) -> Option<TokenClaims> {
+        use base64::Engine;
+        let payload = token.expose().split('.').nth(1)?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    /// The token grants sending by SMTP: SMTP.SendAsApp (app-only) or SMTP.Send (delegated).
+    pub fn allows_smtp(&self) -> bool {
+        self.roles.iter().any(|r| r == "SMTP.SendAsApp")
+            || self
+                .scp
+                .as_deref()
+                .is_some_and(|s| s.split(' ').any(|x| x == "SMTP.Send"))
+    }
+
+    /// One line for `token status` and diagnostics.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(a) = &self.aud {
+            parts.push(format!("aud={a}"));
+        }
+        if !self.roles.is_empty() {
+            parts.push(format!("roles={}", self.roles.join(",")));
+        }
+        if let Some(s) = &self.scp {
+            parts.push(format!("scp={s}"));
+        }
+        if let Some(u) = &self.upn {
+            parts.push(format!("upn={u}"));
+        }
+        if let Some(a) = &self.appid {
+            parts.push(format!("appid={a}"));
+        }
+        if let Some(t) = &self.tid {
+            parts.push(format!("tid={t}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// Likely causes of `535 5.7.3 Authentication unsuccessful` when Microsoft 365 refuses an
+/// OAuth token for `profile` (after one fresh token was tried), for deliver/explain to show
+/// under the server's reply. `token`: the refused token, read for its permissions.
+pub fn smtp_535_advice(profile: &Profile, token: Option<&Secret>) -> String {
+    let mailbox = profile.login_user().unwrap_or("<mailbox>");
+    let client_id = profile.auth.client_id.as_deref().unwrap_or("<client id>");
+    let claims = token.and_then(TokenClaims::of);
+    let mut causes = Vec::new();
+    if let Some(c) = &claims
+        && !c.allows_smtp()
+    {
+        causes.push(format!(
+            "the token carries no SMTP permission ({}): add SMTP.SendAsApp (app-only) or \
+             SMTP.Send (delegated) of Office 365 Exchange Online to the app registration and \
+             grant admin consent",
+            if c.summary().is_empty() {
+                "no roles or scp".to_string()
+            } else {
+                c.summary()
+            }
+        ));
+    }
+    match profile.auth.flow {
+        OAuthFlow::ClientCredentials => {
+            causes.push(format!(
+                "no Exchange service principal for the app: in Exchange Online PowerShell run \
+                 `New-ServicePrincipal -AppId {client_id} -ObjectId <object id of the \
+                 Enterprise application, not of the App registration>`"
+            ));
+            causes.push(format!(
+                "the service principal has no rights on {mailbox}: `Add-MailboxPermission \
+                 -Identity {mailbox} -User <service principal id> -AccessRights FullAccess` \
+                 (and Add-RecipientPermission -AccessRights SendAs for other senders)"
+            ));
+        }
+        OAuthFlow::Delegated => {
+            causes.push(format!(
+                "the signed-in user is not {mailbox} and has no FullAccess/Send As on it: log \
+                 in as that mailbox (`m365send login --profile {}`) or grant the rights",
+                profile.name
+            ));
+        }
+    }
+    causes.push(format!(
+        "SMTP AUTH is disabled for {mailbox} or the tenant: `Set-CASMailbox -Identity \
+         {mailbox} -SmtpClientAuthenticationDisabled $false`"
+    ));
+    let mut out = String::from("Microsoft 365 refused the OAuth token. Likely causes:");
+    for (i, c) in causes.iter().enumerate() {
+        out.push_str(&format!("\n  {}. {c}", i + 1));
+    }
+    out
 }

@@ -930,6 +930,7 @@ fn transient_failures_exit_75() {
     )));
     assert_eq!(f.exit, Exit::TempFail, "{}", f.message);
     assert!(f.message.contains("cannot reach"), "{}", f.message);
+    assert!(f.message.contains("temporary"), "{}", f.message);
     assert!(!f.message.contains(SECRET));
 
     let srv = TokenServer::scripted(vec![Reply::text(502, "<html>Bad Gateway</html>")]);

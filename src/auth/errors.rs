@@ -233,8 +233,11 @@ pub fn from_response(
 ) -> Failure {
     let code = resp.aadsts();
     let mut adv = advice(code.as_deref(), &resp.error, ctx);
-    if status >= 500 || status == 429 {
-        adv.exit = Exit::TempFail;
+    if (status >= 500 || status == 429) && adv.exit != Exit::TempFail {
+        adv = Advice {
+            exit: Exit::TempFail,
+            text: "The identity platform had a temporary problem; try again later.".to_string(),
+        };
     }
     let quoted = match (code.as_deref(), resp.first_line()) {
         (_, "") => resp.error.clone(),

@@ -369,8 +369,8 @@ async fn post_form<T: serde::de::DeserializeOwned>(
                 Exit::TempFail,
                 errors::scrub(
                     &format!(
-                        "cannot reach the token endpoint for profile \"{}\" ({}): {}; \
-                         will retry later",
+                        "cannot reach the token endpoint for profile \"{}\" ({}): {} \
+                         (a temporary failure)",
                         s.profile,
                         url,
                         chain(&e.without_url())
@@ -406,7 +406,7 @@ async fn post_form<T: serde::de::DeserializeOwned>(
         Ok(e) if !e.error.is_empty() => Err(PostError::Refused(status, e)),
         _ => {
             let (exit, hint) = if status >= 500 || status == 429 || status == 408 {
-                (Exit::TempFail, "will retry later")
+                (Exit::TempFail, "a temporary failure")
             } else {
                 (
                     Exit::Config,

@@ -1308,3 +1308,46 @@ fn debug_logs_carry_no_secret() {
     assert_eq!(reqs[4].field("refresh_token"), Some("RT-LOGIN-VALUE"));
     assert_eq!(reqs[4].field("client_secret"), Some(SECRET));
 }
+
+#[test]
+fn replacing_a_rejected_token_asks_once() {
+    let srv = numbered_tokens(3600);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let p = app_profile(&srv.authority());
+    let (_, at0, _) = block(token(&cfg, &p, false));
+    let xo = |c: Credentials| match c {
+        Credentials::XOAuth2 {
+            user,
+            token,
+            from_cache,
+        } => (user, token.expose().to_string(), from_cache),
+        other => panic!("{other:?}"),
+    };
+    // The first process refused with at-0 gets a new token...
+    let (user, at1, from_cache) = xo(block(auth::credentials_replacing(
+        &cfg,
+        &p,
+        &Secret::new(at0.clone()),
+    ))
+    .unwrap());
+    assert_eq!(
+        (user.as_str(), at1.as_str(), from_cache),
+        ("app@contoso.com", "at-1", false)
+    );
+    // ...the others refused with at-0 take that one without asking again.
+    for _ in 0..5 {
+        let (_, t, from_cache) = xo(block(auth::credentials_replacing(
+            &cfg,
+            &p,
+            &Secret::new(at0.clone()),
+        ))
+        .unwrap());
+        assert_eq!((t.as_str(), from_cache), ("at-1", true));
+    }
+    assert_eq!(srv.count(), 2);
+    // A refusal of the new token gets another one.
+    let (_, t, _) = xo(block(auth::credentials_replacing(&cfg, &p, &Secret::new(at1))).unwrap());
+    assert_eq!(t, "at-2");
+    assert_eq!(srv.count(), 3);
+}

@@ -493,24 +493,74 @@ pub async fn access_token(
     profile: &Profile,
     fresh: bool,
 ) -> Result<AccessToken, Failure> {
+    let reject = if fresh { Reject::All } else { Reject::Nothing };
+    acquire(config, profile, reject).await
+}
+
+/// Credentials after Microsoft 365 refused `rejected` (535 5.7.3): a cached token other than
+/// the rejected one when another process has already replaced it, else a newly acquired one.
+/// Unlike `credentials(.., fresh = true)`, many processes refused at once still ask the token
+/// endpoint once.
+pub async fn credentials_replacing(
+    config: &Config,
+    profile: &Profile,
+    rejected: &Secret,
+) -> Result<Credentials, Failure> {
+    if profile.auth_method() != AuthMethod::OAuth || profile.auth.token.is_set() {
+        // Nothing to replace: a password, or a fixed token from auth.token.
+        return credentials(config, profile, false).await;
+    }
+    let user = oauth_user(profile)?;
+    let t = acquire(config, profile, Reject::Token(rejected)).await?;
+    Ok(Credentials::XOAuth2 {
+        user,
+        token: t.token,
+        from_cache: t.from_cache,
+    })
+}
+
+/// Which cached access token must not be used.
+#[derive(Clone, Copy)]
+enum Reject<'a> {
+    Nothing,
+    All,
+    Token(&'a Secret),
+}
+
+impl Reject<'_> {
+    fn refuses(&self, token: &str) -> bool {
+        match self {
+            Reject::Nothing => false,
+            Reject::All => true,
+            Reject::Token(r) => r.expose() == token,
+        }
+    }
+}
+
+async fn acquire(
+    config: &Config,
+    profile: &Profile,
+    reject: Reject<'_>,
+) -> Result<AccessToken, Failure> {
     let s = OAuthSettings::from_profile(profile)?;
     let dir = cache::dir(config)?;
     let key = s.key();
     let cached = |e: &Entry| {
         e.valid_access_token(now(), s.refresh_window_secs)
+            .filter(|t| !reject.refuses(t))
             .map(|t| AccessToken {
                 token: Secret::new(t),
                 expires_at: e.expires_at.unwrap_or_default(),
                 from_cache: true,
             })
     };
-    if !fresh && let Some(t) = cache::read(&dir, &key).as_ref().and_then(cached) {
+    if let Some(t) = cache::read(&dir, &key).as_ref().and_then(cached) {
         tracing::debug!(profile = %s.profile, expires_at = t.expires_at, "access token from cache");
         return Ok(t);
     }
     let _lock = cache::lock(&dir, &s.profile).await?;
     let mut entry = cache::read(&dir, &key);
-    if !fresh && let Some(t) = entry.as_ref().and_then(cached) {
+    if let Some(t) = entry.as_ref().and_then(cached) {
         tracing::debug!(
             profile = %s.profile,
             expires_at = t.expires_at,
@@ -518,9 +568,8 @@ pub async fn access_token(
         );
         return Ok(t);
     }
-    if fresh
-        && let Some(e) = entry.as_mut()
-        && e.access_token.is_some()
+    if let Some(e) = entry.as_mut()
+        && e.access_token.as_deref().is_some_and(|t| reject.refuses(t))
     {
         e.access_token = None;
         e.expires_at = None;

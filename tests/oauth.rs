@@ -1351,3 +1351,16 @@ fn replacing_a_rejected_token_asks_once() {
     assert_eq!(t, "at-2");
     assert_eq!(srv.count(), 3);
 }
+
+#[test]
+fn token_status_of_a_profile_without_oauth() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Profile {
+        name: "cron".into(),
+        mode: Mode::Relay,
+        ..Default::default()
+    };
+    let f = auth::token_status(&config(dir.path()), &p, &mut Vec::new()).unwrap_err();
+    assert_eq!(f.exit, Exit::Config);
+    assert!(f.message.contains("does not use OAuth"), "{}", f.message);
+}

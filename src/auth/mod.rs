@@ -814,6 +814,18 @@ pub fn token_status(
     profile: &Profile,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
+    let method = profile.auth_method();
+    if method != AuthMethod::OAuth {
+        return Err(Failure::config(format!(
+            "profile \"{}\" does not use OAuth (mode {}, auth method {}): it has no tokens",
+            profile.name,
+            profile.mode.as_str(),
+            match method {
+                AuthMethod::Password => "password",
+                _ => "none",
+            }
+        )));
+    }
     let s = OAuthSettings::from_profile(profile)?;
     let dir = cache::dir(config)?;
     let path = cache::file_path(&dir, &s.profile);

@@ -342,6 +342,29 @@ pub struct AuthConfig {
     pub scope: Option<String>,
     /// Refresh a cached token this many seconds before it expires. Default 300.
     pub refresh_window_secs: Option<u64>,
+    /// Signature algorithm of the certificate client assertion: "PS256" (default) or "RS256".
+    pub assertion_alg: Option<AssertionAlgorithm>,
+}
+
+/// How the JWT client assertion (app-only with a certificate) is signed. Both use an RSA key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AssertionAlgorithm {
+    /// RSASSA-PSS with SHA-256 (what Microsoft documents for certificate credentials).
+    #[default]
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    #[serde(rename = "RS256")]
+    Rs256,
+}
+
+impl AssertionAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssertionAlgorithm::Ps256 => "PS256",
+            AssertionAlgorithm::Rs256 => "RS256",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

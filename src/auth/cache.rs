@@ -1,0 +1,261 @@
+//! The token cache: one JSON file per profile, plus a lock file beside it.
+//!
+//! Owns: the cache directory (config `cache_dir`; root /var/cache/m365send; users
+//! $XDG_CACHE_HOME/m365send or ~/.cache/m365send; created 0700), reading an entry (ignored when
+//! its key — profile, tenant, client id, scope, flow, authority — no longer matches the
+//! profile), writing it atomically (temp file 0600 in the same directory, fsync, rename) and the
+//! exclusive lock that makes concurrent processes ask the token endpoint once.
+//! Must not: talk to the network, or print a token (Debug is redacted).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::exit::{Exit, Failure};
+
+const VERSION: u32 = 1;
+
+/// What a cached token was issued for. A change in any field invalidates the entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheKey {
+    pub profile: String,
+    pub tenant: String,
+    pub client_id: String,
+    pub scope: String,
+    pub flow: String,
+    pub authority: String,
+}
+
+/// One cache file.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub version: u32,
+    pub key: CacheKey,
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// Unix seconds when the refresh token was last stored.
+    #[serde(default)]
+    pub refresh_stored_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Entry")
+            .field("key", &self.key)
+            .field("access_token", &r(&self.access_token))
+            .field("expires_at", &self.expires_at)
+            .field("refresh_token", &r(&self.refresh_token))
+            .finish()
+    }
+}
+
+impl Entry {
+    pub fn new(key: CacheKey) -> Entry {
+        Entry {
+            version: VERSION,
+            key,
+            access_token: None,
+            expires_at: None,
+            refresh_token: None,
+            refresh_stored_at: None,
+        }
+    }
+
+    /// The access token if it is still valid `window` seconds from `now`.
+    pub fn valid_access_token(&self, now: i64, window: u64) -> Option<&str> {
+        let exp = self.expires_at?;
+        let tok = self.access_token.as_deref()?;
+        (now.saturating_add(window as i64) < exp && !tok.is_empty()).then_some(tok)
+    }
+}
+
+/// The cache directory for this configuration (not created).
+pub fn dir(config: &Config) -> Result<PathBuf, Failure> {
+    if let Some(d) = &config.cache_dir {
+        return Ok(d.clone());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(PathBuf::from("/var/cache/m365send"));
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from)
+        && x.is_absolute()
+    {
+        return Ok(x.join("m365send"));
+    }
+    match std::env::var_os("HOME").map(PathBuf::from) {
+        Some(h) if h.is_absolute() => Ok(h.join(".cache").join("m365send")),
+        _ => Err(Failure::config(
+            "no token cache directory: set `cache_dir` in the configuration, or HOME",
+        )),
+    }
+}
+
+/// File-name stem for a profile: safe characters kept, others replaced, plus a short hash
+/// when anything was replaced (so two profiles never share a file).
+fn stem(profile: &str) -> String {
+    let safe: String = profile
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe == profile && !profile.is_empty() && !profile.starts_with('.') {
+        safe
+    } else {
+        let h = ring::digest::digest(&ring::digest::SHA256, profile.as_bytes());
+        let hex: String = h.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("_{safe}-{hex}")
+    }
+}
+
+pub fn file_path(dir: &Path, profile: &str) -> PathBuf {
+    dir.join(format!("{}.token.json", stem(profile)))
+}
+
+fn lock_path(dir: &Path, profile: &str) -> PathBuf {
+    dir.join(format!("{}.token.lock", stem(profile)))
+}
+
+fn io_fail(what: &str, path: &Path, e: std::io::Error) -> Failure {
+    let exit = match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Exit::NoPerm,
+        _ => Exit::CantCreat,
+    };
+    Failure::new(
+        exit,
+        format!("token cache: cannot {what} {}: {e}", path.display()),
+    )
+}
+
+/// Create the directory (mode 0700) if it does not exist.
+pub fn ensure_dir(dir: &Path) -> Result<(), Failure> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_fail("create directory", dir, e))?;
+    // The umask may have removed bits but never adds any; make sure of 0700 anyway.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_fail("set permissions on", dir, e))
+}
+
+/// Read the entry for `key`. None: no file, unreadable content, or a different key.
+pub fn read(dir: &Path, key: &CacheKey) -> Option<Entry> {
+    let raw = fs::read(file_path(dir, &key.profile)).ok()?;
+    let e: Entry = serde_json::from_slice(&raw).ok()?;
+    (e.version == VERSION && &e.key == key).then_some(e)
+}
+
+/// Read whatever entry the profile's file holds, whatever its key (for `token status`).
+pub fn read_any(dir: &Path, profile: &str) -> Option<Entry> {
+    let raw = fs::read(file_path(dir, profile)).ok()?;
+    serde_json::from_slice(&raw).ok()
+}
+
+/// Write the entry atomically: temp file (0600) in the same directory, fsync, rename.
+pub fn write(dir: &Path, entry: &Entry) -> Result<(), Failure> {
+    ensure_dir(dir)?;
+    let path = file_path(dir, &entry.key.profile);
+    let json = serde_json::to_vec_pretty(entry)
+        .map_err(|e| Failure::new(Exit::Software, format!("token cache: {e}")))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".token-")
+        .tempfile_in(dir)
+        .map_err(|e| io_fail("create a file in", dir, e))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| io_fail("set permissions on", tmp.path(), e))?;
+    tmp.write_all(&json)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| io_fail("write", tmp.path(), e))?;
+    tmp.persist(&path)
+        .map_err(|e| io_fail("replace", &path, e.error))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Remove the profile's cache file (no error when absent).
+pub fn remove(dir: &Path, profile: &str) -> Result<bool, Failure> {
+    let path = file_path(dir, profile);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_fail("remove", &path, e)),
+    }
+}
+
+/// An exclusive lock on the profile's lock file, released when dropped.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+fn open_lock(dir: &Path, profile: &str) -> Result<File, Failure> {
+    ensure_dir(dir)?;
+    let path = lock_path(dir, profile);
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode_0600()
+        .open(&path)
+        .map_err(|e| io_fail("open lock file", &path, e))
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+impl Mode0600 for OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
+
+/// Take the lock, blocking this thread until it is free.
+pub fn lock_blocking(dir: &Path, profile: &str) -> Result<Lock, Failure> {
+    let file = open_lock(dir, profile)?;
+    // flock(2), as std's File::lock does on Linux (that one needs Rust 1.89; our MSRV is
+    // older). The lock belongs to this open file description, so two opens in one process
+    // exclude each other too; it is released when the file is closed.
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: the descriptor is valid for the lifetime of `file`.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(io_fail("lock", &lock_path(dir, profile), e));
+        }
+    }
+    Ok(Lock { _file: file })
+}
+
+/// Take the lock without blocking the async runtime's thread.
+pub async fn lock(dir: &Path, profile: &str) -> Result<Lock, Failure> {
+    let dir = dir.to_path_buf();
+    let profile = profile.to_string();
+    tokio::task::spawn_blocking(move || lock_blocking(&dir, &profile))
+        .await
+        .map_err(|e| Failure::new(Exit::Software, format!("token cache lock: {e}")))?
+}

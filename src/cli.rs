@@ -410,7 +410,8 @@ fn mode_values() -> PossibleValuesParser {
     ])
 }
 
-/// Options for sending a message (and the few that apply to every command).
+// Options for sending a message (and the few that apply to every command). A plain comment:
+// a doc comment here would become the program's `about` text.
 #[derive(Debug, Args)]
 struct SendOpts {
     /// Add the recipients in the message's To, Cc and Bcc headers to those given as arguments.
@@ -608,12 +609,14 @@ pub fn clap_command(subcommands: bool) -> ClapCommand {
                 .long("help")
                 .action(ArgAction::Help)
                 .global(true)
+                .display_order(1000)
                 .help("Print this help"),
         )
         .arg(
             Arg::new("version")
                 .long("version")
                 .action(ArgAction::Version)
+                .display_order(1001)
                 .help("Print the version"),
         );
     let cmd = SendOpts::augment_args(cmd);

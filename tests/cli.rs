@@ -1,0 +1,239 @@
+//! The command line: each argv real callers use parses to the right `Invocation`, and the
+//! binary reports usage errors (exit 64) naming the option, before reading anything.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command as Process, Output, Stdio};
+
+use m365send::cli::{Command, DeliveryMode, Invocation, SendArgs, parse};
+
+fn argv(argv0: &str, rest: &[&str]) -> Vec<OsString> {
+    std::iter::once(argv0)
+        .chain(rest.iter().copied())
+        .map(OsString::from)
+        .collect()
+}
+
+fn send(inv: Invocation) -> SendArgs {
+    match inv.command {
+        Command::Send(a) => *a,
+        other => panic!("expected Send, got {other:?}"),
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn debian_cron() {
+    let inv = parse(argv(
+        "/usr/sbin/sendmail",
+        &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"],
+    ))
+    .unwrap();
+    assert_eq!(inv.ignored, strings(&["-B8BITMIME", "-oem"]));
+    assert_eq!(
+        send(inv),
+        SendArgs {
+            recipients: strings(&["root"]),
+            ignore_dots: true,
+            full_name: Some("CronDaemon".into()),
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn cronie() {
+    let inv = parse(argv(
+        "sendmail",
+        &[
+            "-FCronDaemon",
+            "-i",
+            "-odi",
+            "-oem",
+            "-oi",
+            "-t",
+            "-f",
+            "root",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        send(inv),
+        SendArgs {
+            extract_recipients: true,
+            ignore_dots: true,
+            envelope_from: Some("root".into()),
+            full_name: Some("CronDaemon".into()),
+            delivery: DeliveryMode::Now,
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn php_mail() {
+    let a = send(parse(argv("/usr/sbin/sendmail", &["-t", "-i"])).unwrap());
+    assert_eq!(
+        a,
+        SendArgs {
+            extract_recipients: true,
+            ignore_dots: true,
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn mailx() {
+    let a = send(parse(argv("sendmail", &["-i", "--", "a@x", "b@y"])).unwrap());
+    assert_eq!(
+        a,
+        SendArgs {
+            recipients: strings(&["a@x", "b@y"]),
+            ignore_dots: true,
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn lettre() {
+    let a = send(parse(argv("sendmail", &["-i", "-f", "a@x", "--", "b@y"])).unwrap());
+    assert_eq!(
+        a,
+        SendArgs {
+            recipients: strings(&["b@y"]),
+            ignore_dots: true,
+            envelope_from: Some("a@x".into()),
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn git_send_email_and_symfony() {
+    let a = send(parse(argv("sendmail", &["-i", "dev@x", "list@y"])).unwrap());
+    assert_eq!(a.recipients, strings(&["dev@x", "list@y"]));
+    let inv = parse(argv("sendmail", &["-bs"])).unwrap();
+    assert!(matches!(inv.command, Command::SmtpStdio(_)));
+}
+
+#[test]
+fn names() {
+    assert_eq!(
+        parse(argv("/usr/bin/mailq", &[])).unwrap().command,
+        Command::QueueList { json: false }
+    );
+    assert_eq!(
+        parse(argv("/usr/bin/newaliases", &[])).unwrap().command,
+        Command::Newaliases
+    );
+    // `sendmail queue` mails the local user "queue"; `m365send queue` lists the queue.
+    assert_eq!(
+        send(parse(argv("sendmail", &["queue"])).unwrap()).recipients,
+        strings(&["queue"])
+    );
+    assert_eq!(
+        parse(argv("m365send", &["queue"])).unwrap().command,
+        Command::QueueList { json: false }
+    );
+}
+
+// --- the binary -------------------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_m365send");
+
+/// Run the binary (as `name`, through a symlink, when given) with no configuration anywhere.
+fn run_as(name: Option<&str>, args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let program = match name {
+        Some(n) => {
+            let link = dir.path().join(n);
+            std::os::unix::fs::symlink(BIN, &link).unwrap();
+            link
+        }
+        None => Path::new(BIN).to_owned(),
+    };
+    Process::new(program)
+        .args(args)
+        .env_remove("M365SEND_CONFIG")
+        .env_remove("M365SEND_LOG")
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn unknown_option_is_a_usage_error_naming_it() {
+    for (args, name) in [
+        (&["-x", "root"][..], "-x"),
+        (&["--frobnicate", "root"], "--frobnicate"),
+        (&["-bd"], "-bd"),
+    ] {
+        let o = run_as(Some("sendmail"), args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.starts_with("m365send: "), "{e}");
+        assert!(e.contains(name), "{e}");
+    }
+}
+
+#[test]
+fn bad_dsn_values_are_usage_errors() {
+    for args in [&["-N", "always", "root"][..], &["-R", "body", "root"]] {
+        let o = run_as(None, args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let o = run_as(None, &["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "--dry-run",
+        "-oi",
+        "Sendmail options",
+        "queue",
+        "config.example.toml",
+    ] {
+        assert!(out.contains(needle), "help lacks {needle}");
+    }
+    let o = run_as(None, &["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn mailq_and_newaliases() {
+    let o = run_as(Some("mailq"), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("queue is empty"));
+    let o = run_as(Some("newaliases"), &[]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("nothing to do"));
+    let o = run_as(Some("sendmail"), &["-bp"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn no_configuration_is_exit_78_with_a_pointer() {
+    if Path::new("/etc/m365send/config.toml").exists() {
+        return; // a real system configuration would be found
+    }
+    for args in [&["root"][..], &["-t", "-i"], &["--dry-run", "root"]] {
+        let o = run_as(Some("sendmail"), args);
+        assert_eq!(o.status.code(), Some(78), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("config.example.toml"), "{}", stderr(&o));
+    }
+}

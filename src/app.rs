@@ -47,6 +47,7 @@ fn init_tracing(verbose: u8) {
         .with_writer(io::stderr)
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(io::stderr().is_terminal())
         .without_time()
         .try_init();
 }
@@ -224,6 +225,15 @@ fn mode_title(mode: Mode) -> &'static str {
     }
 }
 
+/// `1234 bytes`, `36700160 bytes (35.0 MiB)`.
+fn human_size(n: u64) -> String {
+    if n < 1024 * 1024 {
+        format!("{n} bytes")
+    } else {
+        format!("{n} bytes ({:.1} MiB)", n as f64 / (1024.0 * 1024.0))
+    }
+}
+
 /// What `--dry-run` prints: everything that would be used, nothing that was done.
 pub fn dry_run_report(
     config: &Config,
@@ -387,9 +397,9 @@ pub fn dry_run_report(
         (
             "size".into(),
             format!(
-                "{} bytes (limit {} bytes)",
-                prepared.size,
-                profile.max_size()
+                "{} (limit {})",
+                human_size(prepared.size),
+                human_size(profile.max_size())
             ),
         ),
         (
@@ -486,7 +496,7 @@ mod tests {
             "ops@contoso.com",
             "dba@contoso.com",
             "NOTIFY=FAILURE,DELAY RET=HDRS",
-            "1234 bytes",
+            "1234 bytes (limit 36700160 bytes (35.0 MiB))",
             "BODY=8BITMIME",
             "  From: Cron Daemon <alerts@contoso.com>\n",
             "  Subject: x\n",

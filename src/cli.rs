@@ -812,6 +812,8 @@ fn usage_from_clap(e: &clap::Error) -> Failure {
             let rendered = e.render().to_string();
             let first = rendered.split("\n\n").next().unwrap_or("").trim();
             let first = first.strip_prefix("error: ").unwrap_or(first);
+            // One line: clap indents continuation lines.
+            let first = first.split_whitespace().collect::<Vec<_>>().join(" ");
             format!("{first}; see m365send --help")
         }
     };

@@ -936,7 +936,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// The dotted key whose key or value covers `offset`, the deepest one.
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    let doc = DeTable::parse(text).ok()?;
+    // Recoverable: a syntax error still yields the keys around it.
+    let (doc, _) = DeTable::parse_recoverable(text);
     let mut best: Vec<String> = Vec::new();
     fn walk(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
         for (k, v) in table.iter() {
@@ -972,7 +973,7 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 
 /// The line on which the key `path` is written (falling back to its nearest written parent).
 fn line_of(text: &str, path: &[String]) -> Option<usize> {
-    let doc = DeTable::parse(text).ok()?;
+    let (doc, _) = DeTable::parse_recoverable(text);
     let mut table = doc.get_ref();
     let mut line = None;
     for part in path {

@@ -394,14 +394,8 @@ pub fn dry_run_report(
     // Message
     let yes_no = |b: bool, yes: &str| if b { yes.to_owned() } else { "no".to_owned() };
     let rows = vec![
-        (
-            "size".into(),
-            format!(
-                "{} (limit {})",
-                human_size(prepared.size),
-                human_size(profile.max_size())
-            ),
-        ),
+        ("size".into(), human_size(prepared.size)),
+        ("size limit".into(), human_size(profile.max_size())),
         (
             "8-bit body".into(),
             yes_no(prepared.eight_bit, "yes (BODY=8BITMIME)"),
@@ -496,7 +490,8 @@ mod tests {
             "ops@contoso.com",
             "dba@contoso.com",
             "NOTIFY=FAILURE,DELAY RET=HDRS",
-            "1234 bytes (limit 36700160 bytes (35.0 MiB))",
+            "1234 bytes\n",
+            "36700160 bytes (35.0 MiB)",
             "BODY=8BITMIME",
             "  From: Cron Daemon <alerts@contoso.com>\n",
             "  Subject: x\n",

@@ -334,6 +334,10 @@ fn prepass(args: Vec<OsString>, values: &ValueOptions, subcommands: bool) -> Res
                 }
             }
             'U' if attached.is_empty() => pre.ignored.push(s),
+            // `m365send -h` alone: the hop count has no value, so the user wants help.
+            'h' if attached.is_empty() && it.len() == 0 => {
+                pre.args.push(OsString::from("--help"));
+            }
             'B' | 'L' | 'h' | 'X' => {
                 let mut shown = s;
                 if attached.is_empty() {

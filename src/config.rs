@@ -515,7 +515,7 @@ impl Config {
             if let Some(span) = e.span() {
                 let (line, col) = line_col(text, span.start);
                 place = format!("{place}:{line}:{col}");
-                key = key_at(text, span.start);
+                key = key_at(text, span.start).or_else(|| key_on_line(text, span.start));
             }
             let message = e.message().trim_end();
             match key {
@@ -971,6 +971,33 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     (!best.is_empty()).then(|| best.join("."))
 }
 
+/// For a syntax error the parser could not attach to a key: the `key =` written on the
+/// error's line, under the nearest `[table]` header above it.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let (line, _) = line_col(text, offset);
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?.trim_start();
+    let key = here.split_once('=')?.0.trim();
+    let plain = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+    };
+    if !plain(key) {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
 /// The line on which the key `path` is written (falling back to its nearest written parent).
 fn line_of(text: &str, path: &[String]) -> Option<usize> {
     let (doc, _) = DeTable::parse_recoverable(text);
@@ -1115,6 +1142,13 @@ mod tests {
         let e = parse(text).unwrap_err();
         assert!(
             e.message.contains(":2:") && e.message.contains("profiles.a.mode"),
+            "{}",
+            e.message
+        );
+
+        let e = parse("[profiles.a]\naliases = { root = \"x\"\n").unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains("profiles.a.aliases"),
             "{}",
             e.message
         );

@@ -53,6 +53,8 @@ fn init_tracing(verbose: u8) {
 }
 
 fn run(inv: Invocation) -> Result<(), Failure> {
+    let config_path = inv.config.as_deref();
+    let profile_name = inv.profile.as_deref();
     match inv.command {
         Command::Help { text } => {
             let mut out = io::stdout().lock();
@@ -60,12 +62,7 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
             Ok(())
         }
-        Command::Send(args) => send(
-            inv.config.as_deref(),
-            inv.profile.as_deref(),
-            inv.verbose,
-            &args,
-        ),
+        Command::Send(args) => send(config_path, profile_name, inv.verbose, &args),
         Command::Newaliases => {
             eprintln!(
                 "m365send: newaliases: nothing to do; aliases are read from the profile's \
@@ -73,58 +70,117 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::QueueList { json } => placeholder::queue_list(json),
-        Command::QueueRun => placeholder::queue_run(false),
-        Command::QueueFlush => placeholder::queue_run(true),
-        Command::QueueShow { id } | Command::QueueDelete { id } => placeholder::queue_entry(&id),
+        Command::QueueList { json } => {
+            placeholder::queue_list(&config_or_default(config_path)?, json)
+        }
+        Command::QueueRun => placeholder::queue_run(&config_or_default(config_path)?, false),
+        Command::QueueFlush => placeholder::queue_run(&config_or_default(config_path)?, true),
+        Command::QueueShow { id } => placeholder::queue_show(&config_or_default(config_path)?, &id),
+        Command::QueueDelete { id } => {
+            placeholder::queue_delete(&config_or_default(config_path)?, &id)
+        }
         Command::Explain { code } => placeholder::explain(&code),
-        Command::SmtpStdio(_) => placeholder::unavailable("-bs (SMTP on stdin/stdout)"),
-        Command::Login => placeholder::unavailable("login"),
-        Command::TokenStatus | Command::TokenClear => placeholder::unavailable("token"),
+        Command::SmtpStdio(args) => placeholder::smtp_stdio(config_path, profile_name, &args),
+        Command::Login => {
+            let (config, profile) = config_and_profile(config_path, profile_name)?;
+            placeholder::login(&config, &profile)
+        }
+        Command::TokenStatus => {
+            let (config, profile) = config_and_profile(config_path, profile_name)?;
+            placeholder::token_status(&config, &profile)
+        }
+        Command::TokenClear => {
+            let (config, profile) = config_and_profile(config_path, profile_name)?;
+            placeholder::token_clear(&config, &profile)
+        }
     }
+}
+
+/// The configuration for commands that also work without one (the queue: `mailq` on a host
+/// that never configured m365send just has an empty queue).
+fn config_or_default(path: Option<&Path>) -> Result<Config, Failure> {
+    Ok(config::load(path)?.unwrap_or_default())
+}
+
+/// The configuration and the profile for commands that need both (`login`, `token`).
+fn config_and_profile(
+    path: Option<&Path>,
+    profile_name: Option<&str>,
+) -> Result<(Config, Profile), Failure> {
+    let config = config::load(path)?.ok_or_else(no_config)?;
+    let profile = config.select_profile(profile_name, None)?;
+    Ok((config, profile))
 }
 
 /// Stand-ins for steps other modules will provide. Each is one call away from its real
 /// implementation: swap the body, keep the call site.
 mod placeholder {
+    use crate::cli::SendArgs;
+    use crate::config::{Config, Profile};
     use crate::exit::{Exit, Failure};
+    use std::path::Path;
 
-    // PLACEHOLDER(queue): crate::queue::list(json)
-    pub fn queue_list(json: bool) -> Result<(), Failure> {
+    fn unavailable(what: &str) -> Result<(), Failure> {
+        Err(Failure::new(
+            Exit::Unavailable,
+            format!("{what}: not available yet"),
+        ))
+    }
+
+    // PLACEHOLDER(queue): print crate::queue::format_list / format_json of crate::queue::list.
+    pub fn queue_list(_config: &Config, json: bool) -> Result<(), Failure> {
         if !json {
             println!("m365send: the queue is empty (no queue yet)");
         }
         Ok(())
     }
 
-    // PLACEHOLDER(queue): crate::queue::run(flush)
-    pub fn queue_run(_flush: bool) -> Result<(), Failure> {
+    // PLACEHOLDER(queue): crate::queue::run(...) (flush: ignoring backoff).
+    pub fn queue_run(_config: &Config, _flush: bool) -> Result<(), Failure> {
         eprintln!("m365send: the queue is empty (no queue yet)");
         Ok(())
     }
 
-    // PLACEHOLDER(queue): crate::queue::show(id) / crate::queue::delete(id)
-    pub fn queue_entry(id: &str) -> Result<(), Failure> {
+    // PLACEHOLDER(queue): crate::queue::show(config, id) + format_show.
+    pub fn queue_show(_config: &Config, id: &str) -> Result<(), Failure> {
         Err(Failure::new(
             Exit::NoInput,
             format!("no queued message {id} (the queue is empty: no queue yet)"),
         ))
     }
 
-    // PLACEHOLDER(explain): crate::explain::explain_code(code)
-    pub fn explain(code: &str) -> Result<(), Failure> {
-        Err(Failure::new(
-            Exit::Unavailable,
-            format!("explain {code}: not available yet"),
-        ))
+    // PLACEHOLDER(queue): crate::queue::delete(config, id).
+    pub fn queue_delete(config: &Config, id: &str) -> Result<(), Failure> {
+        queue_show(config, id)
     }
 
-    // PLACEHOLDER(bs, oauth): the -bs dialogue, `login` and `token`.
-    pub fn unavailable(what: &str) -> Result<(), Failure> {
-        Err(Failure::new(
-            Exit::Unavailable,
-            format!("{what}: not available yet"),
-        ))
+    // PLACEHOLDER(explain): print crate::explain::explain_code(code), else "unknown code".
+    pub fn explain(code: &str) -> Result<(), Failure> {
+        unavailable(&format!("explain {code}"))
+    }
+
+    // PLACEHOLDER(bs): crate::bs::serve(stdin, stdout, limits, handler delivering each message).
+    pub fn smtp_stdio(
+        _config: Option<&Path>,
+        _profile: Option<&str>,
+        _args: &SendArgs,
+    ) -> Result<(), Failure> {
+        unavailable("-bs (SMTP on stdin/stdout)")
+    }
+
+    // PLACEHOLDER(oauth): crate::auth::login(config, profile, &mut stdout) on a runtime.
+    pub fn login(_config: &Config, profile: &Profile) -> Result<(), Failure> {
+        unavailable(&format!("login for profile \"{}\"", profile.name))
+    }
+
+    // PLACEHOLDER(oauth): crate::auth::token_status(config, profile, &mut stdout).
+    pub fn token_status(_config: &Config, profile: &Profile) -> Result<(), Failure> {
+        unavailable(&format!("token status for profile \"{}\"", profile.name))
+    }
+
+    // PLACEHOLDER(oauth): crate::auth::token_clear(config, profile).
+    pub fn token_clear(_config: &Config, profile: &Profile) -> Result<(), Failure> {
+        unavailable(&format!("token clear for profile \"{}\"", profile.name))
     }
 }
 

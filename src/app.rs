@@ -248,7 +248,21 @@ fn configure(
             Ok((config, profile))
         }
         None => match (args.dry_run, args.mode, profile_name) {
-            (true, Some(mode), None) => Ok((Config::default(), Profile::for_mode(mode))),
+            (true, Some(mode), None) => {
+                // A profile from the command line alone: the sender given is also the
+                // mailbox that would log in, so the report shows a complete route.
+                let mut profile = Profile::for_mode(mode);
+                profile.sender = args
+                    .envelope_from
+                    .as_deref()
+                    .or(args.from.as_deref())
+                    .map(config::bare_address)
+                    .filter(|a| a.contains('@'));
+                if matches!(mode, Mode::Submit | Mode::Hve) {
+                    profile.mailbox = profile.sender.clone();
+                }
+                Ok((Config::default(), profile))
+            }
             _ => Err(no_config()),
         },
     }
@@ -265,7 +279,7 @@ fn no_config() -> Failure {
         "no configuration file found (looked at {}).\n  \
          Copy config.example.toml (in the m365send sources and documentation) to {} and \
          edit a profile,\n  or give one with --config FILE. To try without one: \
-         m365send --dry-run --mode submit --to you@example.com --subject test </dev/null",
+         m365send --dry-run --mode submit --from me@example.com --to you@example.com --subject test --body hello",
         looked.join(", "),
         config::SYSTEM_CONFIG,
     ))
@@ -373,10 +387,10 @@ pub fn dry_run_report(
             None => "none".into(),
         },
     ));
-    let user = profile
-        .login_user()
-        .map(str::to_owned)
-        .unwrap_or_else(|| "(no mailbox or auth.user set!)".into());
+    let user = match profile.login_user() {
+        Some(u) => format!("as {u}"),
+        None => "— no login name: set `mailbox` or `auth.user`".into(),
+    };
     rows.push((
         "authentication".into(),
         match endpoint.auth {
@@ -388,9 +402,9 @@ pub fn dry_run_report(
                     OAuthFlow::ClientCredentials => "app-only",
                     OAuthFlow::Delegated => "delegated",
                 };
-                format!("OAuth2 XOAUTH2 as {user} ({flow})")
+                format!("OAuth2 XOAUTH2 ({flow}) {user}")
             }
-            AuthKind::Password => format!("password (AUTH LOGIN) as {user}"),
+            AuthKind::Password => format!("password (AUTH LOGIN) {user}"),
             AuthKind::None => match (endpoint.mode, &endpoint.client_cert) {
                 (Mode::Relay, Some(_)) => {
                     "none: the connector recognises the client certificate".into()
@@ -581,7 +595,7 @@ mod tests {
             "smtp.office365.com:587\n",
             "TLS 1.3 only",
             "system roots + /etc/ca.pem",
-            "OAuth2 XOAUTH2 as app@contoso.com (app-only)",
+            "OAuth2 XOAUTH2 (app-only) as app@contoso.com",
         ] {
             assert!(r.contains(needle), "report lacks {needle:?}:\n{r}");
         }

@@ -798,7 +798,7 @@ impl Profile {
     /// A profile built from the command line alone (`--dry-run --mode MODE` with no file).
     pub fn for_mode(mode: Mode) -> Profile {
         Profile {
-            name: "(command line)".into(),
+            name: "command-line".into(),
             mode,
             ..Profile::default()
         }

@@ -364,7 +364,7 @@ fn dry_run_direct_and_submit() {
         &[
             "app (from ",
             "smtp.office365.com:587",
-            "XOAUTH2 as app@contoso.com",
+            "XOAUTH2 (app-only) as app@contoso.com",
             "Subject: hi",
         ],
     );

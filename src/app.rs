@@ -316,8 +316,9 @@ pub fn dry_run_report(
     let origin = match &config.path {
         Some(p) => format!("{} (from {})", profile.name, p.display()),
         None => format!(
-            "{} (no configuration file; defaults for --mode)",
-            profile.name
+            "{} (no configuration file: defaults for --mode {})",
+            profile.name,
+            profile.mode.as_str()
         ),
     };
     // Writing to a String cannot fail; labels are padded so the values line up.

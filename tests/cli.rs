@@ -379,12 +379,14 @@ fn dry_run_without_configuration_given_a_mode() {
             "--dry-run",
             "--mode",
             "submit",
+            "--from",
+            "me@example.com",
             "--to",
             "you@example.com",
             "--subject",
             "test",
             "--body",
-            "x",
+            "hello",
         ])
         .env_remove("M365SEND_CONFIG")
         .env("HOME", dir.path())
@@ -397,6 +399,7 @@ fn dry_run_without_configuration_given_a_mode() {
         &[
             "no configuration file",
             "smtp.office365.com:587",
+            "as me@example.com",
             "you@example.com",
         ],
     );

@@ -376,6 +376,13 @@ fn prepass(args: Vec<OsString>, values: &ValueOptions, subcommands: bool) -> Res
 }
 
 const AFTER_HELP: &str = "\
+Examples:
+  df -h | m365send --to ops@contoso.com --subject \"web1: disk\"
+  m365send --profile app --to a@contoso.com --subject report --attach /var/log/backup.log < note.txt
+  sendmail -t -i < message.eml            (installed as /usr/sbin/sendmail)
+  m365send --dry-run -f root root < /dev/null     (show the route without sending)
+  m365send explain 5.7.60
+
 Sendmail compatibility:
   -oi                 Same as -i.
   -odq                Put the message in the queue without trying to deliver it now.

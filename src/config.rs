@@ -517,7 +517,8 @@ impl Config {
                 place = format!("{place}:{line}:{col}");
                 key = key_at(text, span.start).or_else(|| key_on_line(text, span.start));
             }
-            let message = e.message().trim_end();
+            let message = suggest(e.message().trim_end());
+            let message = message.as_str();
             match key {
                 Some(key) => Failure::config(format!("{place}: {key}: {message}")),
                 None => Failure::config(format!("{place}: {message}")),
@@ -923,6 +924,45 @@ fn plausible_address(s: &str) -> bool {
         Some((local, domain)) => plausible_local(local) && plausible_domain(domain),
         None => false,
     }
+}
+
+/// serde's "unknown field `sendr`, expected one of `mode`, ..., `sender`, ..." becomes
+/// "unknown field `sendr`; did you mean `sender`?" when one expected name is close.
+fn suggest(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|c| (edit_distance(field, c), c))
+        .min();
+    match best {
+        Some((d, c)) if d <= 2.max(field.len() / 4) => {
+            format!("unknown field `{field}`; did you mean `{c}`?")
+        }
+        _ => message.to_owned(),
+    }
+}
+
+/// Levenshtein distance (short keys only).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// 1-based line and column of a byte offset.
@@ -1337,6 +1377,26 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(load_with_env(None, &env).unwrap().is_some());
+    }
+
+    #[test]
+    fn close_key_names_are_suggested() {
+        let e = parse("[profiles.a]\nsendr = \"a@b.c\"\n").unwrap_err();
+        assert!(
+            e.message
+                .ends_with("profiles.a.sendr: unknown field `sendr`; did you mean `sender`?"),
+            "{}",
+            e.message
+        );
+        let e = parse("defaultprofile = \"a\"\n").unwrap_err();
+        assert!(
+            e.message.contains("did you mean `default_profile`?"),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a]\nfrobnicate = 1\n").unwrap_err();
+        assert!(e.message.contains("expected one of"), "{}", e.message);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -1,15 +1,29 @@
 //! The program: from an `Invocation` to an exit code, calling each step in turn.
 //!
-//! Owns: the order of the steps and what is printed for --dry-run. Must not: hold any step's
-//! logic itself.
+//! Owns: the order of the steps (cli → config → message → route → deliver), logging set-up,
+//! and what is printed for --dry-run. Must not: hold any step's logic itself.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::Path;
 
+use crate::cli::{Command, DeliveryMode, Invocation, SendArgs};
+use crate::config::{self, Config, Mode, OAuthFlow, Profile, TlsVersion};
 use crate::exit::{Exit, Failure};
+use crate::message::{Prepared, Ret};
+use crate::route::{AuthKind, Endpoint, TlsPolicy};
 
 /// Run with the given argv (argv[0] included) and return the process exit code.
 pub fn main_with(args: Vec<OsString>) -> i32 {
-    match run(args) {
+    let outcome = crate::cli::parse(args).and_then(|inv| {
+        init_tracing(inv.verbose);
+        for option in &inv.ignored {
+            tracing::debug!(%option, "option accepted for compatibility and ignored");
+        }
+        run(inv)
+    });
+    match outcome {
         Ok(()) => Exit::Ok.code(),
         Err(f) => {
             eprintln!("m365send: {}", f.message);
@@ -18,6 +32,580 @@ pub fn main_with(args: Vec<OsString>) -> i32 {
     }
 }
 
-fn run(_args: Vec<OsString>) -> Result<(), Failure> {
-    Err(Failure::new(Exit::Software, "not implemented yet"))
+/// Log to stderr: warnings by default, m365send's debug lines with -v, trace with -vv.
+/// `M365SEND_LOG` (an env-filter directive) overrides.
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "warn,m365send=debug",
+        _ => "warn,m365send=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("M365SEND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // try_init: a second call (tests) keeps the first subscriber instead of panicking.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(io::stderr().is_terminal())
+        .without_time()
+        .try_init();
+}
+
+fn run(inv: Invocation) -> Result<(), Failure> {
+    let config_path = inv.config.as_deref();
+    let profile_name = inv.profile.as_deref();
+    match inv.command {
+        Command::Help { text } => {
+            let mut out = io::stdout().lock();
+            // A closed stdout (`m365send --help | head -1`) is not an error worth reporting.
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            Ok(())
+        }
+        Command::Send(args) => send(config_path, profile_name, inv.verbose, &args),
+        Command::Newaliases => {
+            eprintln!(
+                "m365send: newaliases: nothing to do; aliases are read from the profile's \
+                 `aliases`/`aliases_file` on every message"
+            );
+            Ok(())
+        }
+        Command::QueueList { json } => {
+            placeholder::queue_list(&config_or_default(config_path)?, json)
+        }
+        Command::QueueRun => placeholder::queue_run(&config_or_default(config_path)?, false),
+        Command::QueueFlush => placeholder::queue_run(&config_or_default(config_path)?, true),
+        Command::QueueShow { id } => placeholder::queue_show(&config_or_default(config_path)?, &id),
+        Command::QueueDelete { id } => {
+            placeholder::queue_delete(&config_or_default(config_path)?, &id)
+        }
+        Command::Explain { code } => placeholder::explain(&code),
+        Command::SmtpStdio(args) => placeholder::smtp_stdio(config_path, profile_name, &args),
+        Command::Login => {
+            let (config, profile) = config_and_profile(config_path, profile_name)?;
+            placeholder::login(&config, &profile)
+        }
+        Command::TokenStatus => {
+            let (config, profile) = config_and_profile(config_path, profile_name)?;
+            placeholder::token_status(&config, &profile)
+        }
+        Command::TokenClear => {
+            let (config, profile) = config_and_profile(config_path, profile_name)?;
+            placeholder::token_clear(&config, &profile)
+        }
+    }
+}
+
+/// The configuration for commands that also work without one (the queue: `mailq` on a host
+/// that never configured m365send just has an empty queue).
+fn config_or_default(path: Option<&Path>) -> Result<Config, Failure> {
+    Ok(config::load(path)?.unwrap_or_default())
+}
+
+/// The configuration and the profile for commands that need both (`login`, `token`).
+fn config_and_profile(
+    path: Option<&Path>,
+    profile_name: Option<&str>,
+) -> Result<(Config, Profile), Failure> {
+    let config = config::load(path)?.ok_or_else(no_config)?;
+    let profile = config.select_profile(profile_name, None)?;
+    Ok((config, profile))
+}
+
+/// Stand-ins for steps other modules will provide. Each is one call away from its real
+/// implementation: swap the body, keep the call site.
+mod placeholder {
+    use crate::cli::SendArgs;
+    use crate::config::{Config, Profile};
+    use crate::exit::{Exit, Failure};
+    use std::path::Path;
+
+    fn unavailable(what: &str) -> Result<(), Failure> {
+        Err(Failure::new(
+            Exit::Unavailable,
+            format!("{what}: not available yet"),
+        ))
+    }
+
+    // PLACEHOLDER(queue): print crate::queue::format_list / format_json of crate::queue::list.
+    pub fn queue_list(_config: &Config, json: bool) -> Result<(), Failure> {
+        if !json {
+            println!("m365send: the queue is empty (no queue yet)");
+        }
+        Ok(())
+    }
+
+    // PLACEHOLDER(queue): crate::queue::run(...) (flush: ignoring backoff).
+    pub fn queue_run(_config: &Config, _flush: bool) -> Result<(), Failure> {
+        eprintln!("m365send: the queue is empty (no queue yet)");
+        Ok(())
+    }
+
+    // PLACEHOLDER(queue): crate::queue::show(config, id) + format_show.
+    pub fn queue_show(_config: &Config, id: &str) -> Result<(), Failure> {
+        Err(Failure::new(
+            Exit::NoInput,
+            format!("no queued message {id} (the queue is empty: no queue yet)"),
+        ))
+    }
+
+    // PLACEHOLDER(queue): crate::queue::delete(config, id).
+    pub fn queue_delete(config: &Config, id: &str) -> Result<(), Failure> {
+        queue_show(config, id)
+    }
+
+    // PLACEHOLDER(explain): print crate::explain::explain_code(code), else "unknown code".
+    pub fn explain(code: &str) -> Result<(), Failure> {
+        unavailable(&format!("explain {code}"))
+    }
+
+    // PLACEHOLDER(bs): crate::bs::serve(stdin, stdout, limits, handler delivering each message).
+    pub fn smtp_stdio(
+        _config: Option<&Path>,
+        _profile: Option<&str>,
+        _args: &SendArgs,
+    ) -> Result<(), Failure> {
+        unavailable("-bs (SMTP on stdin/stdout)")
+    }
+
+    // PLACEHOLDER(oauth): crate::auth::login(config, profile, &mut stdout) on a runtime.
+    pub fn login(_config: &Config, profile: &Profile) -> Result<(), Failure> {
+        unavailable(&format!("login for profile \"{}\"", profile.name))
+    }
+
+    // PLACEHOLDER(oauth): crate::auth::token_status(config, profile, &mut stdout).
+    pub fn token_status(_config: &Config, profile: &Profile) -> Result<(), Failure> {
+        unavailable(&format!("token status for profile \"{}\"", profile.name))
+    }
+
+    // PLACEHOLDER(oauth): crate::auth::token_clear(config, profile).
+    pub fn token_clear(_config: &Config, profile: &Profile) -> Result<(), Failure> {
+        unavailable(&format!("token clear for profile \"{}\"", profile.name))
+    }
+}
+
+/// Send one message: config → profile → message → route → (dry-run report | deliver).
+fn send(
+    config_path: Option<&Path>,
+    profile_name: Option<&str>,
+    verbose: u8,
+    args: &SendArgs,
+) -> Result<(), Failure> {
+    let (config, profile) = configure(config_path, profile_name, args)?;
+    tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
+
+    let stdin = io::stdin();
+    // With --body the message text is given; a composed message with nobody typing into a
+    // terminal has no text. Otherwise stdin is read (as sendmail does, even from a terminal).
+    let mut input: Box<dyn Read> =
+        if args.body.is_some() || (args.composes() && stdin.is_terminal()) {
+            Box::new(io::empty())
+        } else {
+            Box::new(stdin.lock())
+        };
+    let prepared = crate::message::prepare(args, &profile, &mut input)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Exit::OsErr, format!("cannot start the async runtime: {e}")))?;
+    let endpoint = runtime.block_on(crate::route::resolve(
+        &profile,
+        &prepared.envelope,
+        args.server.as_deref(),
+    ))?;
+
+    if args.dry_run {
+        let mut out = io::stdout().lock();
+        return out
+            .write_all(dry_run_report(&config, &profile, &endpoint, &prepared).as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Failure::io(format!("cannot write the dry-run report: {e}")));
+    }
+    if args.delivery == DeliveryMode::Queue {
+        // PLACEHOLDER(queue): crate::queue::enqueue(&config, &profile, &prepared)
+        tracing::debug!("-odq: the queue does not exist yet; delivering now");
+    }
+    let opts = crate::deliver::Options { verbose };
+    runtime.block_on(crate::deliver::deliver(
+        &config, &profile, &prepared, &endpoint, &opts,
+    ))
+}
+
+/// The configuration and the profile for this message. Without a configuration file, only
+/// `--dry-run --mode MODE` can go on (with a default profile for that mode).
+fn configure(
+    config_path: Option<&Path>,
+    profile_name: Option<&str>,
+    args: &SendArgs,
+) -> Result<(Config, Profile), Failure> {
+    match config::load(config_path)? {
+        Some(config) => {
+            let from = args.envelope_from.as_deref().or(args.from.as_deref());
+            let profile = config
+                .select_profile(profile_name, from)?
+                .with_mode(args.mode);
+            Ok((config, profile))
+        }
+        None => match (args.dry_run, args.mode, profile_name) {
+            (true, Some(mode), None) => {
+                // A profile from the command line alone: the sender given is also the
+                // mailbox that would log in, so the report shows a complete route.
+                let mut profile = Profile::for_mode(mode);
+                profile.sender = args
+                    .envelope_from
+                    .as_deref()
+                    .or(args.from.as_deref())
+                    .map(config::bare_address)
+                    .filter(|a| a.contains('@'));
+                if matches!(mode, Mode::Submit | Mode::Hve) {
+                    profile.mailbox = profile.sender.clone();
+                }
+                Ok((Config::default(), profile))
+            }
+            _ => Err(no_config()),
+        },
+    }
+}
+
+fn no_config() -> Failure {
+    let mut looked = vec![format!("${}", config::CONFIG_ENV)];
+    looked.extend(
+        config::search_paths(&|name| std::env::var_os(name))
+            .iter()
+            .map(|p| p.display().to_string()),
+    );
+    Failure::config(format!(
+        "no configuration file found (looked at {}).\n  \
+         Copy config.example.toml (in the m365send sources and documentation) to {} and \
+         edit a profile,\n  or give one with --config FILE. To try without one: \
+         m365send --dry-run --mode submit --from me@example.com --to you@example.com --subject test --body hello",
+        looked.join(", "),
+        config::SYSTEM_CONFIG,
+    ))
+}
+
+fn mode_title(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Submit => "client submission (authenticated SMTP)",
+        Mode::Relay => "SMTP relay through a connector",
+        Mode::Direct => "direct send (internal recipients only)",
+        Mode::Hve => "High Volume Email (internal recipients only)",
+        Mode::Acs => "Azure Communication Services Email",
+    }
+}
+
+/// `1234 bytes`, `36700160 bytes (35.0 MiB)`.
+fn human_size(n: u64) -> String {
+    if n < 1024 * 1024 {
+        format!("{n} bytes")
+    } else {
+        format!("{n} bytes ({:.1} MiB)", n as f64 / (1024.0 * 1024.0))
+    }
+}
+
+/// What `--dry-run` prints: everything that would be used, nothing that was done.
+pub fn dry_run_report(
+    config: &Config,
+    profile: &Profile,
+    endpoint: &Endpoint,
+    prepared: &Prepared,
+) -> String {
+    let mut s =
+        String::from("m365send --dry-run: nothing was sent, no token was requested\n\nProfile\n");
+    let origin = match &config.path {
+        Some(p) => format!("{} (from {})", profile.name, p.display()),
+        None => format!(
+            "{} (no configuration file: defaults for --mode {})",
+            profile.name,
+            profile.mode.as_str()
+        ),
+    };
+    // Writing to a String cannot fail; labels are padded so the values line up.
+    let section = |s: &mut String, title: &str, rows: Vec<(String, String)>| {
+        if !title.is_empty() {
+            s.push_str(title);
+            s.push('\n');
+        }
+        for (label, value) in rows {
+            let _ = writeln!(s, "  {label:<20} {value}");
+        }
+    };
+    section(
+        &mut s,
+        "",
+        vec![
+            ("name".into(), origin),
+            (
+                "mode".into(),
+                format!("{} — {}", profile.mode.as_str(), mode_title(profile.mode)),
+            ),
+        ],
+    );
+
+    // Endpoint
+    let mut rows: Vec<(String, String)> = vec![("hosts from".into(), endpoint.source.clone())];
+    if endpoint.mode != profile.mode {
+        rows.push(("route mode".into(), endpoint.mode.as_str().into()));
+    }
+    if endpoint.hosts.is_empty() {
+        rows.push(("host".into(), "(none)".into()));
+    }
+    for (i, h) in endpoint.hosts.iter().enumerate() {
+        let pref = h
+            .preference
+            .map(|p| format!("  (MX preference {p})"))
+            .unwrap_or_default();
+        let label = if endpoint.hosts.len() > 1 {
+            format!("host {}", i + 1)
+        } else {
+            "host".into()
+        };
+        rows.push((label, format!("{}:{}{pref}", h.name, h.port)));
+    }
+    let min = match endpoint.tls_min {
+        TlsVersion::V1_2 => "TLS 1.2 or 1.3",
+        TlsVersion::V1_3 => "TLS 1.3 only",
+    };
+    rows.push((
+        "TLS".into(),
+        match endpoint.tls {
+            TlsPolicy::Required => format!("STARTTLS required, {min}"),
+            TlsPolicy::Opportunistic => format!("STARTTLS when offered, {min}"),
+        },
+    ));
+    rows.push((
+        "CA certificates".into(),
+        match &endpoint.ca_file {
+            Some(p) => format!("system roots + {}", p.display()),
+            None => "system roots".into(),
+        },
+    ));
+    rows.push((
+        "client certificate".into(),
+        match &endpoint.client_cert {
+            Some(c) => format!("{} (key {})", c.cert.display(), c.key.display()),
+            None => "none".into(),
+        },
+    ));
+    let user = match profile.login_user() {
+        Some(u) => format!("as {u}"),
+        None => "— no login name: set `mailbox` or `auth.user`".into(),
+    };
+    rows.push((
+        "authentication".into(),
+        match endpoint.auth {
+            AuthKind::OAuth => {
+                let flow = match profile.auth.flow {
+                    OAuthFlow::ClientCredentials if profile.auth.token.is_set() => {
+                        "token from auth.token"
+                    }
+                    OAuthFlow::ClientCredentials => "app-only",
+                    OAuthFlow::Delegated => "delegated",
+                };
+                format!("OAuth2 XOAUTH2 ({flow}) {user}")
+            }
+            AuthKind::Password => format!("password (AUTH LOGIN) {user}"),
+            AuthKind::None => match (endpoint.mode, &endpoint.client_cert) {
+                (Mode::Relay, Some(_)) => {
+                    "none: the connector recognises the client certificate".into()
+                }
+                (Mode::Relay, None) => "none: the connector must know this host's public IP".into(),
+                _ => "none".into(),
+            },
+        },
+    ));
+    s.push('\n');
+    section(&mut s, "Endpoint", rows);
+
+    // Envelope
+    let env = &prepared.envelope;
+    let mut rows: Vec<(String, String)> = vec![(
+        "sender (MAIL FROM)".into(),
+        if env.sender.is_empty() {
+            "<> (null sender)".into()
+        } else {
+            env.sender.clone()
+        },
+    )];
+    if env.recipients.is_empty() {
+        rows.push(("recipient".into(), "(none)".into()));
+    }
+    for r in &env.recipients {
+        rows.push(("recipient (RCPT TO)".into(), r.clone()));
+    }
+    let dsn = &env.dsn;
+    rows.push((
+        "DSN".into(),
+        if dsn.is_requested() {
+            let mut parts = Vec::new();
+            if let Some(n) = &dsn.notify {
+                parts.push(format!("NOTIFY={n}"));
+            }
+            if let Some(r) = dsn.ret {
+                parts.push(format!(
+                    "RET={}",
+                    match r {
+                        Ret::Full => "FULL",
+                        Ret::Hdrs => "HDRS",
+                    }
+                ));
+            }
+            if let Some(e) = &dsn.envid {
+                parts.push(format!("ENVID={e}"));
+            }
+            parts.join(" ")
+        } else {
+            "none requested".into()
+        },
+    ));
+    s.push('\n');
+    section(&mut s, "Envelope", rows);
+
+    // Message
+    let yes_no = |b: bool, yes: &str| if b { yes.to_owned() } else { "no".to_owned() };
+    let rows = vec![
+        ("size".into(), human_size(prepared.size)),
+        ("size limit".into(), human_size(profile.max_size())),
+        (
+            "8-bit body".into(),
+            yes_no(prepared.eight_bit, "yes (BODY=8BITMIME)"),
+        ),
+        (
+            "non-ASCII addresses".into(),
+            yes_no(prepared.smtputf8, "yes (SMTPUTF8)"),
+        ),
+    ];
+    s.push('\n');
+    section(&mut s, "Message", rows);
+
+    s.push_str("\nHeader block as it will be sent:\n");
+    for line in prepared.header_block.split("\r\n") {
+        if line.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "  {line}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Body, Dsn, Envelope};
+    use crate::route::{ClientCert, Host};
+    use std::path::PathBuf;
+
+    fn prepared() -> Prepared {
+        Prepared {
+            envelope: Envelope {
+                sender: "alerts@contoso.com".into(),
+                recipients: vec!["ops@contoso.com".into(), "dba@contoso.com".into()],
+                dsn: Dsn {
+                    notify: Some("FAILURE,DELAY".into()),
+                    ret: Some(Ret::Hdrs),
+                    envid: None,
+                },
+            },
+            body: Body::at("/nonexistent"),
+            size: 1234,
+            eight_bit: true,
+            smtputf8: false,
+            header_block:
+                "From: Cron Daemon <alerts@contoso.com>\r\nTo: root\r\nSubject: x\r\n\r\n".into(),
+        }
+    }
+
+    #[test]
+    fn report_for_relay() {
+        let config = Config {
+            path: Some(PathBuf::from("/etc/m365send/config.toml")),
+            ..Config::default()
+        };
+        let mut profile = Profile::for_mode(Mode::Relay);
+        profile.name = "cron".into();
+        let endpoint = Endpoint {
+            mode: Mode::Relay,
+            hosts: vec![
+                Host {
+                    name: "contoso-com.mail.protection.outlook.com".into(),
+                    port: 25,
+                    preference: Some(0),
+                },
+                Host {
+                    name: "backup.contoso.com".into(),
+                    port: 25,
+                    preference: Some(10),
+                },
+            ],
+            tls: TlsPolicy::Required,
+            tls_min: TlsVersion::V1_2,
+            ca_file: None,
+            client_cert: Some(ClientCert {
+                cert: "/etc/m365send/relay.crt".into(),
+                key: "/etc/m365send/relay.key".into(),
+            }),
+            auth: AuthKind::None,
+            source: "MX of contoso.com".into(),
+        };
+        let r = dry_run_report(&config, &profile, &endpoint, &prepared());
+        for needle in [
+            "cron (from /etc/m365send/config.toml)",
+            "relay — SMTP relay through a connector",
+            "contoso-com.mail.protection.outlook.com:25  (MX preference 0)",
+            "backup.contoso.com:25  (MX preference 10)",
+            "STARTTLS required, TLS 1.2 or 1.3",
+            "/etc/m365send/relay.crt (key /etc/m365send/relay.key)",
+            "connector recognises the client certificate",
+            "alerts@contoso.com",
+            "ops@contoso.com",
+            "dba@contoso.com",
+            "NOTIFY=FAILURE,DELAY RET=HDRS",
+            "1234 bytes\n",
+            "36700160 bytes (35.0 MiB)",
+            "BODY=8BITMIME",
+            "  From: Cron Daemon <alerts@contoso.com>\n",
+            "  Subject: x\n",
+        ] {
+            assert!(r.contains(needle), "report lacks {needle:?}:\n{r}");
+        }
+        assert!(!r.contains('\r'));
+    }
+
+    #[test]
+    fn report_for_submit() {
+        let mut profile = Profile::for_mode(Mode::Submit);
+        profile.mailbox = Some("app@contoso.com".into());
+        let endpoint = Endpoint {
+            mode: Mode::Submit,
+            hosts: vec![Host {
+                name: "smtp.office365.com".into(),
+                port: 587,
+                preference: None,
+            }],
+            tls: TlsPolicy::Required,
+            tls_min: TlsVersion::V1_3,
+            ca_file: Some("/etc/ca.pem".into()),
+            client_cert: None,
+            auth: AuthKind::OAuth,
+            source: "default for submit".into(),
+        };
+        let r = dry_run_report(&Config::default(), &profile, &endpoint, &prepared());
+        for needle in [
+            "no configuration file",
+            "smtp.office365.com:587\n",
+            "TLS 1.3 only",
+            "system roots + /etc/ca.pem",
+            "OAuth2 XOAUTH2 (app-only) as app@contoso.com",
+        ] {
+            assert!(r.contains(needle), "report lacks {needle:?}:\n{r}");
+        }
+    }
+
+    #[test]
+    fn no_config_points_to_example() {
+        let f = no_config();
+        assert_eq!(f.exit, Exit::Config);
+        assert!(f.message.contains("config.example.toml"));
+    }
 }

@@ -6,11 +6,14 @@
 //! resolving secret sources (env, file, command). Must not: touch the network or the message.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::exit::Failure;
 use crate::secret::Secret;
@@ -432,5 +435,1001 @@ impl Profile {
     /// Login name for AUTH: `auth.user`, else the mailbox.
     pub fn login_user(&self) -> Option<&str> {
         self.auth.user.as_deref().or(self.mailbox.as_deref())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding, reading and checking the file.
+
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "M365SEND_CONFIG";
+/// The system-wide configuration file.
+pub const SYSTEM_CONFIG: &str = "/etc/m365send/config.toml";
+
+/// Where the configuration is looked for when neither `--config`/`-C` nor `$M365SEND_CONFIG`
+/// names one, in order: `$XDG_CONFIG_HOME/m365send/config.toml` (or
+/// `~/.config/m365send/config.toml`), then `/etc/m365send/config.toml`.
+pub fn search_paths(env: &dyn Fn(&str) -> Option<OsString>) -> Vec<PathBuf> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let mut paths = Vec::new();
+    // XDG says a relative XDG_CONFIG_HOME is invalid and must be ignored.
+    if let Some(xdg) = set("XDG_CONFIG_HOME").filter(|p| p.is_absolute()) {
+        paths.push(xdg.join("m365send/config.toml"));
+    } else if let Some(home) = set("HOME") {
+        paths.push(home.join(".config/m365send/config.toml"));
+    }
+    paths.push(PathBuf::from(SYSTEM_CONFIG));
+    paths
+}
+
+/// Find and read the configuration: `explicit` (`--config`/`-C`; a missing file is an error),
+/// else `$M365SEND_CONFIG` (likewise), else the first of `search_paths` that exists.
+/// `Ok(None)` when there is none at all.
+pub fn load(explicit: Option<&Path>) -> Result<Option<Config>, Failure> {
+    load_with_env(explicit, &|name| std::env::var_os(name))
+}
+
+/// `load` with the environment given (for tests).
+pub fn load_with_env(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Option<Config>, Failure> {
+    if let Some(path) = explicit {
+        return load_file(path).map(Some);
+    }
+    if let Some(path) = env(CONFIG_ENV).filter(|v| !v.is_empty()) {
+        return load_file(Path::new(&path))
+            .map_err(|mut f| {
+                f.message = format!("{} (named by ${CONFIG_ENV})", f.message);
+                f
+            })
+            .map(Some);
+    }
+    for path in search_paths(env) {
+        match std::fs::metadata(&path) {
+            Ok(_) => return load_file(&path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Exists but cannot be looked at (a directory we may not enter): say so rather
+            // than silently falling through to another file.
+            Err(e) => {
+                return Err(Failure::config(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Read, parse and check one configuration file, including the permission rule for inline
+/// secrets.
+pub fn load_file(path: &Path) -> Result<Config, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (run as a user who may read it, or give another file with --config)"
+        } else {
+            ""
+        };
+        Failure::config(format!("cannot read {}: {e}{hint}", path.display()))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let (line, col) = line_col(
+            &String::from_utf8_lossy(e.as_bytes()),
+            e.utf8_error().valid_up_to(),
+        );
+        Failure::config(format!(
+            "{}:{line}:{col}: the file is not valid UTF-8",
+            path.display()
+        ))
+    })?;
+    let config = Config::parse(&text, path)?;
+    check_permissions(path, &config)?;
+    Ok(config)
+}
+
+impl Config {
+    /// Parse and validate the text of a configuration file; `path` is used in messages and
+    /// kept in `Config::path`. Does not look at the file's permissions (see `load_file`).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Failure> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let mut place = path.display().to_string();
+            let mut key = None;
+            if let Some(span) = e.span() {
+                let (line, col) = line_col(text, span.start);
+                place = format!("{place}:{line}:{col}");
+                key = key_at(text, span.start).or_else(|| key_on_line(text, span.start));
+            }
+            let message = suggest(e.message().trim_end());
+            let message = message.as_str();
+            match key {
+                Some(key) => Failure::config(format!("{place}: {key}: {message}")),
+                None => Failure::config(format!("{place}: {message}")),
+            }
+        })?;
+        config.path = Some(path.to_owned());
+        for (name, profile) in config.profiles.iter_mut() {
+            profile.name = name.clone();
+        }
+        let problems = config.problems();
+        if let Some((key, message)) = problems.into_iter().next() {
+            let line = line_of(text, &key)
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            return Err(Failure::config(format!(
+                "{}{line}: {}: {message}",
+                path.display(),
+                key.join(".")
+            )));
+        }
+        Ok(config)
+    }
+
+    /// What is wrong with an otherwise well-formed configuration: (key path, message).
+    fn problems(&self) -> Vec<(Vec<String>, String)> {
+        let mut out: Vec<(Vec<String>, String)> = Vec::new();
+        let key = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        if self.profiles.is_empty() {
+            out.push((
+                key(&["profiles"]),
+                "no profile is defined; add a [profiles.NAME] table (see config.example.toml)"
+                    .into(),
+            ));
+        }
+        if let Some(d) = &self.default_profile
+            && !self.profiles.contains_key(d)
+        {
+            out.push((
+                key(&["default_profile"]),
+                format!(
+                    "there is no profile \"{d}\"; defined: {}",
+                    self.profile_names()
+                ),
+            ));
+        }
+        for (name, p) in &self.profiles {
+            let k = |rest: &[&str]| {
+                let mut v = vec!["profiles".to_string(), name.clone()];
+                v.extend(rest.iter().map(|s| s.to_string()));
+                v
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                out.push((
+                    k(&[]),
+                    "a profile name may hold only letters, digits, '-', '_' and '.'".into(),
+                ));
+            }
+            for (field, value) in [("sender", &p.sender), ("mailbox", &p.mailbox)] {
+                if let Some(v) = value
+                    && !plausible_address(v)
+                {
+                    out.push((
+                        k(&[field]),
+                        format!(
+                            "\"{v}\" is not an email address (give a bare address such as \
+                             alerts@contoso.com; a display name comes from -F or the message)"
+                        ),
+                    ));
+                }
+            }
+            for a in &p.addresses {
+                let ok = plausible_address(a)
+                    || a.strip_prefix("*@").is_some_and(plausible_domain)
+                    || plausible_local(a);
+                if !ok {
+                    out.push((
+                        k(&["addresses"]),
+                        format!(
+                            "\"{a}\" is not an address, a local name (root) or a wildcard \
+                             (*@contoso.com)"
+                        ),
+                    ));
+                }
+            }
+            for d in &p.accepted_domains {
+                if !plausible_domain(d) {
+                    out.push((
+                        k(&["accepted_domains"]),
+                        format!("\"{d}\" is not a domain name (no @, e.g. contoso.com)"),
+                    ));
+                }
+            }
+            if let Some(d) = &p.default_domain
+                && !plausible_domain(d)
+            {
+                out.push((
+                    k(&["default_domain"]),
+                    format!("\"{d}\" is not a domain name (no @, e.g. contoso.com)"),
+                ));
+            }
+            for (local, target) in &p.aliases {
+                if local.is_empty() || target.trim().is_empty() {
+                    out.push((
+                        k(&["aliases"]),
+                        format!("alias \"{local}\" needs a name and at least one address"),
+                    ));
+                }
+            }
+            for (field, value) in [
+                ("host", &p.endpoint.host),
+                ("mx_host", &p.endpoint.mx_host),
+                ("mx_domain", &p.endpoint.mx_domain),
+            ] {
+                if let Some(v) = value
+                    && !plausible_domain(v)
+                    && v.parse::<std::net::IpAddr>().is_err()
+                {
+                    out.push((
+                        k(&["endpoint", field]),
+                        format!("\"{v}\" is not a host name (give the port in endpoint.port)"),
+                    ));
+                }
+            }
+            if p.endpoint.port == Some(0) {
+                out.push((k(&["endpoint", "port"]), "port 0 is not a port".into()));
+            }
+            match (&p.tls.client_cert, &p.tls.client_key) {
+                (Some(_), None) => out.push((
+                    k(&["tls", "client_cert"]),
+                    "a client certificate needs its key: set tls.client_key too".into(),
+                )),
+                (None, Some(_)) => out.push((
+                    k(&["tls", "client_key"]),
+                    "a client key needs its certificate: set tls.client_cert too".into(),
+                )),
+                _ => {}
+            }
+            match (&p.auth.certificate, &p.auth.private_key) {
+                (Some(_), None) => out.push((
+                    k(&["auth", "certificate"]),
+                    "an OAuth client certificate needs its key: set auth.private_key too".into(),
+                )),
+                (None, Some(_)) => out.push((
+                    k(&["auth", "private_key"]),
+                    "auth.private_key needs auth.certificate too".into(),
+                )),
+                _ => {}
+            }
+            for (field, source) in p.auth.secret_sources() {
+                let n = [
+                    source.env.is_some(),
+                    source.file.is_some(),
+                    source.command.is_some(),
+                    source.value.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
+                if n > 1 {
+                    out.push((
+                        k(&["auth", field]),
+                        "give only one of env, file, command and value".into(),
+                    ));
+                }
+                if source.value.as_ref().is_some_and(Secret::is_empty) {
+                    out.push((k(&["auth", field, "value"]), "is empty".into()));
+                }
+            }
+            if p.auth.method == AuthMethod::Password && !p.auth.password.is_set() {
+                out.push((
+                    k(&["auth", "password"]),
+                    "auth.method = \"password\" needs auth.password (env, file or command)".into(),
+                ));
+            }
+            if p.max_size == Some(0) {
+                out.push((k(&["max_size"]), "must be more than 0 bytes".into()));
+            }
+            if let Some(h) = &p.helo
+                && !plausible_domain(h)
+            {
+                out.push((k(&["helo"]), format!("\"{h}\" is not a host name")));
+            }
+        }
+        out
+    }
+
+    /// The profile names, for messages: `"app", "cron"`.
+    pub fn profile_names(&self) -> String {
+        if self.profiles.is_empty() {
+            return "none".into();
+        }
+        self.profiles
+            .keys()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn file_name(&self) -> String {
+        self.path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the configuration".into())
+    }
+
+    /// Choose the profile: `name` (`--profile`), else the one whose `sender`, `mailbox` or
+    /// `addresses` match the envelope sender (case-insensitively; as msmtp picks an account by
+    /// -f), else `default_profile`, else the only profile. The result has `name` set.
+    pub fn select_profile(
+        &self,
+        name: Option<&str>,
+        envelope_from: Option<&str>,
+    ) -> Result<Profile, Failure> {
+        let named = |n: &str| {
+            let mut p = self.profiles.get(n).cloned()?;
+            p.name = n.to_owned();
+            Some(p)
+        };
+        if let Some(n) = name {
+            return named(n).ok_or_else(|| {
+                Failure::config(format!(
+                    "there is no profile \"{n}\" in {}; defined: {}",
+                    self.file_name(),
+                    self.profile_names()
+                ))
+            });
+        }
+        if let Some(from) = envelope_from.map(bare_address).filter(|f| !f.is_empty()) {
+            let matching: Vec<&String> = self
+                .profiles
+                .iter()
+                .filter(|(_, p)| p.answers_to(&from))
+                .map(|(n, _)| n)
+                .collect();
+            let pick = matching
+                .iter()
+                .find(|n| Some(n.as_str()) == self.default_profile.as_deref())
+                .or(matching.first());
+            if let Some(n) = pick {
+                tracing::debug!(profile = %n, sender = %from, "profile chosen by envelope sender");
+                if let Some(p) = named(n) {
+                    return Ok(p);
+                }
+            }
+        }
+        if let Some(d) = &self.default_profile {
+            return named(d).ok_or_else(|| {
+                Failure::config(format!(
+                    "default_profile \"{d}\" is not defined in {}; defined: {}",
+                    self.file_name(),
+                    self.profile_names()
+                ))
+            });
+        }
+        if self.profiles.len() == 1
+            && let Some(n) = self.profiles.keys().next()
+            && let Some(p) = named(n)
+        {
+            return Ok(p);
+        }
+        Err(Failure::config(format!(
+            "{} defines {} and no default_profile: set default_profile, or give --profile NAME",
+            self.file_name(),
+            if self.profiles.is_empty() {
+                "no profile".to_string()
+            } else {
+                format!("profiles {}", self.profile_names())
+            }
+        )))
+    }
+}
+
+impl Profile {
+    /// A profile built from the command line alone (`--dry-run --mode MODE` with no file).
+    pub fn for_mode(mode: Mode) -> Profile {
+        Profile {
+            name: "command-line".into(),
+            mode,
+            ..Profile::default()
+        }
+    }
+
+    /// Apply `--mode` over the profile's `mode`.
+    pub fn with_mode(mut self, mode: Option<Mode>) -> Profile {
+        if let Some(m) = mode {
+            self.mode = m;
+        }
+        self
+    }
+
+    /// Whether `address` (bare, as given to -f) selects this profile.
+    pub fn answers_to(&self, address: &str) -> bool {
+        let matches = |pattern: &str| match pattern.strip_prefix("*@") {
+            Some(domain) => address
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+            None => pattern.eq_ignore_ascii_case(address),
+        };
+        self.sender.as_deref().is_some_and(matches)
+            || self.mailbox.as_deref().is_some_and(matches)
+            || self.addresses.iter().any(|a| matches(a))
+    }
+}
+
+impl AuthConfig {
+    /// Every secret setting with its key name.
+    pub fn secret_sources(&self) -> [(&'static str, &SecretSource); 4] {
+        [
+            ("password", &self.password),
+            ("token", &self.token),
+            ("client_secret", &self.client_secret),
+            ("refresh_token", &self.refresh_token),
+        ]
+    }
+}
+
+/// Refuse a file that holds an inline secret and is readable by group or others.
+pub fn check_permissions(path: &Path, config: &Config) -> Result<(), Failure> {
+    let inline: Vec<String> = config
+        .profiles
+        .iter()
+        .flat_map(|(name, p)| {
+            p.auth
+                .secret_sources()
+                .into_iter()
+                .filter(|(_, s)| s.value.is_some())
+                .map(move |(field, _)| format!("profiles.{name}.auth.{field}.value"))
+        })
+        .collect();
+    if inline.is_empty() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Failure::config(format!("cannot read {}: {e}", path.display())))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            return Err(Failure::config(format!(
+                "{} holds a secret inline ({}) but is readable by {} (mode {mode:04o}); \
+                 run `chmod 600 {}`, or move the secret out with env, file or command",
+                path.display(),
+                inline.join(", "),
+                if mode & 0o040 != 0 && mode & 0o004 != 0 {
+                    "group and others"
+                } else if mode & 0o040 != 0 {
+                    "its group"
+                } else {
+                    "others"
+                },
+                shell_quote(&path.display().to_string()),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Quote a path for a shell command the user may paste.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// `Name <a@b>` → `a@b`; `a@b` → `a@b`.
+pub fn bare_address(s: &str) -> String {
+    let s = s.trim();
+    match (s.rfind('<'), s.rfind('>')) {
+        (Some(l), Some(r)) if l < r => s[l + 1..r].trim().to_owned(),
+        _ => s.to_owned(),
+    }
+}
+
+fn plausible_local(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>@,;\"".contains(c))
+}
+
+fn plausible_domain(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..")
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '.' || c == '_')
+}
+
+/// `local@domain` with nothing odd in it (a plausibility check, not RFC 5321).
+fn plausible_address(s: &str) -> bool {
+    match s.rsplit_once('@') {
+        Some((local, domain)) => plausible_local(local) && plausible_domain(domain),
+        None => false,
+    }
+}
+
+/// serde's "unknown field `sendr`, expected one of `mode`, ..., `sender`, ..." becomes
+/// "unknown field `sendr`; did you mean `sender`?" when one expected name is close.
+fn suggest(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|c| (edit_distance(field, c), c))
+        .min();
+    match best {
+        Some((d, c)) if d <= 2.max(field.len() / 4) => {
+            format!("unknown field `{field}`; did you mean `{c}`?")
+        }
+        _ => message.to_owned(),
+    }
+}
+
+/// Levenshtein distance (short keys only).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The dotted key whose key or value covers `offset`, the deepest one.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    // Recoverable: a syntax error still yields the keys around it.
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let mut best: Vec<String> = Vec::new();
+    fn walk(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
+        for (k, v) in table.iter() {
+            path.push(k.get_ref().to_string());
+            let covers =
+                |s: std::ops::Range<usize>| s.start <= offset && offset < s.end.max(s.start + 1);
+            if (covers(k.span()) || covers(v.span())) && path.len() > best.len() {
+                *best = path.clone();
+            }
+            walk_value(v, offset, path, best);
+            path.pop();
+        }
+    }
+    fn walk_value(
+        v: &Spanned<DeValue<'_>>,
+        offset: usize,
+        path: &mut Vec<String>,
+        best: &mut Vec<String>,
+    ) {
+        match v.get_ref() {
+            DeValue::Table(t) => walk(t, offset, path, best),
+            DeValue::Array(a) => {
+                for item in a.iter() {
+                    walk_value(item, offset, path, best);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(doc.get_ref(), offset, &mut Vec::new(), &mut best);
+    (!best.is_empty()).then(|| best.join("."))
+}
+
+/// For a syntax error the parser could not attach to a key: the `key =` written on the
+/// error's line, under the nearest `[table]` header above it.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let (line, _) = line_col(text, offset);
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?.trim_start();
+    let key = here.split_once('=')?.0.trim();
+    let plain = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+    };
+    if !plain(key) {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
+/// The line on which the key `path` is written (falling back to its nearest written parent).
+fn line_of(text: &str, path: &[String]) -> Option<usize> {
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let mut table = doc.get_ref();
+    let mut line = None;
+    for part in path {
+        let Some((k, v)) = table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == part.as_str())
+        else {
+            break;
+        };
+        let span = k.span();
+        if span.end > span.start {
+            line = Some(line_col(text, span.start).0);
+        }
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config.example.toml");
+
+    fn parse(text: &str) -> Result<Config, Failure> {
+        Config::parse(text, Path::new("/etc/m365send/config.toml"))
+    }
+
+    #[test]
+    fn example_parses_and_documents_every_key() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.default_profile.as_deref(), Some("cron"));
+        let cron = &c.profiles["cron"];
+        assert_eq!(cron.mode, Mode::Relay);
+        assert!(cron.tls.client_cert.is_some());
+        assert_eq!(c.profiles["app"].auth_method(), AuthMethod::OAuth);
+        assert_eq!(c.profiles["legacy"].auth_method(), AuthMethod::Password);
+        assert_eq!(c.profiles["lab"].mode, Mode::Direct);
+        assert_eq!(c.profiles["me"].auth.flow, OAuthFlow::Delegated);
+        // Every key of Config and Profile appears in the example (commented or not).
+        // Keep this list in step with the structs.
+        for key in [
+            "default_profile",
+            "dead_letter",
+            "log",
+            "syslog",
+            "file",
+            "spool_dir",
+            "cache_dir",
+            "profiles",
+            "mode",
+            "cloud",
+            "tenant",
+            "mailbox",
+            "sender",
+            "rewrite_from",
+            "addresses",
+            "accepted_domains",
+            "default_domain",
+            "aliases",
+            "aliases_file",
+            "endpoint",
+            "host",
+            "port",
+            "mx_host",
+            "mx_domain",
+            "dns_server",
+            "tls",
+            "min_version",
+            "ca_file",
+            "client_cert",
+            "client_key",
+            "auth",
+            "method",
+            "user",
+            "password",
+            "token",
+            "flow",
+            "client_id",
+            "client_secret",
+            "certificate",
+            "private_key",
+            "refresh_token",
+            "authority",
+            "scope",
+            "refresh_window_secs",
+            "helo",
+            "max_size",
+            "timeouts",
+            "connect",
+            "command",
+            "data_end",
+            "retry",
+            "attempts",
+            "initial_delay_ms",
+            "chunking",
+            "queue",
+            "rate_per_minute",
+            "env",
+            "value",
+        ] {
+            let written = EXAMPLE.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[{key}"))
+                    || l.contains(&format!(".{key}]"))
+                    || l.contains(&format!("{{ {key} ="))
+                    || l.contains(&format!(", {key} ="))
+            });
+            assert!(written, "config.example.toml does not document `{key}`");
+        }
+    }
+
+    #[test]
+    fn parse_error_names_file_line_and_key() {
+        let text = "default_profile = \"a\"\n\n[profiles.a]\nmode = \"relay\"\ntsl = {}\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.exit, crate::exit::Exit::Config);
+        assert!(
+            e.message
+                .starts_with("/etc/m365send/config.toml:5:1: profiles.a.tsl: "),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+
+        let text = "[profiles.a]\nmode = \"relay\"\ntls = { min_version = \"1.1\" }\n";
+        let e = parse(text).unwrap_err();
+        assert!(
+            e.message.contains(":3:") && e.message.contains("profiles.a.tls.min_version"),
+            "{}",
+            e.message
+        );
+
+        let text = "[profiles.a]\nmode = \"smtp\"\n";
+        let e = parse(text).unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains("profiles.a.mode"),
+            "{}",
+            e.message
+        );
+
+        let e = parse("[profiles.a]\naliases = { root = \"x\"\n").unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains("profiles.a.aliases"),
+            "{}",
+            e.message
+        );
+
+        let e = parse("[profiles.a\n").unwrap_err();
+        assert!(
+            e.message.starts_with("/etc/m365send/config.toml:1:"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn validation_names_key_and_line() {
+        let cases = [
+            (
+                "default_profile = \"b\"\n[profiles.a]\n",
+                "default_profile",
+                1,
+            ),
+            ("[profiles.a]\nsender = \"root\"\n", "profiles.a.sender", 2),
+            (
+                "[profiles.a]\nmailbox = \"Alice <a@b.c>\"\n",
+                "profiles.a.mailbox",
+                2,
+            ),
+            (
+                "[profiles.a]\naccepted_domains = [\"@contoso.com\"]\n",
+                "profiles.a.accepted_domains",
+                2,
+            ),
+            (
+                "[profiles.a]\n\n[profiles.a.tls]\nclient_cert = \"/x.crt\"\n",
+                "profiles.a.tls.client_cert",
+                4,
+            ),
+            (
+                "[profiles.a]\nauth = { method = \"password\" }\n",
+                "profiles.a.auth.password",
+                2,
+            ),
+            (
+                "[profiles.a]\nauth = { client_secret = { env = \"X\", file = \"/x\" } }\n",
+                "profiles.a.auth.client_secret",
+                2,
+            ),
+            ("[profiles.\"a b\"]\n", "profiles.a b", 1),
+            ("log = { syslog = true }\n", "profiles", 0),
+        ];
+        for (text, key, line) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.exit, crate::exit::Exit::Config);
+            let place = if line > 0 {
+                format!("config.toml:{line}: {key}: ")
+            } else {
+                format!("config.toml: {key}: ")
+            };
+            assert!(
+                e.message.contains(&place),
+                "want {place:?} in {:?}",
+                e.message
+            );
+        }
+    }
+
+    fn three() -> Config {
+        parse(
+            "default_profile = \"cron\"\n\
+             [profiles.cron]\nmode = \"relay\"\nsender = \"alerts@contoso.com\"\naddresses = [\"root\", \"*@web1.contoso.com\"]\n\
+             [profiles.app]\nmailbox = \"App@Contoso.com\"\n\
+             [profiles.me]\nmailbox = \"alice@contoso.com\"\naddresses = [\"alice\"]\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn profile_choice() {
+        let c = three();
+        let pick =
+            |name: Option<&str>, from: Option<&str>| c.select_profile(name, from).unwrap().name;
+        assert_eq!(pick(Some("me"), Some("app@contoso.com")), "me");
+        assert_eq!(pick(None, Some("app@contoso.com")), "app");
+        assert_eq!(pick(None, Some("APP@contoso.COM")), "app");
+        assert_eq!(pick(None, Some("App <app@contoso.com>")), "app");
+        assert_eq!(pick(None, Some("alice")), "me");
+        assert_eq!(pick(None, Some("x@web1.contoso.com")), "cron");
+        assert_eq!(pick(None, Some("nobody@example.com")), "cron");
+        assert_eq!(pick(None, None), "cron");
+        let e = c.select_profile(Some("nope"), None).unwrap_err();
+        assert_eq!(e.exit, crate::exit::Exit::Config);
+        assert!(
+            e.message.contains("\"app\", \"cron\", \"me\""),
+            "{}",
+            e.message
+        );
+
+        let mut c = three();
+        c.default_profile = None;
+        assert!(c.select_profile(None, None).is_err());
+        c.profiles.retain(|n, _| n == "me");
+        assert_eq!(c.select_profile(None, None).unwrap().name, "me");
+    }
+
+    #[test]
+    fn mode_override() {
+        let p = three().select_profile(Some("cron"), None).unwrap();
+        assert_eq!(p.clone().with_mode(None).mode, Mode::Relay);
+        assert_eq!(p.with_mode(Some(Mode::Direct)).mode, Mode::Direct);
+        let p = Profile::for_mode(Mode::Relay);
+        assert_eq!(p.mode, Mode::Relay);
+        assert_eq!(p.auth_method(), AuthMethod::None);
+    }
+
+    #[test]
+    fn search_order() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(
+            search_paths(&env(&[("XDG_CONFIG_HOME", "/x"), ("HOME", "/h")])),
+            vec![
+                PathBuf::from("/x/m365send/config.toml"),
+                PathBuf::from(SYSTEM_CONFIG)
+            ]
+        );
+        assert_eq!(
+            search_paths(&env(&[("XDG_CONFIG_HOME", "rel"), ("HOME", "/h")])),
+            vec![
+                PathBuf::from("/h/.config/m365send/config.toml"),
+                PathBuf::from(SYSTEM_CONFIG)
+            ]
+        );
+        assert_eq!(search_paths(&env(&[])), vec![PathBuf::from(SYSTEM_CONFIG)]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_and_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let env_dir = dir.path().to_owned();
+        let env =
+            move |name: &str| (name == "XDG_CONFIG_HOME").then(|| env_dir.clone().into_os_string());
+        // Nothing anywhere (the system file may exist on a developer's machine).
+        if !Path::new(SYSTEM_CONFIG).exists() {
+            assert!(load_with_env(None, &env).unwrap().is_none());
+        }
+        // An explicit missing file is an error naming it.
+        let missing = dir.path().join("nope.toml");
+        let e = load_with_env(Some(&missing), &env).unwrap_err();
+        assert!(e.message.contains("nope.toml"), "{}", e.message);
+        // Found by XDG.
+        let file = dir.path().join("m365send/config.toml");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(
+            &file,
+            "[profiles.a]\nauth = { password = { value = \"hunter2\" } }\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_with_env(None, &env).unwrap_err();
+        assert_eq!(e.exit, crate::exit::Exit::Config);
+        assert!(
+            e.message.contains(&format!("chmod 600 {}", file.display())),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("profiles.a.auth.password.value"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("hunter2"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load_with_env(None, &env).unwrap().unwrap();
+        assert_eq!(c.path.as_deref(), Some(file.as_path()));
+        // No inline secret: any mode is fine.
+        std::fs::write(
+            &file,
+            "[profiles.a]\nauth = { password = { env = \"P\" } }\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_with_env(None, &env).unwrap().is_some());
+    }
+
+    #[test]
+    fn close_key_names_are_suggested() {
+        let e = parse("[profiles.a]\nsendr = \"a@b.c\"\n").unwrap_err();
+        assert!(
+            e.message
+                .ends_with("profiles.a.sendr: unknown field `sendr`; did you mean `sender`?"),
+            "{}",
+            e.message
+        );
+        let e = parse("defaultprofile = \"a\"\n").unwrap_err();
+        assert!(
+            e.message.contains("did you mean `default_profile`?"),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a]\nfrobnicate = 1\n").unwrap_err();
+        assert!(e.message.contains("expected one of"), "{}", e.message);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(
+            shell_quote("/etc/m365send/config.toml"),
+            "/etc/m365send/config.toml"
+        );
+        assert_eq!(shell_quote("/tmp/my conf.toml"), "'/tmp/my conf.toml'");
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(bare_address(" Cron <root@x> "), "root@x");
     }
 }

@@ -1,0 +1,406 @@
+//! The command line: each argv real callers use parses to the right `Invocation`, and the
+//! binary reports usage errors (exit 64) naming the option, before reading anything.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command as Process, Output, Stdio};
+
+use m365send::cli::{Command, DeliveryMode, Invocation, SendArgs, parse};
+
+fn argv(argv0: &str, rest: &[&str]) -> Vec<OsString> {
+    std::iter::once(argv0)
+        .chain(rest.iter().copied())
+        .map(OsString::from)
+        .collect()
+}
+
+fn send(inv: Invocation) -> SendArgs {
+    match inv.command {
+        Command::Send(a) => *a,
+        other => panic!("expected Send, got {other:?}"),
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn debian_cron() {
+    let inv = parse(argv(
+        "/usr/sbin/sendmail",
+        &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"],
+    ))
+    .unwrap();
+    assert_eq!(inv.ignored, strings(&["-B8BITMIME", "-oem"]));
+    assert_eq!(
+        send(inv),
+        SendArgs {
+            recipients: strings(&["root"]),
+            ignore_dots: true,
+            full_name: Some("CronDaemon".into()),
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn cronie() {
+    let inv = parse(argv(
+        "sendmail",
+        &[
+            "-FCronDaemon",
+            "-i",
+            "-odi",
+            "-oem",
+            "-oi",
+            "-t",
+            "-f",
+            "root",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        send(inv),
+        SendArgs {
+            extract_recipients: true,
+            ignore_dots: true,
+            envelope_from: Some("root".into()),
+            full_name: Some("CronDaemon".into()),
+            delivery: DeliveryMode::Now,
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn php_mail() {
+    let a = send(parse(argv("/usr/sbin/sendmail", &["-t", "-i"])).unwrap());
+    assert_eq!(
+        a,
+        SendArgs {
+            extract_recipients: true,
+            ignore_dots: true,
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn mailx() {
+    let a = send(parse(argv("sendmail", &["-i", "--", "a@x", "b@y"])).unwrap());
+    assert_eq!(
+        a,
+        SendArgs {
+            recipients: strings(&["a@x", "b@y"]),
+            ignore_dots: true,
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn lettre() {
+    let a = send(parse(argv("sendmail", &["-i", "-f", "a@x", "--", "b@y"])).unwrap());
+    assert_eq!(
+        a,
+        SendArgs {
+            recipients: strings(&["b@y"]),
+            ignore_dots: true,
+            envelope_from: Some("a@x".into()),
+            ..SendArgs::default()
+        }
+    );
+}
+
+#[test]
+fn git_send_email_and_symfony() {
+    let a = send(parse(argv("sendmail", &["-i", "dev@x", "list@y"])).unwrap());
+    assert_eq!(a.recipients, strings(&["dev@x", "list@y"]));
+    let inv = parse(argv("sendmail", &["-bs"])).unwrap();
+    assert!(matches!(inv.command, Command::SmtpStdio(_)));
+}
+
+#[test]
+fn names() {
+    assert_eq!(
+        parse(argv("/usr/bin/mailq", &[])).unwrap().command,
+        Command::QueueList { json: false }
+    );
+    assert_eq!(
+        parse(argv("/usr/bin/newaliases", &[])).unwrap().command,
+        Command::Newaliases
+    );
+    // `sendmail queue` mails the local user "queue"; `m365send queue` lists the queue.
+    assert_eq!(
+        send(parse(argv("sendmail", &["queue"])).unwrap()).recipients,
+        strings(&["queue"])
+    );
+    assert_eq!(
+        parse(argv("m365send", &["queue"])).unwrap().command,
+        Command::QueueList { json: false }
+    );
+}
+
+// --- the binary -------------------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_m365send");
+
+/// Run the binary (as `name`, through a symlink, when given) with no configuration anywhere.
+fn run_as(name: Option<&str>, args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let program = match name {
+        Some(n) => {
+            let link = dir.path().join(n);
+            std::os::unix::fs::symlink(BIN, &link).unwrap();
+            link
+        }
+        None => Path::new(BIN).to_owned(),
+    };
+    Process::new(program)
+        .args(args)
+        .env_remove("M365SEND_CONFIG")
+        .env_remove("M365SEND_LOG")
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn unknown_option_is_a_usage_error_naming_it() {
+    for (args, name) in [
+        (&["-x", "root"][..], "-x"),
+        (&["--frobnicate", "root"], "--frobnicate"),
+        (&["-bd"], "-bd"),
+    ] {
+        let o = run_as(Some("sendmail"), args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.starts_with("m365send: "), "{e}");
+        assert!(e.contains(name), "{e}");
+    }
+}
+
+#[test]
+fn bad_dsn_values_are_usage_errors() {
+    for args in [&["-N", "always", "root"][..], &["-R", "body", "root"]] {
+        let o = run_as(None, args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let o = run_as(None, &["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "--dry-run",
+        "-oi",
+        "Sendmail options",
+        "queue",
+        "config.example.toml",
+    ] {
+        assert!(out.contains(needle), "help lacks {needle}");
+    }
+    let o = run_as(None, &["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn mailq_and_newaliases() {
+    let o = run_as(Some("mailq"), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("queue is empty"));
+    let o = run_as(Some("newaliases"), &[]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("nothing to do"));
+    let o = run_as(Some("sendmail"), &["-bp"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn no_configuration_is_exit_78_with_a_pointer() {
+    if Path::new("/etc/m365send/config.toml").exists() {
+        return; // a real system configuration would be found
+    }
+    for args in [&["root"][..], &["-t", "-i"], &["--dry-run", "root"]] {
+        let o = run_as(Some("sendmail"), args);
+        assert_eq!(o.status.code(), Some(78), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("config.example.toml"), "{}", stderr(&o));
+    }
+}
+
+// --- --dry-run end to end ----------------------------------------------------------------------
+// These need message::prepare and route::resolve (the other half of the intake issue); they
+// are ignored on this branch and meant to run once both are merged: `cargo test -- --ignored`.
+// No network: submit needs no DNS, relay and direct use a fixed `endpoint.mx_host`.
+
+const DRY_RUN_CONFIG: &str = r#"
+default_profile = "cron"
+
+[profiles.cron]
+mode = "relay"
+sender = "alerts@contoso.com"
+accepted_domains = ["contoso.com"]
+aliases = { root = "ops@contoso.com" }
+endpoint = { mx_host = "contoso-com.mail.protection.outlook.com" }
+tls = { client_cert = "/etc/m365send/relay.crt", client_key = "/etc/m365send/relay.key" }
+
+[profiles.lab]
+mode = "direct"
+sender = "scanner@contoso.com"
+accepted_domains = ["contoso.com"]
+endpoint = { mx_host = "contoso-com.mail.protection.outlook.com" }
+
+[profiles.app]
+mode = "submit"
+mailbox = "app@contoso.com"
+sender = "app@contoso.com"
+auth = { client_id = "x", client_secret = { env = "UNUSED_IN_DRY_RUN" } }
+"#;
+
+fn dry_run(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, DRY_RUN_CONFIG).unwrap();
+    let mut child = Process::new(BIN)
+        .arg("-C")
+        .arg(&cfg)
+        .args(args)
+        .env_remove("M365SEND_CONFIG")
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn assert_report(o: &Output, needles: &[&str]) {
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stderr: {}\nstdout: {out}",
+        stderr(o)
+    );
+    for n in needles {
+        assert!(out.contains(n), "dry-run report lacks {n:?}:\n{out}");
+    }
+}
+
+#[test]
+#[ignore = "needs message::prepare and route::resolve"]
+fn dry_run_relay_from_cron() {
+    let o = dry_run(
+        &[
+            "--dry-run",
+            "-FCronDaemon",
+            "-i",
+            "-B8BITMIME",
+            "-oem",
+            "root",
+        ],
+        b"Subject: backup\n\nok\n",
+    );
+    assert_report(
+        &o,
+        &[
+            "cron (from ",
+            "relay",
+            "contoso-com.mail.protection.outlook.com:25",
+            "STARTTLS required",
+            "/etc/m365send/relay.crt",
+            "alerts@contoso.com",
+            "ops@contoso.com",
+            "Subject: backup",
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs message::prepare and route::resolve"]
+fn dry_run_direct_and_submit() {
+    let o = dry_run(
+        &["--dry-run", "--profile", "lab", "-t", "-i"],
+        b"To: desk@contoso.com\nSubject: scan\n\nscan\n",
+    );
+    assert_report(
+        &o,
+        &[
+            "direct",
+            "contoso-com.mail.protection.outlook.com:25",
+            "desk@contoso.com",
+        ],
+    );
+    let o = dry_run(
+        &[
+            "--dry-run",
+            "-f",
+            "app@contoso.com",
+            "--to",
+            "a@contoso.com",
+            "--subject",
+            "hi",
+            "--body",
+            "x",
+        ],
+        b"",
+    );
+    assert_report(
+        &o,
+        &[
+            "app (from ",
+            "smtp.office365.com:587",
+            "XOAUTH2 (app-only) as app@contoso.com",
+            "Subject: hi",
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs message::prepare and route::resolve"]
+fn dry_run_without_configuration_given_a_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Process::new(BIN)
+        .args([
+            "--dry-run",
+            "--mode",
+            "submit",
+            "--from",
+            "me@example.com",
+            "--to",
+            "you@example.com",
+            "--subject",
+            "test",
+            "--body",
+            "hello",
+        ])
+        .env_remove("M365SEND_CONFIG")
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_report(
+        &o,
+        &[
+            "no configuration file",
+            "smtp.office365.com:587",
+            "as me@example.com",
+            "you@example.com",
+        ],
+    );
+}

@@ -1,0 +1,196 @@
+//! Configuration through the loader and the binary: errors name file, line and key; a file
+//! holding an inline secret must be private; the profile follows --profile, then -f.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Output, Stdio};
+
+use m365send::config::{self, Config, Mode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_m365send");
+
+fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+fn run(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut p = Process::new(BIN);
+    p.args(args)
+        .env_remove("M365SEND_CONFIG")
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        p.env(k, v);
+    }
+    p.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn example_loads_through_the_loader() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let c = config::load(Some(&path)).unwrap().unwrap();
+    assert_eq!(c.path.as_deref(), Some(path.as_path()));
+    assert_eq!(c.select_profile(None, None).unwrap().name, "cron");
+    for name in ["cron", "app", "me", "lab", "legacy"] {
+        assert!(
+            c.profiles.contains_key(name),
+            "example lacks profile {name}"
+        );
+    }
+}
+
+#[test]
+fn inline_secret_in_a_readable_file_is_refused_with_the_chmod() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "config.toml",
+        "[profiles.app]\nmailbox = \"app@contoso.com\"\n\
+         auth = { client_id = \"x\", client_secret = { value = \"s3cr3t-value\" } }\n",
+        0o640,
+    );
+    let o = run(dir.path(), &["-C", file.to_str().unwrap(), "root"], &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("`chmod 600 {}`", file.display())),
+        "{e}"
+    );
+    assert!(e.contains("profiles.app.auth.client_secret.value"), "{e}");
+    assert!(!e.contains("s3cr3t"), "the secret leaked: {e}");
+
+    // Found through $M365SEND_CONFIG: same rule.
+    let o = run(dir.path(), &["root"], &[("M365SEND_CONFIG", &file)]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(stderr(&o).contains("chmod 600"));
+
+    // Once private, the file is accepted (the run then fails later, not on the config).
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(config::load(Some(&file)).unwrap().is_some());
+}
+
+#[test]
+fn parse_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "bad.toml",
+        "default_profile = \"cron\"\n\n[profiles.cron]\nmode = \"relay\"\n\n[profiles.cron.tls]\nmin_version = \"1.2\"\nclient_crt = \"/x\"\n",
+        0o644,
+    );
+    let o = run(dir.path(), &["-C", file.to_str().unwrap(), "root"], &[]);
+    assert_eq!(o.status.code(), Some(78));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "{}:8:1: profiles.cron.tls.client_crt: unknown field",
+            file.display()
+        )),
+        "{e}"
+    );
+
+    let file = write(
+        dir.path(),
+        "v.toml",
+        "[profiles.cron]\nmode = \"relay\"\nsender = \"root\"\n",
+        0o644,
+    );
+    let e = config::load(Some(&file)).unwrap_err();
+    assert_eq!(e.exit.code(), 78);
+    assert!(
+        e.message.contains("v.toml:3: profiles.cron.sender:"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn missing_named_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let o = run(
+        dir.path(),
+        &["--config", missing.to_str().unwrap(), "root"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(78));
+    assert!(stderr(&o).contains("missing.toml"));
+    let o = run(dir.path(), &["root"], &[("M365SEND_CONFIG", &missing)]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(stderr(&o).contains("M365SEND_CONFIG"), "{}", stderr(&o));
+}
+
+#[test]
+fn xdg_file_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("m365send")).unwrap();
+    write(
+        dir.path(),
+        "m365send/config.toml",
+        "[profiles.only]\nmode = \"direct\"\n",
+        0o644,
+    );
+    // An unknown --profile is reported with the ones that exist: proof the file was read.
+    let o = run(dir.path(), &["--profile", "nope", "root"], &[]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(stderr(&o).contains("\"only\""), "{}", stderr(&o));
+}
+
+const PROFILES: &str = r#"
+default_profile = "cron"
+
+[profiles.cron]
+mode = "relay"
+sender = "alerts@contoso.com"
+addresses = ["root"]
+
+[profiles.app]
+mailbox = "app@contoso.com"
+
+[profiles.billing]
+mode = "submit"
+sender = "billing@contoso.com"
+addresses = ["*@billing.contoso.com"]
+"#;
+
+#[test]
+fn profile_by_flag_then_sender_then_default() {
+    let c = Config::parse(PROFILES, Path::new("test.toml")).unwrap();
+    let pick = |name, from| c.select_profile(name, from).unwrap();
+    assert_eq!(pick(Some("app"), Some("root")).name, "app");
+    assert_eq!(pick(None, Some("APP@contoso.com")).name, "app");
+    assert_eq!(
+        pick(None, Some("Billing <billing@contoso.com>")).name,
+        "billing"
+    );
+    assert_eq!(
+        pick(None, Some("invoices@billing.contoso.com")).name,
+        "billing"
+    );
+    assert_eq!(pick(None, Some("root")).name, "cron");
+    assert_eq!(pick(None, Some("someone@else.org")).name, "cron");
+    assert_eq!(pick(None, None).name, "cron");
+    // --mode applies over the chosen profile.
+    assert_eq!(pick(None, Some("app@contoso.com")).mode, Mode::Submit);
+    assert_eq!(
+        pick(None, Some("app@contoso.com"))
+            .with_mode(Some(Mode::Direct))
+            .mode,
+        Mode::Direct
+    );
+    let e = c.select_profile(Some("ghost"), None).unwrap_err();
+    assert_eq!(e.exit.code(), 78);
+    assert!(
+        e.message.contains("\"app\", \"billing\", \"cron\""),
+        "{}",
+        e.message
+    );
+}

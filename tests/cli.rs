@@ -302,7 +302,6 @@ fn assert_report(o: &Output, needles: &[&str]) {
 }
 
 #[test]
-#[ignore = "needs message::prepare and route::resolve"]
 fn dry_run_relay_from_cron() {
     let o = dry_run(
         &[
@@ -331,7 +330,6 @@ fn dry_run_relay_from_cron() {
 }
 
 #[test]
-#[ignore = "needs message::prepare and route::resolve"]
 fn dry_run_direct_and_submit() {
     let o = dry_run(
         &["--dry-run", "--profile", "lab", "-t", "-i"],
@@ -371,7 +369,6 @@ fn dry_run_direct_and_submit() {
 }
 
 #[test]
-#[ignore = "needs message::prepare and route::resolve"]
 fn dry_run_without_configuration_given_a_mode() {
     let dir = tempfile::tempdir().unwrap();
     let o = Process::new(BIN)

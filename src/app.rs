@@ -79,21 +79,50 @@ fn run(inv: Invocation) -> Result<(), Failure> {
         Command::QueueDelete { id } => {
             placeholder::queue_delete(&config_or_default(config_path)?, &id)
         }
-        Command::Explain { code } => placeholder::explain(&code),
+        Command::Explain { code } => explain(&code),
         Command::SmtpStdio(args) => placeholder::smtp_stdio(config_path, profile_name, &args),
         Command::Login => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
-            placeholder::login(&config, &profile)
+            let runtime = runtime()?;
+            let mut out = io::stdout();
+            runtime.block_on(crate::auth::login(&config, &profile, &mut out))
         }
         Command::TokenStatus => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
-            placeholder::token_status(&config, &profile)
+            crate::auth::token_status(&config, &profile, &mut io::stdout())
         }
         Command::TokenClear => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
-            placeholder::token_clear(&config, &profile)
+            crate::auth::token_clear(&config, &profile)?;
+            eprintln!(
+                "m365send: cached tokens of profile \"{}\" removed",
+                profile.name
+            );
+            Ok(())
         }
     }
+}
+
+/// `m365send explain CODE`: the catalogue's explanation of a reply code or AADSTS error.
+fn explain(code: &str) -> Result<(), Failure> {
+    match crate::explain::explain_code(code) {
+        Some(text) => {
+            println!("{}", text.trim_end());
+            Ok(())
+        }
+        None => Err(Failure::usage(format!(
+            "explain: no explanation for \"{code}\" (give an SMTP reply such as 550, an \
+             enhanced code such as 5.7.60, or an identity platform code such as AADSTS700082)"
+        ))),
+    }
+}
+
+/// A single-threaded tokio runtime: one message, one connection at a time.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Exit::OsErr, format!("cannot start the async runtime: {e}")))
 }
 
 /// The configuration for commands that also work without one (the queue: `mailq` on a host
@@ -116,7 +145,7 @@ fn config_and_profile(
 /// implementation: swap the body, keep the call site.
 mod placeholder {
     use crate::cli::SendArgs;
-    use crate::config::{Config, Profile};
+    use crate::config::Config;
     use crate::exit::{Exit, Failure};
     use std::path::Path;
 
@@ -154,11 +183,6 @@ mod placeholder {
         queue_show(config, id)
     }
 
-    // PLACEHOLDER(explain): print crate::explain::explain_code(code), else "unknown code".
-    pub fn explain(code: &str) -> Result<(), Failure> {
-        unavailable(&format!("explain {code}"))
-    }
-
     // PLACEHOLDER(bs): crate::bs::serve(stdin, stdout, limits, handler delivering each message).
     pub fn smtp_stdio(
         _config: Option<&Path>,
@@ -168,20 +192,6 @@ mod placeholder {
         unavailable("-bs (SMTP on stdin/stdout)")
     }
 
-    // PLACEHOLDER(oauth): crate::auth::login(config, profile, &mut stdout) on a runtime.
-    pub fn login(_config: &Config, profile: &Profile) -> Result<(), Failure> {
-        unavailable(&format!("login for profile \"{}\"", profile.name))
-    }
-
-    // PLACEHOLDER(oauth): crate::auth::token_status(config, profile, &mut stdout).
-    pub fn token_status(_config: &Config, profile: &Profile) -> Result<(), Failure> {
-        unavailable(&format!("token status for profile \"{}\"", profile.name))
-    }
-
-    // PLACEHOLDER(oauth): crate::auth::token_clear(config, profile).
-    pub fn token_clear(_config: &Config, profile: &Profile) -> Result<(), Failure> {
-        unavailable(&format!("token clear for profile \"{}\"", profile.name))
-    }
 }
 
 /// Send one message: config → profile → message → route → (dry-run report | deliver).
@@ -205,10 +215,7 @@ fn send(
         };
     let prepared = crate::message::prepare(args, &profile, &mut input)?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(Exit::OsErr, format!("cannot start the async runtime: {e}")))?;
+    let runtime = runtime()?;
     let endpoint = runtime.block_on(crate::route::resolve(
         &profile,
         &prepared.envelope,

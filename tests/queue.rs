@@ -37,7 +37,10 @@ fn enqueue_list_show_delete_round_trip() {
     assert_ne!(id1, id2);
 
     for d in ["", "tmp", "msg", "meta"] {
-        let mode = std::fs::metadata(spool.join(d)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(spool.join(d))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700, "{d} is 0700");
     }
 
@@ -58,14 +61,20 @@ fn enqueue_list_show_delete_round_trip() {
         Some("4.7.500")
     );
     let wait = e2.next_attempt - now();
-    assert!((47..=73).contains(&wait), "first backoff ~1 min, got {wait}");
+    assert!(
+        (47..=73).contains(&wait),
+        "first backoff ~1 min, got {wait}"
+    );
 
     let text = format_list(&list, &|e| {
         e.last_reply
             .as_ref()
             .map(|_| "Microsoft 365 is throttling: it will be retried".to_owned())
     });
-    assert!(text.contains(id1.as_str()) && text.contains(id2.as_str()), "{text}");
+    assert!(
+        text.contains(id1.as_str()) && text.contains(id2.as_str()),
+        "{text}"
+    );
     assert!(text.contains("from: alerts@contoso.com"), "{text}");
     assert!(text.contains("a@contoso.com, b@contoso.com"), "{text}");
     assert!(text.contains("last: 451 4.7.500 Access denied"), "{text}");
@@ -73,8 +82,7 @@ fn enqueue_list_show_delete_round_trip() {
     assert!(text.contains("attempts 1"), "{text}");
     assert!(text.contains("-- 2 messages in queue"), "{text}");
 
-    let json: serde_json::Value =
-        serde_json::from_str(&format_json(&list, &no_explain)).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&format_json(&list, &no_explain)).unwrap();
     assert_eq!(json["version"], 1);
     assert_eq!(json["count"], 2);
     let j2 = &json["entries"][1];
@@ -111,11 +119,19 @@ fn enqueue_list_show_delete_round_trip() {
     queue::delete(&cfg, id1.as_str()).unwrap();
     let err = queue::delete(&cfg, id1.as_str()).unwrap_err();
     assert_eq!(err.exit, Exit::NoInput);
-    assert_eq!(queue::show(&cfg, "../../etc/passwd").unwrap_err().exit, Exit::Usage);
+    assert_eq!(
+        queue::show(&cfg, "../../etc/passwd").unwrap_err().exit,
+        Exit::Usage
+    );
     assert_eq!(queue::list(&cfg).unwrap().len(), 1);
     queue::delete(&cfg, id2.as_str()).unwrap();
     assert!(queue::list(&cfg).unwrap().is_empty());
-    assert!(std::fs::read_dir(spool.join("msg")).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(spool.join("msg"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 #[test]
@@ -133,7 +149,10 @@ fn transient_failure_stays_queued_with_growing_backoff_and_flush_ignores_it() {
     let rt = rt();
     let mut fake = Fake::scripted(|_, _| {
         MessageOutcome::Transient(Problem::reply(
-            reply(432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"),
+            reply(
+                432,
+                "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+            ),
             "too many connections",
         ))
     });
@@ -203,7 +222,9 @@ fn backoff_is_capped_at_about_an_hour() {
 }
 
 fn parse_bounce(bytes: &[u8]) -> (String, String) {
-    let msg = MessageParser::default().parse(bytes).expect("bounce parses");
+    let msg = MessageParser::default()
+        .parse(bytes)
+        .expect("bounce parses");
     let ct = msg.content_type().expect("content type");
     assert_eq!(ct.ctype(), "multipart");
     assert_eq!(ct.subtype(), Some("report"));
@@ -265,9 +286,15 @@ fn permanent_failure_bounces_with_the_original_and_a_failed_bounce_goes_to_dead_
     assert!(text.contains("Action: failed"));
     assert!(text.contains("Status: 5.1.10"));
     assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.10 RESOLVER.ADR.RecipientNotFound"));
-    assert!(text.contains("does not exist in the tenant"), "explanation in the text");
+    assert!(
+        text.contains("does not exist in the tenant"),
+        "explanation in the text"
+    );
     assert!(text.contains("Body of lost"), "whole original attached");
-    assert!(!text.contains("\r\n\n") && !text.replace("\r\n", "").contains('\n'), "CRLF only");
+    assert!(
+        !text.contains("\r\n\n") && !text.replace("\r\n", "").contains('\n'),
+        "CRLF only"
+    );
 
     // The bounce itself fails: dead letter, no bounce of the bounce.
     let rep = rt.block_on(queue::run(&cfg, opts(), &mut fake)).unwrap();
@@ -275,7 +302,11 @@ fn permanent_failure_bounces_with_the_original_and_a_failed_bounce_goes_to_dead_
     assert!(queue::list(&cfg).unwrap().is_empty(), "never loops");
     let dl = dead.0.lock().unwrap();
     assert_eq!(dl[0].0, "");
-    assert!(dl[0].2.contains("a bounce cannot be bounced"), "{}", dl[0].2);
+    assert!(
+        dl[0].2.contains("a bounce cannot be bounced"),
+        "{}",
+        dl[0].2
+    );
     assert!(dl[0].3.starts_with(b"From: Mail Delivery System"));
 }
 
@@ -295,10 +326,9 @@ fn large_original_or_ret_hdrs_attaches_headers_only() {
         .unwrap();
     assert_eq!(rep.bounced, 1);
     let b = &queue::list(&cfg).unwrap()[0];
-    let text = String::from_utf8(
-        std::fs::read(spool.join("msg").join(format!("{}.eml", b.id))).unwrap(),
-    )
-    .unwrap();
+    let text =
+        String::from_utf8(std::fs::read(spool.join("msg").join(format!("{}.eml", b.id))).unwrap())
+            .unwrap();
     assert!(text.contains("Content-Type: text/rfc822-headers"));
     assert!(text.contains("Subject: big"));
     assert!(!text.contains("Body of big"));
@@ -310,7 +340,13 @@ fn null_sender_failure_goes_to_dead_letter_without_bounce() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let cfg = config(&spool);
-    queue::enqueue(&cfg, "relay", &prepared("", &["x@contoso.com"], "nul"), None).unwrap();
+    queue::enqueue(
+        &cfg,
+        "relay",
+        &prepared("", &["x@contoso.com"], "nul"),
+        None,
+    )
+    .unwrap();
     let dead = DeadLetters::default();
     let writer = dead.writer();
     let mut fake = Fake::scripted(|_, _| {
@@ -355,10 +391,9 @@ fn lifetime_expiry_fails_permanently_with_5_4_7() {
     assert!(fake.events.is_empty(), "not tried again");
     let b = &queue::list(&cfg).unwrap()[0];
     assert!(b.is_bounce);
-    let text = String::from_utf8(
-        std::fs::read(spool.join("msg").join(format!("{}.eml", b.id))).unwrap(),
-    )
-    .unwrap();
+    let text =
+        String::from_utf8(std::fs::read(spool.join("msg").join(format!("{}.eml", b.id))).unwrap())
+            .unwrap();
     assert!(text.contains("Status: 5.4.7"), "{text}");
     assert!(text.contains("connection refused"), "last error quoted");
     queue::delete(&cfg, &b.id).unwrap();
@@ -384,7 +419,9 @@ fn lifetime_expiry_fails_permanently_with_5_4_7() {
         ))
         .unwrap();
     assert_eq!(rep.deferred, 1, "within lifetime");
-    edit_meta(&spool, id.as_str(), |v| v["created"] = (now() - 3700).into());
+    edit_meta(&spool, id.as_str(), |v| {
+        v["created"] = (now() - 3700).into()
+    });
     let rep = rt()
         .block_on(queue::run(
             &cfg,
@@ -421,7 +458,10 @@ fn partial_delivery_keeps_only_the_transient_recipients() {
             ("a@contoso.com".into(), RecipientResult::Delivered),
             (
                 "b@contoso.com".into(),
-                RecipientResult::Transient(Problem::reply(reply(452, "4.5.3 Too many recipients"), "")),
+                RecipientResult::Transient(Problem::reply(
+                    reply(452, "4.5.3 Too many recipients"),
+                    "",
+                )),
             ),
             (
                 "c@contoso.com".into(),
@@ -462,7 +502,11 @@ fn partial_delivery_keeps_only_the_transient_recipients() {
     .unwrap();
     let sends = ok.sends();
     let retry = sends.iter().find(|s| s.2 == "part").unwrap();
-    assert_eq!(retry.1, vec!["b@contoso.com".to_owned()], "only b is retried");
+    assert_eq!(
+        retry.1,
+        vec!["b@contoso.com".to_owned()],
+        "only b is retried"
+    );
     assert!(queue::list(&cfg).unwrap().is_empty());
 }
 
@@ -506,8 +550,16 @@ fn one_session_serves_several_messages_with_reset_between() {
     assert_eq!(
         kinds,
         [
-            "open relay", "send m1", "reset", "send m2", "reset", "send m3", "close",
-            "open submit", "send s1", "close"
+            "open relay",
+            "send m1",
+            "reset",
+            "send m2",
+            "reset",
+            "send m3",
+            "close",
+            "open submit",
+            "send s1",
+            "close"
         ]
     );
 }
@@ -655,7 +707,10 @@ fn delete_waits_for_an_entry_on_the_wire() {
         .unwrap();
     assert_eq!(rep.delivered, 1);
     let (res, waited) = handle.lock().unwrap().take().unwrap().join().unwrap();
-    assert!(waited >= Duration::from_millis(200), "delete waited {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(200),
+        "delete waited {waited:?}"
+    );
     assert_eq!(res.unwrap_err().exit, Exit::NoInput, "already delivered");
 }
 

@@ -137,7 +137,11 @@ pub fn build_bounce(
     for (rcpt, p) in failures {
         let _ = write!(m, "<{}>:{crlf}", one_line(rcpt));
         if let Some(reply) = &p.reply {
-            let _ = write!(m, "    The server replied: {}{crlf}", one_line(&reply.to_string()));
+            let _ = write!(
+                m,
+                "    The server replied: {}{crlf}",
+                one_line(&reply.to_string())
+            );
         }
         if !p.error.is_empty() {
             let _ = write!(m, "    {}{crlf}", one_line(&p.error));
@@ -167,7 +171,11 @@ pub fn build_bounce(
     let _ = write!(m, "Arrival-Date: {}{crlf}", rfc2822(entry.created));
     for (rcpt, p) in failures {
         let _ = write!(m, "{crlf}Final-Recipient: rfc822; {}{crlf}", one_line(rcpt));
-        let _ = write!(m, "Action: failed{crlf}Status: {}{crlf}", status(p, expired));
+        let _ = write!(
+            m,
+            "Action: failed{crlf}Status: {}{crlf}",
+            status(p, expired)
+        );
         match &p.reply {
             Some(reply) => {
                 let _ = write!(
@@ -177,7 +185,11 @@ pub fn build_bounce(
                 );
             }
             None if !p.error.is_empty() => {
-                let _ = write!(m, "Diagnostic-Code: X-m365send; {}{crlf}", one_line(&p.error));
+                let _ = write!(
+                    m,
+                    "Diagnostic-Code: X-m365send; {}{crlf}",
+                    one_line(&p.error)
+                );
             }
             None => {}
         }

@@ -263,7 +263,9 @@ impl Spool {
                 .recursive(true)
                 .mode(0o700)
                 .create(&dir)
-                .map_err(|e| cant_create(&spool.root, &format!("creating {}", dir.display()), &e))?;
+                .map_err(|e| {
+                    cant_create(&spool.root, &format!("creating {}", dir.display()), &e)
+                })?;
         }
         Ok(spool)
     }
@@ -304,6 +306,23 @@ impl Spool {
     }
     fn inflight_path(&self, id: &str) -> PathBuf {
         self.inflight().join(id)
+    }
+}
+
+/// Take an exclusive `flock` without blocking: Ok(false) when another holder has it.
+/// (std's `File::try_lock` is the same call but needs Rust 1.89; the crate's MSRV is lower.)
+pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
     }
 }
 
@@ -469,7 +488,7 @@ pub(crate) fn remove_entry(spool: &Spool, id: &str) -> io::Result<()> {
 
 /// The result of reading one entry.
 pub(crate) enum Loaded {
-    Ok(Entry),
+    Ok(Box<Entry>),
     /// Removed meanwhile (delivered or deleted by someone else).
     Gone,
     /// Unreadable: move it aside.
@@ -507,7 +526,7 @@ pub(crate) fn load_entry(spool: &Spool, id: &str) -> Loaded {
         ));
     }
     match fs::metadata(spool.body_path(id)) {
-        Ok(m) if m.len() == entry.size => Loaded::Ok(entry),
+        Ok(m) if m.len() == entry.size => Loaded::Ok(Box::new(entry)),
         Ok(m) => Loaded::Corrupt(format!(
             "message file has {} bytes, metadata says {}",
             m.len(),
@@ -607,7 +626,7 @@ pub(crate) fn load_all(spool: &Spool, warnings: &mut Vec<String>) -> Result<Vec<
     let mut entries = Vec::new();
     for id in entry_ids(spool)? {
         match load_entry(spool, &id) {
-            Loaded::Ok(e) => entries.push(e),
+            Loaded::Ok(e) => entries.push(*e),
             Loaded::Gone => {}
             Loaded::Corrupt(why) => {
                 let w = move_aside(spool, &id, &why);
@@ -636,9 +655,7 @@ pub fn list(config: &Config) -> Result<Vec<EntrySummary>, Failure> {
 /// Read the header block of a body file (up to the first empty line, at most 256 KiB).
 pub(crate) fn read_header_block(path: &Path) -> io::Result<String> {
     let mut buf = Vec::new();
-    File::open(path)?
-        .take(256 * 1024)
-        .read_to_end(&mut buf)?;
+    File::open(path)?.take(256 * 1024).read_to_end(&mut buf)?;
     let end = find(&buf, b"\r\n\r\n")
         .map(|i| i + 2)
         .or_else(|| find(&buf, b"\n\n").map(|i| i + 1))
@@ -656,8 +673,11 @@ pub fn show(config: &Config, id: &str) -> Result<(Entry, String), Failure> {
     let spool = Spool::existing(config)?;
     match load_entry(&spool, id.as_str()) {
         Loaded::Ok(e) => {
+            let e = *e;
             let headers = read_header_block(&spool.body_path(&e.id)).map_err(|err| {
-                Failure::io(format!("cannot read the message of queue entry {id}: {err}"))
+                Failure::io(format!(
+                    "cannot read the message of queue entry {id}: {err}"
+                ))
             })?;
             Ok((e, headers))
         }
@@ -690,20 +710,18 @@ pub fn delete(config: &Config, id: &str) -> Result<(), Failure> {
         Ok(f) => Some(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
-            return Err(Failure::io(format!(
-                "cannot open queue entry {id}: {e}"
-            )));
+            return Err(Failure::io(format!("cannot open queue entry {id}: {e}")));
         }
     };
     if let Some(f) = &body {
         let deadline = std::time::Instant::now() + DELETE_WAIT;
         loop {
-            match f.try_lock() {
-                Ok(()) => break,
-                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+            match try_lock(f) {
+                Ok(true) => break,
+                Ok(false) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(fs::TryLockError::WouldBlock) => {
+                Ok(false) => {
                     return Err(Failure::new(
                         Exit::TempFail,
                         format!(
@@ -711,7 +729,7 @@ pub fn delete(config: &Config, id: &str) -> Result<(), Failure> {
                         ),
                     ));
                 }
-                Err(fs::TryLockError::Error(e)) => {
+                Err(e) => {
                     return Err(Failure::io(format!("cannot lock queue entry {id}: {e}")));
                 }
             }
@@ -883,7 +901,11 @@ pub fn format_show(entry: &Entry, headers: &str, explanation: Option<&str>) -> S
         &entry.envelope.sender
     };
     let _ = writeln!(out, "sender:       {sender}");
-    let _ = writeln!(out, "recipients:   {}", entry.envelope.recipients.join(", "));
+    let _ = writeln!(
+        out,
+        "recipients:   {}",
+        entry.envelope.recipients.join(", ")
+    );
     if !entry.delivered.is_empty() {
         let _ = writeln!(out, "delivered to: {}", entry.delivered.join(", "));
     }
@@ -893,7 +915,9 @@ pub fn format_show(entry: &Entry, headers: &str, explanation: Option<&str>) -> S
             out,
             "dsn:          notify={} ret={} envid={}",
             dsn.notify.as_deref().unwrap_or("-"),
-            dsn.ret.map(|r| format!("{r:?}").to_uppercase()).unwrap_or("-".into()),
+            dsn.ret
+                .map(|r| format!("{r:?}").to_uppercase())
+                .unwrap_or("-".into()),
             dsn.envid.as_deref().unwrap_or("-")
         );
     }

@@ -20,8 +20,8 @@ use crate::message::{Body, Envelope, Prepared};
 use crate::smtp::Reply;
 
 use super::{
-    BodySource, Entry, FORMAT_VERSION, Loaded, Spool, StoredReply, bounce, clean_orphans, load_all, load_entry, now_unix, preserve_failed, read_header_block,
-    remove_entry, rewrite_meta,
+    BodySource, Entry, FORMAT_VERSION, Loaded, Spool, StoredReply, bounce, clean_orphans, load_all,
+    load_entry, now_unix, preserve_failed, read_header_block, remove_entry, rewrite_meta,
 };
 
 /// A boxed future (not `Send`: the runner runs on one thread).
@@ -223,13 +223,10 @@ pub(crate) fn backoff(attempts: u32) -> Duration {
 }
 
 fn pacing(profile: &Profile, opts: &RunOptions<'_>) -> Option<Duration> {
-    let rate = opts.rate_per_minute.or(profile.rate_per_minute).unwrap_or(
-        if profile.mode == Mode::Submit {
-            30
-        } else {
-            0
-        },
-    );
+    let rate = opts
+        .rate_per_minute
+        .or(profile.rate_per_minute)
+        .unwrap_or(if profile.mode == Mode::Submit { 30 } else { 0 });
     (rate > 0).then(|| Duration::from_secs_f64(60.0 / f64::from(rate)))
 }
 
@@ -245,17 +242,14 @@ fn lock_runner(spool: &Spool, wait: Duration) -> Result<Option<File>, Failure> {
         .map_err(|e| super::cant_create(spool.root(), "opening runner.lock", &e))?;
     let deadline = Instant::now() + wait;
     loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+        match super::try_lock(&file) {
+            Ok(true) => break,
+            Ok(false) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Failure::io(format!(
-                    "cannot lock {}: {e}",
-                    path.display()
-                )));
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                return Err(Failure::io(format!("cannot lock {}: {e}", path.display())));
             }
         }
     }
@@ -309,10 +303,7 @@ pub async fn run(
 
     let mut warnings = Vec::new();
     let entries = load_all(&spool, &mut warnings)?;
-    report.corrupt = warnings
-        .iter()
-        .filter(|w| w.contains("is corrupt"))
-        .count();
+    report.corrupt = warnings.iter().filter(|w| w.contains("is corrupt")).count();
     report.warnings.extend(warnings);
 
     let now = now_unix();
@@ -387,12 +378,14 @@ impl Runner<'_> {
     /// Lock an entry's body and re-read its metadata (a `delete` may have won the race).
     fn lock(&mut self, entry: &Entry) -> Option<Locked> {
         let file = File::open(self.spool.body_path(&entry.id)).ok()?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(_) => return None,
+        if !matches!(super::try_lock(&file), Ok(true)) {
+            return None;
         }
         match load_entry(self.spool, &entry.id) {
-            Loaded::Ok(entry) => Some(Locked { entry, _lock: file }),
+            Loaded::Ok(entry) => Some(Locked {
+                entry: *entry,
+                _lock: file,
+            }),
             _ => None,
         }
     }
@@ -421,7 +414,10 @@ impl Runner<'_> {
             return;
         };
         let mut e = locked.entry;
-        if e.last_error.as_deref().is_none_or(|l| !l.starts_with("profile ")) {
+        if e.last_error
+            .as_deref()
+            .is_none_or(|l| !l.starts_with("profile "))
+        {
             self.report.warn(format!(
                 "queue entry {} uses profile \"{}\", which is not in the configuration; \
                  it stays queued until the profile is restored or the entry deleted",
@@ -552,10 +548,9 @@ impl Runner<'_> {
                         Some((_, RecipientResult::Transient(pr))) => {
                             t.push((rcpt.clone(), pr.clone()))
                         }
-                        None => t.push((
-                            rcpt.clone(),
-                            Problem::error("no result for this recipient"),
-                        )),
+                        None => {
+                            t.push((rcpt.clone(), Problem::error("no result for this recipient")))
+                        }
                     }
                 }
                 (d, t, p)

@@ -221,7 +221,10 @@ pub fn prepared(sender: &str, recipients: &[&str], subject: &str) -> Prepared {
 
 /// Records dead-letter calls: (sender, recipients, reason, body).
 #[derive(Clone, Default)]
-pub struct DeadLetters(pub Arc<Mutex<Vec<(String, Vec<String>, String, Vec<u8>)>>>);
+pub struct DeadLetters(pub Arc<Mutex<Vec<DeadLetter>>>);
+
+/// (envelope sender, recipients, reason, body)
+pub type DeadLetter = (String, Vec<String>, String, Vec<u8>);
 
 impl DeadLetters {
     pub fn writer(

@@ -274,7 +274,11 @@ impl Deliverer for MiniSmtp {
                 return MessageOutcome::Transient(Problem::error("not connected"));
             };
             let mut body = Vec::new();
-            if let Err(e) = message.body.open().and_then(|mut f| f.read_to_end(&mut body)) {
+            if let Err(e) = message
+                .body
+                .open()
+                .and_then(|mut f| f.read_to_end(&mut body))
+            {
                 return MessageOutcome::Transient(Problem::error(e.to_string()));
             }
             let steps = async {

@@ -735,3 +735,51 @@ fn missing_profile_keeps_the_entry() {
     let e = &queue::list(&cfg).unwrap()[0];
     assert!(e.last_error.as_deref().unwrap().contains("\"gone\""));
 }
+
+#[test]
+fn submission_bounces_come_from_the_mailbox_and_notify_never_means_no_bounce() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg = config(&spool);
+    queue::enqueue(
+        &cfg,
+        "submit",
+        &prepared("app@contoso.com", &["x@fabrikam.com"], "sub"),
+        None,
+    )
+    .unwrap();
+    let mut quiet = prepared("app@contoso.com", &["y@fabrikam.com"], "quiet");
+    quiet.envelope.dsn.notify = Some("NEVER".into());
+    queue::enqueue(&cfg, "submit", &quiet, None).unwrap();
+    let dead = DeadLetters::default();
+    let writer = dead.writer();
+    let mut fake = Fake::scripted(|_, _| {
+        MessageOutcome::Permanent(Problem::reply(
+            reply(550, "5.4.1 Recipient address rejected: Access denied"),
+            "",
+        ))
+    });
+    let rep = rt()
+        .block_on(queue::run(
+            &cfg,
+            RunOptions {
+                dead_letter: Some(&writer),
+                ..RunOptions::default()
+            },
+            &mut fake,
+        ))
+        .unwrap();
+    assert_eq!((rep.bounced, rep.dead_lettered), (1, 1));
+    assert!(rep.summary().contains("1 bounced"), "{}", rep.summary());
+    assert!(dead.0.lock().unwrap()[0].2.contains("NOTIFY"));
+    let b = &queue::list(&cfg).unwrap()[0];
+    assert_eq!(b.profile, "submit");
+    let text =
+        String::from_utf8(std::fs::read(spool.join("msg").join(format!("{}.eml", b.id))).unwrap())
+            .unwrap();
+    assert!(
+        text.contains("From: Mail Delivery System <app@contoso.com>"),
+        "submission may only send as the mailbox"
+    );
+    assert!(text.contains("To: <app@contoso.com>"));
+}

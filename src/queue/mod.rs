@@ -752,6 +752,23 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The one-line explanation of an entry's last reply, from the explanation catalogue, for
+/// [`format_list`] / [`format_json`] / [`format_show`]:
+/// `format_list(&entries, &|e| queue::explain_last_reply(&config, e))`.
+pub fn explain_last_reply(config: &Config, entry: &Entry) -> Option<String> {
+    let reply = entry.last_reply.as_ref()?.to_reply();
+    let profile = config.profiles.get(&entry.profile);
+    let ctx = crate::explain::Context {
+        mode: profile.map(|p| p.mode),
+        profile: Some(&entry.profile),
+        mailbox: profile.and_then(|p| p.mailbox.as_deref()),
+        sender: Some(&entry.envelope.sender),
+        recipient: entry.envelope.recipients.first().map(String::as_str),
+        ..Default::default()
+    };
+    crate::explain::explain_reply(&reply, &ctx).map(|x| format!("{} {}", x.meaning, x.advice))
+}
+
 /// "3d 4h", "2h 5m", "12m", "40s".
 pub fn human_duration(secs: i64) -> String {
     let s = secs.max(0);

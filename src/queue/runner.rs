@@ -207,6 +207,34 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// One line for the user: "queue run: 3 delivered, 1 deferred, 1 bounced, 2 not due".
+    pub fn summary(&self) -> String {
+        if self.skipped_locked {
+            return "queue run: another queue runner is active; nothing done".into();
+        }
+        let parts: Vec<String> = [
+            (self.delivered, "delivered"),
+            (self.partial, "partly delivered"),
+            (self.deferred, "deferred"),
+            (self.bounced, "bounced"),
+            (self.dead_lettered, "written to the dead letter"),
+            (self.preserved, "kept in failed/"),
+            (self.expired, "expired"),
+            (self.corrupt, "corrupt (moved aside)"),
+            (self.possible_duplicates, "possibly duplicated"),
+            (self.not_due, "not due yet"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if parts.is_empty() {
+            "queue run: nothing to do".into()
+        } else {
+            format!("queue run: {}", parts.join(", "))
+        }
+    }
+
     fn warn(&mut self, w: String) {
         eprintln!("m365send: warning: {w}");
         self.warnings.push(w);

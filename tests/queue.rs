@@ -13,6 +13,14 @@ use m365send::queue::{
 use mail_parser::{MessageParser, MimeHeaders};
 use queue_support::*;
 
+/// Leave the bounces a run queues in the spool, to look at them.
+fn keep_bounces() -> RunOptions<'static> {
+    RunOptions {
+        send_bounces_now: false,
+        ..RunOptions::default()
+    }
+}
+
 fn no_explain(_: &queue::Entry) -> Option<String> {
     None
 }
@@ -254,7 +262,7 @@ fn permanent_failure_bounces_with_the_original_and_a_failed_bounce_goes_to_dead_
     let writer = dead.writer();
     let opts = || RunOptions {
         dead_letter: Some(&writer),
-        ..RunOptions::default()
+        ..keep_bounces()
     };
     let mut fake = Fake::scripted(|_, _| {
         MessageOutcome::Permanent(Problem::reply(
@@ -322,7 +330,7 @@ fn large_original_or_ret_hdrs_attaches_headers_only() {
         MessageOutcome::Permanent(Problem::reply(reply(552, "5.3.4 message size exceeds"), ""))
     });
     let rep = rt()
-        .block_on(queue::run(&cfg, RunOptions::default(), &mut fake))
+        .block_on(queue::run(&cfg, keep_bounces(), &mut fake))
         .unwrap();
     assert_eq!(rep.bounced, 1);
     let b = &queue::list(&cfg).unwrap()[0];
@@ -385,7 +393,7 @@ fn lifetime_expiry_fails_permanently_with_5_4_7() {
     });
     let mut fake = Fake::default();
     let rep = rt()
-        .block_on(queue::run(&cfg, RunOptions::default(), &mut fake))
+        .block_on(queue::run(&cfg, keep_bounces(), &mut fake))
         .unwrap();
     assert_eq!((rep.expired, rep.bounced), (1, 1));
     assert!(fake.events.is_empty(), "not tried again");
@@ -474,7 +482,7 @@ fn partial_delivery_keeps_only_the_transient_recipients() {
     });
     let rt = rt();
     let rep = rt
-        .block_on(queue::run(&cfg, RunOptions::default(), &mut fake))
+        .block_on(queue::run(&cfg, keep_bounces(), &mut fake))
         .unwrap();
     assert_eq!((rep.partial, rep.deferred, rep.bounced), (1, 1, 1));
     let list = queue::list(&cfg).unwrap();
@@ -764,7 +772,7 @@ fn submission_bounces_come_from_the_mailbox_and_notify_never_means_no_bounce() {
             &cfg,
             RunOptions {
                 dead_letter: Some(&writer),
-                ..RunOptions::default()
+                ..keep_bounces()
             },
             &mut fake,
         ))
@@ -782,4 +790,35 @@ fn submission_bounces_come_from_the_mailbox_and_notify_never_means_no_bounce() {
         "submission may only send as the mailbox"
     );
     assert!(text.contains("To: <app@contoso.com>"));
+}
+
+#[test]
+fn a_bounce_goes_out_in_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg = config(&spool);
+    queue::enqueue(
+        &cfg,
+        "relay",
+        &prepared("alerts@contoso.com", &["nobody@contoso.com"], "now"),
+        None,
+    )
+    .unwrap();
+    let mut fake = Fake::scripted(|m, _| {
+        if m.envelope.sender.is_empty() {
+            MessageOutcome::Delivered
+        } else {
+            MessageOutcome::Permanent(Problem::reply(reply(550, "5.1.10 not found"), ""))
+        }
+    });
+    let rep = rt()
+        .block_on(queue::run(&cfg, RunOptions::default(), &mut fake))
+        .unwrap();
+    assert_eq!((rep.bounced, rep.delivered), (1, 1));
+    let sends = fake.sends();
+    assert_eq!(sends.len(), 2);
+    assert_eq!(sends[1].0, "", "null sender");
+    assert_eq!(sends[1].1, vec!["alerts@contoso.com".to_owned()]);
+    assert_eq!(sends[1].2, "Undelivered Mail Returned to Sender");
+    assert!(queue::list(&cfg).unwrap().is_empty());
 }

@@ -156,6 +156,9 @@ pub struct RunOptions<'a> {
     pub bounce_attach_max: u64,
     /// The dead-letter writer. None: failures that cannot bounce are kept in `SPOOL/failed/`.
     pub dead_letter: Option<&'a DeadLetterFn>,
+    /// Send the bounces this run queues at the end of the run (default true); false leaves
+    /// them for the next run.
+    pub send_bounces_now: bool,
     /// Print one line per entry on stderr.
     pub verbose: bool,
 }
@@ -169,6 +172,7 @@ impl Default for RunOptions<'_> {
             lock_wait: Duration::ZERO,
             bounce_attach_max: 10 * 1024 * 1024,
             dead_letter: None,
+            send_bounces_now: true,
             verbose: false,
         }
     }
@@ -334,46 +338,32 @@ pub async fn run(
     report.corrupt = warnings.iter().filter(|w| w.contains("is corrupt")).count();
     report.warnings.extend(warnings);
 
-    let now = now_unix();
-    let lifetime = opts.lifetime.as_secs() as i64;
-    // Group due entries by profile and endpoint key; groups in order of their oldest entry.
-    let mut groups: Vec<(String, Profile, Vec<Entry>)> = Vec::new();
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut runner = Runner {
         config,
         spool: &spool,
         opts: &opts,
         report,
         last_send: None,
+        new_bounces: Vec::new(),
     };
-    for entry in entries {
-        let Some(profile) = profile_for(config, &entry.profile) else {
-            runner.profile_missing(entry);
-            continue;
-        };
-        if now - entry.created >= lifetime {
-            runner.expire(&profile, entry);
-            continue;
-        }
-        if !opts.flush && entry.next_attempt > now {
-            runner.report.not_due += 1;
-            continue;
-        }
-        let key = format!(
-            "{}\u{0}{}",
-            profile.name,
-            deliverer.endpoint_key(&profile, &entry.envelope)
-        );
-        match index.get(&key) {
-            Some(&i) => groups[i].2.push(entry),
-            None => {
-                index.insert(key.clone(), groups.len());
-                groups.push((key, profile, vec![entry]));
-            }
-        }
-    }
-    for (_, profile, entries) in groups {
+    let groups = runner.due_groups(entries, &*deliverer);
+    for (profile, entries) in groups {
         runner.group(&profile, entries, deliverer).await;
+    }
+    // Bounces queued by this run go out now, once (a failed bounce goes to the dead letter).
+    let fresh = std::mem::take(&mut runner.new_bounces);
+    if opts.send_bounces_now && !fresh.is_empty() {
+        let entries: Vec<Entry> = fresh
+            .iter()
+            .filter_map(|id| match load_entry(&spool, id.as_str()) {
+                Loaded::Ok(e) => Some(*e),
+                _ => None,
+            })
+            .collect();
+        let groups = runner.due_groups(entries, &*deliverer);
+        for (profile, entries) in groups {
+            runner.group(&profile, entries, deliverer).await;
+        }
     }
     Ok(runner.report)
 }
@@ -394,6 +384,8 @@ struct Runner<'r> {
     opts: &'r RunOptions<'r>,
     report: RunReport,
     last_send: Option<Instant>,
+    /// Bounces queued during this run.
+    new_bounces: Vec<super::EntryId>,
 }
 
 /// An entry locked for delivery.
@@ -403,6 +395,42 @@ struct Locked {
 }
 
 impl Runner<'_> {
+    /// Fail expired entries, defer those whose profile is gone, and group the due ones by
+    /// profile and endpoint key; groups in order of their oldest entry.
+    fn due_groups(&mut self, entries: Vec<Entry>, d: &dyn Deliverer) -> Vec<(Profile, Vec<Entry>)> {
+        let now = now_unix();
+        let lifetime = self.opts.lifetime.as_secs() as i64;
+        let mut groups: Vec<(Profile, Vec<Entry>)> = Vec::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        for entry in entries {
+            let Some(profile) = profile_for(self.config, &entry.profile) else {
+                self.profile_missing(entry);
+                continue;
+            };
+            if now - entry.created >= lifetime {
+                self.expire(&profile, entry);
+                continue;
+            }
+            if !self.opts.flush && entry.next_attempt > now {
+                self.report.not_due += 1;
+                continue;
+            }
+            let key = format!(
+                "{}\u{0}{}",
+                profile.name,
+                d.endpoint_key(&profile, &entry.envelope)
+            );
+            match index.get(&key) {
+                Some(&i) => groups[i].1.push(entry),
+                None => {
+                    index.insert(key, groups.len());
+                    groups.push((profile, vec![entry]));
+                }
+            }
+        }
+        groups
+    }
+
     /// Lock an entry's body and re-read its metadata (a `delete` may have won the race).
     fn lock(&mut self, entry: &Entry) -> Option<Locked> {
         let file = File::open(self.spool.body_path(&entry.id)).ok()?;
@@ -699,6 +727,7 @@ impl Runner<'_> {
                 Ok(id) => {
                     self.report.bounced += 1;
                     self.log(format!("{}: bounce queued as {id}", e.id));
+                    self.new_bounces.push(id);
                     return;
                 }
                 Err(err) => bounce_error = Some(err.message),
@@ -778,5 +807,65 @@ impl Runner<'_> {
             delivered: Vec::new(),
         };
         super::commit_entry(self.spool, entry, BodySource::Bytes(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_minute_to_an_hour_with_jitter() {
+        for (attempts, base) in [(1, 60.0), (2, 120.0), (3, 240.0), (6, 1920.0), (7, 3600.0)] {
+            for _ in 0..50 {
+                let d = backoff(attempts).as_secs_f64();
+                assert!(
+                    d >= base * 0.8 - 0.001 && d <= base * 1.2 + 0.001,
+                    "{attempts}: {d}"
+                );
+            }
+        }
+        assert!(backoff(u32::MAX).as_secs_f64() <= 3600.0 * 1.2 + 0.001);
+        assert!(backoff(0).as_secs_f64() >= 48.0);
+    }
+
+    #[test]
+    fn pacing_defaults_to_30_per_minute_for_submission_only() {
+        let opts = RunOptions::default();
+        let mut p = Profile::default();
+        assert_eq!(pacing(&p, &opts), Some(Duration::from_secs(2)));
+        p.mode = Mode::Relay;
+        assert_eq!(pacing(&p, &opts), None);
+        p.rate_per_minute = Some(120);
+        assert_eq!(pacing(&p, &opts), Some(Duration::from_millis(500)));
+        p.mode = Mode::Submit;
+        p.rate_per_minute = Some(0);
+        assert_eq!(pacing(&p, &opts), None, "0 = off");
+        let off = RunOptions {
+            rate_per_minute: Some(0),
+            ..RunOptions::default()
+        };
+        p.rate_per_minute = None;
+        assert_eq!(pacing(&p, &off), None);
+    }
+
+    #[test]
+    fn endpoint_key_splits_relay_by_sender_domain() {
+        let env = |s: &str| Envelope {
+            sender: s.into(),
+            ..Envelope::default()
+        };
+        let mut p = Profile {
+            name: "cron".into(),
+            ..Profile::default()
+        };
+        assert_eq!(default_endpoint_key(&p, &env("a@Contoso.com")), "cron");
+        p.mode = Mode::Relay;
+        assert_eq!(
+            default_endpoint_key(&p, &env("a@Contoso.com")),
+            "cron/contoso.com"
+        );
+        p.endpoint.mx_host = Some("mx.example".into());
+        assert_eq!(default_endpoint_key(&p, &env("a@fabrikam.com")), "cron");
     }
 }

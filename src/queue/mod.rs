@@ -259,6 +259,9 @@ impl Spool {
             spool.meta(),
             spool.inflight(),
         ] {
+            if dir.is_dir() {
+                continue;
+            }
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -266,6 +269,10 @@ impl Spool {
                 .map_err(|e| {
                     cant_create(&spool.root, &format!("creating {}", dir.display()), &e)
                 })?;
+            // Make the new directory entry itself durable.
+            if let Some(parent) = dir.parent() {
+                let _ = sync_dir(parent);
+            }
         }
         Ok(spool)
     }

@@ -88,7 +88,7 @@ fn enqueue_list_show_delete_round_trip() {
     assert!(text.contains("last: 451 4.7.500 Access denied"), "{text}");
     assert!(text.contains("Microsoft 365 is throttling"), "{text}");
     assert!(text.contains("attempts 1"), "{text}");
-    assert!(text.contains("-- 2 messages in queue"), "{text}");
+    assert!(text.ends_with(" Kbytes in 2 Requests.\n"), "{text}");
 
     let json: serde_json::Value = serde_json::from_str(&format_json(&list, &no_explain)).unwrap();
     assert_eq!(json["version"], 1);
@@ -681,7 +681,10 @@ fn pacing_spaces_messages_by_the_profile_rate() {
     ))
     .unwrap();
     assert_eq!(fast.sent_at.len(), 3);
-    assert!(start.elapsed() < Duration::from_millis(1500), "would take 2 s paced");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "would take 2 s paced"
+    );
 }
 
 #[test]

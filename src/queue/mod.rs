@@ -27,6 +27,19 @@
 //!
 //! A runner holds an exclusive lock on the body file of the entry it is delivering; `delete`
 //! takes the same lock, so deleting an entry that is on the wire waits for the outcome.
+//!
+//! # Wiring (for `app`)
+//!
+//! - send path: on a transient failure after the in-process retries (policy `auto`), with
+//!   `-odq`, or with `queue = "always"`: `enqueue(&config, &profile.name, &prepared, reason)`;
+//!   Ok → exit 0 ("queued as ID" at -v); Err (73) → write the dead letter, exit 73.
+//! - `queue run` / `sendmail -q` / `queue flush`: `run(&config, RunOptions { flush,
+//!   dead_letter: Some(&report_dead_letter), ..Default::default() }, &mut deliverer)` on a
+//!   tokio runtime with time enabled; print `report.summary()` at -v; exit 0 (a second runner
+//!   returns `skipped_locked`, also exit 0).
+//! - `mailq` / `-bp` / `queue list [--json]`: `list(&config)` then `format_list` or
+//!   `format_json` with `&|e| explain_last_reply(&config, e)`.
+//! - `queue show ID`: `show` then `format_show`; `queue delete ID`: `delete`.
 
 mod bounce;
 mod runner;
@@ -850,12 +863,13 @@ pub(crate) fn format_list_at(
             let _ = writeln!(out, "        {x}");
         }
     }
+    // Postfix's summary line, which monitoring scripts (check_mailq) already parse.
     let n = entries.len();
     let _ = writeln!(
         out,
-        "-- {n} message{} in queue, {}",
-        if n == 1 { "" } else { "s" },
-        human_size(total)
+        "-- {} Kbytes in {n} Request{}.",
+        total.div_ceil(1024),
+        if n == 1 { "" } else { "s" }
     );
     out
 }

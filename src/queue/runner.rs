@@ -1,0 +1,871 @@
+//! The queue runner: delivers due entries through an injected [`Deliverer`].
+//!
+//! One runner at a time (exclusive lock on `SPOOL/runner.lock`; a second runner waits at most
+//! `RunOptions::lock_wait`, default 0, then returns cleanly with `skipped_locked` set: the
+//! running one will deliver the queue). Due entries are grouped by endpoint key; one session
+//! per group serves all its messages, with a reset (RSET) between them. Pacing sleeps between
+//! messages. Outcomes update, bounce or remove the entry.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Mode, Profile};
+use crate::exit::Failure;
+use crate::message::{Body, Envelope, Prepared};
+use crate::smtp::Reply;
+
+use super::{
+    BodySource, Entry, FORMAT_VERSION, Loaded, Spool, StoredReply, bounce, clean_orphans, load_all,
+    load_entry, now_unix, preserve_failed, read_header_block, remove_entry, rewrite_meta,
+};
+
+/// A boxed future (not `Send`: the runner runs on one thread).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Writes a message to the dead-letter file: `(config, profile, message, reason)` → the file.
+/// In the product this is `crate::report::dead_letter`.
+pub type DeadLetterFn = dyn Fn(&Config, &Profile, &Prepared, &str) -> Result<PathBuf, Failure>;
+
+/// Why a message (or a recipient) was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The server's reply, when there was one.
+    pub reply: Option<Reply>,
+    /// The failure in words when there was no reply ("connection refused by ..."); may be
+    /// empty when `reply` says it all.
+    pub error: String,
+    /// The explanation for the user (from `explain`); used in bounces.
+    pub explanation: String,
+}
+
+impl Problem {
+    pub fn reply(reply: Reply, explanation: impl Into<String>) -> Problem {
+        Problem {
+            reply: Some(reply),
+            error: String::new(),
+            explanation: explanation.into(),
+        }
+    }
+    pub fn error(error: impl Into<String>) -> Problem {
+        Problem {
+            reply: None,
+            error: error.into(),
+            explanation: String::new(),
+        }
+    }
+    /// The reply if any, else the error text.
+    pub fn summary(&self) -> String {
+        match &self.reply {
+            Some(r) if self.error.is_empty() => r.to_string(),
+            Some(r) => format!("{r} ({})", self.error),
+            None => self.error.clone(),
+        }
+    }
+}
+
+/// The result for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientResult {
+    Delivered,
+    Transient(Problem),
+    Permanent(Problem),
+}
+
+/// The outcome of sending one message in an open session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOutcome {
+    /// Every remaining recipient accepted it.
+    Delivered,
+    /// Not delivered, try again later (4xx, timeout, connection lost...).
+    Transient(Problem),
+    /// Not delivered, never will be (5xx for the message, e.g. MAIL FROM or end of data).
+    Permanent(Problem),
+    /// Per-recipient results (some RCPT refused). A recipient not listed is kept for a retry.
+    Recipients(Vec<(String, RecipientResult)>),
+}
+
+/// Delivery, injected. The lead implements it over the real SMTP session: `open` resolves the
+/// route and connects (EHLO, STARTTLS, AUTH), `send` runs MAIL/RCPT/DATA for one message,
+/// `reset` sends RSET, `close` sends QUIT. The runner calls, per group of entries with the
+/// same [`endpoint_key`](Deliverer::endpoint_key):
+/// `open`, then `send` for each message with `reset` between two messages, then `close`.
+/// When `reset` fails (connection lost), the runner closes and reopens before the next
+/// message. When `open` fails, every entry of the group is deferred with that problem (a
+/// connection or authentication failure is not the message's fault; the lifetime bounds it).
+pub trait Deliverer {
+    /// Messages with equal keys share one connection. Default: [`default_endpoint_key`].
+    fn endpoint_key(&self, profile: &Profile, envelope: &Envelope) -> String {
+        default_endpoint_key(profile, envelope)
+    }
+    /// Connect for `profile`; `envelope` is the first message's (for an MX lookup).
+    fn open<'a>(
+        &'a mut self,
+        config: &'a Config,
+        profile: &'a Profile,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), Problem>>;
+    /// Send one message in the open session.
+    fn send<'a>(&'a mut self, message: &'a Prepared) -> BoxFuture<'a, MessageOutcome>;
+    /// Make the session ready for the next message (RSET). An error closes the session.
+    fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>>;
+    /// End the session (QUIT); errors are ignored.
+    fn close(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// The profile name; for relay and direct send without a fixed `mx_host`, plus the sender's
+/// domain (its MX decides the host).
+pub fn default_endpoint_key(profile: &Profile, envelope: &Envelope) -> String {
+    match profile.mode {
+        Mode::Relay | Mode::Direct
+            if profile.endpoint.mx_host.is_none() && profile.endpoint.host.is_none() =>
+        {
+            let domain = profile
+                .endpoint
+                .mx_domain
+                .clone()
+                .or_else(|| {
+                    envelope
+                        .sender
+                        .rsplit_once('@')
+                        .map(|(_, d)| d.to_ascii_lowercase())
+                })
+                .unwrap_or_default();
+            format!("{}/{domain}", profile.name)
+        }
+        _ => profile.name.clone(),
+    }
+}
+
+/// Options of one queue run.
+pub struct RunOptions<'a> {
+    /// Ignore backoff: try every entry now (`queue flush`).
+    pub flush: bool,
+    /// Entries older than this fail permanently. Default 5 days.
+    pub lifetime: Duration,
+    /// Override the profiles' pacing, messages per minute (Some(0): none).
+    pub rate_per_minute: Option<u32>,
+    /// How long to wait for another runner's lock. Default 0: return at once.
+    pub lock_wait: Duration,
+    /// Largest original attached whole to a bounce; larger ones get their headers only.
+    /// Default 10 MiB.
+    pub bounce_attach_max: u64,
+    /// The dead-letter writer. None: failures that cannot bounce are kept in `SPOOL/failed/`.
+    pub dead_letter: Option<&'a DeadLetterFn>,
+    /// Send the bounces this run queues at the end of the run (default true); false leaves
+    /// them for the next run.
+    pub send_bounces_now: bool,
+    /// Print one line per entry on stderr.
+    pub verbose: bool,
+}
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        RunOptions {
+            flush: false,
+            lifetime: Duration::from_secs(5 * 24 * 3600),
+            rate_per_minute: None,
+            lock_wait: Duration::ZERO,
+            bounce_attach_max: 10 * 1024 * 1024,
+            dead_letter: None,
+            send_bounces_now: true,
+            verbose: false,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Another runner held the lock: nothing was done.
+    pub skipped_locked: bool,
+    /// Entries fully delivered and removed.
+    pub delivered: usize,
+    /// Entries where some recipients were delivered and others are still queued.
+    pub partial: usize,
+    /// Entries that stay queued (transient failure).
+    pub deferred: usize,
+    /// Entries not yet due.
+    pub not_due: usize,
+    /// Bounces queued.
+    pub bounced: usize,
+    /// Failures written to the dead letter.
+    pub dead_lettered: usize,
+    /// Failures kept in `SPOOL/failed/` because the dead letter could not be written.
+    pub preserved: usize,
+    /// Entries failed for age.
+    pub expired: usize,
+    /// Entries moved to `SPOOL/corrupt/`.
+    pub corrupt: usize,
+    /// Messages a previous runner had on the wire when it died: they are sent again, and may
+    /// have been delivered already (the final reply was lost): possible duplicates.
+    pub possible_duplicates: usize,
+    /// Sessions opened.
+    pub sessions: usize,
+    /// Warnings also printed on stderr.
+    pub warnings: Vec<String>,
+}
+
+impl RunReport {
+    /// One line for the user: "queue run: 3 delivered, 1 deferred, 1 bounced, 2 not due".
+    pub fn summary(&self) -> String {
+        if self.skipped_locked {
+            return "queue run: another queue runner is active; nothing done".into();
+        }
+        let parts: Vec<String> = [
+            (self.delivered, "delivered"),
+            (self.partial, "partly delivered"),
+            (self.deferred, "deferred"),
+            (self.bounced, "bounced"),
+            (self.dead_lettered, "written to the dead letter"),
+            (self.preserved, "kept in failed/"),
+            (self.expired, "expired"),
+            (self.corrupt, "corrupt (moved aside)"),
+            (self.possible_duplicates, "possibly duplicated"),
+            (self.not_due, "not due yet"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if parts.is_empty() {
+            "queue run: nothing to do".into()
+        } else {
+            format!("queue run: {}", parts.join(", "))
+        }
+    }
+
+    fn warn(&mut self, w: String) {
+        eprintln!("m365send: warning: {w}");
+        self.warnings.push(w);
+    }
+}
+
+/// Backoff after `attempts` failed attempts: 1 min doubling to 1 hour, ±20% jitter.
+pub(crate) fn backoff(attempts: u32) -> Duration {
+    let base = 60u64
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(12))
+        .min(3600) as f64;
+    let jitter: f64 = rand::random_range(0.8..=1.2);
+    Duration::from_secs_f64(base * jitter)
+}
+
+fn pacing(profile: &Profile, opts: &RunOptions<'_>) -> Option<Duration> {
+    let rate = opts
+        .rate_per_minute
+        .or(profile.rate_per_minute)
+        .unwrap_or(if profile.mode == Mode::Submit { 30 } else { 0 });
+    (rate > 0).then(|| Duration::from_secs_f64(60.0 / f64::from(rate)))
+}
+
+/// Hold the runner lock, or None when another runner has it past `wait`.
+fn lock_runner(spool: &Spool, wait: Duration) -> Result<Option<File>, Failure> {
+    let path = spool.root().join("runner.lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| super::cant_create(spool.root(), "opening runner.lock", &e))?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match super::try_lock(&file) {
+            Ok(true) => break,
+            Ok(false) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                return Err(Failure::io(format!("cannot lock {}: {e}", path.display())));
+            }
+        }
+    }
+    // Record our pid for the second runner's message (best effort).
+    let _ = file.set_len(0);
+    let _ = (&file).write_all(format!("{}\n", std::process::id()).as_bytes());
+    Ok(Some(file))
+}
+
+/// Deliver the due entries of the queue. Returns what was done; `Err` only when the spool
+/// cannot be used at all.
+pub async fn run(
+    config: &Config,
+    opts: RunOptions<'_>,
+    deliverer: &mut dyn Deliverer,
+) -> Result<RunReport, Failure> {
+    let spool = Spool::create(config)?;
+    let mut report = RunReport::default();
+    let Some(_lock) = lock_runner(&spool, opts.lock_wait)? else {
+        let pid = fs::read_to_string(spool.root().join("runner.lock")).unwrap_or_default();
+        let pid = pid.trim();
+        let msg = format!(
+            "another queue runner{} is working on {}; it will deliver the queue",
+            if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {pid})")
+            },
+            spool.root().display()
+        );
+        eprintln!("m365send: {msg}");
+        report.skipped_locked = true;
+        report.warnings.push(msg);
+        return Ok(report);
+    };
+    clean_orphans(&spool);
+    // In-flight markers left by a runner that died with a message on the wire.
+    if let Ok(rd) = fs::read_dir(spool.inflight()) {
+        for de in rd.flatten() {
+            let id = de.file_name().to_string_lossy().into_owned();
+            if spool.meta_path(&id).exists() {
+                report.possible_duplicates += 1;
+                report.warn(format!(
+                    "queue entry {id} was being sent when a previous queue runner stopped; \
+                     it is sent again and may arrive twice"
+                ));
+            }
+            let _ = fs::remove_file(de.path());
+        }
+    }
+
+    let mut warnings = Vec::new();
+    let entries = load_all(&spool, &mut warnings)?;
+    report.corrupt = warnings.iter().filter(|w| w.contains("is corrupt")).count();
+    report.warnings.extend(warnings);
+
+    let mut runner = Runner {
+        config,
+        spool: &spool,
+        opts: &opts,
+        report,
+        last_send: None,
+        new_bounces: Vec::new(),
+    };
+    let groups = runner.due_groups(entries, &*deliverer);
+    for (profile, entries) in groups {
+        runner.group(&profile, entries, deliverer).await;
+    }
+    // Bounces queued by this run go out now, once (a failed bounce goes to the dead letter).
+    let fresh = std::mem::take(&mut runner.new_bounces);
+    if opts.send_bounces_now && !fresh.is_empty() {
+        let entries: Vec<Entry> = fresh
+            .iter()
+            .filter_map(|id| match load_entry(&spool, id.as_str()) {
+                Loaded::Ok(e) => Some(*e),
+                _ => None,
+            })
+            .collect();
+        let groups = runner.due_groups(entries, &*deliverer);
+        for (profile, entries) in groups {
+            runner.group(&profile, entries, deliverer).await;
+        }
+    }
+    Ok(runner.report)
+}
+
+fn profile_for(config: &Config, name: &str) -> Option<Profile> {
+    config.profiles.get(name).map(|p| {
+        let mut p = p.clone();
+        if p.name.is_empty() {
+            p.name = name.to_owned();
+        }
+        p
+    })
+}
+
+struct Runner<'r> {
+    config: &'r Config,
+    spool: &'r Spool,
+    opts: &'r RunOptions<'r>,
+    report: RunReport,
+    last_send: Option<Instant>,
+    /// Bounces queued during this run.
+    new_bounces: Vec<super::EntryId>,
+}
+
+/// An entry locked for delivery.
+struct Locked {
+    entry: Entry,
+    _lock: File,
+}
+
+impl Runner<'_> {
+    /// Fail expired entries, defer those whose profile is gone, and group the due ones by
+    /// profile and endpoint key; groups in order of their oldest entry.
+    fn due_groups(&mut self, entries: Vec<Entry>, d: &dyn Deliverer) -> Vec<(Profile, Vec<Entry>)> {
+        let now = now_unix();
+        let lifetime = self.opts.lifetime.as_secs() as i64;
+        let mut groups: Vec<(Profile, Vec<Entry>)> = Vec::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        for entry in entries {
+            let Some(profile) = profile_for(self.config, &entry.profile) else {
+                self.profile_missing(entry);
+                continue;
+            };
+            if now - entry.created >= lifetime {
+                self.expire(&profile, entry);
+                continue;
+            }
+            if !self.opts.flush && entry.next_attempt > now {
+                self.report.not_due += 1;
+                continue;
+            }
+            let key = format!(
+                "{}\u{0}{}",
+                profile.name,
+                d.endpoint_key(&profile, &entry.envelope)
+            );
+            match index.get(&key) {
+                Some(&i) => groups[i].1.push(entry),
+                None => {
+                    index.insert(key, groups.len());
+                    groups.push((profile, vec![entry]));
+                }
+            }
+        }
+        groups
+    }
+
+    /// Lock an entry's body and re-read its metadata (a `delete` may have won the race).
+    fn lock(&mut self, entry: &Entry) -> Option<Locked> {
+        let file = File::open(self.spool.body_path(&entry.id)).ok()?;
+        if !matches!(super::try_lock(&file), Ok(true)) {
+            return None;
+        }
+        match load_entry(self.spool, &entry.id) {
+            Loaded::Ok(entry) => Some(Locked {
+                entry: *entry,
+                _lock: file,
+            }),
+            _ => None,
+        }
+    }
+
+    fn prepared(&self, entry: &Entry) -> Prepared {
+        let body = self.spool.body_path(&entry.id);
+        let header_block = read_header_block(&body).unwrap_or_default();
+        Prepared {
+            envelope: entry.envelope.clone(),
+            body: Body::at(body),
+            size: entry.size,
+            eight_bit: entry.eight_bit,
+            smtputf8: entry.smtputf8,
+            header_block,
+        }
+    }
+
+    fn log(&self, line: String) {
+        if self.opts.verbose {
+            eprintln!("m365send: {line}");
+        }
+    }
+
+    fn profile_missing(&mut self, entry: Entry) {
+        let Some(locked) = self.lock(&entry) else {
+            return;
+        };
+        let mut e = locked.entry;
+        if e.last_error
+            .as_deref()
+            .is_none_or(|l| !l.starts_with("profile "))
+        {
+            self.report.warn(format!(
+                "queue entry {} uses profile \"{}\", which is not in the configuration; \
+                 it stays queued until the profile is restored or the entry deleted",
+                e.id, e.profile
+            ));
+        }
+        e.last_error = Some(format!(
+            "profile \"{}\" is not in the configuration",
+            e.profile
+        ));
+        e.next_attempt = now_unix() + backoff(e.attempts.max(1)).as_secs() as i64;
+        self.save(&e);
+        self.report.deferred += 1;
+    }
+
+    fn expire(&mut self, profile: &Profile, entry: Entry) {
+        let Some(locked) = self.lock(&entry) else {
+            return;
+        };
+        self.expire_locked(profile, &locked.entry);
+    }
+
+    /// Fail an entry (already locked) for age.
+    fn expire_locked(&mut self, profile: &Profile, e: &Entry) {
+        let last = e
+            .last_reply
+            .as_ref()
+            .map(|r| r.to_string())
+            .or_else(|| e.last_error.clone())
+            .unwrap_or_else(|| "no attempt succeeded".to_owned());
+        let problem = Problem {
+            reply: None,
+            error: format!(
+                "not delivered within {} ({} attempts); last: {last}",
+                super::human_duration(self.opts.lifetime.as_secs() as i64),
+                e.attempts
+            ),
+            explanation: "The message stayed in the queue longer than its lifetime.".into(),
+        };
+        let failures: Vec<(String, Problem)> = e
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| (r.clone(), problem.clone()))
+            .collect();
+        self.report.expired += 1;
+        self.log(format!("{}: expired", e.id));
+        self.fail_permanently(profile, e, &failures, true);
+        self.remove(e);
+    }
+
+    async fn group(&mut self, profile: &Profile, entries: Vec<Entry>, d: &mut dyn Deliverer) {
+        let pace = pacing(profile, self.opts);
+        let mut open = false;
+        let mut pending_reset = false;
+        let mut iter = entries.into_iter();
+        while let Some(entry) = iter.next() {
+            let Some(locked) = self.lock(&entry) else {
+                continue;
+            };
+            let prepared = self.prepared(&locked.entry);
+            if open && pending_reset && d.reset().await.is_err() {
+                d.close().await;
+                open = false;
+            }
+            if !open {
+                match d.open(self.config, profile, &prepared.envelope).await {
+                    Ok(()) => {
+                        open = true;
+                        self.report.sessions += 1;
+                    }
+                    Err(problem) => {
+                        // Defer the whole group: the endpoint is not reachable now.
+                        self.log(format!(
+                            "{}: cannot connect: {}",
+                            locked.entry.id,
+                            problem.summary()
+                        ));
+                        self.transient(profile, locked.entry, &problem, Vec::new(), Vec::new());
+                        for rest in iter.by_ref() {
+                            if let Some(l) = self.lock(&rest) {
+                                self.transient(profile, l.entry, &problem, Vec::new(), Vec::new());
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+            if let Some(interval) = pace
+                && let Some(last) = self.last_send
+            {
+                tokio::time::sleep_until((last + interval).into()).await;
+            }
+            self.last_send = Some(Instant::now());
+            let marker = self.spool.inflight_path(&locked.entry.id);
+            let _ = File::create(&marker);
+            let outcome = d.send(&prepared).await;
+            self.outcome(profile, locked.entry, outcome);
+            let _ = fs::remove_file(&marker);
+            pending_reset = true;
+        }
+        if open {
+            d.close().await;
+        }
+    }
+
+    fn outcome(&mut self, profile: &Profile, entry: Entry, outcome: MessageOutcome) {
+        let all = |p: Problem| -> Vec<(String, Problem)> {
+            entry
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), p.clone()))
+                .collect()
+        };
+        let (delivered, transient, permanent) = match outcome {
+            MessageOutcome::Delivered => (entry.envelope.recipients.clone(), vec![], vec![]),
+            MessageOutcome::Transient(p) => (vec![], all(p), vec![]),
+            MessageOutcome::Permanent(p) => (vec![], vec![], all(p)),
+            MessageOutcome::Recipients(list) => {
+                let (mut d, mut t, mut p) = (vec![], vec![], vec![]);
+                for rcpt in &entry.envelope.recipients {
+                    match list.iter().find(|(r, _)| r.eq_ignore_ascii_case(rcpt)) {
+                        Some((_, RecipientResult::Delivered)) => d.push(rcpt.clone()),
+                        Some((_, RecipientResult::Permanent(pr))) => {
+                            p.push((rcpt.clone(), pr.clone()))
+                        }
+                        Some((_, RecipientResult::Transient(pr))) => {
+                            t.push((rcpt.clone(), pr.clone()))
+                        }
+                        None => {
+                            t.push((rcpt.clone(), Problem::error("no result for this recipient")))
+                        }
+                    }
+                }
+                (d, t, p)
+            }
+        };
+        if !permanent.is_empty() {
+            self.log(format!(
+                "{}: failed for {}",
+                entry.id,
+                permanent
+                    .iter()
+                    .map(|(r, p)| format!("{r} ({})", p.summary()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            self.fail_permanently(profile, &entry, &permanent, false);
+        }
+        if transient.is_empty() {
+            if permanent.is_empty() {
+                self.report.delivered += 1;
+                self.log(format!("{}: delivered", entry.id));
+            }
+            self.remove(&entry);
+        } else {
+            if !delivered.is_empty() {
+                self.report.partial += 1;
+            }
+            let problem = transient[0].1.clone();
+            let rcpts = transient.into_iter().map(|(r, _)| r).collect();
+            self.transient(profile, entry, &problem, rcpts, delivered);
+        }
+    }
+
+    /// Defer an entry: keep `remaining` (all recipients when empty), count an attempt, back
+    /// off. Past the lifetime it fails permanently instead.
+    fn transient(
+        &mut self,
+        profile: &Profile,
+        mut e: Entry,
+        problem: &Problem,
+        remaining: Vec<String>,
+        delivered: Vec<String>,
+    ) {
+        if !remaining.is_empty() {
+            e.envelope.recipients = remaining;
+        }
+        e.delivered.extend(delivered);
+        e.attempts = e.attempts.saturating_add(1);
+        e.last_reply = problem.reply.as_ref().map(StoredReply::from);
+        e.last_error = (!problem.error.is_empty()).then(|| problem.error.clone());
+        let now = now_unix();
+        if now - e.created >= self.opts.lifetime.as_secs() as i64 {
+            self.expire_locked(profile, &e);
+            return;
+        }
+        e.next_attempt = now + backoff(e.attempts).as_secs() as i64;
+        self.log(format!(
+            "{}: deferred: {} (attempt {})",
+            e.id,
+            problem.summary(),
+            e.attempts
+        ));
+        self.save(&e);
+        self.report.deferred += 1;
+    }
+
+    fn save(&mut self, e: &Entry) {
+        if let Err(err) = rewrite_meta(self.spool, e) {
+            self.report.warn(format!(
+                "cannot update queue entry {}: {err}; it is retried as before",
+                e.id
+            ));
+        }
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        if let Err(err) = remove_entry(self.spool, &e.id) {
+            self.report.warn(format!(
+                "cannot remove queue entry {}: {err}; it may be sent again",
+                e.id
+            ));
+        }
+    }
+
+    /// Bounce the failed recipients to the sender, or write the dead letter when that is not
+    /// possible (a bounce, the null sender, NOTIFY without FAILURE, the bounce not queued);
+    /// as a last resort keep a copy in `SPOOL/failed/`. Never generates a bounce of a bounce.
+    fn fail_permanently(
+        &mut self,
+        profile: &Profile,
+        e: &Entry,
+        failures: &[(String, Problem)],
+        expired: bool,
+    ) {
+        let notify_failure = e
+            .envelope
+            .dsn
+            .notify
+            .as_deref()
+            .is_none_or(|n| n.to_ascii_uppercase().contains("FAILURE"));
+        let why_not_bounce = if e.is_bounce {
+            Some("a bounce cannot be bounced")
+        } else if e.envelope.sender.is_empty() {
+            Some("the message has no sender to bounce to")
+        } else if !notify_failure {
+            Some("the sender asked for no failure notice (DSN NOTIFY)")
+        } else {
+            None
+        };
+        let reason = failures
+            .iter()
+            .map(|(r, p)| format!("{r}: {}", p.summary()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut bounce_error = None;
+        if why_not_bounce.is_none() {
+            match self.queue_bounce(profile, e, failures, expired) {
+                Ok(id) => {
+                    self.report.bounced += 1;
+                    self.log(format!("{}: bounce queued as {id}", e.id));
+                    self.new_bounces.push(id);
+                    return;
+                }
+                Err(err) => bounce_error = Some(err.message),
+            }
+        }
+        let reason = match (why_not_bounce, bounce_error) {
+            (Some(w), _) => format!("{reason} ({w})"),
+            (None, Some(b)) => format!("{reason} (the bounce could not be queued: {b})"),
+            (None, None) => reason,
+        };
+        let prepared = self.prepared(e);
+        if let Some(dl) = self.opts.dead_letter {
+            match dl(self.config, profile, &prepared, &reason) {
+                Ok(path) => {
+                    self.report.dead_lettered += 1;
+                    self.log(format!("{}: written to {}", e.id, path.display()));
+                    return;
+                }
+                Err(f) => self.report.warn(format!(
+                    "cannot write the dead letter for queue entry {}: {f}",
+                    e.id
+                )),
+            }
+        }
+        match preserve_failed(self.spool, e) {
+            Ok(path) => {
+                self.report.preserved += 1;
+                self.report.warn(format!(
+                    "undeliverable queue entry {} kept as {} ({reason})",
+                    e.id,
+                    path.display()
+                ));
+            }
+            Err(err) => self.report.warn(format!(
+                "undeliverable queue entry {} could not be preserved: {err}",
+                e.id
+            )),
+        }
+    }
+
+    fn queue_bounce(
+        &mut self,
+        profile: &Profile,
+        e: &Entry,
+        failures: &[(String, Problem)],
+        expired: bool,
+    ) -> Result<super::EntryId, Failure> {
+        let body = self.spool.body_path(&e.id);
+        let bytes = bounce::build_bounce(
+            profile,
+            e,
+            &body,
+            failures,
+            expired,
+            self.opts.bounce_attach_max,
+        )
+        .map_err(|err| Failure::io(format!("cannot build the bounce: {err}")))?;
+        let now = now_unix();
+        let entry = Entry {
+            version: FORMAT_VERSION,
+            id: String::new(),
+            created: now,
+            profile: e.profile.clone(),
+            envelope: Envelope {
+                sender: String::new(),
+                recipients: vec![e.envelope.sender.clone()],
+                dsn: Default::default(),
+            },
+            size: 0,
+            eight_bit: !bytes.is_ascii(),
+            smtputf8: e.smtputf8,
+            attempts: 0,
+            next_attempt: now,
+            last_reply: None,
+            last_error: Some(format!("bounce of {}", e.id)),
+            is_bounce: true,
+            delivered: Vec::new(),
+        };
+        super::commit_entry(self.spool, entry, BodySource::Bytes(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_minute_to_an_hour_with_jitter() {
+        for (attempts, base) in [(1, 60.0), (2, 120.0), (3, 240.0), (6, 1920.0), (7, 3600.0)] {
+            for _ in 0..50 {
+                let d = backoff(attempts).as_secs_f64();
+                assert!(
+                    d >= base * 0.8 - 0.001 && d <= base * 1.2 + 0.001,
+                    "{attempts}: {d}"
+                );
+            }
+        }
+        assert!(backoff(u32::MAX).as_secs_f64() <= 3600.0 * 1.2 + 0.001);
+        assert!(backoff(0).as_secs_f64() >= 48.0);
+    }
+
+    #[test]
+    fn pacing_defaults_to_30_per_minute_for_submission_only() {
+        let opts = RunOptions::default();
+        let mut p = Profile::default();
+        assert_eq!(pacing(&p, &opts), Some(Duration::from_secs(2)));
+        p.mode = Mode::Relay;
+        assert_eq!(pacing(&p, &opts), None);
+        p.rate_per_minute = Some(120);
+        assert_eq!(pacing(&p, &opts), Some(Duration::from_millis(500)));
+        p.mode = Mode::Submit;
+        p.rate_per_minute = Some(0);
+        assert_eq!(pacing(&p, &opts), None, "0 = off");
+        let off = RunOptions {
+            rate_per_minute: Some(0),
+            ..RunOptions::default()
+        };
+        p.rate_per_minute = None;
+        assert_eq!(pacing(&p, &off), None);
+    }
+
+    #[test]
+    fn endpoint_key_splits_relay_by_sender_domain() {
+        let env = |s: &str| Envelope {
+            sender: s.into(),
+            ..Envelope::default()
+        };
+        let mut p = Profile {
+            name: "cron".into(),
+            ..Profile::default()
+        };
+        assert_eq!(default_endpoint_key(&p, &env("a@Contoso.com")), "cron");
+        p.mode = Mode::Relay;
+        assert_eq!(
+            default_endpoint_key(&p, &env("a@Contoso.com")),
+            "cron/contoso.com"
+        );
+        p.endpoint.mx_host = Some("mx.example".into());
+        assert_eq!(default_endpoint_key(&p, &env("a@fabrikam.com")), "cron");
+    }
+}

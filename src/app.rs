@@ -71,13 +71,24 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             Ok(())
         }
         Command::QueueList { json } => {
-            placeholder::queue_list(&config_or_default(config_path)?, json)
+            queue_list(&config_or_default(config_path)?, json)
         }
         Command::QueueRun => placeholder::queue_run(&config_or_default(config_path)?, false),
         Command::QueueFlush => placeholder::queue_run(&config_or_default(config_path)?, true),
-        Command::QueueShow { id } => placeholder::queue_show(&config_or_default(config_path)?, &id),
+        Command::QueueShow { id } => {
+            let config = config_or_default(config_path)?;
+            let (entry, headers) = crate::queue::show(&config, &id)?;
+            let explanation = crate::queue::explain_last_reply(&config, &entry);
+            print!(
+                "{}",
+                crate::queue::format_show(&entry, &headers, explanation.as_deref())
+            );
+            Ok(())
+        }
         Command::QueueDelete { id } => {
-            placeholder::queue_delete(&config_or_default(config_path)?, &id)
+            crate::queue::delete(&config_or_default(config_path)?, &id)?;
+            eprintln!("m365send: {id} deleted from the queue");
+            Ok(())
         }
         Command::Explain { code } => explain(&code),
         Command::SmtpStdio(args) => placeholder::smtp_stdio(config_path, profile_name, &args),
@@ -101,6 +112,21 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `mailq`, `sendmail -bp`, `m365send queue list [--json]`.
+fn queue_list(config: &Config, json: bool) -> Result<(), Failure> {
+    let entries = crate::queue::list(config)?;
+    let explain = |e: &crate::queue::Entry| crate::queue::explain_last_reply(config, e);
+    let text = if json {
+        crate::queue::format_json(&entries, &explain)
+    } else {
+        crate::queue::format_list(&entries, &explain)
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::io(format!("cannot write the queue listing: {e}")))
 }
 
 /// `m365send explain CODE`: the catalogue's explanation of a reply code or AADSTS error.
@@ -156,31 +182,10 @@ mod placeholder {
         ))
     }
 
-    // PLACEHOLDER(queue): print crate::queue::format_list / format_json of crate::queue::list.
-    pub fn queue_list(_config: &Config, json: bool) -> Result<(), Failure> {
-        if !json {
-            println!("m365send: the queue is empty (no queue yet)");
-        }
-        Ok(())
-    }
-
     // PLACEHOLDER(queue): crate::queue::run(...) (flush: ignoring backoff).
     pub fn queue_run(_config: &Config, _flush: bool) -> Result<(), Failure> {
         eprintln!("m365send: the queue is empty (no queue yet)");
         Ok(())
-    }
-
-    // PLACEHOLDER(queue): crate::queue::show(config, id) + format_show.
-    pub fn queue_show(_config: &Config, id: &str) -> Result<(), Failure> {
-        Err(Failure::new(
-            Exit::NoInput,
-            format!("no queued message {id} (the queue is empty: no queue yet)"),
-        ))
-    }
-
-    // PLACEHOLDER(queue): crate::queue::delete(config, id).
-    pub fn queue_delete(config: &Config, id: &str) -> Result<(), Failure> {
-        queue_show(config, id)
     }
 
     // PLACEHOLDER(bs): crate::bs::serve(stdin, stdout, limits, handler delivering each message).

@@ -28,17 +28,25 @@ pub enum Command {
     /// `-bs`: SMTP dialogue on stdin/stdout.
     SmtpStdio(Box<SendArgs>),
     /// `mailq`, `sendmail -bp`, `m365send queue list [--json]`.
-    QueueList { json: bool },
+    QueueList {
+        json: bool,
+    },
     /// `m365send queue run`, `sendmail -q`.
     QueueRun,
     /// `m365send queue flush`: run now, ignoring backoff.
     QueueFlush,
-    QueueShow { id: String },
-    QueueDelete { id: String },
+    QueueShow {
+        id: String,
+    },
+    QueueDelete {
+        id: String,
+    },
     /// `newaliases`: nothing to rebuild; succeeds with a note.
     Newaliases,
     /// `m365send explain CODE`.
-    Explain { code: String },
+    Explain {
+        code: String,
+    },
     /// `m365send login`: delegated device code flow.
     Login,
     /// `m365send token status`.

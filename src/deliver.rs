@@ -26,5 +26,8 @@ pub async fn deliver(
     _endpoint: &Endpoint,
     _opts: &Options,
 ) -> Result<(), Failure> {
-    Err(Failure::new(Exit::Software, "delivery is not implemented yet"))
+    Err(Failure::new(
+        Exit::Software,
+        "delivery is not implemented yet",
+    ))
 }

@@ -13,7 +13,10 @@ use crate::secret::Secret;
 pub enum Credentials {
     None,
     /// AUTH PLAIN or LOGIN.
-    Password { user: String, password: Secret },
+    Password {
+        user: String,
+        password: Secret,
+    },
     /// AUTH XOAUTH2.
     XOAuth2 {
         user: String,

@@ -923,7 +923,7 @@ impl Session {
                 step,
                 secs: t.as_secs(),
             }),
-            Ok(Err(e)) => Err(io_error(step, e)),
+            Ok(Err(e)) => Err(self.io_error(step, e)),
             Ok(Ok(())) => Ok(()),
         }
     }
@@ -984,7 +984,7 @@ impl Session {
                         secs: wait.as_secs(),
                     });
                 }
-                Ok(Err(e)) => return Err(io_error(step, e)),
+                Ok(Err(e)) => return Err(self.io_error(step, e)),
                 Ok(Ok(n)) => n,
             };
             if n == 0 {
@@ -992,6 +992,26 @@ impl Session {
             }
             self.rbuf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+impl Session {
+    /// A read/write error. After TLS 1.3 the server's verdict on our client certificate
+    /// arrives as an alert on the first read: report it as a TLS failure, not a broken
+    /// connection.
+    fn io_error(&self, step: Step, e: io::Error) -> SessionError {
+        if self.tls
+            && let Some(inner) = e.get_ref()
+            && inner.downcast_ref::<rustls::Error>().is_some()
+        {
+            let (kind, reason) = classify_tls_error(&e);
+            return SessionError::Tls {
+                host: self.cfg.host.clone(),
+                reason,
+                kind,
+            };
+        }
+        io_error(step, e)
     }
 }
 
@@ -1016,6 +1036,18 @@ fn classify_tls_error(e: &io::Error) -> (TlsFailure, String) {
         let reason = match err {
             rustls::Error::InvalidCertificate(c) => {
                 format!("the server's certificate was not accepted ({c:?})")
+            }
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                "the server requires a TLS client certificate (set tls.client_cert and tls.client_key)"
+                    .to_owned()
+            }
+            rustls::Error::AlertReceived(
+                a @ (rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::CertificateUnknown),
+            ) => format!("the server did not accept our client certificate ({a:?})"),
+            rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => {
+                "no TLS version in common with the server (check tls.min_version)".to_owned()
             }
             rustls::Error::AlertReceived(a) => format!("the server ended the handshake ({a:?})"),
             other => other.to_string(),

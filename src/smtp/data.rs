@@ -28,12 +28,16 @@ impl DotStuffer {
     /// Append the encoding of `input` to `out`.
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 32 + 4);
-        for &b in input {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
             if self.pending_cr {
+                // The CR is out; whatever follows, the line ends with CRLF.
                 self.pending_cr = false;
                 out.push(b'\n');
                 self.at_line_start = true;
                 if b == b'\n' {
+                    i += 1;
                     continue;
                 }
             }
@@ -41,17 +45,26 @@ impl DotStuffer {
                 b'\r' => {
                     out.push(b'\r');
                     self.pending_cr = true;
+                    i += 1;
                 }
                 b'\n' => {
                     out.extend_from_slice(b"\r\n");
                     self.at_line_start = true;
+                    i += 1;
                 }
                 _ => {
                     if self.at_line_start && b == b'.' {
                         out.push(b'.');
                     }
-                    out.push(b);
+                    // Copy the rest of the line in one go.
+                    let rest = &input[i..];
+                    let run = rest
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(rest.len());
+                    out.extend_from_slice(&rest[..run]);
                     self.at_line_start = false;
+                    i += run;
                 }
             }
         }

@@ -801,11 +801,13 @@ impl Session {
                 break;
             }
             total += n as u64;
-            out.clear();
             stuffer.encode(&buf[..n], &mut out);
-            self.write_raw(&out, Step::Data).await?;
+            if out.len() >= BODY_PIECE {
+                self.write_raw(&out, Step::Data).await?;
+                out.clear();
+            }
         }
-        out.clear();
+        // The last piece and the terminator go out in one write.
         stuffer.finish(&mut out);
         if let Some(t) = &self.cfg.transcript {
             t.line(&format!("C: [message, {total} bytes]"));

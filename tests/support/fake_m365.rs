@@ -904,24 +904,22 @@ impl Conn {
         }
     }
 
-    /// Read DATA up to CRLF.CRLF and un-stuff it.
+    /// Read DATA up to CRLF.CRLF and un-stuff it (linear in the message size).
     async fn read_data(&mut self, sender: &str) -> Result<Vec<u8>, Stop> {
         let mut out = Vec::new();
         let mut first = true;
         loop {
-            if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let l: Vec<u8> = self.buf.drain(..p + 2).collect();
-                if l == b".\r\n" {
+            let mut pos = 0;
+            while let Some(rel) = self.buf[pos..].windows(2).position(|w| w == b"\r\n") {
+                let line = &self.buf[pos..pos + rel + 2];
+                if line == b".\r\n" {
+                    self.buf.drain(..pos + rel + 2);
                     return Ok(out);
                 }
-                let l = if l.first() == Some(&b'.') {
-                    &l[1..]
-                } else {
-                    &l[..]
-                };
-                out.extend_from_slice(l);
-                continue;
+                out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+                pos += rel + 2;
             }
+            self.buf.drain(..pos);
             self.more().await?;
             if first {
                 first = false;

@@ -763,3 +763,89 @@ async fn basic_auth_password_login_works_and_is_not_logged() {
     // 127.0.0.1 is not a Microsoft host: no basic-auth warning here (see unit test).
     assert!(!t.contains("December 2026"));
 }
+
+/// The temporary rows of BRIEF.md's table: retried, then exit 75 with the reply quoted.
+#[tokio::test]
+async fn transient_rows_are_retried_then_75() {
+    let cases: &[(Phase, &str)] = &[
+        (
+            Phase::Mail,
+            "451 4.7.500 Access denied, please try again later",
+        ),
+        (
+            Phase::Greeting,
+            "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.",
+        ),
+        (
+            Phase::Auth,
+            "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+        ),
+        (
+            Phase::Mail,
+            "451 4.4.62 Mail sent to the wrong Office 365 region",
+        ),
+        (Phase::Rcpt, "452 4.5.3 Too many recipients"),
+    ];
+    for (phase, reply) in cases {
+        let server = FakeM365::start(submit_server().rule(Rule::reply(*phase, reply))).await;
+        let mut env = setup(&server, Mode::Submit);
+        env.profile.retry.attempts = Some(2);
+        let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
+        let out = attempt(
+            &env.config,
+            &env.profile,
+            &msg,
+            &env.endpoint,
+            &Options::default(),
+        )
+        .await;
+        assert!(out.is_transient(), "{reply}: {out:?}");
+        assert_eq!(out.exit(), Exit::TempFail, "{reply}");
+        assert_eq!(server.connections().len(), 2, "{reply}: retried once");
+        assert_eq!(
+            out.final_reply().map(|r| r.to_string()).as_deref(),
+            Some(*reply),
+            "the -bs server relays the real reply"
+        );
+        let first = out.report(&env.profile, &msg);
+        assert!(
+            first
+                .lines()
+                .next()
+                .unwrap()
+                .contains(&format!("({reply})")),
+            "{first}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn message_larger_than_server_size_is_65_without_sending() {
+    let mut cfg = submit_server();
+    cfg.ehlo_after_tls = Some(vec![
+        "SIZE 10".into(),
+        "PIPELINING".into(),
+        "AUTH LOGIN XOAUTH2".into(),
+    ]);
+    let server = FakeM365::start(cfg).await;
+    let env = setup(&server, Mode::Submit);
+    let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
+    let err = deliver(
+        &env.config,
+        &env.profile,
+        &msg,
+        &env.endpoint,
+        &Options::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit, Exit::DataErr, "{}", err.message);
+    assert!(err.message.contains("at most 10"), "{}", err.message);
+    assert!(
+        !server.connections()[0]
+            .commands
+            .iter()
+            .any(|c| c.starts_with("MAIL"))
+    );
+    assert_eq!(server.connections().len(), 1);
+}

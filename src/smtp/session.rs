@@ -881,8 +881,14 @@ impl Session {
     }
 
     /// QUIT and close. Errors are reported but harmless: the messages are already decided.
+    /// The reply is awaited at most 5 seconds (a server that hangs here must not hold up a
+    /// cron job once the message is delivered).
     pub async fn quit(mut self) -> Result<(), SessionError> {
-        let r = self.command(Line::plain("QUIT"), Step::Quit).await;
+        let short = self.cfg.command_timeout.min(Duration::from_secs(5));
+        let r = match self.send(&[Line::plain("QUIT")], Step::Quit).await {
+            Ok(()) => self.read_reply(Step::Quit, short).await,
+            Err(e) => Err(e),
+        };
         let _ = timeout(Duration::from_secs(5), self.stream.shutdown()).await;
         r.map(|_| ())
     }

@@ -22,7 +22,9 @@
 //!   `let mut c = Connector::new(config, profile, endpoint, opts).await?;`
 //!   `let (mut session, host) = c.open_any().await?;` then for each message
 //!   `let r = session.send_message(&envelope, &body, flags).await;` and
-//!   `outcome.apply(&r?)` / `outcome.fail(Problem::session(&e, host))`, finally `quit()`.
+//!   `outcome.apply(&result, &host)` on `Ok(result)`, `outcome.fail(Problem::session(&e,
+//!   &host))` on `Err(e)` (then drop the session and reconnect), finally `session.quit()`.
+//!   `Outcome::new(&envelope.recipients)` starts one; `outcome.pending` says who is left.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -443,15 +445,7 @@ impl<'a> Connector<'a> {
         match session.authenticate(&self.creds).await {
             Ok(_) => Ok(session),
             Err(e) => {
-                let stale = matches!(
-                    &self.creds,
-                    Credentials::XOAuth2 {
-                        from_cache: true,
-                        ..
-                    }
-                ) && e.reply().and_then(|r| r.enhanced).map(|c| c.to_string())
-                    == Some("5.7.3".to_owned());
-                if stale && !self.refreshed {
+                if needs_fresh_token(&self.creds, &e) && !self.refreshed {
                     self.refreshed = true;
                     self.creds = auth::credentials(self.config, self.profile, true)
                         .await
@@ -480,6 +474,21 @@ impl<'a> Connector<'a> {
         Err(last
             .unwrap_or_else(|| Problem::local(Failure::new(Exit::NoHost, "no host to connect to"))))
     }
+}
+
+/// A cached token refused with 535 5.7.3 may just be stale (revoked, permissions changed):
+/// worth one retry with a freshly acquired token.
+fn needs_fresh_token(creds: &Credentials, e: &SessionError) -> bool {
+    matches!(
+        creds,
+        Credentials::XOAuth2 {
+            from_cache: true,
+            ..
+        }
+    ) && e.step() == Some(Step::Auth)
+        && e.reply()
+            .and_then(|r| r.enhanced)
+            .is_some_and(|c| c == crate::smtp::EnhancedCode::new(5, 7, 3))
 }
 
 /// The one-line warning for a password used against a Microsoft host.
@@ -668,6 +677,38 @@ mod tests {
             from_cache: false,
         };
         assert!(basic_auth_warning(&tok, "smtp.office365.com", "app").is_none());
+    }
+
+    #[test]
+    fn fresh_token_only_for_cached_token_refused_5_7_3() {
+        let cached = Credentials::XOAuth2 {
+            user: "u".into(),
+            token: Secret::new("t"),
+            from_cache: true,
+        };
+        let refused = |text: &str| SessionError::Rejected {
+            step: Step::Auth,
+            reply: Reply::parse(text).unwrap(),
+        };
+        assert!(needs_fresh_token(
+            &cached,
+            &refused("535 5.7.3 Authentication unsuccessful")
+        ));
+        assert!(!needs_fresh_token(
+            &cached,
+            &refused(
+                "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"
+            )
+        ));
+        let configured = Credentials::XOAuth2 {
+            user: "u".into(),
+            token: Secret::new("t"),
+            from_cache: false,
+        };
+        assert!(!needs_fresh_token(
+            &configured,
+            &refused("535 5.7.3 Authentication unsuccessful")
+        ));
     }
 
     #[test]

@@ -752,3 +752,43 @@ async fn connection_refused_is_transient() {
     assert!(matches!(err, SessionError::Connect { .. }), "{err:?}");
     assert!(err.is_transient());
 }
+
+#[tokio::test]
+async fn password_prefers_plain_when_offered() {
+    let mut cfg = FakeConfig::submission().user("basic@contoso.com", "pw");
+    cfg.ehlo_after_tls = Some(vec!["PIPELINING".into(), "AUTH LOGIN PLAIN XOAUTH2".into()]);
+    let server = FakeM365::start(cfg).await;
+    let (sink, buf) = Sink::memory();
+    let mut c = session_config(&server, TlsPolicy::Required, settings(&server));
+    c.transcript = Some(sink);
+    let mut s = Session::connect(c).await.unwrap();
+    let creds = Credentials::Password {
+        user: "basic@contoso.com".into(),
+        password: Secret::new("pw"),
+    };
+    assert_eq!(s.authenticate(&creds).await.unwrap().unwrap().code, 235);
+    assert_eq!(
+        server.connections()[0].auth,
+        vec!["PLAIN basic@contoso.com pw"]
+    );
+    assert!(buf.contents().contains("C: AUTH PLAIN <redacted>\n"));
+}
+
+#[tokio::test]
+async fn xoauth2_not_offered_is_a_clear_error() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let err = s.authenticate(&oauth()).await.unwrap_err();
+    assert!(matches!(err, SessionError::AuthNotOffered { .. }));
+    assert!(
+        err.to_string()
+            .contains("does not offer AUTH XOAUTH2 (it offers: no AUTH at all)"),
+        "{err}"
+    );
+}

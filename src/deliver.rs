@@ -38,7 +38,7 @@ use crate::config::{Config, OAuthFlow, Profile};
 use crate::exit::{Exit, Failure};
 use crate::explain::{self, Context};
 use crate::message::Prepared;
-use crate::route::{Endpoint, Host};
+use crate::route::{AuthKind, Endpoint, Host};
 use crate::smtp::{
     MessageFlags, MessageResult, Reply, Session, SessionConfig, SessionError, Sink, Step,
     TlsFailure, TlsSettings, client_config, hello_name, is_microsoft_host,
@@ -396,9 +396,15 @@ impl<'a> Connector<'a> {
         opts: &'a Options,
         sender: &str,
     ) -> Result<Connector<'a>, Problem> {
-        let creds = auth::credentials(config, profile, false)
-            .await
-            .map_err(Problem::local)?;
+        // The route decides whether this endpoint authenticates at all (relay and direct
+        // send do not, whatever the profile's auth settings say).
+        let creds = if endpoint.auth == AuthKind::None {
+            Credentials::None
+        } else {
+            auth::credentials(config, profile, false)
+                .await
+                .map_err(Problem::local)?
+        };
         let tls = client_config(&TlsSettings {
             min_version: endpoint.tls_min,
             ca_file: endpoint.ca_file.clone(),

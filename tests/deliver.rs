@@ -849,3 +849,23 @@ async fn message_larger_than_server_size_is_65_without_sending() {
     );
     assert_eq!(server.connections().len(), 1);
 }
+
+#[tokio::test]
+async fn endpoint_without_auth_needs_no_credentials() {
+    // Direct send: the route says no AUTH, so a profile whose OAuth is not set up still sends.
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut env = setup(&server, Mode::Direct);
+    env.profile.auth.method = AuthMethod::OAuth;
+    env.profile.auth.token = SecretSource::default();
+    let msg = prepared("alerts@contoso.com", &["ops@contoso.com"], MSG);
+    deliver(
+        &env.config,
+        &env.profile,
+        &msg,
+        &env.endpoint,
+        &Options::default(),
+    )
+    .await
+    .unwrap();
+    assert!(server.connections()[0].auth.is_empty());
+}

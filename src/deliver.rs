@@ -186,6 +186,8 @@ pub struct Outcome {
     pub accepted_reply: Option<Reply>,
     /// Connections tried.
     pub attempts: u32,
+    /// Time spent in `attempt` (for the per-message log line).
+    pub elapsed: Duration,
 }
 
 impl Outcome {
@@ -509,6 +511,19 @@ fn basic_auth_warning(creds: &Credentials, host: &str, profile: &str) -> Option<
 /// Deliver with in-process retries; nothing printed but the transcript and warnings, nothing
 /// written. See the module doc.
 pub async fn attempt(
+    config: &Config,
+    profile: &Profile,
+    message: &Prepared,
+    endpoint: &Endpoint,
+    opts: &Options,
+) -> Outcome {
+    let started = std::time::Instant::now();
+    let mut outcome = attempt_inner(config, profile, message, endpoint, opts).await;
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+async fn attempt_inner(
     config: &Config,
     profile: &Profile,
     message: &Prepared,

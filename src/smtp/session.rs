@@ -540,7 +540,7 @@ impl Session {
         if let Some(t) = &self.cfg.transcript {
             let (_, conn) = tls.get_ref();
             t.line(&format!(
-                "-- TLS established: {:?}, {:?}",
+                "-- TLS established: {}, {}",
                 conn.protocol_version()
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_default(),

@@ -792,3 +792,30 @@ async fn xoauth2_not_offered_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn bdat_large_message_goes_in_chunks() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    cfg.chunking = true;
+    let mut s = Session::connect(cfg).await.unwrap();
+    let chunk = m365send::smtp::session::BDAT_CHUNK as usize;
+    let mut data = b"Subject: big\r\n\r\n".to_vec();
+    while data.len() < chunk + 1000 {
+        data.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n",
+        );
+    }
+    let res = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(&data),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered());
+    let m = &server.accepted()[0];
+    assert_eq!(m.bdat_chunks, vec![chunk, data.len() - chunk]);
+    assert!(m.data == data, "content differs");
+}

@@ -819,3 +819,30 @@ async fn bdat_large_message_goes_in_chunks() {
     assert_eq!(m.bdat_chunks, vec![chunk, data.len() - chunk]);
     assert!(m.data == data, "content differs");
 }
+
+#[tokio::test]
+async fn sender_refused_then_hang_up_keeps_the_refusal() {
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply_and_close(
+        Phase::Mail,
+        "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization",
+    )))
+    .await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let res = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    let (step, reply) = res.message_failure().unwrap();
+    assert_eq!(step, Step::Mail);
+    assert_eq!(reply.enhanced.unwrap().to_string(), "5.7.68");
+}

@@ -716,17 +716,27 @@ impl Session {
             mail_reply = self
                 .read_reply(Step::Mail, self.cfg.command_timeout)
                 .await?;
+            // A server may hang up right after refusing the sender: the refusal is the news,
+            // not the lost connection.
+            let mail_refused = !mail_reply.is_positive();
+            let keep = |r: Result<Reply, SessionError>| match r {
+                Err(e) if !mail_refused => Err(e),
+                other => Ok(other.ok()),
+            };
             for r in &envelope.recipients {
-                let reply = self
-                    .read_reply(Step::Rcpt, self.cfg.command_timeout)
-                    .await?;
-                recipients.push((r.clone(), reply));
+                match keep(self.read_reply(Step::Rcpt, self.cfg.command_timeout).await)? {
+                    Some(reply) => recipients.push((r.clone(), reply)),
+                    None => {
+                        return Ok(MessageResult {
+                            mail: mail_reply,
+                            recipients,
+                            data: None,
+                        });
+                    }
+                }
             }
             if !bdat {
-                data_reply = Some(
-                    self.read_reply(Step::Data, self.cfg.command_timeout)
-                        .await?,
-                );
+                data_reply = keep(self.read_reply(Step::Data, self.cfg.command_timeout).await)?;
             }
         } else {
             mail_reply = self.command(Line::plain(mail), Step::Mail).await?;

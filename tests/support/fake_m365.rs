@@ -92,6 +92,8 @@ pub enum Action {
     Hang,
     /// Close the connection without a word.
     Drop,
+    /// Send this reply, then close the connection (as Microsoft does after some refusals).
+    ReplyAndClose(String),
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +120,14 @@ impl Rule {
             phase,
             matching: None,
             action: Action::Hang,
+            times: None,
+        }
+    }
+    pub fn reply_and_close(phase: Phase, reply: &str) -> Rule {
+        Rule {
+            phase,
+            matching: None,
+            action: Action::ReplyAndClose(reply.to_owned()),
             times: None,
         }
     }
@@ -616,6 +626,10 @@ impl Conn {
             }
             Some(Action::Hang) => Err(Stop::Hang),
             Some(Action::Drop) => Err(Stop::Closed),
+            Some(Action::ReplyAndClose(r)) => {
+                self.send(&r).await?;
+                Err(Stop::Closed)
+            }
         }
     }
 
@@ -869,7 +883,7 @@ impl Conn {
                             match a {
                                 Action::Hang => return Err(Stop::Hang),
                                 Action::Drop => return Err(Stop::Closed),
-                                Action::Reply(_) => {}
+                                Action::Reply(_) | Action::ReplyAndClose(_) => {}
                             }
                         }
                     }

@@ -238,7 +238,10 @@ fn send(
         // PLACEHOLDER(queue): crate::queue::enqueue(&config, &profile, &prepared)
         tracing::debug!("-odq: the queue does not exist yet; delivering now");
     }
-    let opts = crate::deliver::Options { verbose };
+    let opts = crate::deliver::Options {
+        verbose,
+        ..Default::default()
+    };
     runtime.block_on(crate::deliver::deliver(
         &config, &profile, &prepared, &endpoint, &opts,
     ))

@@ -118,6 +118,7 @@ enum Kind {
     InvalidXoauth2,
     TokenExpiresSoon,
     HveExternal,
+    MalformedContent,
 }
 
 /// A typical reply for each kind: (basic code, enhanced code, text). Used by `explain CODE`
@@ -282,6 +283,12 @@ const SAMPLES: &[(Kind, u16, &str, &str)] = &[
         "5.5.105",
         "High Volume Email may only be sent to recipients inside the organization",
     ),
+    (
+        Kind::MalformedContent,
+        550,
+        "5.6.11",
+        "SMTPSEND.BareLinefeedsAreIllegal",
+    ),
 ];
 
 fn contains_ci(haystack: &str, needle: &str) -> bool {
@@ -334,6 +341,7 @@ fn classify(reply: &Reply) -> Option<Kind> {
         (5, 5, 124) => Kind::InvalidXoauth2,
         (5, 5, 127) => Kind::TokenExpiresSoon,
         (5, 5, 105) => Kind::HveExternal,
+        (5, 6, _) => Kind::MalformedContent,
         _ => return None,
     };
     Some(kind)
@@ -354,7 +362,7 @@ impl Kind {
             Kind::RecipientAccessDenied | Kind::RecipientNotFound | Kind::HveExternal => {
                 Exit::NoUser
             }
-            Kind::TooLarge => Exit::DataErr,
+            Kind::TooLarge | Kind::MalformedContent => Exit::DataErr,
             Kind::SenderThrottled
             | Kind::BannedIp
             | Kind::TenantBlocked
@@ -633,6 +641,10 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
                 "Send a smaller message (the default limit is 35 MB, at most 150 MB), or raise the limit in Exchange; set max_size in {} to catch this before sending.",
                 w.profile()
             ),
+        ),
+        Kind::MalformedContent => (
+            "the server refused the message's content or format (for example bare line feeds or a malformed MIME structure).".to_owned(),
+            "Check the message the program produced; m365send already sends CRLF line endings, so look at headers and MIME parts added by the caller.".to_owned(),
         ),
         Kind::TooManyRecipients => (
             "the message has too many recipients for one transaction.".to_owned(),

@@ -1,0 +1,1150 @@
+//! One SMTP client connection: connect, greeting, EHLO, STARTTLS, EHLO, AUTH, then any number
+//! of messages (`send_message`, `rset`), then `quit`.
+//!
+//! The session never decides whether to retry or what to tell the user: it reports each
+//! reply (per recipient) and each failure with the step it happened in. `deliver` and the
+//! queue runner decide.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::caps::Capabilities;
+use super::data::{DotStuffer, xtext};
+use super::reply::{ParseError, Reply, ReplyParser};
+use super::transcript::Sink;
+use crate::auth::Credentials;
+use crate::message::{Body, Envelope, Prepared, Ret};
+use crate::route::TlsPolicy;
+
+/// Bytes read from the body file per write (DATA and BDAT).
+pub const BODY_PIECE: usize = 64 * 1024;
+/// Largest BDAT chunk; a message up to this size goes out as a single `BDAT n LAST`.
+pub const BDAT_CHUNK: u64 = 16 * 1024 * 1024;
+/// Longest reply line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+/// How to open one connection.
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// Host name (or IP literal) to connect to; the certificate must match it.
+    pub host: String,
+    pub port: u16,
+    /// EHLO name (see `hello_name`).
+    pub helo: String,
+    pub tls: TlsPolicy,
+    /// From `tls::client_config`; build it once and share it between connections.
+    pub tls_config: Arc<ClientConfig>,
+    pub connect_timeout: Duration,
+    /// Timeout for every reply except the one after the message data.
+    pub command_timeout: Duration,
+    /// Timeout for the reply after the end of the message data.
+    pub data_end_timeout: Duration,
+    /// Use BDAT when the server offers CHUNKING.
+    pub chunking: bool,
+    /// Where the `-v` transcript goes (None: nowhere).
+    pub transcript: Option<Sink>,
+}
+
+impl fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("helo", &self.helo)
+            .field("tls", &self.tls)
+            .field("chunking", &self.chunking)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The protocol step something happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    Connect,
+    Greeting,
+    Ehlo,
+    StartTls,
+    TlsHandshake,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    /// The reply after the message content (end of DATA, or the last BDAT chunk).
+    DataEnd,
+    Rset,
+    Quit,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "connect",
+            Step::Greeting => "greeting",
+            Step::Ehlo => "EHLO",
+            Step::StartTls => "STARTTLS",
+            Step::TlsHandshake => "TLS handshake",
+            Step::Auth => "AUTH",
+            Step::Mail => "MAIL FROM",
+            Step::Rcpt => "RCPT TO",
+            Step::Data => "DATA",
+            Step::DataEnd => "end of data",
+            Step::Rset => "RSET",
+            Step::Quit => "QUIT",
+        })
+    }
+}
+
+/// Why a TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The server's certificate is not valid for the host (name, issuer, dates).
+    Certificate,
+    /// No common protocol version or cipher, or the server refused our (missing) client
+    /// certificate: a configuration mismatch, not worth retrying.
+    Protocol,
+    /// The connection broke during the handshake: transient.
+    Io,
+}
+
+/// A failure of the session. Refusals of individual recipients are not errors (see
+/// `MessageResult`); a refusal that stops the whole session is `Rejected`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("cannot connect to {host}: {reason}")]
+    Connect { host: String, reason: String },
+    #[error("no reply within {secs} s ({step})")]
+    Timeout { step: Step, secs: u64 },
+    #[error("the server closed the connection ({step})")]
+    Closed { step: Step },
+    #[error("connection error ({step}): {reason}")]
+    Io { step: Step, reason: String },
+    #[error("the server refused {step} ({reply})")]
+    Rejected { step: Step, reply: Reply },
+    #[error("malformed reply from the server ({step}): {detail}")]
+    Protocol { step: Step, detail: String },
+    #[error(
+        "the server does not offer STARTTLS and this mode requires TLS: stopped before sending anything else (no AUTH, no MAIL)"
+    )]
+    StartTlsNotOffered,
+    #[error("TLS with {host} failed: {reason}; nothing else was sent")]
+    Tls {
+        host: String,
+        reason: String,
+        kind: TlsFailure,
+    },
+    #[error("the server does not offer AUTH {wanted} (it offers: {})", if offered.is_empty() { "no AUTH at all".to_owned() } else { offered.join(" ") })]
+    AuthNotOffered {
+        wanted: &'static str,
+        offered: Vec<String>,
+    },
+    #[error("refusing to send credentials over a connection without TLS")]
+    AuthWithoutTls,
+    #[error(
+        "the message needs SMTPUTF8 (non-ASCII addresses or headers) but the server does not offer it"
+    )]
+    Smtputf8NotOffered,
+    #[error("the message is {size} bytes; the server accepts at most {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("cannot read the message body: {0}")]
+    Body(String),
+}
+
+impl SessionError {
+    /// Worth trying again later (or on another host): connection trouble and 4xx replies.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SessionError::Connect { .. }
+            | SessionError::Timeout { .. }
+            | SessionError::Closed { .. }
+            | SessionError::Io { .. }
+            | SessionError::Protocol { .. } => true,
+            SessionError::Tls { kind, .. } => *kind == TlsFailure::Io,
+            SessionError::Rejected { reply, .. } => reply.is_transient(),
+            _ => false,
+        }
+    }
+    /// The server reply this error is about, if any.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            SessionError::Rejected { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+    /// The step it happened in, when known.
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            SessionError::Resolve { .. } | SessionError::Connect { .. } => Some(Step::Connect),
+            SessionError::Timeout { step, .. }
+            | SessionError::Closed { step }
+            | SessionError::Io { step, .. }
+            | SessionError::Rejected { step, .. }
+            | SessionError::Protocol { step, .. } => Some(*step),
+            SessionError::StartTlsNotOffered => Some(Step::StartTls),
+            SessionError::Tls { .. } => Some(Step::TlsHandshake),
+            SessionError::AuthNotOffered { .. } | SessionError::AuthWithoutTls => Some(Step::Auth),
+            SessionError::Smtputf8NotOffered | SessionError::TooLarge { .. } => Some(Step::Mail),
+            SessionError::Body(_) => Some(Step::Data),
+        }
+    }
+}
+
+/// What the message needs from the server (from `Prepared`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageFlags {
+    /// Ask for BODY=8BITMIME.
+    pub eight_bit: bool,
+    /// Needs SMTPUTF8.
+    pub smtputf8: bool,
+}
+
+impl From<&Prepared> for MessageFlags {
+    fn from(p: &Prepared) -> Self {
+        MessageFlags {
+            eight_bit: p.eight_bit,
+            smtputf8: p.smtputf8,
+        }
+    }
+}
+
+/// The server's answers for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageResult {
+    /// Reply to MAIL FROM.
+    pub mail: Reply,
+    /// Each recipient with its RCPT reply, in envelope order. Meaningless (usually 503)
+    /// when MAIL was refused.
+    pub recipients: Vec<(String, Reply)>,
+    /// The reply that decided the content: to end of data / the last BDAT chunk (step
+    /// DataEnd), or a refusal of DATA/BDAT itself (step Data). None when no data was sent
+    /// because MAIL or every recipient was refused.
+    pub data: Option<(Step, Reply)>,
+}
+
+impl MessageResult {
+    /// The server took responsibility for the message (for the accepted recipients).
+    pub fn delivered(&self) -> bool {
+        self.mail.is_positive()
+            && matches!(&self.data, Some((Step::DataEnd, r)) if r.is_positive())
+            && self.recipients.iter().any(|(_, r)| r.is_positive())
+    }
+    /// Recipients that got the message.
+    pub fn accepted(&self) -> Vec<&str> {
+        if !self.delivered() {
+            return Vec::new();
+        }
+        self.recipients
+            .iter()
+            .filter(|(_, r)| r.is_positive())
+            .map(|(a, _)| a.as_str())
+            .collect()
+    }
+    /// Recipients refused at RCPT (only when MAIL was accepted).
+    pub fn refused(&self) -> Vec<(&str, &Reply)> {
+        if !self.mail.is_positive() {
+            return Vec::new();
+        }
+        self.recipients
+            .iter()
+            .filter(|(_, r)| !r.is_positive())
+            .map(|(a, r)| (a.as_str(), r))
+            .collect()
+    }
+    /// A refusal of the whole message (MAIL, DATA or the content), if any. Refusals of
+    /// every recipient are not reported here: see `refused`.
+    pub fn message_failure(&self) -> Option<(Step, &Reply)> {
+        if !self.mail.is_positive() {
+            return Some((Step::Mail, &self.mail));
+        }
+        if !self.recipients.iter().any(|(_, r)| r.is_positive()) {
+            return None;
+        }
+        match &self.data {
+            Some((step, r)) if !r.is_positive() => Some((*step, r)),
+            _ => None,
+        }
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection lost")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// One line to send, with what the transcript shows instead when it carries a secret.
+struct Line {
+    text: String,
+    shown: Option<String>,
+}
+
+impl Line {
+    fn plain(text: impl Into<String>) -> Line {
+        Line {
+            text: text.into(),
+            shown: None,
+        }
+    }
+    fn secret(text: String, shown: impl Into<String>) -> Line {
+        Line {
+            text,
+            shown: Some(shown.into()),
+        }
+    }
+}
+
+/// An open SMTP session, after EHLO (and STARTTLS + EHLO when used).
+pub struct Session {
+    cfg: SessionConfig,
+    stream: Stream,
+    rbuf: Vec<u8>,
+    caps: Capabilities,
+    tls: bool,
+    greeting: Reply,
+    /// A transaction was started and not finished cleanly: RSET before the next message.
+    dirty: bool,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("host", &self.cfg.host)
+            .field("tls", &self.tls)
+            .field("caps", &self.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Connect (each resolved address in order, with the connect timeout), read the
+    /// greeting, EHLO, and STARTTLS + EHLO when offered (and required or opportunistic).
+    /// With `TlsPolicy::Required`, a missing STARTTLS or a failed handshake ends here,
+    /// before anything else is sent.
+    pub async fn connect(cfg: SessionConfig) -> Result<Session, SessionError> {
+        let host = cfg.host.clone();
+        let lookup = timeout(
+            cfg.connect_timeout,
+            tokio::net::lookup_host((host.clone(), cfg.port)),
+        )
+        .await;
+        let addrs: Vec<_> = match lookup {
+            Err(_) => {
+                return Err(SessionError::Resolve {
+                    host,
+                    reason: "DNS lookup timed out".into(),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(SessionError::Resolve {
+                    host,
+                    reason: e.to_string(),
+                });
+            }
+            Ok(Ok(a)) => a.collect(),
+        };
+        if addrs.is_empty() {
+            return Err(SessionError::Resolve {
+                host,
+                reason: "no addresses".into(),
+            });
+        }
+        let mut errors = Vec::new();
+        let mut tcp = None;
+        for addr in &addrs {
+            match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!(
+                    "{addr}: timed out after {} s",
+                    cfg.connect_timeout.as_secs_f32()
+                )),
+            }
+        }
+        let Some(tcp) = tcp else {
+            return Err(SessionError::Connect {
+                host: format!("{host}:{}", cfg.port),
+                reason: errors.join("; "),
+            });
+        };
+        let _ = tcp.set_nodelay(true);
+        if let Some(t) = &cfg.transcript {
+            t.line(&format!(
+                "-- connected to {host}:{} ({})",
+                cfg.port,
+                tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+            ));
+        }
+        let mut s = Session {
+            cfg,
+            stream: Stream::Plain(tcp),
+            rbuf: Vec::with_capacity(4096),
+            caps: Capabilities::default(),
+            tls: false,
+            greeting: Reply::new(220, Vec::new()),
+            dirty: false,
+        };
+        let greeting = s.read_reply(Step::Greeting, s.cfg.command_timeout).await?;
+        if greeting.code != 220 {
+            return Err(SessionError::Rejected {
+                step: Step::Greeting,
+                reply: greeting,
+            });
+        }
+        s.greeting = greeting;
+        s.ehlo().await?;
+        if s.caps.starttls {
+            s.starttls().await?;
+            s.ehlo().await?;
+        } else if s.cfg.tls == TlsPolicy::Required {
+            s.quit_quietly().await;
+            return Err(SessionError::StartTlsNotOffered);
+        }
+        Ok(s)
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    pub fn host(&self) -> &str {
+        &self.cfg.host
+    }
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    async fn ehlo(&mut self) -> Result<(), SessionError> {
+        let r = self
+            .command(Line::plain(format!("EHLO {}", self.cfg.helo)), Step::Ehlo)
+            .await?;
+        if r.code != 250 {
+            return Err(SessionError::Rejected {
+                step: Step::Ehlo,
+                reply: r,
+            });
+        }
+        self.caps = Capabilities::from_ehlo(&r);
+        Ok(())
+    }
+
+    async fn starttls(&mut self) -> Result<(), SessionError> {
+        let r = self
+            .command(Line::plain("STARTTLS"), Step::StartTls)
+            .await?;
+        if r.code != 220 {
+            return Err(SessionError::Rejected {
+                step: Step::StartTls,
+                reply: r,
+            });
+        }
+        if !self.rbuf.is_empty() {
+            // Anything after the 220 was sent in plain text before TLS: an injection attempt.
+            return Err(SessionError::Protocol {
+                step: Step::StartTls,
+                detail: "data received after the STARTTLS reply before TLS started".into(),
+            });
+        }
+        let host = self.cfg.host.clone();
+        let name = ServerName::try_from(host.clone()).map_err(|e| SessionError::Tls {
+            host: host.clone(),
+            reason: format!("invalid host name for TLS: {e}"),
+            kind: TlsFailure::Protocol,
+        })?;
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(SessionError::Protocol {
+                step: Step::StartTls,
+                detail: "STARTTLS on a TLS connection".into(),
+            });
+        };
+        let connector = tokio_rustls::TlsConnector::from(self.cfg.tls_config.clone());
+        let tls = match timeout(self.cfg.command_timeout, connector.connect(name, tcp)).await {
+            Err(_) => {
+                return Err(SessionError::Timeout {
+                    step: Step::TlsHandshake,
+                    secs: self.cfg.command_timeout.as_secs(),
+                });
+            }
+            Ok(Err(e)) => {
+                let (kind, reason) = classify_tls_error(&e);
+                if let Some(t) = &self.cfg.transcript {
+                    t.line(&format!("-- TLS handshake failed: {reason}"));
+                }
+                return Err(SessionError::Tls { host, reason, kind });
+            }
+            Ok(Ok(t)) => t,
+        };
+        if let Some(t) = &self.cfg.transcript {
+            let (_, conn) = tls.get_ref();
+            t.line(&format!(
+                "-- TLS established: {}, {}",
+                conn.protocol_version()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default(),
+                conn.negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default()
+            ));
+        }
+        self.stream = Stream::Tls(Box::new(tls));
+        self.tls = true;
+        Ok(())
+    }
+
+    /// Authenticate. XOAUTH2 for a token; PLAIN (preferred) or LOGIN for a password.
+    /// Returns the final reply (235) or `Rejected { step: Auth, .. }`. Credentials are never
+    /// sent without TLS.
+    pub async fn authenticate(
+        &mut self,
+        creds: &Credentials,
+    ) -> Result<Option<Reply>, SessionError> {
+        let offered = || self.caps.auth.clone();
+        let reply = match creds {
+            Credentials::None => return Ok(None),
+            _ if !self.tls => return Err(SessionError::AuthWithoutTls),
+            Credentials::XOAuth2 { user, token, .. } => {
+                if !self.caps.has_auth("XOAUTH2") {
+                    return Err(SessionError::AuthNotOffered {
+                        wanted: "XOAUTH2",
+                        offered: offered(),
+                    });
+                }
+                let sasl = format!("user={user}\x01auth=Bearer {}\x01\x01", token.expose());
+                let line = Line::secret(
+                    format!("AUTH XOAUTH2 {}", B64.encode(sasl.as_bytes())),
+                    "AUTH XOAUTH2 <redacted>",
+                );
+                let r = self.command(line, Step::Auth).await?;
+                if r.code == 334 {
+                    // The challenge carries the error as base64 JSON; an empty line ends the
+                    // exchange and the server sends the final reply.
+                    self.command(Line::plain(""), Step::Auth).await?
+                } else {
+                    r
+                }
+            }
+            Credentials::Password { user, password } => {
+                if self.caps.has_auth("PLAIN") {
+                    let sasl = format!("\0{user}\0{}", password.expose());
+                    let line = Line::secret(
+                        format!("AUTH PLAIN {}", B64.encode(sasl.as_bytes())),
+                        "AUTH PLAIN <redacted>",
+                    );
+                    self.command(line, Step::Auth).await?
+                } else if self.caps.has_auth("LOGIN") {
+                    let r = self.command(Line::plain("AUTH LOGIN"), Step::Auth).await?;
+                    if r.code != 334 {
+                        r
+                    } else {
+                        let r = self
+                            .command(
+                                Line::secret(B64.encode(user.as_bytes()), "<redacted>"),
+                                Step::Auth,
+                            )
+                            .await?;
+                        if r.code != 334 {
+                            r
+                        } else {
+                            self.command(
+                                Line::secret(
+                                    B64.encode(password.expose().as_bytes()),
+                                    "<redacted>",
+                                ),
+                                Step::Auth,
+                            )
+                            .await?
+                        }
+                    }
+                } else {
+                    return Err(SessionError::AuthNotOffered {
+                        wanted: "PLAIN or LOGIN",
+                        offered: offered(),
+                    });
+                }
+            }
+        };
+        if reply.code == 235 {
+            Ok(Some(reply))
+        } else {
+            Err(SessionError::Rejected {
+                step: Step::Auth,
+                reply,
+            })
+        }
+    }
+
+    /// Send one message. Can be called again on the same session for the next message (an
+    /// unfinished transaction is reset first). Per-recipient refusals are in the result;
+    /// `Err` means the session itself failed and should be dropped, except for
+    /// `Smtputf8NotOffered` and `TooLarge`, which are checked before anything is sent.
+    pub async fn send_message(
+        &mut self,
+        envelope: &Envelope,
+        body: &Body,
+        flags: MessageFlags,
+    ) -> Result<MessageResult, SessionError> {
+        if self.dirty {
+            self.rset().await?;
+        }
+        if flags.smtputf8 && !self.caps.smtputf8 {
+            return Err(SessionError::Smtputf8NotOffered);
+        }
+        let file = body
+            .open()
+            .map_err(|e| SessionError::Body(format!("{}: {e}", body.path().display())))?;
+        let size = file
+            .metadata()
+            .map_err(|e| SessionError::Body(format!("{}: {e}", body.path().display())))?
+            .len();
+        if let Some(limit) = self.caps.size
+            && limit > 0
+            && size > limit
+        {
+            return Err(SessionError::TooLarge { size, limit });
+        }
+        let mut file = tokio::fs::File::from_std(file);
+
+        let dsn = self.caps.dsn && envelope.dsn.is_requested();
+        let mut mail = format!("MAIL FROM:<{}>", envelope.sender);
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={size}"));
+        }
+        if flags.eight_bit && self.caps.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if flags.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if dsn {
+            match envelope.dsn.ret {
+                Some(Ret::Full) => mail.push_str(" RET=FULL"),
+                Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(id) = &envelope.dsn.envid {
+                mail.push_str(&format!(" ENVID={}", xtext(id)));
+            }
+        }
+        let rcpts: Vec<String> = envelope
+            .recipients
+            .iter()
+            .map(|r| {
+                let mut l = format!("RCPT TO:<{r}>");
+                if dsn && let Some(n) = &envelope.dsn.notify {
+                    l.push_str(&format!(" NOTIFY={n} ORCPT=rfc822;{}", xtext(r)));
+                }
+                l
+            })
+            .collect();
+        let bdat = self.cfg.chunking && self.caps.chunking;
+
+        self.dirty = true;
+        let mut recipients = Vec::with_capacity(rcpts.len());
+        let mail_reply;
+        let mut data_reply = None;
+        if self.caps.pipelining {
+            // RFC 2920: MAIL, every RCPT and DATA in one write; replies in order.
+            let mut lines = vec![Line::plain(mail)];
+            lines.extend(rcpts.into_iter().map(Line::plain));
+            if !bdat {
+                lines.push(Line::plain("DATA"));
+            }
+            self.send(&lines, Step::Mail).await?;
+            mail_reply = self
+                .read_reply(Step::Mail, self.cfg.command_timeout)
+                .await?;
+            // A server may hang up right after refusing the sender: the refusal is the news,
+            // not the lost connection.
+            let mail_refused = !mail_reply.is_positive();
+            let keep = |r: Result<Reply, SessionError>| match r {
+                Err(e) if !mail_refused => Err(e),
+                other => Ok(other.ok()),
+            };
+            for r in &envelope.recipients {
+                match keep(self.read_reply(Step::Rcpt, self.cfg.command_timeout).await)? {
+                    Some(reply) => recipients.push((r.clone(), reply)),
+                    None => {
+                        return Ok(MessageResult {
+                            mail: mail_reply,
+                            recipients,
+                            data: None,
+                        });
+                    }
+                }
+            }
+            if !bdat {
+                data_reply = keep(self.read_reply(Step::Data, self.cfg.command_timeout).await)?;
+            }
+        } else {
+            mail_reply = self.command(Line::plain(mail), Step::Mail).await?;
+            if !mail_reply.is_positive() {
+                return Ok(MessageResult {
+                    mail: mail_reply,
+                    recipients,
+                    data: None,
+                });
+            }
+            for (addr, line) in envelope.recipients.iter().zip(rcpts) {
+                let reply = self.command(Line::plain(line), Step::Rcpt).await?;
+                recipients.push((addr.clone(), reply));
+            }
+            if recipients.iter().any(|(_, r)| r.is_positive()) && !bdat {
+                data_reply = Some(self.command(Line::plain("DATA"), Step::Data).await?);
+            }
+        }
+        let go = mail_reply.is_positive() && recipients.iter().any(|(_, r)| r.is_positive());
+        let data = if bdat {
+            if go {
+                Some(self.send_bdat(&mut file, size).await?)
+            } else {
+                None
+            }
+        } else {
+            match data_reply {
+                None => None,
+                Some(r) if r.code == 354 => {
+                    if go {
+                        Some((Step::DataEnd, self.send_data(&mut file).await?))
+                    } else {
+                        // RFC 2920 §3.1: DATA accepted although nothing else was: send an
+                        // empty message's end and forget the reply.
+                        self.send(&[Line::plain(".")], Step::DataEnd).await?;
+                        let _ = self
+                            .read_reply(Step::DataEnd, self.cfg.command_timeout)
+                            .await?;
+                        None
+                    }
+                }
+                Some(r) => {
+                    if go {
+                        Some((Step::Data, r))
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        if matches!(&data, Some((Step::DataEnd, r)) if r.is_positive()) {
+            self.dirty = false;
+        }
+        Ok(MessageResult {
+            mail: mail_reply,
+            recipients,
+            data,
+        })
+    }
+
+    async fn send_data(&mut self, file: &mut tokio::fs::File) -> Result<Reply, SessionError> {
+        let mut stuffer = DotStuffer::new();
+        let mut buf = vec![0u8; BODY_PIECE];
+        let mut out = Vec::with_capacity(BODY_PIECE + BODY_PIECE / 8);
+        let mut total = 0u64;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| SessionError::Body(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            stuffer.encode(&buf[..n], &mut out);
+            if out.len() >= BODY_PIECE {
+                self.write_raw(&out, Step::Data).await?;
+                out.clear();
+            }
+        }
+        // The last piece and the terminator go out in one write.
+        stuffer.finish(&mut out);
+        if let Some(t) = &self.cfg.transcript {
+            t.line(&format!("C: [message, {total} bytes]"));
+            t.line("C: .");
+        }
+        self.write_raw(&out, Step::Data).await?;
+        self.read_reply(Step::DataEnd, self.cfg.data_end_timeout)
+            .await
+    }
+
+    /// BDAT chunks of at most BDAT_CHUNK bytes, each read from the file in BODY_PIECE pieces.
+    async fn send_bdat(
+        &mut self,
+        file: &mut tokio::fs::File,
+        size: u64,
+    ) -> Result<(Step, Reply), SessionError> {
+        let mut buf = vec![0u8; BODY_PIECE];
+        let mut left = size;
+        loop {
+            let chunk = left.min(BDAT_CHUNK);
+            let last = chunk == left;
+            let cmd = if last {
+                format!("BDAT {chunk} LAST")
+            } else {
+                format!("BDAT {chunk}")
+            };
+            self.send(&[Line::plain(cmd)], Step::Data).await?;
+            let mut remaining = chunk;
+            while remaining > 0 {
+                let want = remaining.min(BODY_PIECE as u64) as usize;
+                let n = file
+                    .read(&mut buf[..want])
+                    .await
+                    .map_err(|e| SessionError::Body(e.to_string()))?;
+                if n == 0 {
+                    return Err(SessionError::Body(
+                        "the body file became shorter while sending".into(),
+                    ));
+                }
+                self.write_raw(&buf[..n], Step::Data).await?;
+                remaining -= n as u64;
+            }
+            if let Some(t) = &self.cfg.transcript {
+                t.line(&format!("C: [message chunk, {chunk} bytes]"));
+            }
+            left -= chunk;
+            let wait = if last {
+                self.cfg.data_end_timeout
+            } else {
+                self.cfg.command_timeout
+            };
+            let step = if last { Step::DataEnd } else { Step::Data };
+            let r = self.read_reply(step, wait).await?;
+            if last || !r.is_positive() {
+                return Ok((step, r));
+            }
+        }
+    }
+
+    /// RSET: abandon the current transaction (the session stays usable).
+    pub async fn rset(&mut self) -> Result<Reply, SessionError> {
+        let r = self.command(Line::plain("RSET"), Step::Rset).await?;
+        if r.code != 250 {
+            return Err(SessionError::Rejected {
+                step: Step::Rset,
+                reply: r,
+            });
+        }
+        self.dirty = false;
+        Ok(r)
+    }
+
+    /// QUIT and close. Errors are reported but harmless: the messages are already decided.
+    /// The reply is awaited at most 5 seconds (a server that hangs here must not hold up a
+    /// cron job once the message is delivered).
+    pub async fn quit(mut self) -> Result<(), SessionError> {
+        let short = self.cfg.command_timeout.min(Duration::from_secs(5));
+        let r = match self.send(&[Line::plain("QUIT")], Step::Quit).await {
+            Ok(()) => self.read_reply(Step::Quit, short).await,
+            Err(e) => Err(e),
+        };
+        let _ = timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+        r.map(|_| ())
+    }
+
+    async fn quit_quietly(&mut self) {
+        let short = self.cfg.command_timeout.min(Duration::from_secs(5));
+        if self.send(&[Line::plain("QUIT")], Step::Quit).await.is_ok() {
+            let _ = self.read_reply(Step::Quit, short).await;
+        }
+    }
+
+    // ---- wire helpers -------------------------------------------------------------------
+
+    async fn command(&mut self, line: Line, step: Step) -> Result<Reply, SessionError> {
+        self.send(std::slice::from_ref(&line), step).await?;
+        self.read_reply(step, self.cfg.command_timeout).await
+    }
+
+    /// Write the lines in one write (one flight) and log them.
+    async fn send(&mut self, lines: &[Line], step: Step) -> Result<(), SessionError> {
+        let mut buf = Vec::new();
+        for l in lines {
+            if let Some(t) = &self.cfg.transcript {
+                t.line(&format!("C: {}", l.shown.as_deref().unwrap_or(&l.text)));
+            }
+            buf.extend_from_slice(l.text.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        self.write_raw(&buf, step).await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8], step: Step) -> Result<(), SessionError> {
+        let t = self.cfg.command_timeout;
+        let fut = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match timeout(t, fut).await {
+            Err(_) => Err(SessionError::Timeout {
+                step,
+                secs: t.as_secs(),
+            }),
+            Ok(Err(e)) => Err(self.io_error(step, e)),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    async fn read_reply(&mut self, step: Step, wait: Duration) -> Result<Reply, SessionError> {
+        let deadline = Instant::now() + wait;
+        let mut parser = ReplyParser::default();
+        loop {
+            let line = self.read_line(step, deadline, wait).await?;
+            if let Some(t) = &self.cfg.transcript {
+                t.line(&format!("S: {line}"));
+            }
+            match parser.line(&line) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(ParseError::Malformed(m)) => {
+                    return Err(SessionError::Protocol {
+                        step,
+                        detail: format!("unexpected line {m:?}"),
+                    });
+                }
+                Err(ParseError::CodeMismatch) => {
+                    return Err(SessionError::Protocol {
+                        step,
+                        detail: "reply lines with different codes".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn read_line(
+        &mut self,
+        step: Step,
+        deadline: Instant,
+        wait: Duration,
+    ) -> Result<String, SessionError> {
+        loop {
+            if let Some(pos) = self.rbuf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.rbuf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.rbuf.len() > MAX_LINE {
+                return Err(SessionError::Protocol {
+                    step,
+                    detail: "reply line too long".into(),
+                });
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => {
+                    return Err(SessionError::Timeout {
+                        step,
+                        secs: wait.as_secs(),
+                    });
+                }
+                Ok(Err(e)) => return Err(self.io_error(step, e)),
+                Ok(Ok(n)) => n,
+            };
+            if n == 0 {
+                return Err(SessionError::Closed { step });
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl Session {
+    /// A read/write error. After TLS 1.3 the server's verdict on our client certificate
+    /// arrives as an alert on the first read: report it as a TLS failure, not a broken
+    /// connection.
+    fn io_error(&self, step: Step, e: io::Error) -> SessionError {
+        if self.tls
+            && let Some(inner) = e.get_ref()
+            && inner.downcast_ref::<rustls::Error>().is_some()
+        {
+            let (kind, reason) = classify_tls_error(&e);
+            return SessionError::Tls {
+                host: self.cfg.host.clone(),
+                reason,
+                kind,
+            };
+        }
+        io_error(step, e)
+    }
+}
+
+fn io_error(step: Step, e: io::Error) -> SessionError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => SessionError::Closed { step },
+        _ => SessionError::Io {
+            step,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn classify_tls_error(e: &io::Error) -> (TlsFailure, String) {
+    if let Some(inner) = e.get_ref()
+        && let Some(err) = inner.downcast_ref::<rustls::Error>()
+    {
+        let kind = match err {
+            rustls::Error::InvalidCertificate(_) => TlsFailure::Certificate,
+            _ => TlsFailure::Protocol,
+        };
+        let reason = match err {
+            rustls::Error::InvalidCertificate(c) => {
+                format!("the server's certificate was not accepted ({c:?})")
+            }
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                "the server requires a TLS client certificate (set tls.client_cert and tls.client_key)"
+                    .to_owned()
+            }
+            rustls::Error::AlertReceived(
+                a @ (rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::CertificateUnknown),
+            ) => format!("the server did not accept our client certificate ({a:?})"),
+            rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => {
+                "no TLS version in common with the server (check tls.min_version)".to_owned()
+            }
+            rustls::Error::AlertReceived(a) => format!("the server ended the handshake ({a:?})"),
+            other => other.to_string(),
+        };
+        return (kind, reason);
+    }
+    (TlsFailure::Io, e.to_string())
+}
+
+/// The EHLO name: `configured` when set, else this host's name when it is a fully qualified
+/// domain name, else the domain of `sender`, else "localhost.localdomain".
+pub fn hello_name(configured: Option<&str>, sender: &str) -> String {
+    if let Some(h) = configured.filter(|h| !h.is_empty()) {
+        return h.to_owned();
+    }
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    if host.contains('.') && is_domain(&host) {
+        return host.trim_end_matches('.').to_owned();
+    }
+    if let Some((_, d)) = sender.rsplit_once('@')
+        && d.contains('.')
+        && is_domain(d)
+    {
+        return d.to_owned();
+    }
+    "localhost.localdomain".to_owned()
+}
+
+fn is_domain(s: &str) -> bool {
+    let s = s.trim_end_matches('.');
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// True for Microsoft's SMTP host names (where basic authentication is being retired).
+pub fn is_microsoft_host(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    [
+        "office365.com",
+        "outlook.com",
+        "office365.us",
+        "outlook.cn",
+        "mx.microsoft",
+        "azurecomm.net",
+    ]
+    .iter()
+    .any(|d| h == *d || h.ends_with(&format!(".{d}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microsoft_hosts() {
+        assert!(is_microsoft_host("smtp.office365.com"));
+        assert!(is_microsoft_host("contoso-com.mail.protection.outlook.com"));
+        assert!(is_microsoft_host("contoso-com.b-v1.mx.microsoft"));
+        assert!(is_microsoft_host("smtp.azurecomm.net"));
+        assert!(!is_microsoft_host("notoffice365.com"));
+        assert!(!is_microsoft_host("127.0.0.1"));
+    }
+
+    #[test]
+    fn hello_names() {
+        assert_eq!(
+            hello_name(Some("mx.example.org"), "a@b.c"),
+            "mx.example.org"
+        );
+        let h = hello_name(None, "root@contoso.com");
+        assert!(is_domain(&h), "{h}");
+        assert!(is_domain("a-b.example"));
+        assert!(!is_domain("a_b.example"));
+    }
+}

@@ -1,0 +1,848 @@
+//! Session-level tests of the SMTP client against the fake Microsoft 365 server (127.0.0.1).
+
+#[path = "support/fake_m365.rs"]
+mod fake_m365;
+
+use std::io::Write;
+use std::time::Duration;
+
+use base64::Engine as _;
+use fake_m365::{FakeConfig, FakeM365, Phase, Rule, TlsVersions};
+use m365send::auth::Credentials;
+use m365send::config::TlsVersion;
+use m365send::message::{Body, Dsn, Envelope, Ret};
+use m365send::route::{ClientCert, TlsPolicy};
+use m365send::secret::Secret;
+use m365send::smtp::{
+    MessageFlags, Session, SessionConfig, SessionError, Sink, Step, TlsFailure, TlsSettings,
+    client_config,
+};
+
+const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJub25jZSI6InNlY3JldC10b2tlbi12YWx1ZSJ9";
+
+fn body(bytes: &[u8]) -> Body {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(bytes).unwrap();
+    Body::temporary(f.into_temp_path())
+}
+
+fn settings(server: &FakeM365) -> TlsSettings {
+    TlsSettings {
+        min_version: TlsVersion::V1_2,
+        ca_file: Some(server.ca_file().to_path_buf()),
+        client_cert: None,
+    }
+}
+
+fn session_config(server: &FakeM365, tls: TlsPolicy, settings: TlsSettings) -> SessionConfig {
+    SessionConfig {
+        host: "127.0.0.1".into(),
+        port: server.port(),
+        helo: "client.contoso.com".into(),
+        tls,
+        tls_config: client_config(&settings).unwrap(),
+        connect_timeout: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(5),
+        data_end_timeout: Duration::from_secs(5),
+        chunking: false,
+        transcript: None,
+    }
+}
+
+fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
+    Envelope {
+        sender: sender.into(),
+        recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+        dsn: Dsn::default(),
+    }
+}
+
+fn oauth() -> Credentials {
+    Credentials::XOAuth2 {
+        user: "app@contoso.com".into(),
+        token: Secret::new(TOKEN),
+        from_cache: false,
+    }
+}
+
+const MSG: &[u8] = b"From: app@contoso.com\r\nTo: ops@contoso.com\r\nSubject: hi\r\n\r\nhello\r\n";
+
+#[tokio::test]
+async fn submit_xoauth2_pipelined_happy_path() {
+    let server = FakeM365::start(FakeConfig::submission().user("app@contoso.com", TOKEN)).await;
+    let cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    let mut s = Session::connect(cfg).await.unwrap();
+    assert!(s.is_tls());
+    let caps = s.capabilities().clone();
+    assert_eq!(caps.auth, vec!["LOGIN", "XOAUTH2"]);
+    assert!(!caps.starttls && caps.pipelining && caps.chunking && caps.dsn);
+    assert_eq!(caps.size, Some(157_286_400));
+    let r = s.authenticate(&oauth()).await.unwrap().unwrap();
+    assert_eq!(r.code, 235);
+    let env = envelope("app@contoso.com", &["ops@contoso.com", "dev@contoso.com"]);
+    let res = s
+        .send_message(&env, &body(MSG), MessageFlags::default())
+        .await
+        .unwrap();
+    assert!(res.delivered(), "{res:?}");
+    assert_eq!(res.accepted(), vec!["ops@contoso.com", "dev@contoso.com"]);
+    s.quit().await.unwrap();
+
+    let conns = server.connections();
+    assert_eq!(conns.len(), 1);
+    let c = &conns[0];
+    assert_eq!(
+        c.auth,
+        vec![format!(
+            "user=app@contoso.com\x01auth=Bearer {TOKEN}\x01\x01"
+        )]
+    );
+    assert_eq!(c.authenticated.as_deref(), Some("app@contoso.com"));
+    assert_eq!(c.helo, vec!["client.contoso.com", "client.contoso.com"]);
+    // RFC 2920: MAIL, both RCPTs and DATA arrived in one read.
+    let flight = c.read_containing("MAIL FROM").unwrap();
+    assert_eq!(
+        flight,
+        format!(
+            "MAIL FROM:<app@contoso.com> SIZE={}\r\nRCPT TO:<ops@contoso.com>\r\nRCPT TO:<dev@contoso.com>\r\nDATA\r\n",
+            MSG.len()
+        )
+    );
+    // Nothing but EHLO went in clear text before STARTTLS.
+    let tls_from = c.tls_from_read.unwrap();
+    let clear: Vec<u8> = c.reads[..tls_from].concat();
+    assert_eq!(
+        String::from_utf8(clear).unwrap(),
+        "EHLO client.contoso.com\r\nSTARTTLS\r\n"
+    );
+    let msgs = server.accepted();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].data, MSG);
+    assert_eq!(
+        msgs[0].recipients,
+        vec!["ops@contoso.com", "dev@contoso.com"]
+    );
+}
+
+#[tokio::test]
+async fn relay_with_client_certificate() {
+    let server = FakeM365::start(FakeConfig::mx().require_client_cert()).await;
+    let (cert, key) = server.client_cert_files("relay.contoso.com");
+    let mut st = settings(&server);
+    st.client_cert = Some(ClientCert { cert, key });
+    let mut s = Session::connect(session_config(&server, TlsPolicy::Required, st))
+        .await
+        .unwrap();
+    assert!(s.capabilities().auth.is_empty());
+    assert!(s.authenticate(&Credentials::None).await.unwrap().is_none());
+    let res = s
+        .send_message(
+            &envelope("alerts@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered());
+    s.quit().await.unwrap();
+    let c = &server.connections()[0];
+    assert!(c.client_cert.is_some(), "client certificate presented");
+    assert!(c.auth.is_empty());
+}
+
+#[tokio::test]
+async fn client_certificate_required_but_missing_is_refused() {
+    let server = FakeM365::start(FakeConfig::mx().require_client_cert()).await;
+    let err = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SessionError::Tls { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    let c = &server.connections()[0];
+    assert!(!String::from_utf8_lossy(&c.bytes()).contains("MAIL"));
+}
+
+#[tokio::test]
+async fn direct_send_without_tls_offered() {
+    let server = FakeM365::start(FakeConfig::mx().no_starttls()).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Opportunistic,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    assert!(!s.is_tls());
+    let res = s
+        .send_message(
+            &envelope("alerts@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered());
+    // A password is never sent over a clear connection.
+    let creds = Credentials::Password {
+        user: "u".into(),
+        password: Secret::new("p"),
+    };
+    assert!(matches!(
+        s.authenticate(&creds).await,
+        Err(SessionError::AuthWithoutTls)
+    ));
+    s.quit().await.unwrap();
+    assert!(server.connections()[0].tls_version.is_none());
+}
+
+#[tokio::test]
+async fn submit_without_starttls_sends_no_auth_and_says_why() {
+    let server = FakeM365::start(FakeConfig::submission().no_starttls()).await;
+    let err = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SessionError::StartTlsNotOffered));
+    assert!(err.to_string().contains("does not offer STARTTLS"), "{err}");
+    assert!(!err.is_transient());
+    let cmds = &server.connections()[0].commands;
+    assert!(
+        cmds.iter()
+            .all(|c| !c.starts_with("AUTH") && !c.starts_with("MAIL")),
+        "{cmds:?}"
+    );
+}
+
+#[tokio::test]
+async fn certificate_for_the_wrong_name_is_refused() {
+    let server = FakeM365::start(FakeConfig::submission().cert_names(&["wrong.example"])).await;
+    let err = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap_err();
+    match &err {
+        SessionError::Tls { kind, reason, .. } => {
+            assert_eq!(*kind, TlsFailure::Certificate);
+            assert!(reason.contains("certificate"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(!err.is_transient());
+    let cmds = &server.connections()[0].commands;
+    assert_eq!(cmds, &vec!["EHLO client.contoso.com", "STARTTLS"]);
+}
+
+#[tokio::test]
+async fn untrusted_ca_is_refused() {
+    let server = FakeM365::start(FakeConfig::submission()).await;
+    let other = FakeM365::start(FakeConfig::submission()).await;
+    // CA of another server: the certificate does not chain to anything trusted.
+    let st = settings(&other);
+    let err = Session::connect(session_config(&server, TlsPolicy::Required, st))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Tls {
+                kind: TlsFailure::Certificate,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn tls12_only_server_with_minimum_13_is_refused() {
+    let server = FakeM365::start(FakeConfig::submission().tls_versions(TlsVersions::Only12)).await;
+    let mut st = settings(&server);
+    st.min_version = TlsVersion::V1_3;
+    let err = Session::connect(session_config(&server, TlsPolicy::Required, st))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Tls {
+                kind: TlsFailure::Protocol,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // With the default minimum (1.2) it works, on TLS 1.2.
+    let s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    s.quit().await.unwrap();
+    assert_eq!(
+        server.connections()[1].tls_version.as_deref(),
+        Some("TLSv1_2")
+    );
+}
+
+#[tokio::test]
+async fn bdat_when_chunking_enabled() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    cfg.chunking = true;
+    let mut s = Session::connect(cfg).await.unwrap();
+    let env = envelope("alerts@contoso.com", &["ops@contoso.com"]);
+    let data = b"Subject: x\r\n\r\n.leading dot stays\r\nbare\nLF kept as is with BDAT\r\n";
+    let res = s
+        .send_message(&env, &body(data), MessageFlags::default())
+        .await
+        .unwrap();
+    assert!(res.delivered(), "{res:?}");
+    // Empty message too.
+    let res = s
+        .send_message(&env, &body(b""), MessageFlags::default())
+        .await
+        .unwrap();
+    assert!(res.delivered());
+    s.quit().await.unwrap();
+    let m = server.accepted();
+    assert!(m[0].via_bdat);
+    assert_eq!(m[0].data, data);
+    assert_eq!(m[0].bdat_chunks, vec![data.len()]);
+    assert_eq!(m[1].bdat_chunks, vec![0]);
+    let c = &server.connections()[0];
+    let flight = c.read_containing("MAIL FROM").unwrap();
+    assert!(flight.contains("RCPT TO:<ops@contoso.com>\r\n"), "{flight}");
+    assert!(!flight.contains("DATA"));
+    assert!(
+        c.commands
+            .iter()
+            .any(|l| l == &format!("BDAT {} LAST", data.len()))
+    );
+}
+
+#[tokio::test]
+async fn mail_and_rcpt_parameters() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let mut env = envelope("alerts@contoso.com", &["ops+x@contoso.com"]);
+    env.dsn = Dsn {
+        notify: Some("FAILURE,DELAY".into()),
+        ret: Some(Ret::Hdrs),
+        envid: Some("id=1 2".into()),
+    };
+    let data = "Subject: caf\u{e9}\r\n\r\nna\u{ef}ve\r\n".as_bytes();
+    let flags = MessageFlags {
+        eight_bit: true,
+        smtputf8: true,
+    };
+    let res = s.send_message(&env, &body(data), flags).await.unwrap();
+    assert!(res.delivered());
+    s.quit().await.unwrap();
+    let m = &server.accepted()[0];
+    assert_eq!(
+        m.mail_params,
+        format!(
+            "SIZE={} BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=id+3D1+202",
+            data.len()
+        )
+    );
+    assert_eq!(
+        m.rcpt_params,
+        vec!["NOTIFY=FAILURE,DELAY ORCPT=rfc822;ops+2Bx@contoso.com"]
+    );
+}
+
+#[tokio::test]
+async fn no_dsn_or_size_parameters_when_not_offered() {
+    let server = FakeM365::start(FakeConfig::mx().without(&["DSN", "SIZE", "8BITMIME"])).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let mut env = envelope("alerts@contoso.com", &["ops@contoso.com"]);
+    env.dsn.notify = Some("NEVER".into());
+    let flags = MessageFlags {
+        eight_bit: true,
+        smtputf8: false,
+    };
+    let res = s.send_message(&env, &body(MSG), flags).await.unwrap();
+    assert!(res.delivered());
+    let m = &server.accepted()[0];
+    assert_eq!(m.mail_params, "");
+    assert_eq!(m.rcpt_params, vec![""]);
+}
+
+#[tokio::test]
+async fn smtputf8_needed_but_not_offered_fails_before_mail() {
+    let server = FakeM365::start(FakeConfig::mx().without(&["SMTPUTF8"])).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let flags = MessageFlags {
+        eight_bit: true,
+        smtputf8: true,
+    };
+    let err = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            flags,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Smtputf8NotOffered));
+    assert!(!err.is_transient());
+    assert!(
+        !server.connections()[0]
+            .commands
+            .iter()
+            .any(|c| c.starts_with("MAIL"))
+    );
+}
+
+#[tokio::test]
+async fn without_pipelining_commands_go_one_by_one() {
+    let server = FakeM365::start(FakeConfig::mx().without(&["PIPELINING"])).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let res = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com", "c@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered());
+    let c = &server.connections()[0];
+    let flight = c.read_containing("MAIL FROM").unwrap();
+    assert!(!flight.contains("RCPT"), "{flight}");
+    assert!(c.reads.iter().any(|r| r == b"RCPT TO:<c@contoso.com>\r\n"));
+}
+
+#[tokio::test]
+async fn partial_recipient_refusal_delivers_to_the_others() {
+    let server = FakeM365::start(
+        FakeConfig::mx().rule(
+            Rule::reply(
+                Phase::Rcpt,
+                "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+            )
+            .matching("nobody@"),
+        ),
+    )
+    .await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let env = envelope(
+        "a@contoso.com",
+        &["ops@contoso.com", "nobody@contoso.com", "dev@contoso.com"],
+    );
+    let res = s
+        .send_message(&env, &body(MSG), MessageFlags::default())
+        .await
+        .unwrap();
+    assert!(res.delivered());
+    assert_eq!(res.accepted(), vec!["ops@contoso.com", "dev@contoso.com"]);
+    let refused = res.refused();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0, "nobody@contoso.com");
+    assert_eq!(refused[0].1.enhanced.unwrap().to_string(), "5.4.1");
+    assert_eq!(
+        server.accepted()[0].recipients,
+        vec!["ops@contoso.com", "dev@contoso.com"]
+    );
+}
+
+#[tokio::test]
+async fn all_recipients_refused_sends_no_data_and_session_stays_usable() {
+    let server = FakeM365::start(
+        FakeConfig::mx().rule(
+            Rule::reply(
+                Phase::Rcpt,
+                "550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found",
+            )
+            .matching("nobody"),
+        ),
+    )
+    .await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let res = s
+        .send_message(
+            &envelope(
+                "a@contoso.com",
+                &["nobody1@contoso.com", "nobody2@contoso.com"],
+            ),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!res.delivered());
+    assert_eq!(res.refused().len(), 2);
+    assert!(res.message_failure().is_none());
+    assert!(res.data.is_none());
+    // Next message on the same connection (RSET first).
+    let res = s
+        .send_message(
+            &envelope("a@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered());
+    s.quit().await.unwrap();
+    assert_eq!(server.messages().len(), 1);
+    let cmds = &server.connections()[0].commands;
+    assert!(cmds.contains(&"RSET".to_string()), "{cmds:?}");
+}
+
+#[tokio::test]
+async fn mail_refused_is_a_message_failure() {
+    let server = FakeM365::start(
+        FakeConfig::submission()
+            .user("app@contoso.com", TOKEN)
+            .rule(
+                Rule::reply(
+                    Phase::Mail,
+                    "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+                )
+                .matching("alerts@"),
+            ),
+    )
+    .await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    s.authenticate(&oauth()).await.unwrap();
+    let res = s
+        .send_message(
+            &envelope("alerts@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    let (step, reply) = res.message_failure().unwrap();
+    assert_eq!(step, Step::Mail);
+    assert_eq!(reply.code, 550);
+    assert!(server.messages().is_empty());
+    // The queue runner's case: next message on the same session works.
+    let res = s
+        .send_message(
+            &envelope("app@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered());
+}
+
+#[tokio::test]
+async fn lone_dot_and_bare_lf_arrive_intact() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    // CRLF body with a lone "." line and dots: byte-exact.
+    let crlf = b"Subject: dots\r\n\r\n.\r\n..\r\n.x\r\nend\r\n.";
+    // A large body so the stuffing crosses many 64 KiB boundaries.
+    let mut big = Vec::new();
+    for i in 0..40_000 {
+        big.extend_from_slice(if i % 3 == 0 { b".\r\n" } else { b"..line.\r\n" });
+    }
+    // Bare LF (and a bare CR) become CRLF: no "\n.\n" can end the data early (smuggling).
+    let bare = b"Subject: lf\n\nline\n.\nmore\r.\r\n";
+    for b in [&crlf[..], &big[..], &bare[..]] {
+        let res = s
+            .send_message(
+                &envelope("a@contoso.com", &["b@contoso.com"]),
+                &body(b),
+                MessageFlags::default(),
+            )
+            .await
+            .unwrap();
+        assert!(res.delivered());
+    }
+    let m = server.accepted();
+    let mut crlf_done = crlf.to_vec();
+    crlf_done.extend_from_slice(b"\r\n"); // the final line gets its CRLF
+    assert_eq!(m[0].data, crlf_done);
+    assert_eq!(m[1].data, big);
+    assert_eq!(
+        m[2].data,
+        b"Subject: lf\r\n\r\nline\r\n.\r\nmore\r\n.\r\n".to_vec()
+    );
+}
+
+#[tokio::test]
+async fn transcript_has_no_secrets() {
+    let password = "Pa55w0rd-very-secret";
+    let server = FakeM365::start(
+        FakeConfig::submission()
+            .user("app@contoso.com", TOKEN)
+            .user("basic@contoso.com", password),
+    )
+    .await;
+    for creds in [
+        oauth(),
+        Credentials::Password {
+            user: "basic@contoso.com".into(),
+            password: Secret::new(password),
+        },
+    ] {
+        let (sink, buf) = Sink::memory();
+        let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+        cfg.transcript = Some(sink);
+        let mut s = Session::connect(cfg).await.unwrap();
+        s.authenticate(&creds).await.unwrap();
+        s.send_message(
+            &envelope("app@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+        s.quit().await.unwrap();
+        let t = buf.contents();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for secret in [
+            TOKEN.to_string(),
+            password.to_string(),
+            b64.encode(password),
+            b64.encode("basic@contoso.com"),
+        ] {
+            assert!(!t.contains(&secret), "secret in transcript:\n{t}");
+        }
+        assert!(t.contains("C: EHLO client.contoso.com"), "{t}");
+        assert!(t.contains("S: 235 2.7.0 Authentication successful"), "{t}");
+        assert!(t.contains("<redacted>"), "{t}");
+        assert!(!t.contains("hello"), "body is not in the transcript:\n{t}");
+    }
+    // LOGIN: each 334 response redacted.
+    let c = &server.connections()[1];
+    assert_eq!(c.auth, vec![format!("LOGIN basic@contoso.com {password}")]);
+}
+
+#[tokio::test]
+async fn xoauth2_failure_with_challenge_gets_the_final_reply() {
+    let mut cfg = FakeConfig::submission().user("app@contoso.com", "other-token");
+    cfg.xoauth2_challenge = true;
+    let server = FakeM365::start(cfg).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let err = s.authenticate(&oauth()).await.unwrap_err();
+    let reply = err.reply().unwrap();
+    assert_eq!(reply.code, 535);
+    assert_eq!(reply.enhanced.unwrap().to_string(), "5.7.3");
+    assert_eq!(err.step(), Some(Step::Auth));
+    // The empty line that ends the challenge went out, and nothing else.
+    let reads = &server.connections()[0].reads;
+    assert_eq!(reads.last().map(Vec::as_slice), Some(&b"\r\n"[..]));
+}
+
+#[tokio::test]
+async fn hanging_server_times_out() {
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::hang(Phase::DataEnd))).await;
+    let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    cfg.data_end_timeout = Duration::from_millis(300);
+    let mut s = Session::connect(cfg).await.unwrap();
+    let err = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Timeout {
+                step: Step::DataEnd,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::hang(Phase::Greeting))).await;
+    let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    cfg.command_timeout = Duration::from_millis(200);
+    let err = Session::connect(cfg).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Timeout {
+                step: Step::Greeting,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_transient() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    cfg.port = port;
+    let err = Session::connect(cfg).await.unwrap_err();
+    assert!(matches!(err, SessionError::Connect { .. }), "{err:?}");
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn password_prefers_plain_when_offered() {
+    let mut cfg = FakeConfig::submission().user("basic@contoso.com", "pw");
+    cfg.ehlo_after_tls = Some(vec!["PIPELINING".into(), "AUTH LOGIN PLAIN XOAUTH2".into()]);
+    let server = FakeM365::start(cfg).await;
+    let (sink, buf) = Sink::memory();
+    let mut c = session_config(&server, TlsPolicy::Required, settings(&server));
+    c.transcript = Some(sink);
+    let mut s = Session::connect(c).await.unwrap();
+    let creds = Credentials::Password {
+        user: "basic@contoso.com".into(),
+        password: Secret::new("pw"),
+    };
+    assert_eq!(s.authenticate(&creds).await.unwrap().unwrap().code, 235);
+    assert_eq!(
+        server.connections()[0].auth,
+        vec!["PLAIN basic@contoso.com pw"]
+    );
+    assert!(buf.contents().contains("C: AUTH PLAIN <redacted>\n"));
+}
+
+#[tokio::test]
+async fn xoauth2_not_offered_is_a_clear_error() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let err = s.authenticate(&oauth()).await.unwrap_err();
+    assert!(matches!(err, SessionError::AuthNotOffered { .. }));
+    assert!(
+        err.to_string()
+            .contains("does not offer AUTH XOAUTH2 (it offers: no AUTH at all)"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bdat_large_message_goes_in_chunks() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    cfg.chunking = true;
+    let mut s = Session::connect(cfg).await.unwrap();
+    let chunk = m365send::smtp::session::BDAT_CHUNK as usize;
+    let mut data = b"Subject: big\r\n\r\n".to_vec();
+    while data.len() < chunk + 1000 {
+        data.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n",
+        );
+    }
+    let res = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(&data),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered());
+    let m = &server.accepted()[0];
+    assert_eq!(m.bdat_chunks, vec![chunk, data.len() - chunk]);
+    assert!(m.data == data, "content differs");
+}
+
+#[tokio::test]
+async fn sender_refused_then_hang_up_keeps_the_refusal() {
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply_and_close(
+        Phase::Mail,
+        "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization",
+    )))
+    .await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let res = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    let (step, reply) = res.message_failure().unwrap();
+    assert_eq!(step, Step::Mail);
+    assert_eq!(reply.enhanced.unwrap().to_string(), "5.7.68");
+}

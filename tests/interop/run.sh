@@ -999,7 +999,14 @@ case_swaks-bs() {
     expect_eq "envelope sender" "$MAILBOX" "$(envelope_from A "$id")" || return 1
     expect_eq "envelope recipients" ops@contoso.test "$(envelope_rcpts A "$id")" || return 1
     expect_eq "Subject" "interop swaks $m" "$(header_of A "$id" Subject)" || return 1
-    body_of A "$id" | same_bytes "swaks-bs.$tool" "$W/out/swaks-bs.$tool.body" ||
+    # The body as swaks sent it, from its transcript (swaks adds empty lines of its own).
+    awk '/^<- +354/ { data = 1; next }
+         data && /^ -> \.\r?$/ { exit }
+         data && sub(/^ -> /, "") { sub(/\r$/, ""); if (body) print; else if ($0 == "") body = 1 }' \
+        "$W/out/swaks-bs.$tool.out" >"$W/out/swaks-bs.$tool.sent-body"
+    grep -F -- "swaks body of $m" "$W/out/swaks-bs.$tool.sent-body" >/dev/null ||
+        fail "could not read the body back from swaks's transcript" || return 1
+    body_of A "$id" | same_bytes "swaks-bs.$tool" "$W/out/swaks-bs.$tool.sent-body" ||
         fail "body differs (see out/swaks-bs.$tool.diff)"
 }
 

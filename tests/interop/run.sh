@@ -35,7 +35,7 @@ INTEROP_KEEP=${INTEROP_KEEP:-0}
 # 1: never run apt-get (fail if something is missing).
 INTEROP_NO_APT=${INTEROP_NO_APT:-0}
 
-ALL_CASES="submit wrong-sender relay-cert relay-nocert relay-foreign-cert direct-internal
+ALL_CASES="submit large wrong-sender relay-cert relay-nocert relay-foreign-cert direct-internal
            server-option compose-attach mailx git-send-email php-mail cron swaks-bs"
 
 MAILBOX=app@contoso.test
@@ -99,7 +99,7 @@ install_packages() {
 # Work directory, ports, cleanup
 
 W=
-PIDS_TO_STOP=()
+DOVECOT_PID=
 
 cleanup() {
     local rc=$?
@@ -114,6 +114,7 @@ cleanup() {
         pid=$(tr -dc 0-9 <"$pidfile")
         [[ -n $pid ]] && kill "$pid" 2>/dev/null
     done
+    [[ -n $DOVECOT_PID ]] && kill "$DOVECOT_PID" 2>/dev/null
     # Give the masters a moment to take their children down.
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         local alive=0
@@ -126,6 +127,7 @@ cleanup() {
         [[ $alive == 0 ]] && break
         sleep 0.5
     done
+    [[ -n $DOVECOT_PID ]] && wait "$DOVECOT_PID" 2>/dev/null
     if [[ $INTEROP_KEEP == 1 || $rc != 0 ]]; then
         say "work directory kept: $W"
     else
@@ -258,10 +260,14 @@ service auth {
   }
 }
 EOF
-    dovecot -c "$d/dovecot.conf" || die "dovecot did not start (see $W/log/dovecot.log)"
+    # In the foreground as our own child, so that we reap it when it stops (a daemonized master
+    # is left to PID 1, which in a container may not reap it promptly).
+    dovecot -F -c "$d/dovecot.conf" </dev/null >>"$W/log/dovecot.log" 2>&1 &
+    DOVECOT_PID=$!
     local i
     for i in $(seq 1 50); do
         [[ -S $d/run/auth-postfix ]] && return 0
+        kill -0 "$DOVECOT_PID" 2>/dev/null || break
         sleep 0.2
     done
     cat "$W/log/dovecot.log" >&2 || true
@@ -482,11 +488,13 @@ envelope_rcpts() { sort "$W/mail/$1/$2.rcpt" | tr '\n' ' ' | sed 's/ $//'; }
 
 # Value of the first header NAME (unfolded) in the delivered message.
 header_of() { # INST ID NAME
+    # Reads its whole input (no early exit: with pipefail, SIGPIPE upstream would be a failure).
     delivered_bytes "$1" "$2" | awk -v name="$3" '
-        BEGIN { IGNORECASE = 1; want = tolower(name) ":" }
-        /^$/ { exit }
+        BEGIN { want = tolower(name) ":" }
+        done { next }
+        /^$/ { done = 1; next }
         found && /^[ \t]/ { val = val $0; next }
-        found { exit }
+        found { done = 1; next }
         tolower(substr($0, 1, length(want))) == want { found = 1; val = substr($0, length(want) + 1) }
         END { sub(/^[ \t]+/, "", val); print val }'
 }
@@ -721,6 +729,8 @@ setup_tools() {
     ln -s "$M365SEND" "$W/bin/m365send/sendmail"
     cat >"$W/bin/msmtp/sendmail" <<EOF
 #!/bin/sh
+# The argv each caller uses, for the record (callers pass the same to m365send's link).
+printf '%s\n' "sendmail \$*" >>"$W/log/sendmail-argv.log"
 exec $MSMTP -C "\${MSMTP_RC:?}" "\$@"
 EOF
     chmod 0755 "$W/bin/msmtp/sendmail"
@@ -833,6 +843,30 @@ case_submit() {
     if delivered_bytes A "$id" | grep -i '^Bcc:' >/dev/null; then fail "Bcc header delivered"; return 1; fi
     delivered_bytes A "$id" | same_bytes "submit.$tool" "$W/out/submit.$tool.expected" ||
         fail "delivered bytes differ from the input less Bcc (see out/submit.$tool.diff)"
+}
+
+# About 4 MB of text (dot-led lines, a lone dot every 1000 lines, 8-bit) through submission:
+# streaming, dot-stuffing and line endings at size.
+case_large() {
+    local tool=$1 m
+    m=$(marker large "$tool")
+    {
+        printf 'From: %s\nTo: ops@contoso.test\nSubject: interop large %s\n' "$MAILBOX" "$m"
+        printf 'Date: Fri, 27 Nov 2026 21:00:00 +0000\nMessage-ID: <%s@interop.test>\n' "$m"
+        printf 'MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n'
+        printf 'Content-Transfer-Encoding: 8bit\n\n'
+        awk -v m="$m" 'BEGIN { for (i = 1; i <= 50000; i++) {
+            if (i % 1000 == 0) print "."
+            else if (i % 7 == 0) printf ".%06d dot-led line of %s, Grüße ✓\n", i, m
+            else printf "%06d the quick brown fox jumps over the lazy dog, %s\n", i, m } }'
+    } >"$W/out/large.$tool.in"
+    send_with large "$tool" app -t -i <"$W/out/large.$tool.in"
+    expect_rc0 large "$tool" || return 1
+    local id
+    id=$(find_mail A "$m") || fail "not delivered to the submission server" || return 1
+    expect_eq "envelope recipients" ops@contoso.test "$(envelope_rcpts A "$id")" || return 1
+    delivered_bytes A "$id" | same_bytes "large.$tool" "$W/out/large.$tool.in" ||
+        fail "delivered bytes differ (see out/large.$tool.diff)"
 }
 
 case_wrong-sender() {

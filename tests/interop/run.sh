@@ -9,8 +9,8 @@
 #   - Postfix instance B, "MX endpoint" (stand-in for contoso-test.mail.protection.outlook.com):
 #     STARTTLS offered, a client certificate requested; a certificate from our private CA
 #     relays anywhere, otherwise only contoso.test is accepted.
-# Both instances hand every message to tests/interop/capture (a pipe transport) which writes
-# the exact bytes and the envelope to files the cases read back.
+# Both instances hand every message to a capture script (a pipe(8) transport, written to
+# WORK/bin/capture) which writes the exact bytes and the envelope to files the cases read back.
 #
 # Then it proves the harness with swaks, runs every case with m365send and with msmtp, prints
 # both results side by side and exits non-zero when any case or harness check failed.
@@ -52,10 +52,11 @@ die() {
 # Packages
 
 # libmailtools-perl, libemail-valid-perl: git send-email needs Mail::Address and Email::Valid
-# (Recommends of git-email, which --no-install-recommends leaves out). The Perl TLS/SASL modules are for swaks.
-PACKAGES=(postfix dovecot-core swaks bsd-mailx git git-email libmailtools-perl libemail-valid-perl php-cli openssl
-    msmtp python3 ca-certificates libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
-    util-linux coreutils)
+# (Recommends of git-email, which --no-install-recommends leaves out). The Perl TLS and SASL
+# modules are for swaks; python3 finds free ports and parses composed messages.
+PACKAGES=(postfix dovecot-core swaks bsd-mailx git git-email libmailtools-perl
+    libemail-valid-perl php-cli openssl msmtp python3 ca-certificates libnet-ssleay-perl
+    libio-socket-ssl-perl libauthen-sasl-perl util-linux coreutils)
 
 packages_present() {
     local p
@@ -176,8 +177,7 @@ EOF
 }
 
 wait_port() { # PORT: wait until something listens on 127.0.0.1:PORT
-    local i
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
         sleep 0.2
     done
@@ -264,8 +264,7 @@ EOF
     # is left to PID 1, which in a container may not reap it promptly).
     dovecot -F -c "$d/dovecot.conf" </dev/null >>"$W/log/dovecot.log" 2>&1 &
     DOVECOT_PID=$!
-    local i
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         [[ -S $d/run/auth-postfix ]] && return 0
         kill -0 "$DOVECOT_PID" 2>/dev/null || break
         sleep 0.2
@@ -388,7 +387,7 @@ setup_postfix_submission() { # instance A
     # Exchange Online also refuses a From header that is not the mailbox (5.7.60).
     cat >"$d/etc/header_checks" <<EOF
 if /^From:/
-/[<[:space:]:]$(sed 's/[.]/[.]/g' <<<"$MAILBOX")>?[[:space:]]*$/ DUNNO
+/[<[:space:]:]${MAILBOX//./[.]}>?[[:space:]]*$/ DUNNO
 /./ REJECT 5.7.60 SMTP; Client does not have permissions to send as this sender
 endif
 EOF
@@ -454,8 +453,8 @@ start_postfix() { # NAME PORT
 # finished with it (its queue file is gone, so every recipient has been written). Fails after
 # a while.
 find_mail() { # INST MARKER
-    local dir=$W/mail/$1 i f id
-    for i in $(seq 1 75); do
+    local dir=$W/mail/$1 f id
+    for _ in $(seq 1 75); do
         f=$(grep -l -F -- "$2" "$dir"/*.eml 2>/dev/null | head -1 || true)
         if [[ -n $f ]]; then
             id=$(basename "$f" .eml)
@@ -770,9 +769,9 @@ send_with() { # NAME TOOL PROFILE ARGS...
     return 0
 }
 
-# Run a caller (COMMAND...) with TOOL installed as `sendmail`: first in PATH, at
-# $SENDMAIL, with the tool's configuration whose default profile is VARIANT's.
-SENDMAIL=
+# Run a caller (COMMAND...) with TOOL installed as `sendmail` (WORK/bin/TOOL/sendmail, first
+# in PATH; cases also give that path to callers that take one), with the tool's configuration
+# whose default profile is VARIANT's.
 as_sendmail() { # NAME TOOL VARIANT COMMAND...
     local name=$1 tool=$2 variant=$3 suffix=
     shift 3
@@ -1030,6 +1029,7 @@ case_php-mail() {
     local tool=$1 m
     m=$(marker php "$tool")
     printf 'PHP body of %s\nGrüße ✓\n' "$m" >"$W/out/php-mail.$tool.body"
+    # shellcheck disable=SC2016 # PHP code, expanded by PHP
     # PHP ends the body with its own CRLF (and separates its headers with CRLF): give it the
     # body without the final newline.
     as_sendmail php-mail "$tool" app php -n -d "sendmail_path=$W/bin/$tool/sendmail -t -i" -r '
@@ -1105,7 +1105,7 @@ run_cases() {
     for c in $ALL_CASES; do
         if [[ -n $INTEROP_CASES && " $INTEROP_CASES " != *" $c "* ]]; then continue; fi
         for tool in $INTEROP_TOOLS; do
-            REASON= NOTE=
+            REASON='' NOTE=
             rc=0
             if ((SECONDS - START > INTEROP_BUDGET)); then
                 REASON="not run: the suite's time budget (${INTEROP_BUDGET}s) was used up"

@@ -32,6 +32,9 @@ INTEROP_TOOLS=${INTEROP_TOOLS:-m365send msmtp}
 INTEROP_CASES=${INTEROP_CASES:-}
 # 1: keep the work directory (logs, delivered mail) after the run.
 INTEROP_KEEP=${INTEROP_KEEP:-0}
+# The server name the tools are given: 127.0.0.1, or localhost (the server certificate has
+# both; localhost may resolve to ::1 first, where nothing listens).
+INTEROP_HOST=${INTEROP_HOST:-127.0.0.1}
 # 1: never run apt-get (fail if something is missing).
 INTEROP_NO_APT=${INTEROP_NO_APT:-0}
 
@@ -557,7 +560,7 @@ helo = "client.interop.test"
 queue = "never"
 retry = { attempts = 1 }
 timeouts = { connect = 10, command = 15, data_end = 20 }
-endpoint = { host = "127.0.0.1", port = $PORT_SUB }
+endpoint = { host = "$INTEROP_HOST", port = $PORT_SUB }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
 auth = { method = "password", user = "$MAILBOX", password = { file = "$W/secrets/app.password" } }
 
@@ -585,7 +588,7 @@ helo = "client.interop.test"
 queue = "never"
 retry = { attempts = 1 }
 timeouts = { connect = 10, command = 15, data_end = 20 }
-endpoint = { host = "127.0.0.1", port = $PORT_SUB }
+endpoint = { host = "$INTEROP_HOST", port = $PORT_SUB }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
 auth = { method = "password", user = "$MAILBOX", password = { file = "$W/secrets/app.password" } }
 
@@ -600,7 +603,7 @@ helo = "client.interop.test"
 queue = "never"
 retry = { attempts = 1 }
 timeouts = { connect = 10, command = 15, data_end = 20 }
-endpoint = { mx_host = "127.0.0.1", port = $PORT_MX }
+endpoint = { mx_host = "$INTEROP_HOST", port = $PORT_MX }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt", client_cert = "$pki/client.crt", client_key = "$pki/client.key" }
 
 [profiles.relay-nocert]
@@ -611,7 +614,7 @@ helo = "client.interop.test"
 queue = "never"
 retry = { attempts = 1 }
 timeouts = { connect = 10, command = 15, data_end = 20 }
-endpoint = { mx_host = "127.0.0.1", port = $PORT_MX }
+endpoint = { mx_host = "$INTEROP_HOST", port = $PORT_MX }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
 
 [profiles.relay-foreign-cert]
@@ -622,7 +625,7 @@ helo = "client.interop.test"
 queue = "never"
 retry = { attempts = 1 }
 timeouts = { connect = 10, command = 15, data_end = 20 }
-endpoint = { mx_host = "127.0.0.1", port = $PORT_MX }
+endpoint = { mx_host = "$INTEROP_HOST", port = $PORT_MX }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt", client_cert = "$pki/foreign.crt", client_key = "$pki/foreign.key" }
 
 # Direct send: MX endpoint, no authentication, internal recipients only.
@@ -634,7 +637,7 @@ helo = "client.interop.test"
 queue = "never"
 retry = { attempts = 1 }
 timeouts = { connect = 10, command = 15, data_end = 20 }
-endpoint = { mx_host = "127.0.0.1", port = $PORT_MX }
+endpoint = { mx_host = "$INTEROP_HOST", port = $PORT_MX }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
 
 # root's cron mail through the certificate connector, root aliased to ops.
@@ -649,7 +652,7 @@ helo = "client.interop.test"
 queue = "never"
 retry = { attempts = 1 }
 timeouts = { connect = 10, command = 15, data_end = 20 }
-endpoint = { mx_host = "127.0.0.1", port = $PORT_MX }
+endpoint = { mx_host = "$INTEROP_HOST", port = $PORT_MX }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt", client_cert = "$pki/client.crt", client_key = "$pki/client.key" }
 EOF
     chmod 0600 "$2"
@@ -940,7 +943,7 @@ case_server-option() {
     [[ $tool == m365send ]] || return 2 # the peer's equivalent (--host/--port) is not compared
     m=$(marker server-option "$tool")
     relay_message "$m" "$MAILBOX" ops@contoso.test >"$W/out/server-option.$tool.in"
-    send_with server-option "$tool" app-no-endpoint --server "127.0.0.1:$PORT_SUB" -t -i \
+    send_with server-option "$tool" app-no-endpoint --server "$INTEROP_HOST:$PORT_SUB" -t -i \
         <"$W/out/server-option.$tool.in"
     expect_rc0 server-option "$tool" || return 1
     local id

@@ -39,7 +39,7 @@ INTEROP_HOST=${INTEROP_HOST:-127.0.0.1}
 INTEROP_NO_APT=${INTEROP_NO_APT:-0}
 
 ALL_CASES="submit large wrong-sender relay-cert relay-nocert relay-foreign-cert direct-internal
-           server-option compose-attach mailx git-send-email php-mail cron swaks-bs"
+           direct-unknown-recipient tempfail queue server-option compose-attach mailx git-send-email php-mail cron swaks-bs"
 
 MAILBOX=app@contoso.test
 MAILBOX_PASSWORD=interop-Passw0rd
@@ -387,6 +387,9 @@ setup_postfix_submission() { # instance A
     write_main_cf_common "$d" A submission.interop.test
     write_master_cf "$d" "$PORT_SUB" "$W/mail/A"
     printf '%s %s\n' "$MAILBOX" "$MAILBOX" >"$d/etc/sender_login"
+    # A recipient that always gets Microsoft's transient "try again later".
+    printf '%s\n' "tempfail@contoso.test 451 4.7.500 Access denied, please try again later" \
+        >"$d/etc/recipient_access"
     # Exchange Online also refuses a From header that is not the mailbox (5.7.60).
     cat >"$d/etc/header_checks" <<EOF
 if /^From:/
@@ -406,7 +409,8 @@ smtpd_sasl_tls_security_options = noanonymous
 smtpd_sender_login_maps = texthash:$d/etc/sender_login
 smtpd_sender_restrictions = reject_sender_login_mismatch
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
-smtpd_recipient_restrictions = permit_sasl_authenticated, reject
+smtpd_recipient_restrictions = check_recipient_access texthash:$d/etc/recipient_access,
+    permit_sasl_authenticated, reject
 relay_domains =
 header_checks = regexp:$d/etc/header_checks
 EOF
@@ -417,6 +421,9 @@ setup_postfix_mx() { # instance B
     new_postfix_dirs "$d"
     write_main_cf_common "$d" B mx.interop.test
     write_master_cf "$d" "$PORT_MX" "$W/mail/B"
+    # An internal address that does not exist (directory-based edge blocking).
+    printf '%s\n' "nobody@contoso.test 550 5.4.1 Recipient address rejected: Access denied" \
+        >"$d/etc/recipient_access"
     cat >>"$d/etc/main.cf" <<EOF
 # MX endpoint with a certificate connector, like contoso-test.mail.protection.outlook.com:25.
 smtpd_tls_security_level = may
@@ -426,6 +433,7 @@ smtpd_tls_fingerprint_digest = sha256
 tls_append_default_CA = no
 relay_domains = contoso.test
 smtpd_relay_restrictions = permit_tls_all_clientcerts, reject_unauth_destination
+smtpd_recipient_restrictions = check_recipient_access texthash:$d/etc/recipient_access
 header_checks =
 EOF
 }
@@ -564,6 +572,20 @@ endpoint = { host = "$INTEROP_HOST", port = $PORT_SUB }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
 auth = { method = "password", user = "$MAILBOX", password = { file = "$W/secrets/app.password" } }
 
+# The same mailbox, every message through the queue.
+[profiles.app-queue]
+mode = "submit"
+mailbox = "$MAILBOX"
+sender = "$MAILBOX"
+accepted_domains = ["contoso.test"]
+helo = "client.interop.test"
+queue = "always"
+retry = { attempts = 1 }
+timeouts = { connect = 10, command = 15, data_end = 20 }
+endpoint = { host = "$INTEROP_HOST", port = $PORT_SUB }
+tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
+auth = { method = "password", user = "$MAILBOX", password = { file = "$W/secrets/app.password" } }
+
 # The same mailbox with no endpoint: the case gives --server.
 [profiles.app-no-endpoint]
 mode = "submit"
@@ -681,6 +703,8 @@ passwordeval cat $W/secrets/app.password
 from $MAILBOX
 
 account app-no-endpoint : app
+
+account app-queue : app
 
 account wrong-sender : app
 from ceo@contoso.test
@@ -916,19 +940,19 @@ deliver_via_mx() { # NAME TOOL PROFILE RCPT
         fail "delivered bytes differ (see out/$name.$tool.diff)"
 }
 
-refused_by_mx() { # NAME TOOL PROFILE
-    local name=$1 tool=$2 profile=$3 m
+refused_by_mx() { # NAME TOOL PROFILE [RCPT [ENHANCED_CODE]]
+    local name=$1 tool=$2 profile=$3 rcpt=${4:-partner@fabrikam.example} code=${5:-5.7.1} m
     m=$(marker "$name" "$tool")
-    relay_message "$m" alerts@contoso.test partner@fabrikam.example >"$W/out/$name.$tool.in"
+    relay_message "$m" alerts@contoso.test "$rcpt" >"$W/out/$name.$tool.in"
     send_with "$name" "$tool" "$profile" -t -i <"$W/out/$name.$tool.in"
-    no_mail "$m" || fail "relayed to an outside recipient" || return 1
+    no_mail "$m" || fail "delivered to $rcpt" || return 1
     NOTE="exit $RC"
     [[ $RC != 0 ]] || fail "exit 0 although the server refused the recipient" || return 1
     if [[ $tool == m365send ]]; then
         # A permanent refusal: not "try again later" (75), not a crash or a timeout.
         case $RC in 75 | 70 | 124 | 137) fail "exit $RC for a permanent refusal" || return 1 ;; esac
-        stderr_of "$name" "$tool" | grep '5\.7\.1' >/dev/null ||
-            fail "stderr does not quote the refusal (5.7.1): $(stderr_of "$name" "$tool" | head -3)"
+        stderr_of "$name" "$tool" | grep -F "$code" >/dev/null ||
+            fail "stderr does not quote the refusal ($code): $(stderr_of "$name" "$tool" | head -3)"
     fi
 }
 
@@ -936,6 +960,55 @@ case_relay-cert() { deliver_via_mx relay-cert "$1" relay partner@fabrikam.exampl
 case_relay-nocert() { refused_by_mx relay-nocert "$1" relay-nocert; }
 case_relay-foreign-cert() { refused_by_mx relay-foreign-cert "$1" relay-foreign-cert; }
 case_direct-internal() { deliver_via_mx direct-internal "$1" direct ops@contoso.test; }
+
+# Direct send to an internal address that does not exist: 550 5.4.1, permanent.
+case_direct-unknown-recipient() { refused_by_mx direct-unknown-recipient "$1" direct nobody@contoso.test 5.4.1; }
+
+# A transient refusal (451 4.7.500) with queueing off: m365send must exit 75 (EX_TEMPFAIL) and
+# quote the reply, so that the caller (cron, a script) knows to try again.
+case_tempfail() {
+    local tool=$1 m
+    m=$(marker tempfail "$tool")
+    relay_message "$m" "$MAILBOX" tempfail@contoso.test >"$W/out/tempfail.$tool.in"
+    send_with tempfail "$tool" app -t -i <"$W/out/tempfail.$tool.in"
+    no_mail "$m" || fail "delivered although the server deferred the recipient" || return 1
+    NOTE="exit $RC"
+    case $tool in
+    m365send)
+        expect_eq "exit code (75 = temporary failure)" 75 "$RC" || return 1
+        stderr_of tempfail "$tool" | grep '4\.7\.500' >/dev/null ||
+            fail "stderr does not quote 4.7.500: $(stderr_of tempfail "$tool" | head -3)"
+        ;;
+    *) [[ $RC != 0 ]] || fail "exit 0 although nothing was delivered" ;;
+    esac
+}
+
+# The durable queue against a real server: a profile with queue = "always" takes the message
+# without delivering it (exit 0), `queue list` shows it, `queue run` delivers it.
+case_queue() {
+    local tool=$1 m
+    [[ $tool == m365send ]] || return 2 # msmtp has no queue (msmtpq is a separate script)
+    m=$(marker queue "$tool")
+    relay_message "$m" "$MAILBOX" ops@contoso.test >"$W/out/queue.$tool.in"
+    send_with queue "$tool" app-queue -t -i <"$W/out/queue.$tool.in"
+    expect_rc0 queue "$tool" || return 1
+    no_mail "$m" || fail "delivered at once although the profile says queue = always" || return 1
+    RC=0
+    timeout -k 5 "$INTEROP_TIMEOUT" env HOME="$W/home" "$M365SEND" -C "$W/m365send.toml" \
+        queue list >"$W/out/queue-list.$tool.out" 2>"$W/out/queue-list.$tool.err" || RC=$?
+    expect_rc0 queue-list "$tool" || return 1
+    grep -F ops@contoso.test "$W/out/queue-list.$tool.out" >/dev/null ||
+        fail "queue list does not show the queued message" || return 1
+    RC=0
+    timeout -k 5 "$INTEROP_TIMEOUT" env HOME="$W/home" "$M365SEND" -C "$W/m365send.toml" \
+        queue run >"$W/out/queue-run.$tool.out" 2>"$W/out/queue-run.$tool.err" || RC=$?
+    expect_rc0 queue-run "$tool" || return 1
+    local id
+    id=$(find_mail A "$m") || fail "queue run did not deliver it" || return 1
+    expect_eq "envelope recipients" ops@contoso.test "$(envelope_rcpts A "$id")" || return 1
+    delivered_bytes A "$id" | same_bytes "queue.$tool" "$W/out/queue.$tool.in" ||
+        fail "delivered bytes differ (see out/queue.$tool.diff)"
+}
 
 # `--server HOST:PORT` instead of the profile's endpoint (a profile without one).
 case_server-option() {
@@ -1126,7 +1199,7 @@ run_cases() {
                 FAILED=$((FAILED + 1))
                 ;;
             esac
-            printf '%-20s %-9s %s\n' "$c" "$tool" "${RESULT[$c,$tool]}"
+            printf '%-24s %-9s %s\n' "$c" "$tool" "${RESULT[$c,$tool]}"
         done
     done
 }
@@ -1216,6 +1289,9 @@ selftest() {
     check_harness A-wrong-from-header refused '550 5\.7\.60' --port "$PORT_SUB" -tls \
         --tls-ca-path "$p/ca.crt" --auth LOGIN "${auth[@]}" --from "$MAILBOX" \
         --to ops@contoso.test --header "From: CEO <ceo@contoso.test>" || true
+    check_harness A-transient-recipient refused '451 4\.7\.500' --port "$PORT_SUB" -tls \
+        --tls-ca-path "$p/ca.crt" --auth LOGIN "${auth[@]}" --from "$MAILBOX" \
+        --to tempfail@contoso.test --quit-after RCPT || true
     # B: certificate connector.
     m=$(marker harness-B-cert swaks)
     check_harness B-relay-with-our-cert ok '' --port "$PORT_MX" -tls --tls-verify \
@@ -1228,6 +1304,8 @@ selftest() {
     check_harness B-relay-foreign-cert refused '554 5\.7\.1.*Relay access denied' --port "$PORT_MX" -tls \
         --tls-ca-path "$p/ca.crt" --tls-cert "$p/foreign.crt" --tls-key "$p/foreign.key" \
         --from alerts@contoso.test --to partner@fabrikam.example --quit-after RCPT || true
+    check_harness B-unknown-internal-recipient refused '550 5\.4\.1' --port "$PORT_MX" \
+        --from alerts@contoso.test --to nobody@contoso.test --quit-after RCPT || true
     m=$(marker harness-B-direct swaks)
     check_harness B-internal-without-cert ok '' --port "$PORT_MX" --from alerts@contoso.test \
         --to ops@contoso.test --header "Subject: $m" &&
@@ -1242,15 +1320,15 @@ print_table() {
     local c tool line
     echo
     echo "Interop results (work directory $W)"
-    printf '%-20s' case
+    printf '%-24s' case
     for tool in $INTEROP_TOOLS; do printf ' | %-32s' "$tool"; done
     echo
-    printf '%-20s' "--------------------"
+    printf '%-24s' "------------------------"
     for tool in $INTEROP_TOOLS; do printf ' | %-32s' "--------------------------------"; done
     echo
     for c in $ALL_CASES; do
         [[ -n ${RESULT[$c,${INTEROP_TOOLS%% *}]+x} ]] || continue
-        printf '%-20s' "$c"
+        printf '%-24s' "$c"
         for tool in $INTEROP_TOOLS; do
             line=${RESULT[$c,$tool]:-}
             ((${#line} > 32)) && line=${line:0:29}...

@@ -39,7 +39,7 @@ INTEROP_HOST=${INTEROP_HOST:-127.0.0.1}
 INTEROP_NO_APT=${INTEROP_NO_APT:-0}
 
 ALL_CASES="submit large wrong-sender relay-cert relay-nocert relay-foreign-cert direct-internal
-           direct-unknown-recipient tempfail queue server-option compose-attach mailx git-send-email php-mail cron swaks-bs"
+           direct-unknown-recipient tempfail queue oauth-token server-option compose-attach mailx git-send-email php-mail cron swaks-bs"
 
 MAILBOX=app@contoso.test
 MAILBOX_PASSWORD=interop-Passw0rd
@@ -104,6 +104,7 @@ install_packages() {
 
 W=
 DOVECOT_PID=
+OAUTH_STUB_PID=
 
 cleanup() {
     local rc=$?
@@ -119,6 +120,7 @@ cleanup() {
         [[ -n $pid ]] && kill "$pid" 2>/dev/null
     done
     [[ -n $DOVECOT_PID ]] && kill "$DOVECOT_PID" 2>/dev/null
+    [[ -n $OAUTH_STUB_PID ]] && kill "$OAUTH_STUB_PID" 2>/dev/null && wait "$OAUTH_STUB_PID" 2>/dev/null
     # Give the masters a moment to take their children down.
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         local alive=0
@@ -238,6 +240,14 @@ start_dovecot() {
     printf '%s:{PLAIN}%s::::::\n' "$MAILBOX" "$MAILBOX_PASSWORD" >"$d/users"
     chown root:dovecot "$d/users"
     chmod 0640 "$d/users"
+    cat >"$d/oauth2.conf.ext" <<EOF
+introspection_mode = post
+introspection_url = http://127.0.0.1:$PORT_OAUTH/introspect
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+EOF
     cat >"$d/dovecot.conf" <<EOF
 # m365send interop: auth service for Postfix instance A only.
 base_dir = $d/run
@@ -246,12 +256,19 @@ instance_name = m365send-interop-$$
 protocols =
 ssl = no
 log_path = $W/log/dovecot.log
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 # Postfix enforces TLS before AUTH (smtpd_tls_auth_only); Dovecot only sees the socket.
 disable_plaintext_auth = no
+# Passwords for PLAIN/LOGIN, OAuth2 access tokens (checked by oauth_stub.py) for XOAUTH2.
 passdb {
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u $d/users
+}
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $d/oauth2.conf.ext
 }
 userdb {
   driver = static
@@ -274,6 +291,16 @@ EOF
     done
     cat "$W/log/dovecot.log" >&2 || true
     die "dovecot auth socket did not appear"
+}
+
+# The token introspection endpoint Dovecot's oauth2 passdb asks (python3, our child).
+start_oauth_stub() {
+    printf 'interop-token-%s\n' "$RANDOM$RANDOM$RANDOM" >"$W/secrets/app.token"
+    chmod 0600 "$W/secrets/app.token"
+    python3 "$HERE/oauth_stub.py" "$PORT_OAUTH" "$W/secrets/app.token" "$MAILBOX" \
+        </dev/null >>"$W/log/oauth_stub.log" 2>&1 &
+    OAUTH_STUB_PID=$!
+    wait_port "$PORT_OAUTH" || die "the OAuth introspection stub did not start"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -572,6 +599,20 @@ endpoint = { host = "$INTEROP_HOST", port = $PORT_SUB }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
 auth = { method = "password", user = "$MAILBOX", password = { file = "$W/secrets/app.password" } }
 
+# The same mailbox with OAuth2 (XOAUTH2) and an access token obtained elsewhere.
+[profiles.app-oauth]
+mode = "submit"
+mailbox = "$MAILBOX"
+sender = "$MAILBOX"
+accepted_domains = ["contoso.test"]
+helo = "client.interop.test"
+queue = "never"
+retry = { attempts = 1 }
+timeouts = { connect = 10, command = 15, data_end = 20 }
+endpoint = { host = "$INTEROP_HOST", port = $PORT_SUB }
+tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
+auth = { method = "oauth", user = "$MAILBOX", token = { file = "$W/secrets/app.token" } }
+
 # The same mailbox, every message through the queue.
 [profiles.app-queue]
 mode = "submit"
@@ -705,6 +746,10 @@ from $MAILBOX
 account app-no-endpoint : app
 
 account app-queue : app
+
+account app-oauth : app
+auth xoauth2
+passwordeval cat $W/secrets/app.token
 
 account wrong-sender : app
 from ceo@contoso.test
@@ -1010,6 +1055,23 @@ case_queue() {
         fail "delivered bytes differ (see out/queue.$tool.diff)"
 }
 
+# Submission with AUTH XOAUTH2 and a ready-made access token (auth.token): the SASL string is
+# checked by Dovecot's oauth2 passdb against the introspection stub.
+case_oauth-token() {
+    local tool=$1 m
+    m=$(marker oauth "$tool")
+    relay_message "$m" "$MAILBOX" ops@contoso.test >"$W/out/oauth-token.$tool.in"
+    send_with oauth-token "$tool" app-oauth -t -i <"$W/out/oauth-token.$tool.in"
+    expect_rc0 oauth-token "$tool" || return 1
+    local id
+    id=$(find_mail A "$m") || fail "not delivered to the submission server" || return 1
+    expect_eq "envelope sender" "$MAILBOX" "$(envelope_from A "$id")" || return 1
+    grep -F "sasl_method=XOAUTH2, sasl_username=$MAILBOX" "$W/log/postfix-A.log" >/dev/null ||
+        fail "Postfix did not log an XOAUTH2 login for $MAILBOX" || return 1
+    delivered_bytes A "$id" | same_bytes "oauth-token.$tool" "$W/out/oauth-token.$tool.in" ||
+        fail "delivered bytes differ (see out/oauth-token.$tool.diff)"
+}
+
 # `--server HOST:PORT` instead of the profile's endpoint (a profile without one).
 case_server-option() {
     local tool=$1 m
@@ -1229,6 +1291,23 @@ check_harness() { # NAME EXPECT(ok|refused) GREP_PATTERN SWAKS_ARGS...
     return 1
 }
 
+check_cmd() { # NAME EXPECT(ok|refused) GREP_PATTERN COMMAND...
+    local name=$1 expect=$2 pattern=$3 rc=0 ok=1
+    shift 3
+    timeout -k 5 30 "$@" >"$W/out/harness.$name.log" 2>&1 || rc=$?
+    if [[ $expect == ok ]]; then [[ $rc == 0 ]] || ok=0; else [[ $rc != 0 ]] || ok=0; fi
+    if [[ -n $pattern ]] && ! grep -q -E -- "$pattern" "$W/out/harness.$name.log"; then ok=0; fi
+    if [[ $ok == 1 ]]; then
+        printf '%-44s PASS\n' "harness: $name"
+        HARNESS_PASSED=$((HARNESS_PASSED + 1))
+        return 0
+    fi
+    printf '%-44s FAIL (exit %s; log out/harness.%s.log)\n' "harness: $name" "$rc" "$name"
+    tail -8 "$W/out/harness.$name.log" | sed 's/^/    /'
+    HARNESS_FAILED=$((HARNESS_FAILED + 1))
+    return 1
+}
+
 check_tls() { # NAME EXPECT(ok|refused) S_CLIENT_ARGS...: STARTTLS handshake with instance A
     local name=$1 expect=$2 rc=0 ok=1
     shift 2
@@ -1289,6 +1368,10 @@ selftest() {
     check_harness A-wrong-from-header refused '550 5\.7\.60' --port "$PORT_SUB" -tls \
         --tls-ca-path "$p/ca.crt" --auth LOGIN "${auth[@]}" --from "$MAILBOX" \
         --to ops@contoso.test --header "From: CEO <ceo@contoso.test>" || true
+    check_cmd A-xoauth2-good-token ok '^235' python3 "$HERE/smtp_xoauth2.py" "$PORT_SUB" \
+        "$p/ca.crt" "$MAILBOX" "$(cat "$W/secrets/app.token")" || true
+    check_cmd A-xoauth2-bad-token refused '^535' python3 "$HERE/smtp_xoauth2.py" "$PORT_SUB" \
+        "$p/ca.crt" "$MAILBOX" not-the-token || true
     check_harness A-transient-recipient refused '451 4\.7\.500' --port "$PORT_SUB" -tls \
         --tls-ca-path "$p/ca.crt" --auth LOGIN "${auth[@]}" --from "$MAILBOX" \
         --to tempfail@contoso.test --quit-after RCPT || true
@@ -1370,8 +1453,11 @@ main() {
     PORT_SUB=$(free_port)
     PORT_MX=$(free_port)
     while [[ $PORT_MX == "$PORT_SUB" ]]; do PORT_MX=$(free_port); done
+    PORT_OAUTH=$(free_port)
+    while [[ $PORT_OAUTH == "$PORT_SUB" || $PORT_OAUTH == "$PORT_MX" ]]; do PORT_OAUTH=$(free_port); done
     make_pki
     write_capture
+    start_oauth_stub
     start_dovecot
     setup_postfix_submission
     setup_postfix_mx

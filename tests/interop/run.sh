@@ -295,7 +295,11 @@ EOF
 
 # The token introspection endpoint Dovecot's oauth2 passdb asks (python3, our child).
 start_oauth_stub() {
-    printf 'interop-token-%s\n' "$RANDOM$RANDOM$RANDOM" >"$W/secrets/app.token"
+    # As long as a real Entra ID access token (a JWT of about 2 KB), so that the XOAUTH2
+    # initial response is far longer than the 512 bytes RFC 5321 promises for a command line.
+    python3 -c 'import base64, os
+b = lambda n: base64.urlsafe_b64encode(os.urandom(n)).decode().rstrip("=")
+print("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + b(1400) + "." + b(256))' >"$W/secrets/app.token"
     chmod 0600 "$W/secrets/app.token"
     python3 "$HERE/oauth_stub.py" "$PORT_OAUTH" "$W/secrets/app.token" "$MAILBOX" \
         </dev/null >>"$W/log/oauth_stub.log" 2>&1 &
@@ -426,6 +430,8 @@ endif
 EOF
     cat >>"$d/etc/main.cf" <<EOF
 # Client submission, like smtp.office365.com:587.
+# Room for an AUTH XOAUTH2 line carrying a real-sized token (Exchange Online takes them).
+line_length_limit = 16384
 smtpd_tls_security_level = encrypt
 smtpd_tls_auth_only = yes
 smtpd_sasl_auth_enable = yes

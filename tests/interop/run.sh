@@ -167,7 +167,7 @@ setup_workdir() {
     mkdir -p "$W"/{log,pki,secrets,out,bin,home,mail/A,mail/B}
     chmod 0700 "$W/secrets" "$W/pki"
     chmod 1777 "$W/mail/A" "$W/mail/B"
-    chmod 0777 "$W/log"
+    chmod 0755 "$W/log"
     say "work directory $W"
 }
 

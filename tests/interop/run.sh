@@ -39,7 +39,8 @@ INTEROP_HOST=${INTEROP_HOST:-127.0.0.1}
 INTEROP_NO_APT=${INTEROP_NO_APT:-0}
 
 ALL_CASES="submit large wrong-sender relay-cert relay-nocert relay-foreign-cert direct-internal
-           direct-unknown-recipient tempfail queue oauth-token server-option compose-attach mailx git-send-email php-mail cron swaks-bs"
+           direct-unknown-recipient tempfail queue oauth-token server-option compose-attach mailx s-nail git-send-email php-mail cron swaks-bs
+           swaks-bs-tempfail"
 
 MAILBOX=app@contoso.test
 MAILBOX_PASSWORD=interop-Passw0rd
@@ -57,7 +58,7 @@ die() {
 # libmailtools-perl, libemail-valid-perl: git send-email needs Mail::Address and Email::Valid
 # (Recommends of git-email, which --no-install-recommends leaves out). The Perl TLS and SASL
 # modules are for swaks; python3 finds free ports and parses composed messages.
-PACKAGES=(postfix dovecot-core swaks bsd-mailx git git-email libmailtools-perl
+PACKAGES=(postfix dovecot-core swaks bsd-mailx s-nail git git-email libmailtools-perl
     libemail-valid-perl php-cli openssl msmtp python3 ca-certificates libnet-ssleay-perl
     libio-socket-ssl-perl libauthen-sasl-perl util-linux coreutils)
 
@@ -589,7 +590,9 @@ dead_letter = "$W/m365send/dead.letter"
 [log]
 file = "$W/log/m365send.log"
 
-# Client submission: Postfix A plays smtp.office365.com:587.
+# Client submission: Postfix A plays smtp.office365.com:587. The password comes from a
+# command: callers such as swaks --pipe start us with SIGCHLD ignored, where a careless
+# wait() for that command fails.
 [profiles.app]
 mode = "submit"
 mailbox = "$MAILBOX"
@@ -603,7 +606,7 @@ retry = { attempts = 1 }
 timeouts = { connect = 10, command = 15, data_end = 20 }
 endpoint = { host = "$INTEROP_HOST", port = $PORT_SUB }
 tls = { min_version = "1.2", ca_file = "$pki/ca.crt" }
-auth = { method = "password", user = "$MAILBOX", password = { file = "$W/secrets/app.password" } }
+auth = { method = "password", user = "$MAILBOX", password = { command = "cat $W/secrets/app.password" } }
 
 # The same mailbox with OAuth2 (XOAUTH2) and an access token obtained elsewhere.
 [profiles.app-oauth]
@@ -1142,6 +1145,18 @@ case_mailx() {
     check_caller_mail mailx "$tool" "$m" "interop mailx $m" "$W/out/mailx.$tool.body"
 }
 
+case_s-nail() {
+    local tool=$1 m
+    m=$(marker s-nail "$tool")
+    # s-nail runs `sendmail -i -- RCPT` (the `mta` variable); ASCII body: s-nail would MIME-
+    # encode 8-bit text in the C locale, which is its business, not the tool's.
+    printf 's-nail body of %s\nsecond line\n' "$m" >"$W/out/s-nail.$tool.body"
+    as_sendmail s-nail "$tool" app s-nail -:/ -S "mta=$W/bin/$tool/sendmail" \
+        -s "interop s-nail $m" ops@contoso.test <"$W/out/s-nail.$tool.body"
+    expect_rc0 s-nail "$tool" || return 1
+    check_caller_mail s-nail "$tool" "$m" "interop s-nail $m" "$W/out/s-nail.$tool.body"
+}
+
 case_git-send-email() {
     local tool=$1 m repo=$W/out/git.$1
     m=$(marker git "$tool")
@@ -1242,6 +1257,25 @@ case_swaks-bs() {
         fail "could not read the body back from swaks's transcript" || return 1
     body_of A "$id" | same_bytes "swaks-bs.$tool" "$W/out/swaks-bs.$tool.sent-body" ||
         fail "body differs (see out/swaks-bs.$tool.diff)"
+}
+
+# -bs must answer with the real outcome: a recipient the server defers (451 4.7.500) must
+# not be acknowledged as delivered (nor queued: the profile says queue = "never").
+case_swaks-bs-tempfail() {
+    local tool=$1 m rc
+    [[ $tool == m365send ]] || return 2
+    m=$(marker swaks-bs-tempfail "$tool")
+    as_sendmail swaks-bs-tempfail "$tool" app swaks --pipe "$W/bin/$tool/sendmail -bs" \
+        --helo client.interop.test --from "$MAILBOX" --to tempfail@contoso.test \
+        --header "Subject: interop swaks $m" --header "From: $MAILBOX" --timeout "$INTEROP_TIMEOUT"
+    rc=$RC
+    no_mail "$m" || fail "delivered although the server deferred the recipient" || return 1
+    [[ $rc != 0 ]] || fail "swaks saw success for a deferred recipient" || return 1
+    grep -E '^<\*\* +4[0-9][0-9]' "$W/out/swaks-bs-tempfail.$tool.out" >/dev/null ||
+        fail "no 4xx reply in the -bs dialogue (see out/swaks-bs-tempfail.$tool.out)" || return 1
+    grep -F '4.7.500' "$W/out/swaks-bs-tempfail.$tool.out" >/dev/null ||
+        fail "the -bs reply does not carry the server's 4.7.500" || return 1
+    NOTE="swaks exit $rc"
 }
 
 run_cases() {

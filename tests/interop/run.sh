@@ -983,12 +983,18 @@ Body of $1.
 EOF
 }
 
+# How many TLS sessions instance INST has logged so far.
+tls_sessions() { grep -c 'TLS connection established from' "$W/log/postfix-$1.log" || true; }
+
 deliver_via_mx() { # NAME TOOL PROFILE RCPT
-    local name=$1 tool=$2 profile=$3 rcpt=$4 m
+    local name=$1 tool=$2 profile=$3 rcpt=$4 m tls_before
     m=$(marker "$name" "$tool")
     relay_message "$m" alerts@contoso.test "$rcpt" >"$W/out/$name.$tool.in"
+    tls_before=$(tls_sessions B)
     send_with "$name" "$tool" "$profile" -t -i <"$W/out/$name.$tool.in"
     expect_rc0 "$name" "$tool" || return 1
+    # Relay needs it for the certificate; direct send must still use STARTTLS when offered.
+    (($(tls_sessions B) > tls_before)) || fail "delivered without STARTTLS" || return 1
     local id
     id=$(find_mail B "$m") || fail "not delivered to the MX endpoint" || return 1
     expect_eq "envelope sender" alerts@contoso.test "$(envelope_from B "$id")" || return 1

@@ -91,7 +91,7 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             Ok(())
         }
         Command::Explain { code } => explain(&code),
-        Command::SmtpStdio(args) => placeholder::smtp_stdio(config_path, profile_name, &args),
+        Command::SmtpStdio(args) => smtp_stdio(config_path, profile_name, inv.verbose, &args),
         Command::Login => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             let runtime = runtime()?;
@@ -623,4 +623,100 @@ mod tests {
         assert_eq!(f.exit, Exit::Config);
         assert!(f.message.contains("config.example.toml"));
     }
+}
+
+/// `sendmail -bs`: an SMTP dialogue on stdin/stdout. Each message the client hands over goes
+/// through the same steps as one read from stdin (profile by envelope sender, message policy,
+/// route, delivery or the queue), and the client gets the real outcome as the reply to its
+/// end of data.
+fn smtp_stdio(
+    config_path: Option<&Path>,
+    profile_name: Option<&str>,
+    verbose: u8,
+    args: &SendArgs,
+) -> Result<(), Failure> {
+    let config = config::load(config_path)?.ok_or_else(no_config)?;
+    // The limits come from the profile the session would use without a sender to go by.
+    let limits = crate::bs::Limits::for_profile(&config.select_profile(profile_name, None)?);
+    let runtime = runtime()?;
+    let mut handler = |envelope: crate::message::Envelope,
+                       body: crate::message::Body|
+     -> crate::bs::BsOutcome {
+        let outcome = stdio_message(&config, profile_name, verbose, args, &runtime, envelope, body);
+        match outcome {
+            Ok(()) => crate::bs::BsOutcome::Delivered,
+            Err(f) => {
+                tracing::debug!(exit = f.exit.code(), "-bs message not delivered");
+                stdio_failure(&f)
+            }
+        }
+    };
+    let stdin = io::stdin();
+    let stdout = io::stdout();
+    crate::bs::serve(stdin.lock(), stdout.lock(), &limits, &mut handler)
+        .map_err(|e| Failure::io(format!("-bs: {e}")))
+}
+
+/// One message of a `-bs` session, from the envelope and data the client gave.
+fn stdio_message(
+    config: &Config,
+    profile_name: Option<&str>,
+    verbose: u8,
+    args: &SendArgs,
+    runtime: &tokio::runtime::Runtime,
+    envelope: crate::message::Envelope,
+    body: crate::message::Body,
+) -> Result<(), Failure> {
+    // The client's envelope replaces argv recipients and sender; the data is a whole message
+    // whose dots the SMTP layer already removed.
+    let mut message_args = args.clone();
+    message_args.recipients = envelope.recipients;
+    message_args.envelope_from = Some(if envelope.sender.is_empty() {
+        "<>".to_owned()
+    } else {
+        envelope.sender
+    });
+    message_args.extract_recipients = false;
+    message_args.ignore_dots = true;
+    let profile = config
+        .select_profile(profile_name, message_args.envelope_from.as_deref())?
+        .with_mode(args.mode);
+    let mut input = body
+        .open()
+        .map_err(|e| Failure::io(format!("-bs: cannot read the message back: {e}")))?;
+    let prepared = crate::message::prepare(&message_args, &profile, &mut input)?;
+    let endpoint = runtime.block_on(crate::route::resolve(
+        &profile,
+        &prepared.envelope,
+        args.server.as_deref(),
+    ))?;
+    let opts = crate::deliver::Options {
+        verbose,
+        ..Default::default()
+    };
+    runtime.block_on(crate::deliver::deliver(
+        config, &profile, &prepared, &endpoint, &opts,
+    ))
+}
+
+/// The reply a `-bs` client gets for a message we could not deliver: the class follows the
+/// exit code, the text is the first line of what the user would have read on stderr.
+fn stdio_failure(f: &Failure) -> crate::bs::BsOutcome {
+    use crate::smtp::{EnhancedCode, Reply};
+    let (code, enhanced) = match f.exit {
+        Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
+        Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),
+        Exit::NoPerm => (550, EnhancedCode::new(5, 7, 1)),
+        Exit::DataErr => (554, EnhancedCode::new(5, 6, 0)),
+        Exit::NoHost => (550, EnhancedCode::new(5, 4, 4)),
+        _ => (554, EnhancedCode::new(5, 3, 0)),
+    };
+    let first = f.message.lines().next().unwrap_or("delivery failed");
+    // A reply line must stay a line: no control characters from a server's text.
+    let first: String = first.chars().filter(|c| !c.is_control()).collect();
+    crate::bs::BsOutcome::Failed(Reply {
+        code,
+        enhanced: Some(enhanced),
+        lines: vec![format!("{enhanced} {first}")],
+    })
 }

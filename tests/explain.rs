@@ -29,6 +29,7 @@ fn ctx() -> Context<'static> {
         host: Some("smtp.office365.com"),
         app_only: false,
         basic_auth: false,
+        ..Context::default()
     }
 }
 
@@ -385,10 +386,10 @@ fn aadsts_catalogue() {
     let cases: &[(&str, Exit, &str)] = &[
         ("AADSTS700016", Exit::Config, "client_id"),
         ("AADSTS7000215", Exit::Config, "Value"),
-        ("AADSTS700027", Exit::NoPerm, "certificate"),
-        ("AADSTS700024", Exit::NoPerm, "clock"),
+        ("AADSTS700027", Exit::Config, "certificate"),
+        ("AADSTS700024", Exit::Config, "clock"),
         ("AADSTS50076", Exit::NoPerm, "multi-factor"),
-        ("AADSTS53003", Exit::NoPerm, "conditional access"),
+        ("AADSTS53003", Exit::NoPerm, "Conditional Access"),
         ("AADSTS700082", Exit::NoPerm, "m365send login --profile app"),
         ("AADSTS70008", Exit::NoPerm, "m365send login --profile app"),
         ("invalid_scope", Exit::Config, "scope"),

@@ -830,7 +830,7 @@ fn identity_errors_become_advice_and_exit_codes() {
             description: "The refresh token has expired due to inactivity. The token was issued on 2026-01-01 and was inactive for 90.00:00:00.",
             delegated: true,
             exit: Exit::NoPerm,
-            advice: "run `m365send login --profile me` again",
+            advice: "`m365send login --profile me` again",
         },
         Case {
             status: 400,
@@ -839,7 +839,7 @@ fn identity_errors_become_advice_and_exit_codes() {
             description: "The provided authorization code or refresh token has expired due to inactivity.",
             delegated: true,
             exit: Exit::NoPerm,
-            advice: "run `m365send login --profile me` again",
+            advice: "`m365send login --profile me` again",
         },
         Case {
             status: 400,

@@ -400,6 +400,9 @@ pub struct Connector<'a> {
     helo: String,
     refreshed: bool,
     warned: bool,
+    /// The last session: TLS on, and the AUTH mechanism tried (for the log line).
+    last_tls: bool,
+    last_auth: Option<&'static str>,
 }
 
 impl<'a> Connector<'a> {
@@ -437,6 +440,8 @@ impl<'a> Connector<'a> {
             helo: hello_name(profile.helo.as_deref(), sender),
             refreshed: false,
             warned: false,
+            last_tls: false,
+            last_auth: None,
         })
     }
 
@@ -461,9 +466,13 @@ impl<'a> Connector<'a> {
             self.warned = true;
             self.opts.sink().line(&w);
         }
+        self.last_tls = false;
+        self.last_auth = None;
         let mut session = Session::connect(cfg)
             .await
             .map_err(|e| Problem::session(&e, &host.name))?;
+        self.last_tls = session.is_tls();
+        self.last_auth = self.auth_mechanism(&session);
         match session.authenticate(&self.creds).await {
             Ok(_) => Ok(session),
             Err(e) if needs_fresh_token(&self.creds, &e) && !self.refreshed => {
@@ -510,6 +519,12 @@ impl<'a> Connector<'a> {
             }
             Credentials::Password { .. } => Some("LOGIN"),
         }
+    }
+
+    /// Whether the last session `open` made used TLS, and the AUTH mechanism it tried
+    /// (also when `open` failed at AUTH), for the log line.
+    pub fn last_session(&self) -> (bool, Option<&'static str>) {
+        (self.last_tls, self.last_auth)
     }
 
     /// The first host (in endpoint order) that connects and authenticates. On failure, the
@@ -608,7 +623,11 @@ async fn attempt_inner(
         }
         for host in &endpoint.hosts {
             outcome.attempts += 1;
-            let mut session = match connector.open(host).await {
+            let opened = connector.open(host).await;
+            let (tls, auth) = connector.last_session();
+            outcome.tls = tls;
+            outcome.auth = auth.map(str::to_owned);
+            let mut session = match opened {
                 Ok(s) => s,
                 Err(p) => {
                     let transient = p.transient;
@@ -619,8 +638,6 @@ async fn attempt_inner(
                     return outcome;
                 }
             };
-            outcome.tls = session.is_tls();
-            outcome.auth = connector.auth_mechanism(&session).map(str::to_owned);
             let mut envelope = message.envelope.clone();
             envelope.recipients = outcome.pending.clone();
             match session.send_message(&envelope, &message.body, flags).await {

@@ -46,6 +46,8 @@ enum Flow {
     AppOnly,
     /// Delegated, public client; a refresh token from the environment when `seed`.
     Delegated { seed: bool },
+    /// Client credentials with a certificate assertion (tests/data/test-rsa.*).
+    Certificate,
 }
 
 impl Env {
@@ -56,6 +58,12 @@ impl Env {
             Flow::AppOnly => format!(
                 "auth = {{ method = \"oauth\", authority = \"{authority}\", client_id = \"{CLIENT}\", \
                  client_secret = {{ env = \"{SECRET_ENV}\" }} }}"
+            ),
+            Flow::Certificate => format!(
+                "auth = {{ method = \"oauth\", authority = \"{authority}\", client_id = \"{CLIENT}\", \
+                 certificate = \"{}\", private_key = \"{}\" }}",
+                data("test-rsa.crt").display(),
+                data("test-rsa-pkcs8.key").display()
             ),
             Flow::Delegated { seed } => format!(
                 "auth = {{ method = \"oauth\", flow = \"delegated\", authority = \"{authority}\", \
@@ -96,6 +104,21 @@ retry = {{ attempts = 1, initial_delay_ms = 10 }}
         let config = p.join("config.toml");
         std::fs::write(&config, toml).unwrap();
         Env { dir, config }
+    }
+
+    /// Point the configuration at another SMTP server (same cache, same token endpoint).
+    fn retarget(&self, from: &FakeM365, to: &FakeM365) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text
+            .replace(
+                &format!("port = {} }}", from.port()),
+                &format!("port = {} }}", to.port()),
+            )
+            .replace(
+                &from.ca_file().display().to_string(),
+                &to.ca_file().display().to_string(),
+            );
+        std::fs::write(&self.config, text).unwrap();
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -147,6 +170,12 @@ retry = {{ attempts = 1, initial_delay_ms = 10 }}
     }
 }
 
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -157,7 +186,7 @@ fn stdout(o: &Output) -> String {
 
 /// No secret, token or assertion anywhere in `text`.
 fn assert_clean(text: &str, secrets: &[&str]) {
-    for s in [SECRET, SEED_RT, "client_assertion", "Bearer "]
+    for s in [SECRET, SEED_RT, "client_assertion=", "Bearer "]
         .iter()
         .chain(secrets)
     {
@@ -649,4 +678,112 @@ async fn login_with_device_code_then_a_silent_send() {
     assert_eq!(auths(&smtp), vec![xoauth2("at-refreshed-e2e")]);
     let cached = std::fs::read_to_string(&file).unwrap();
     assert!(cached.contains("rt-rotated-e2e") && !cached.contains("rt-login-e2e"));
+}
+
+#[tokio::test]
+async fn certificate_assertion_never_shows_in_verbose_output() {
+    let tokens = numbered("at-e2e", 3600);
+    let smtp = FakeM365::start(FakeConfig::submission().user(MAILBOX, "at-e2e-1")).await;
+    let env = Env::new(&smtp, &tokens.authority(), Flow::Certificate);
+    let o = env.run(&["-vv", "-i", "-f", MAILBOX, RCPT], MSG).await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let reqs = tokens.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(
+        r.field("client_assertion_type"),
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    );
+    assert_eq!(r.field("client_secret"), None);
+    let jwt = r.field("client_assertion").unwrap().to_owned();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "a signed JWT");
+    // Neither the assertion nor any of its parts, nor the token, is printed.
+    let mut secrets: Vec<&str> = parts.clone();
+    secrets.extend([jwt.as_str(), "at-e2e-1"]);
+    assert_clean(&err, &secrets);
+    assert_eq!(auths(&smtp), vec![xoauth2("at-e2e-1")]);
+    for l in env.log_lines() {
+        assert_clean(&l, &secrets);
+    }
+
+    // Microsoft refusing the assertion: exit 78, the catalogue's advice, still no assertion.
+    let tokens = TokenServer::scripted(vec![Reply::error(
+        401,
+        "invalid_client",
+        Some(700027),
+        "Client assertion failed signature validation.",
+    )]);
+    let env = Env::new(&smtp, &tokens.authority(), Flow::Certificate);
+    let o = env.run(&["-vv", "-i", "-f", MAILBOX, RCPT], MSG).await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(78), "{err}");
+    assert!(err.contains("Certificates & secrets"), "{err}");
+    let jwt = tokens.requests()[0]
+        .field("client_assertion")
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_clean(&err, &parts);
+}
+
+#[tokio::test]
+async fn many_processes_refused_at_once_ask_the_token_endpoint_once() {
+    const N: usize = 12;
+    let tokens = numbered("at-e2e", 3600);
+    // Server A accepts the first token; server B only the second (the first was revoked).
+    let a = FakeM365::start(FakeConfig::submission().user(MAILBOX, "at-e2e-1")).await;
+    let b = FakeM365::start(FakeConfig::submission().user(MAILBOX, "at-e2e-2")).await;
+    let env = Env::new(&a, &tokens.authority(), Flow::AppOnly);
+    let o = env.send().await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(tokens.count(), 1);
+    env.retarget(&a, &b);
+    let runs: Vec<_> = (0..N).map(|_| env.send()).collect();
+    let outputs = futures_join_all(runs).await;
+    for o in &outputs {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+    }
+    assert_eq!(
+        tokens.count(),
+        2,
+        "{N} refused processes made one token request"
+    );
+    assert_eq!(b.accepted().len(), N);
+    let refused = auths(&b)
+        .iter()
+        .filter(|s| **s == xoauth2("at-e2e-1"))
+        .count();
+    // Each process tried the revoked token at most once (a late starter may already find
+    // the replacement in the cache).
+    assert!((1..=N).contains(&refused), "{refused}");
+    assert_eq!(env.log_lines().len(), N + 1);
+}
+
+/// Await all futures (on this one thread), in order.
+async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
 }

@@ -1,24 +1,31 @@
 //! Delivery: from a prepared message and an endpoint to an outcome the user can act on.
 //!
 //! Owns: trying hosts in order, in-process retries with backoff and jitter, the 5.7.3
-//! re-authentication with a fresh token, per-recipient results, the exit code, the
+//! re-authentication with a replacement token (once per connector), per-recipient results, the exit code, the
 //! explanation printed on stderr, the dead letter and the per-message log line (through
 //! `report`). Must not: parse replies itself (smtp does) or word explanations (explain does).
 //!
 //! # API for callers
 //!
 //! * `deliver(config, profile, message, endpoint, opts) -> Result<(), Failure>` — the
-//!   sendmail path: `attempt`, then on failure write the dead letter and return a `Failure`
-//!   whose message is the user-facing report (one line quoting the server reply, then the
-//!   explanation, then who did and did not get the message).
+//!   sendmail path: `attempt`, the per-message log line, then on failure write the dead
+//!   letter and return a `Failure` whose message is the user-facing report (one line quoting
+//!   the server reply, then the explanation, then who did and did not get the message).
+//! * `log_outcome(config, profile, message, &outcome, exit, verbose)` — the per-message log
+//!   line (`report::log_line`: syslog, `log.file`, or stderr at -v). `deliver` calls it; a
+//!   caller of `attempt` that decides the final outcome itself (queueing a temporary failure,
+//!   the queue runner) calls it once per message with the exit code it reports.
 //! * `attempt(config, profile, message, endpoint, opts) -> Outcome` — the same delivery with
 //!   in-process retries, but nothing printed (except the `-v` transcript and the basic-auth
 //!   warning) and nothing written. The queue runner and the `-bs` server use it:
 //!   `outcome.is_success()`, `outcome.is_transient()` (→ keep it in the queue instead of a
 //!   dead letter), `outcome.exit()`, `outcome.report(..)`, `outcome.final_reply()` (the
 //!   real server reply to relay to an SMTP client).
-//! * `Connector` — opens authenticated sessions (hosts in order, credentials, fresh token
-//!   after 535 5.7.3) so the queue runner can reuse one `smtp::Session` for several messages:
+//! * `Connector` — opens authenticated sessions (hosts in order, credentials, and after
+//!   535 5.7.3 on a cached token one replacement through `auth::credentials_replacing`, so
+//!   many processes refused at once make one token request) so the queue runner can reuse
+//!   one `smtp::Session` for several messages: `c.last_session()` gives TLS and the AUTH
+//!   mechanism for the log line (`outcome.tls`, `outcome.auth`);
 //!   `let mut c = Connector::new(config, profile, endpoint, opts).await?;`
 //!   `let (mut session, host) = c.open_any().await?;` then for each message
 //!   `let r = session.send_message(&envelope, &body, flags).await;` and

@@ -710,8 +710,10 @@ pub fn log_outcome(
     verbose: bool,
 ) {
     let reply = outcome.final_reply().cloned();
+    // The first line of the problem: what happened, quoting the server or the identity
+    // platform; the advice under it is for the user's terminal, not the log.
     let error = match (&reply, &outcome.problem) {
-        (None, Some(p)) => Some(p.what.clone()),
+        (None, Some(p)) => Some(p.what.lines().next().unwrap_or_default().to_owned()),
         _ => None,
     };
     let record = crate::report::LogRecord {

@@ -121,6 +121,14 @@ retry = {{ attempts = 1, initial_delay_ms = 10 }}
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Remove `log.file` from the configuration (the log line then goes to stderr at -v).
+    fn without_log_file(&self) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let start = text.find("[log]").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap();
+        std::fs::write(&self.config, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -494,7 +502,23 @@ async fn token_endpoint_down_exits_75_and_keeps_the_message() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("exitcode=EX_TEMPFAIL"), "{}", lines[0]);
     assert!(lines[0].contains("errormsg='cannot reach"), "{}", lines[0]);
+    assert!(!lines[0].contains("message saved"), "{}", lines[0]);
     assert_clean(&lines[0], &[]);
+
+    // Without log.file, -v shows the line on stderr; without -v nothing is logged.
+    env.without_log_file();
+    let o = env.send().await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("m365send: profile=app mode=submit"))
+        .unwrap_or_else(|| panic!("no log line on stderr:\n{err}"));
+    assert!(line.contains("exitcode=EX_TEMPFAIL"), "{line}");
+    let o = env.run(&["-i", "-f", MAILBOX, RCPT], MSG).await;
+    assert_eq!(o.status.code(), Some(75));
+    assert!(!stderr(&o).contains("profile=app"), "{}", stderr(&o));
+    assert_eq!(env.log_lines().len(), 1);
 
     // A 503 from the identity platform is just as temporary.
     let tokens = TokenServer::scripted(vec![Reply::error(

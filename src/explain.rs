@@ -472,7 +472,8 @@ impl Words<'_, '_> {
 }
 
 /// The likely causes of `535 5.7.3` for an app-only token, one line. The single source of
-/// this advice: deliver's report, `explain 5.7.3` and `auth::smtp_535_advice` all use it.
+/// this advice: deliver's report and `auth::smtp_535_advice` use it; `explain 5.7.3` (no
+/// profile, so no flow known) gives the generic wording, which names the same causes.
 fn app_only_535_causes(w: &Words<'_, '_>) -> String {
     let m = w.mailbox_or_it();
     let app = w.ctx.client_id.unwrap_or("<client id>");

@@ -70,7 +70,9 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::QueueList { json } => queue_list(&config_or_default(config_path)?, json),
+        Command::QueueList { json } => {
+            queue_list(&config_or_default(config_path)?, json)
+        }
         Command::QueueRun => placeholder::queue_run(&config_or_default(config_path)?, false),
         Command::QueueFlush => placeholder::queue_run(&config_or_default(config_path)?, true),
         Command::QueueShow { id } => {
@@ -194,6 +196,7 @@ mod placeholder {
     ) -> Result<(), Failure> {
         unavailable("-bs (SMTP on stdin/stdout)")
     }
+
 }
 
 /// Send one message: config → profile → message → route → (dry-run report | deliver).

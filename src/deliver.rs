@@ -1,24 +1,31 @@
 //! Delivery: from a prepared message and an endpoint to an outcome the user can act on.
 //!
 //! Owns: trying hosts in order, in-process retries with backoff and jitter, the 5.7.3
-//! re-authentication with a fresh token, per-recipient results, the exit code, the
+//! re-authentication with a replacement token (once per connector), per-recipient results, the exit code, the
 //! explanation printed on stderr, the dead letter and the per-message log line (through
 //! `report`). Must not: parse replies itself (smtp does) or word explanations (explain does).
 //!
 //! # API for callers
 //!
 //! * `deliver(config, profile, message, endpoint, opts) -> Result<(), Failure>` — the
-//!   sendmail path: `attempt`, then on failure write the dead letter and return a `Failure`
-//!   whose message is the user-facing report (one line quoting the server reply, then the
-//!   explanation, then who did and did not get the message).
+//!   sendmail path: `attempt`, the per-message log line, then on failure write the dead
+//!   letter and return a `Failure` whose message is the user-facing report (one line quoting
+//!   the server reply, then the explanation, then who did and did not get the message).
+//! * `log_outcome(config, profile, message, &outcome, exit, verbose)` — the per-message log
+//!   line (`report::log_line`: syslog, `log.file`, or stderr at -v). `deliver` calls it; a
+//!   caller of `attempt` that decides the final outcome itself (queueing a temporary failure,
+//!   the queue runner) calls it once per message with the exit code it reports.
 //! * `attempt(config, profile, message, endpoint, opts) -> Outcome` — the same delivery with
 //!   in-process retries, but nothing printed (except the `-v` transcript and the basic-auth
 //!   warning) and nothing written. The queue runner and the `-bs` server use it:
 //!   `outcome.is_success()`, `outcome.is_transient()` (→ keep it in the queue instead of a
 //!   dead letter), `outcome.exit()`, `outcome.report(..)`, `outcome.final_reply()` (the
 //!   real server reply to relay to an SMTP client).
-//! * `Connector` — opens authenticated sessions (hosts in order, credentials, fresh token
-//!   after 535 5.7.3) so the queue runner can reuse one `smtp::Session` for several messages:
+//! * `Connector` — opens authenticated sessions (hosts in order, credentials, and after
+//!   535 5.7.3 on a cached token one replacement through `auth::credentials_replacing`, so
+//!   many processes refused at once make one token request) so the queue runner can reuse
+//!   one `smtp::Session` for several messages: `c.last_session()` gives TLS and the AUTH
+//!   mechanism for the log line (`outcome.tls`, `outcome.auth`);
 //!   `let mut c = Connector::new(config, profile, endpoint, opts).await?;`
 //!   `let (mut session, host) = c.open_any().await?;` then for each message
 //!   `let r = session.send_message(&envelope, &body, flags).await;` and
@@ -32,7 +39,7 @@ use std::time::Duration;
 use rand::RngExt as _;
 
 use crate::auth::{self, Credentials};
-use crate::config::{Config, OAuthFlow, Profile};
+use crate::config::{Config, Profile};
 use crate::exit::{Exit, Failure};
 use crate::explain::{self, Context};
 use crate::message::Prepared;
@@ -75,6 +82,9 @@ pub struct Problem {
     pub reply: Option<Reply>,
     /// One line for the user (without the "m365send: " prefix), quoting the reply.
     pub what: String,
+    /// A line shown after the explanation, e.g. what a refused OAuth token says about its
+    /// permissions. Never a secret.
+    pub note: Option<String>,
 }
 
 impl Problem {
@@ -87,6 +97,7 @@ impl Problem {
             host: None,
             reply: None,
             what: f.message,
+            note: None,
         }
     }
 
@@ -119,6 +130,7 @@ impl Problem {
             host: Some(host.to_owned()),
             reply: Some(reply.clone()),
             what: format!("{} {verb} {what} ({reply})", server_name(host)),
+            note: None,
         }
     }
 
@@ -155,6 +167,7 @@ impl Problem {
             host: Some(host.to_owned()),
             reply: None,
             what: format!("{host}: {e}"),
+            note: None,
         }
     }
 }
@@ -186,6 +199,10 @@ pub struct Outcome {
     pub attempts: u32,
     /// Time spent in `attempt` (for the per-message log line).
     pub elapsed: Duration,
+    /// The last session used TLS (for the log line).
+    pub tls: bool,
+    /// The AUTH mechanism of the last session ("XOAUTH2", "PLAIN", "LOGIN"), None without AUTH.
+    pub auth: Option<String>,
 }
 
 impl Outcome {
@@ -326,6 +343,9 @@ impl Outcome {
             if let Some(r) = &p.reply {
                 explain(&mut out, r, context(profile, message, p.host.as_deref()));
             }
+            if let Some(n) = &p.note {
+                out.push(format!("  {n}"));
+            }
             if p.transient {
                 out.push(format!(
                     "  still failing after {} attempt{}",
@@ -369,17 +389,10 @@ impl Outcome {
 
 /// What the explanation may say about this user's situation.
 fn context<'c>(profile: &'c Profile, message: &'c Prepared, host: Option<&'c str>) -> Context<'c> {
-    use crate::config::AuthMethod;
     Context {
-        mode: Some(profile.mode),
-        profile: Some(profile.name.as_str()),
-        mailbox: profile.login_user(),
         sender: Some(message.envelope.sender.as_str()),
-        recipient: None,
         host,
-        app_only: profile.auth_method() == AuthMethod::OAuth
-            && profile.auth.flow == OAuthFlow::ClientCredentials,
-        basic_auth: profile.auth_method() == AuthMethod::Password,
+        ..auth::explain_context(profile)
     }
 }
 
@@ -394,6 +407,9 @@ pub struct Connector<'a> {
     helo: String,
     refreshed: bool,
     warned: bool,
+    /// The last session: TLS on, and the AUTH mechanism tried (for the log line).
+    last_tls: bool,
+    last_auth: Option<&'static str>,
 }
 
 impl<'a> Connector<'a> {
@@ -431,6 +447,8 @@ impl<'a> Connector<'a> {
             helo: hello_name(profile.helo.as_deref(), sender),
             refreshed: false,
             warned: false,
+            last_tls: false,
+            last_auth: None,
         })
     }
 
@@ -455,25 +473,65 @@ impl<'a> Connector<'a> {
             self.warned = true;
             self.opts.sink().line(&w);
         }
+        self.last_tls = false;
+        self.last_auth = None;
         let mut session = Session::connect(cfg)
             .await
             .map_err(|e| Problem::session(&e, &host.name))?;
+        self.last_tls = session.is_tls();
+        self.last_auth = self.auth_mechanism(&session);
         match session.authenticate(&self.creds).await {
             Ok(_) => Ok(session),
-            Err(e) => {
-                if needs_fresh_token(&self.creds, &e) && !self.refreshed {
-                    self.refreshed = true;
-                    self.creds = auth::credentials(self.config, self.profile, true)
-                        .await
-                        .map_err(Problem::local)?;
-                    return match session.authenticate(&self.creds).await {
-                        Ok(_) => Ok(session),
-                        Err(e) => Err(Problem::session(&e, &host.name)),
-                    };
+            Err(e) if needs_fresh_token(&self.creds, &e) && !self.refreshed => {
+                // A cached token refused with 5.7.3: replace it once. `credentials_replacing`
+                // takes a token another process already fetched after the same refusal, so
+                // 50 processes refused at once make one token request.
+                self.refreshed = true;
+                let rejected = match &self.creds {
+                    Credentials::XOAuth2 { token, .. } => token.clone(),
+                    _ => return Err(Problem::session(&e, &host.name)),
+                };
+                tracing::debug!(host = %host.name, "535 5.7.3 with a cached token; getting another");
+                self.creds = auth::credentials_replacing(self.config, self.profile, &rejected)
+                    .await
+                    .map_err(Problem::local)?;
+                match session.authenticate(&self.creds).await {
+                    Ok(_) => Ok(session),
+                    Err(e) => Err(self.auth_problem(&e, &host.name)),
                 }
-                Err(Problem::session(&e, &host.name))
             }
+            Err(e) => Err(self.auth_problem(&e, &host.name)),
         }
+    }
+
+    /// The problem for a failed AUTH; for a refused OAuth token, what the token says about its
+    /// permissions goes with it (the catalogue's causes come with the report).
+    fn auth_problem(&self, e: &SessionError, host: &str) -> Problem {
+        let mut p = Problem::session(e, host);
+        if let Credentials::XOAuth2 { token, .. } = &self.creds
+            && e.step() == Some(Step::Auth)
+        {
+            p.note = auth::token_permission_note(token);
+        }
+        p
+    }
+
+    /// The AUTH mechanism `open` used on `session` (None: no AUTH), for the log line.
+    pub fn auth_mechanism(&self, session: &Session) -> Option<&'static str> {
+        match &self.creds {
+            Credentials::None => None,
+            Credentials::XOAuth2 { .. } => Some("XOAUTH2"),
+            Credentials::Password { .. } if session.capabilities().has_auth("PLAIN") => {
+                Some("PLAIN")
+            }
+            Credentials::Password { .. } => Some("LOGIN"),
+        }
+    }
+
+    /// Whether the last session `open` made used TLS, and the AUTH mechanism it tried
+    /// (also when `open` failed at AUTH), for the log line.
+    pub fn last_session(&self) -> (bool, Option<&'static str>) {
+        (self.last_tls, self.last_auth)
     }
 
     /// The first host (in endpoint order) that connects and authenticates. On failure, the
@@ -572,7 +630,11 @@ async fn attempt_inner(
         }
         for host in &endpoint.hosts {
             outcome.attempts += 1;
-            let mut session = match connector.open(host).await {
+            let opened = connector.open(host).await;
+            let (tls, auth) = connector.last_session();
+            outcome.tls = tls;
+            outcome.auth = auth.map(str::to_owned);
+            let mut session = match opened {
                 Ok(s) => s,
                 Err(p) => {
                     let transient = p.transient;
@@ -602,7 +664,8 @@ async fn attempt_inner(
 
 /// Deliver now. Ok when every recipient accepted the message; otherwise a Failure whose
 /// message says what happened (quoting the server), what to do, who got it and who did not,
-/// and where the dead letter was written.
+/// and where the dead letter was written. Writes the message's log line (`report::log_line`)
+/// once the outcome is final.
 pub async fn deliver(
     config: &Config,
     profile: &Profile,
@@ -611,6 +674,14 @@ pub async fn deliver(
     opts: &Options,
 ) -> Result<(), Failure> {
     let outcome = attempt(config, profile, message, endpoint, opts).await;
+    log_outcome(
+        config,
+        profile,
+        message,
+        &outcome,
+        outcome.exit(),
+        opts.verbose > 0,
+    );
     if outcome.is_success() {
         return Ok(());
     }
@@ -624,6 +695,43 @@ pub async fn deliver(
         }
     }
     Err(Failure::new(outcome.exit(), text))
+}
+
+/// The per-message log line for a final outcome (see `report::log_line` for where it goes).
+/// `exit`: the exit code the caller ends with for this message (a caller that queues a
+/// temporary failure may log it as it sees fit). `deliver` calls this; callers of `attempt`
+/// that decide the final outcome themselves (the queue) call it once per message.
+pub fn log_outcome(
+    config: &Config,
+    profile: &Profile,
+    message: &Prepared,
+    outcome: &Outcome,
+    exit: Exit,
+    verbose: bool,
+) {
+    let reply = outcome.final_reply().cloned();
+    // The first line of the problem: what happened, quoting the server or the identity
+    // platform; the advice under it is for the user's terminal, not the log.
+    let error = match (&reply, &outcome.problem) {
+        (None, Some(p)) => Some(p.what.lines().next().unwrap_or_default().to_owned()),
+        _ => None,
+    };
+    let record = crate::report::LogRecord {
+        time: chrono::Local::now(),
+        profile: profile.name.clone(),
+        mode: profile.mode,
+        host: outcome.host.clone(),
+        tls: outcome.tls,
+        auth: outcome.auth.clone(),
+        from: message.envelope.sender.clone(),
+        recipients: message.envelope.recipients.clone(),
+        size: message.size,
+        reply,
+        error,
+        duration: outcome.elapsed,
+        exit,
+    };
+    crate::report::log_line(config, verbose, &record);
 }
 
 #[cfg(test)]

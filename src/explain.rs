@@ -24,11 +24,17 @@
 //!
 //! # Exit codes chosen for identity-platform (OAuth) errors
 //!
-//! 78 CONFIG when the fix is in m365send's configuration or the app registration's settings
-//! (client id, tenant, scope, secret value vs. secret id, public client flows); 77 NOPERM when
-//! the credential itself was refused, expired or blocked by policy (certificate, MFA,
-//! conditional access, consent, expired refresh token); 75 TEMPFAIL for the identity platform's
-//! own temporary failures.
+//! This is the one AADSTS catalogue: `auth` parses the token endpoint's answer and asks
+//! `explain_token_error` for the words and the exit code, so `m365send explain AADSTS700082`
+//! and a failed token request say the same thing.
+//!
+//! 78 CONFIG when the fix is in a file or setting someone edits: m365send's configuration or
+//! the app registration (client id, tenant, scope, secret value vs. secret id, an expired
+//! secret, the certificate to upload, public client flows) or the host (its clock, for an
+//! assertion outside its time range); 77 NOPERM when a person must grant or re-establish
+//! permission (MFA, conditional access, consent, an expired or revoked refresh token, a
+//! declined or expired device login); 75 TEMPFAIL for the identity platform's own temporary
+//! failures.
 
 use crate::config::Mode;
 use crate::exit::{Exit, Failure};
@@ -51,6 +57,12 @@ pub struct Context<'a> {
     pub app_only: bool,
     /// Authenticated with a password.
     pub basic_auth: bool,
+    /// Authenticated with a delegated OAuth token (a signed-in user, `m365send login`).
+    pub delegated: bool,
+    /// The OAuth tenant and application (client) id, for identity-platform errors and the
+    /// 5.7.3 causes.
+    pub tenant: Option<&'a str>,
+    pub client_id: Option<&'a str>,
 }
 
 /// One or two lines for the user, and the exit code the reply implies.
@@ -459,6 +471,17 @@ impl Words<'_, '_> {
     }
 }
 
+/// The likely causes of `535 5.7.3` for an app-only token, one line. The single source of
+/// this advice: deliver's report and `auth::smtp_535_advice` use it; `explain 5.7.3` (no
+/// profile, so no flow known) gives the generic wording, which names the same causes.
+fn app_only_535_causes(w: &Words<'_, '_>) -> String {
+    let m = w.mailbox_or_it();
+    let app = w.ctx.client_id.unwrap_or("<client id>");
+    format!(
+        "Likely causes: (1) no Exchange service principal for the app: in Exchange Online PowerShell run `New-ServicePrincipal -AppId {app} -ObjectId <object id of the *Enterprise application*, not of the App registration>`; (2) the service principal has no FullAccess or SendAs on {m}: `Add-MailboxPermission -Identity {m} -User <service principal id> -AccessRights FullAccess` (Add-RecipientPermission -AccessRights SendAs for other senders); (3) SMTP AUTH is disabled for {m} or the tenant: `Set-CASMailbox -Identity {m} -SmtpClientAuthenticationDisabled $false`."
+    )
+}
+
 fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
     let w = Words { ctx };
     match kind {
@@ -469,9 +492,18 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
                         "the app-only token was not accepted for {}.",
                         w.mailbox()
                     ),
+                    app_only_535_causes(&w),
+                )
+            } else if ctx.delegated {
+                (
                     format!(
-                        "Check that an Exchange service principal exists (New-ServicePrincipal with the *Enterprise application's* object id, not the app registration's), that it has FullAccess or SendAs on {} (Add-MailboxPermission / Add-RecipientPermission), and that SMTP AUTH is enabled for the mailbox (Set-CASMailbox -SmtpClientAuthenticationDisabled $false).",
-                        w.mailbox_or_it()
+                        "the signed-in user's token was not accepted for {}.",
+                        w.mailbox()
+                    ),
+                    format!(
+                        "Likely causes: (1) the signed-in user is not {m} and has no FullAccess or Send As on it: log in as that mailbox ({}) or grant the rights; (2) SMTP AUTH is disabled for {m} or the tenant: `Set-CASMailbox -Identity {m} -SmtpClientAuthenticationDisabled $false`.",
+                        w.login_cmd(),
+                        m = w.mailbox_or_it()
                     ),
                 )
             } else if ctx.basic_auth {
@@ -955,6 +987,8 @@ fn format_aadsts(code: &str, e: &Explanation) -> String {
 // Identity platform (OAuth) errors
 // ---------------------------------------------------------------------------------------------
 
+const SCOPE_ADVICE: &str = "Remove auth.scope to use the default, or use a scope ending in /.default for app-only (https://outlook.office365.com/.default) and https://outlook.office.com/SMTP.Send offline_access for delegated; check the cloud too.";
+
 /// The OAuth 2.0 error names we explain (RFC 6749 §5.2, RFC 8628 §3.5).
 fn oauth_error(s: &str) -> Option<&'static str> {
     const NAMES: &[&str] = &[
@@ -1018,7 +1052,11 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
         return match n {
             700016 => e(
                 Exit::Config,
-                "the application (client id) was not found in the tenant.".to_owned(),
+                format!(
+                    "the application {} was not found in tenant {}.",
+                    ctx.client_id.unwrap_or("(client id)"),
+                    ctx.tenant.unwrap_or("(the profile's tenant)")
+                ),
                 format!(
                     "Check auth.client_id and the tenant in {} (the app registration's Application (client) ID and the directory it lives in), and that an administrator consented to it in that tenant.",
                     w.profile()
@@ -1026,35 +1064,47 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
             ),
             90002 | 90023 | 50059 => e(
                 Exit::Config,
-                "the tenant was not found.".to_owned(),
                 format!(
-                    "Check `tenant` in {} (a tenant id or a domain such as contoso.onmicrosoft.com) and the cloud setting.",
+                    "tenant {} was not found.",
+                    ctx.tenant.unwrap_or("(the profile's tenant)")
+                ),
+                format!(
+                    "Check `tenant` in {} (a tenant id or a domain such as contoso.onmicrosoft.com) and the cloud (global, usgov, china).",
                     w.profile()
                 ),
             ),
             7000215 => e(
                 Exit::Config,
                 "the client secret is wrong.".to_owned(),
-                "Put the secret's Value (not its Secret ID) in auth.client_secret, or create a new secret in the app registration.".to_owned(),
+                format!(
+                    "Put the secret's Value (shown once when it was created), not its Secret ID, in auth.client_secret of {}, and check that it has not expired.",
+                    w.profile()
+                ),
             ),
             7000222 => e(
-                Exit::NoPerm,
+                Exit::Config,
                 "the client secret has expired.".to_owned(),
-                "Create a new client secret in the app registration (Certificates & secrets) and update auth.client_secret.".to_owned(),
+                format!(
+                    "Create a new client secret in the app registration (Certificates & secrets) and update auth.client_secret in {}.",
+                    w.profile()
+                ),
             ),
             700027 => e(
-                Exit::NoPerm,
-                "the certificate assertion was refused (the certificate is not registered with the app, or the signature does not match).".to_owned(),
-                "Upload the certificate (auth.certificate) to the app registration under Certificates & secrets, and check that auth.private_key is its key.".to_owned(),
+                Exit::Config,
+                "Microsoft could not verify the certificate assertion (the certificate is not registered with the app, or the signature does not match).".to_owned(),
+                format!(
+                    "Upload the certificate (the public .crt/.cer of auth.certificate) to the app registration under Certificates & secrets, check that auth.private_key is its key ({}), and that the system clock is right.",
+                    w.profile()
+                ),
             ),
             700024 => e(
-                Exit::NoPerm,
-                "the certificate assertion is outside its valid time range.".to_owned(),
-                "Check this host's clock (NTP): the assertion's nbf/exp must bracket Microsoft's time.".to_owned(),
+                Exit::Config,
+                "the certificate assertion is outside its valid time range: this host's clock is wrong.".to_owned(),
+                "Synchronise the system clock (NTP) and try again: the assertion's nbf/exp must bracket Microsoft's time.".to_owned(),
             ),
             50076 | 50079 | 50158 => e(
                 Exit::NoPerm,
-                "the sign-in needs multi-factor authentication.".to_owned(),
+                "the sign-in needs multi-factor authentication, which a sendmail program cannot answer.".to_owned(),
                 format!(
                     "Run {} and complete MFA in the browser, or use an app-only profile (client credentials).",
                     w.login_cmd()
@@ -1062,12 +1112,17 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
             ),
             53003 => e(
                 Exit::NoPerm,
-                "a conditional access policy blocked the sign-in.".to_owned(),
-                "Ask the administrator to allow this sign-in (check the sign-in logs in Entra ID for the policy), or use an app-only profile.".to_owned(),
+                "a Conditional Access policy blocked the sign-in.".to_owned(),
+                "Ask the tenant administrator to exclude this application or host from the policy (the Entra ID sign-in logs name it), or use an app-only profile.".to_owned(),
             ),
-            700082 | 70008 | 70043 | 50173 | 50133 => e(
+            700082 | 70008 | 70043 => e(
                 Exit::NoPerm,
-                "the stored refresh token has expired or was revoked (refresh tokens expire after 90 days unused, or when the password changes).".to_owned(),
+                "the stored refresh token has expired (refresh tokens expire after 90 days without use) or the login code is too old.".to_owned(),
+                format!("Run {} again to sign in.", w.login_cmd()),
+            ),
+            50173 | 50133 | 50089 => e(
+                Exit::NoPerm,
+                "the sign-in session was revoked (password change or expiry).".to_owned(),
                 format!("Run {} again to sign in.", w.login_cmd()),
             ),
             70019 | 70020 => e(
@@ -1080,13 +1135,16 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
             ),
             65001 => e(
                 Exit::NoPerm,
-                "the application has not been granted consent for the permissions it asks for.".to_owned(),
-                "Have an administrator grant admin consent to the app (SMTP.Send or SMTP.SendAsApp) in Entra ID.".to_owned(),
+                format!(
+                    "the application {}has no consent for the permissions it asks for.",
+                    ctx.client_id.map(|c| format!("{c} ")).unwrap_or_default()
+                ),
+                "Have a tenant administrator grant admin consent to the app (SMTP.Send or SMTP.SendAsApp) in Entra ID.".to_owned(),
             ),
             70011 => e(
                 Exit::Config,
                 "the scope asked for is not valid.".to_owned(),
-                "Remove auth.scope to use the default, or use https://outlook.office365.com/.default for app-only and https://outlook.office.com/SMTP.Send offline_access for delegated.".to_owned(),
+                SCOPE_ADVICE.to_owned(),
             ),
             500011 => e(
                 Exit::Config,
@@ -1095,8 +1153,11 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
             ),
             7000218 => e(
                 Exit::Config,
-                "the app registration does not allow public client flows, so the device code login needs a client secret.".to_owned(),
-                "Turn on \"Allow public client flows\" in the app registration (Authentication), or configure auth.client_secret.".to_owned(),
+                "the app registration does not allow public client flows, so the request needs a client secret or certificate.".to_owned(),
+                format!(
+                    "Turn on \"Allow public client flows\" in the app registration (Authentication) for device-code login, or set auth.client_secret or auth.certificate in {}.",
+                    w.profile()
+                ),
             ),
             700025 => e(
                 Exit::Config,
@@ -1120,11 +1181,11 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
         "invalid_scope" => e(
             Exit::Config,
             "the scope asked for is not valid for this application.".to_owned(),
-            "Remove auth.scope to use the default, or use https://outlook.office365.com/.default for app-only and https://outlook.office.com/SMTP.Send offline_access for delegated.".to_owned(),
+            SCOPE_ADVICE.to_owned(),
         ),
         "unauthorized_client" => e(
             Exit::Config,
-            "the application is not allowed to use this kind of login.".to_owned(),
+            "the application is not allowed to use this grant (this kind of login).".to_owned(),
             format!(
                 "Check auth.flow in {} against the app registration (\"Allow public client flows\" for device code login; an application permission such as SMTP.SendAsApp for client credentials).",
                 w.profile()
@@ -1134,6 +1195,14 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
             Exit::Config,
             "the application's credentials were refused (client id, secret or certificate).".to_owned(),
             "Check auth.client_id, and that auth.client_secret is the secret's Value (or that the certificate is uploaded to the app registration).".to_owned(),
+        ),
+        "invalid_grant" if ctx.app_only => e(
+            Exit::NoPerm,
+            "the identity platform refused the application's grant.".to_owned(),
+            format!(
+                "Check auth.client_id, the client secret or certificate, and the tenant in {}.",
+                w.profile()
+            ),
         ),
         "invalid_grant" => e(
             Exit::NoPerm,
@@ -1168,7 +1237,7 @@ pub fn explain_aadsts(code: &str, ctx: &Context<'_>) -> Option<Explanation> {
         ),
         "temporarily_unavailable" | "server_error" => e(
             Exit::TempFail,
-            "the Microsoft identity platform failed temporarily.".to_owned(),
+            "the Microsoft identity platform is temporarily unavailable.".to_owned(),
             "Try again later; the message is kept.".to_owned(),
         ),
         _ => None,
@@ -1182,6 +1251,10 @@ pub fn explain_token_error(
     description: &str,
     ctx: &Context<'_>,
 ) -> Option<Explanation> {
+    // The user said no: no AADSTS code says it better than the error name (RFC 8628).
+    if matches!(error, "authorization_declined" | "access_denied") {
+        return explain_aadsts(error, ctx);
+    }
     aadsts_code(description)
         .and_then(|code| explain_aadsts(&code, ctx))
         .or_else(|| explain_aadsts(error, ctx))

@@ -29,6 +29,7 @@ fn ctx() -> Context<'static> {
         host: Some("smtp.office365.com"),
         app_only: false,
         basic_auth: false,
+        ..Context::default()
     }
 }
 
@@ -385,10 +386,10 @@ fn aadsts_catalogue() {
     let cases: &[(&str, Exit, &str)] = &[
         ("AADSTS700016", Exit::Config, "client_id"),
         ("AADSTS7000215", Exit::Config, "Value"),
-        ("AADSTS700027", Exit::NoPerm, "certificate"),
-        ("AADSTS700024", Exit::NoPerm, "clock"),
+        ("AADSTS700027", Exit::Config, "certificate"),
+        ("AADSTS700024", Exit::Config, "clock"),
         ("AADSTS50076", Exit::NoPerm, "multi-factor"),
-        ("AADSTS53003", Exit::NoPerm, "conditional access"),
+        ("AADSTS53003", Exit::NoPerm, "Conditional Access"),
         ("AADSTS700082", Exit::NoPerm, "m365send login --profile app"),
         ("AADSTS70008", Exit::NoPerm, "m365send login --profile app"),
         ("invalid_scope", Exit::Config, "scope"),
@@ -457,4 +458,56 @@ fn mode_specific_wording() {
     c.mode = Some(Mode::Hve);
     let e = explain_reply(&reply("550 5.5.105 external"), &c).unwrap();
     assert!(e.meaning.contains("bob@contoso.com"));
+}
+
+#[test]
+fn five_seven_three_by_flow_names_the_app_and_the_login() {
+    let r = reply("535 5.7.3 Authentication unsuccessful");
+    let mut c = ctx();
+    c.app_only = true;
+    c.client_id = Some("11111111-2222-3333-4444-555555555555");
+    let e = explain_reply(&r, &c).unwrap();
+    assert!(
+        e.advice
+            .contains("New-ServicePrincipal -AppId 11111111-2222-3333-4444-555555555555"),
+        "{}",
+        e.advice
+    );
+    assert!(
+        e.advice
+            .contains("Add-MailboxPermission -Identity app@contoso.com")
+    );
+    let mut c = ctx();
+    c.delegated = true;
+    let e = explain_reply(&r, &c).unwrap();
+    assert!(e.meaning.contains("signed-in user"), "{}", e.meaning);
+    assert!(
+        e.advice.contains("`m365send login --profile cron`"),
+        "{}",
+        e.advice
+    );
+    assert!(e.advice.contains("SmtpClientAuthenticationDisabled"));
+    assert!(!e.advice.contains('\n') && e.advice.ends_with('.'));
+}
+
+#[test]
+fn aadsts_wording_uses_the_tenant_and_client_when_known() {
+    let c = Context {
+        profile: Some("app"),
+        tenant: Some("contoso.onmicrosoft.com"),
+        client_id: Some("cid-1"),
+        app_only: true,
+        ..Context::default()
+    };
+    let e = explain_aadsts("AADSTS700016", &c).unwrap();
+    assert_eq!(
+        e.meaning,
+        "the application cid-1 was not found in tenant contoso.onmicrosoft.com."
+    );
+    // App-only invalid_grant is not about logging in again.
+    let e = explain_token_error("invalid_grant", "no code", &c).unwrap();
+    assert!(!e.advice.contains("login"), "{}", e.advice);
+    // A declined device login says so, whatever AADSTS code comes with it.
+    let e = explain_token_error("authorization_declined", "AADSTS70019: x", &c).unwrap();
+    assert!(e.meaning.contains("declined"), "{}", e.meaning);
 }

@@ -830,7 +830,7 @@ fn identity_errors_become_advice_and_exit_codes() {
             description: "The refresh token has expired due to inactivity. The token was issued on 2026-01-01 and was inactive for 90.00:00:00.",
             delegated: true,
             exit: Exit::NoPerm,
-            advice: "run `m365send login --profile me` again",
+            advice: "`m365send login --profile me` again",
         },
         Case {
             status: 400,
@@ -839,7 +839,7 @@ fn identity_errors_become_advice_and_exit_codes() {
             description: "The provided authorization code or refresh token has expired due to inactivity.",
             delegated: true,
             exit: Exit::NoPerm,
-            advice: "run `m365send login --profile me` again",
+            advice: "`m365send login --profile me` again",
         },
         Case {
             status: 400,
@@ -911,6 +911,66 @@ fn identity_errors_become_advice_and_exit_codes() {
         assert!(m.contains(&first_words), "description quoted: {m}");
         assert!(!m.contains("Trace ID"), "only the first line: {m}");
         assert!(!m.contains(SECRET) && !m.contains("rt-seed-secret"), "{m}");
+    }
+}
+
+/// The token error a user reads and `m365send explain` come from one catalogue: the failure
+/// carries the catalogue's meaning and advice for this profile, and its exit code.
+#[test]
+fn token_errors_say_what_the_catalogue_says() {
+    use m365send::explain;
+    let codes: &[(u64, &str, bool)] = &[
+        (700016, "unauthorized_client", false),
+        (90002, "invalid_request", false),
+        (7000215, "invalid_client", false),
+        (7000222, "invalid_client", false),
+        (700027, "invalid_client", false),
+        (700024, "invalid_client", false),
+        (7000218, "invalid_client", true),
+        (65001, "invalid_grant", false),
+        (70011, "invalid_scope", false),
+        (50076, "invalid_grant", true),
+        (53003, "invalid_grant", true),
+        (700082, "invalid_grant", true),
+        (70008, "invalid_grant", true),
+        (50173, "invalid_grant", true),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    for &(code, error, delegated) in codes {
+        let srv = TokenServer::scripted(vec![Reply::error(400, error, Some(code), "Something.")]);
+        let p = if delegated {
+            let mut p = delegated_profile(&srv.authority());
+            p.auth.refresh_token = secret("rt-seed-secret");
+            p
+        } else {
+            app_profile(&srv.authority())
+        };
+        let f = err(block(auth::credentials(&cfg, &p, false)));
+        let ctx = explain::Context {
+            profile: Some(&p.name),
+            tenant: Some(TENANT),
+            client_id: Some(CLIENT),
+            app_only: !delegated,
+            delegated,
+            ..Default::default()
+        };
+        let e = explain::explain_aadsts(&format!("AADSTS{code}"), &ctx)
+            .unwrap_or_else(|| panic!("AADSTS{code} not in the catalogue"));
+        assert_eq!(f.exit, e.exit, "AADSTS{code}: {}", f.message);
+        let mut meaning = e.meaning.clone();
+        meaning.replace_range(..1, &meaning[..1].to_uppercase());
+        assert!(
+            f.message.contains(&meaning),
+            "AADSTS{code}: {meaning:?} in {}",
+            f.message
+        );
+        assert!(
+            f.message.contains(&e.advice),
+            "AADSTS{code}: {:?} in {}",
+            e.advice,
+            f.message
+        );
     }
 }
 

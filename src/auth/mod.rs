@@ -997,56 +997,62 @@ impl TokenClaims {
     }
 }
 
+/// What the refused token itself says is wrong with it, when it can be read: a token without
+/// SMTP.SendAsApp / SMTP.Send. One line (no newline), or None when the token looks right or is
+/// not a readable JWT. Never quotes the token.
+pub fn token_permission_note(token: &Secret) -> Option<String> {
+    let c = TokenClaims::of(token)?;
+    if c.allows_smtp() {
+        return None;
+    }
+    Some(format!(
+        "The token carries no SMTP permission ({}): add SMTP.SendAsApp (app-only) or SMTP.Send \
+         (delegated) of Office 365 Exchange Online to the app registration and grant admin \
+         consent.",
+        if c.summary().is_empty() {
+            "no roles or scp".to_string()
+        } else {
+            c.summary()
+        }
+    ))
+}
+
+/// The catalogue's context for explaining a reply to this profile's OAuth login (app-only or
+/// delegated, mailbox, client id, tenant).
+pub fn explain_context(profile: &Profile) -> crate::explain::Context<'_> {
+    let oauth = profile.auth_method() == AuthMethod::OAuth;
+    crate::explain::Context {
+        mode: Some(profile.mode),
+        profile: Some(profile.name.as_str()),
+        mailbox: profile.login_user(),
+        app_only: oauth && profile.auth.flow == OAuthFlow::ClientCredentials,
+        delegated: oauth && profile.auth.flow == OAuthFlow::Delegated,
+        basic_auth: profile.auth_method() == AuthMethod::Password,
+        client_id: profile.auth.client_id.as_deref(),
+        tenant: profile.auth.tenant.as_deref().or(profile.tenant.as_deref()),
+        ..Default::default()
+    }
+}
+
 /// Likely causes of `535 5.7.3 Authentication unsuccessful` when Microsoft 365 refuses an
-/// OAuth token for `profile` (after one fresh token was tried), for deliver/explain to show
-/// under the server's reply. `token`: the refused token, read for its permissions.
+/// OAuth token for `profile` (after one fresh token was tried): what the token says about its
+/// permissions (`token_permission_note`), then the explanation catalogue's causes for this
+/// flow (the one source of that advice; deliver's report shows the same). `token`: the
+/// refused token, read for its permissions, never quoted.
 pub fn smtp_535_advice(profile: &Profile, token: Option<&Secret>) -> String {
-    let mailbox = profile.login_user().unwrap_or("<mailbox>");
-    let client_id = profile.auth.client_id.as_deref().unwrap_or("<client id>");
-    let claims = token.and_then(TokenClaims::of);
-    let mut causes = Vec::new();
-    if let Some(c) = &claims
-        && !c.allows_smtp()
-    {
-        causes.push(format!(
-            "the token carries no SMTP permission ({}): add SMTP.SendAsApp (app-only) or \
-             SMTP.Send (delegated) of Office 365 Exchange Online to the app registration and \
-             grant admin consent",
-            if c.summary().is_empty() {
-                "no roles or scp".to_string()
-            } else {
-                c.summary()
-            }
-        ));
+    let mut out = String::from("Microsoft 365 refused the OAuth token.");
+    if let Some(note) = token.and_then(token_permission_note) {
+        out.push_str("\n  ");
+        out.push_str(&note);
     }
-    match profile.auth.flow {
-        OAuthFlow::ClientCredentials => {
-            causes.push(format!(
-                "no Exchange service principal for the app: in Exchange Online PowerShell run \
-                 `New-ServicePrincipal -AppId {client_id} -ObjectId <object id of the \
-                 Enterprise application, not of the App registration>`"
-            ));
-            causes.push(format!(
-                "the service principal has no rights on {mailbox}: `Add-MailboxPermission \
-                 -Identity {mailbox} -User <service principal id> -AccessRights FullAccess` \
-                 (and Add-RecipientPermission -AccessRights SendAs for other senders)"
-            ));
-        }
-        OAuthFlow::Delegated => {
-            causes.push(format!(
-                "the signed-in user is not {mailbox} and has no FullAccess/Send As on it: log \
-                 in as that mailbox (`m365send login --profile {}`) or grant the rights",
-                profile.name
-            ));
-        }
-    }
-    causes.push(format!(
-        "SMTP AUTH is disabled for {mailbox} or the tenant: `Set-CASMailbox -Identity \
-         {mailbox} -SmtpClientAuthenticationDisabled $false`"
-    ));
-    let mut out = String::from("Microsoft 365 refused the OAuth token. Likely causes:");
-    for (i, c) in causes.iter().enumerate() {
-        out.push_str(&format!("\n  {}. {c}", i + 1));
+    let reply = crate::smtp::Reply {
+        code: 535,
+        enhanced: Some(crate::smtp::EnhancedCode::new(5, 7, 3)),
+        lines: vec!["5.7.3 Authentication unsuccessful".to_string()],
+    };
+    if let Some(e) = crate::explain::explain_reply(&reply, &explain_context(profile)) {
+        out.push_str("\n  ");
+        out.push_str(&e.advice);
     }
     out
 }

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | any 4xx, and 501 5.5.127 (token expires soon) | 75 TEMPFAIL | trying again (with a fresh token) can succeed |
 //! | 5.1.x, 5.4.1, 5.5.105 (HVE: external recipient) | 67 NOUSER | a recipient was refused |
-//! | 5.7.3, 5.7.139, 5.7.30, 5.7.57, 5.7.60, 5.2.0/5.2.252 SendAsDenied, 5.7.64, 5.7.68, 5.5.124, bare 530/534/535/538 | 77 NOPERM | authentication or permission: an administrator must grant or fix something |
+//! | 5.7.3, 5.7.139, 5.7.30, 5.7.57, 5.7.60, 5.2.0/5.2.252 SendAsDenied, 5.7.64, 5.7.68, 5.5.124, any other 5.7.x, bare 530/534/535/538 | 77 NOPERM | authentication or permission: an administrator must grant or fix something |
 //! | 5.3.4, 5.6.x, bare 552 | 65 DATAERR | the message itself was refused |
 //! | 5.2.251–5.2.255 throttled, 5.7.606–649 banned IP, 5.7.705/708/750 tenant blocked, 5.2.0 quota, 5.2.2 mailbox full, anything else | 69 UNAVAILABLE | the service refuses for now; no retry by us |
 //!
@@ -411,6 +411,10 @@ pub fn exit_for(reply: &Reply) -> Exit {
         match (e.class, e.subject) {
             (5, 1) => return Exit::NoUser,
             (5, 6) => return Exit::DataErr,
+            // X.7.x is "security or policy" (RFC 3463): a sender or relay refusal by policy,
+            // fixed by someone granting or configuring something. The 5.7.x codes no setting
+            // of ours fixes (banned IP, blocked tenant) were classified above.
+            (5, 7) => return Exit::NoPerm,
             _ => {}
         }
     }

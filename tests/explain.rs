@@ -270,10 +270,12 @@ fn unknown_reply_is_quoted_alone() {
 fn exit_codes_without_catalogue_entry() {
     assert_eq!(exit_for(&reply("550 5.1.8 bad sender")), Exit::NoUser);
     assert_eq!(exit_for(&reply("554 5.6.0 corrupt content")), Exit::DataErr);
+    assert_eq!(exit_for(&reply("550 5.7.1 Unable to relay")), Exit::NoPerm);
     assert_eq!(
-        exit_for(&reply("550 5.7.1 Unable to relay")),
-        Exit::Unavailable
+        exit_for(&reply("553 5.7.1 Sender address rejected: not owned by user")),
+        Exit::NoPerm
     );
+    assert_eq!(exit_for(&reply("550 5.0.0 no")), Exit::Unavailable);
     assert_eq!(exit_for(&reply("450 4.2.1 busy")), Exit::TempFail);
     let bare = |code| Reply {
         code,
@@ -372,7 +374,7 @@ fn explain_code_lists_variants_of_shared_codes() {
 #[test]
 fn explain_code_unknown_enhanced_code_is_generic() {
     let s = explain_code("5.7.1").unwrap();
-    assert!(s.contains("security or policy") && s.contains("69"), "{s}");
+    assert!(s.contains("security or policy") && s.contains("77"), "{s}");
     let s = explain_code("5.1.3").unwrap();
     assert!(s.contains("address") && s.contains("67 (EX_NOUSER)"), "{s}");
 }

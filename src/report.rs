@@ -35,7 +35,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -150,33 +149,22 @@ pub fn append_dead_letter(
     write_mbox_entry(&file, message, reason, &mut body).map_err(fail)
 }
 
-/// An exclusive flock(2), released on drop.
+/// An exclusive lock on the file (flock(2) on Linux), released on drop.
 struct Flock<'f> {
     file: &'f File,
 }
 
 impl<'f> Flock<'f> {
     fn exclusive(file: &'f File) -> io::Result<Self> {
-        loop {
-            // SAFETY: the descriptor is open for the lifetime of `file`.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if r == 0 {
-                return Ok(Flock { file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        file.lock()?;
+        Ok(Flock { file })
     }
 }
 
 impl Drop for Flock<'_> {
     fn drop(&mut self) {
-        // SAFETY: as above; unlocking cannot harm, and closing the file unlocks anyway.
-        unsafe {
-            libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
-        }
+        // Closing the file unlocks anyway; an error here changes nothing.
+        let _ = self.file.unlock();
     }
 }
 

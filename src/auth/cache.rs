@@ -234,20 +234,10 @@ impl Mode0600 for OpenOptions {
 /// Take the lock, blocking this thread until it is free.
 pub fn lock_blocking(dir: &Path, profile: &str) -> Result<Lock, Failure> {
     let file = open_lock(dir, profile)?;
-    // flock(2), as std's File::lock does on Linux (that one needs Rust 1.89; our MSRV is
-    // older). The lock belongs to this open file description, so two opens in one process
-    // exclude each other too; it is released when the file is closed.
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: the descriptor is valid for the lifetime of `file`.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(io_fail("lock", &lock_path(dir, profile), e));
-        }
-    }
+    // flock(2) on Linux: the lock belongs to this open file description, so two opens in
+    // one process exclude each other too; it is released when the file is closed.
+    file.lock()
+        .map_err(|e| io_fail("lock", &lock_path(dir, profile), e))?;
     Ok(Lock { _file: file })
 }
 

@@ -43,6 +43,7 @@
 
 mod bounce;
 mod runner;
+mod smtp;
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -63,6 +64,7 @@ pub use runner::{
     BoxFuture, DeadLetterFn, Deliverer, MessageOutcome, Problem, RecipientResult, RunOptions,
     RunReport, default_endpoint_key, run,
 };
+pub use smtp::SmtpDeliverer;
 
 /// Version of the metadata format written by this build.
 pub const FORMAT_VERSION: u32 = 1;
@@ -181,6 +183,12 @@ pub struct Entry {
     /// Recipients already delivered (partial delivery).
     #[serde(default)]
     pub delivered: Vec<String>,
+    /// `--mode` given when the message was submitted, when it overrides the profile's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `--server HOST[:PORT]` given when the message was submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// What `list` returns for each entry.
@@ -441,6 +449,35 @@ pub fn enqueue(
     prepared: &Prepared,
     reason: Option<Reason<'_>>,
 ) -> Result<EntryId, Failure> {
+    enqueue_with(
+        config,
+        profile_name,
+        prepared,
+        reason,
+        &EnqueueOptions::default(),
+    )
+}
+
+/// What else an entry records about how the message was submitted.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// `--mode` over the profile's mode.
+    pub mode: Option<crate::config::Mode>,
+    /// `--server HOST[:PORT]` over the profile's endpoint.
+    pub server: Option<String>,
+    /// Recipients the in-process attempts already delivered to (the envelope given to
+    /// `enqueue_with` holds only those still pending).
+    pub delivered: Vec<String>,
+}
+
+/// [`enqueue`] with the submission's overrides and partial delivery.
+pub fn enqueue_with(
+    config: &Config,
+    profile_name: &str,
+    prepared: &Prepared,
+    reason: Option<Reason<'_>>,
+    opts: &EnqueueOptions,
+) -> Result<EntryId, Failure> {
     let spool = Spool::create(config)?;
     let now = now_unix();
     let (last_reply, last_error) = match reason {
@@ -468,7 +505,9 @@ pub fn enqueue(
         last_reply,
         last_error,
         is_bounce: false,
-        delivered: Vec::new(),
+        delivered: opts.delivered.clone(),
+        mode: opts.mode.map(|m| m.as_str().to_owned()),
+        server: opts.server.clone(),
     };
     commit_entry(&spool, entry, BodySource::File(prepared.body.path()))
 }

@@ -1,0 +1,259 @@
+//! The real [`Deliverer`]: the queue runner's messages go out through `deliver::Connector`
+//! and one `smtp::Session` per group of entries.
+//!
+//! Owns: mapping a session's answers to [`MessageOutcome`] (per recipient, with the reply,
+//! the error in words and the explanation from `explain`), and keeping the session open
+//! across messages (RSET between them, QUIT at the end). Must not: retry (the runner backs
+//! off), decide bounces (the runner does), or touch the spool.
+
+use crate::config::{Config, Profile};
+use crate::deliver::{self, Connector};
+use crate::exit::Exit;
+use crate::explain::{self, Context};
+use crate::message::{Envelope, Prepared};
+use crate::smtp::{MessageFlags, MessageResult, Reply, Session, SessionError, Step};
+
+use super::runner::{BoxFuture, Deliverer, MessageOutcome, Problem, RecipientResult};
+
+/// Delivers queue entries over our SMTP session. One connection serves every message of a
+/// group (same profile and endpoint).
+pub struct SmtpDeliverer {
+    verbose: u8,
+    session: Option<Session>,
+    host: String,
+    /// The profile of the open session (for explanations).
+    profile: Option<Profile>,
+    /// A route problem that is the messages' fault (sender outside the accepted domains,
+    /// direct send to an outside recipient): every message of the group fails with it.
+    refused: Option<Problem>,
+}
+
+impl SmtpDeliverer {
+    /// `verbose` > 0 prints the (redacted) SMTP transcript on stderr.
+    pub fn new(verbose: u8) -> SmtpDeliverer {
+        SmtpDeliverer {
+            verbose,
+            session: None,
+            host: String::new(),
+            profile: None,
+            refused: None,
+        }
+    }
+
+    fn explain(&self, reply: &Reply, sender: &str, recipient: Option<&str>) -> String {
+        let profile = self.profile.as_ref();
+        let ctx = Context {
+            mode: profile.map(|p| p.mode),
+            profile: profile.map(|p| p.name.as_str()),
+            mailbox: profile.and_then(|p| p.login_user()),
+            sender: Some(sender),
+            recipient,
+            host: Some(&self.host),
+            ..Default::default()
+        };
+        explain::explain_reply(reply, &ctx)
+            .map(|x| format!("{} {}", x.meaning, x.advice))
+            .unwrap_or_default()
+    }
+
+    fn reply_problem(&self, reply: &Reply, sender: &str, recipient: Option<&str>) -> Problem {
+        Problem::reply(reply.clone(), self.explain(reply, sender, recipient))
+    }
+
+    /// The session's answers for one message → the runner's outcome.
+    fn outcome(&self, result: &MessageResult, message: &Prepared) -> MessageOutcome {
+        let sender = message.envelope.sender.as_str();
+        if let Some((Step::Mail, reply)) = result.message_failure() {
+            let p = self.reply_problem(reply, sender, None);
+            return if reply.is_transient() {
+                MessageOutcome::Transient(p)
+            } else {
+                MessageOutcome::Permanent(p)
+            };
+        }
+        let delivered = result.delivered();
+        let data_failure = result.message_failure();
+        let mut list = Vec::new();
+        for (addr, reply) in &result.recipients {
+            let r = if !reply.is_positive() {
+                let p = self.reply_problem(reply, sender, Some(addr));
+                if reply.is_transient() {
+                    RecipientResult::Transient(p)
+                } else {
+                    RecipientResult::Permanent(p)
+                }
+            } else if delivered {
+                RecipientResult::Delivered
+            } else if let Some((_, reply)) = data_failure {
+                let p = self.reply_problem(reply, sender, None);
+                if reply.is_transient() {
+                    RecipientResult::Transient(p)
+                } else {
+                    RecipientResult::Permanent(p)
+                }
+            } else {
+                RecipientResult::Transient(Problem::error("the server did not take the message"))
+            };
+            list.push((addr.clone(), r));
+        }
+        if list
+            .iter()
+            .all(|(_, r)| matches!(r, RecipientResult::Delivered))
+            && list.len() == message.envelope.recipients.len()
+        {
+            MessageOutcome::Delivered
+        } else {
+            MessageOutcome::Recipients(list)
+        }
+    }
+}
+
+/// A problem of `deliver` (connection, authentication, a refusal) in the runner's terms.
+fn from_deliver(p: deliver::Problem, explanation: String) -> Problem {
+    Problem {
+        error: if p.reply.is_some() {
+            String::new()
+        } else {
+            p.what
+        },
+        reply: p.reply,
+        explanation,
+    }
+}
+
+/// The envelope that decides the route: a bounce (null sender) goes where its recipient's
+/// domain points, as the original message's sender domain did.
+fn route_envelope(envelope: &Envelope) -> Envelope {
+    let mut e = envelope.clone();
+    if e.sender.is_empty()
+        && let Some(r) = e.recipients.first()
+    {
+        e.sender = r.clone();
+    }
+    e
+}
+
+impl Deliverer for SmtpDeliverer {
+    fn endpoint_key(&self, profile: &Profile, envelope: &Envelope) -> String {
+        super::default_endpoint_key(profile, &route_envelope(envelope))
+    }
+
+    fn open<'a>(
+        &'a mut self,
+        config: &'a Config,
+        profile: &'a Profile,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), Problem>> {
+        Box::pin(async move {
+            if let Some(s) = self.session.take() {
+                let _ = s.quit().await;
+            }
+            self.refused = None;
+            self.profile = Some(profile.clone());
+            let route = route_envelope(envelope);
+            let endpoint = match crate::route::resolve(profile, &route, None).await {
+                Ok(e) => e,
+                // The message's own fault (outside the accepted domains, or an outside
+                // recipient for direct send): fail the messages, not the connection.
+                Err(f) if matches!(f.exit, Exit::NoPerm | Exit::NoUser) => {
+                    self.refused = Some(Problem::error(f.message));
+                    return Ok(());
+                }
+                Err(f) => return Err(Problem::error(f.message)),
+            };
+            let opts = deliver::Options {
+                verbose: self.verbose,
+                ..Default::default()
+            };
+            let mut connector = Connector::new(config, profile, &endpoint, &opts, &route.sender)
+                .await
+                .map_err(|p| from_deliver(p, String::new()))?;
+            match connector.open_any().await {
+                Ok((session, host)) => {
+                    self.session = Some(session);
+                    self.host = host;
+                    Ok(())
+                }
+                Err(p) => {
+                    let explanation = p
+                        .reply
+                        .as_ref()
+                        .map(|r| self.explain(r, &route.sender, None))
+                        .unwrap_or_default();
+                    Err(from_deliver(p, explanation))
+                }
+            }
+        })
+    }
+
+    fn send<'a>(&'a mut self, message: &'a Prepared) -> BoxFuture<'a, MessageOutcome> {
+        Box::pin(async move {
+            if let Some(p) = &self.refused {
+                return MessageOutcome::Permanent(p.clone());
+            }
+            let Some(session) = self.session.as_mut() else {
+                return MessageOutcome::Transient(Problem::error("not connected"));
+            };
+            let flags = MessageFlags::from(message);
+            match session
+                .send_message(&message.envelope, &message.body, flags)
+                .await
+            {
+                Ok(result) => self.outcome(&result, message),
+                Err(e) => {
+                    // Checked before anything was sent: the session is still usable.
+                    let usable = matches!(
+                        e,
+                        SessionError::Smtputf8NotOffered | SessionError::TooLarge { .. }
+                    );
+                    if !usable {
+                        self.session = None;
+                    }
+                    let p = deliver::Problem::session(&e, &self.host);
+                    let transient = p.transient;
+                    let explanation = p
+                        .reply
+                        .as_ref()
+                        .map(|r| self.explain(r, &message.envelope.sender, None))
+                        .unwrap_or_default();
+                    let p = from_deliver(p, explanation);
+                    if transient {
+                        MessageOutcome::Transient(p)
+                    } else {
+                        MessageOutcome::Permanent(p)
+                    }
+                }
+            }
+        })
+    }
+
+    fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>> {
+        Box::pin(async move {
+            if self.refused.is_some() {
+                return Ok(());
+            }
+            let Some(session) = self.session.as_mut() else {
+                return Err(Problem::error("the connection was closed"));
+            };
+            match session.rset().await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    self.session = None;
+                    Err(from_deliver(
+                        deliver::Problem::session(&e, &self.host),
+                        String::new(),
+                    ))
+                }
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(s) = self.session.take() {
+                let _ = s.quit().await;
+            }
+            self.refused = None;
+        })
+    }
+}

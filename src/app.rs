@@ -71,9 +71,7 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::QueueList { json } => {
-            queue_list(&config_or_default(config_path)?, json)
-        }
+        Command::QueueList { json } => queue_list(&config_or_default(config_path)?, json),
         Command::QueueRun => queue_run(&config_or_default(config_path)?, false, inv.verbose),
         Command::QueueFlush => queue_run(&config_or_default(config_path)?, true, inv.verbose),
         Command::QueueShow { id } => {
@@ -190,7 +188,6 @@ mod placeholder {
     ) -> Result<(), Failure> {
         unavailable("-bs (SMTP on stdin/stdout)")
     }
-
 }
 
 /// Send one message: config → profile → message → route → (dry-run report | deliver).
@@ -419,7 +416,10 @@ fn queue_message(
             };
             Err(Failure::new(
                 Exit::CantCreat,
-                format!("{} (the message was to be queued: {why})\n  {saved}", f.message),
+                format!(
+                    "{} (the message was to be queued: {why})\n  {saved}",
+                    f.message
+                ),
             ))
         }
     }
@@ -434,9 +434,8 @@ fn queue_lifetime(config: &Config) -> std::time::Duration {
 /// `m365send queue run` / `sendmail -q` (due entries) and `queue flush` (all entries).
 fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
     let runtime = runtime()?;
-    let dead_letter = |c: &Config, p: &Profile, m: &Prepared, r: &str| {
-        crate::report::dead_letter(c, p, m, r)
-    };
+    let dead_letter =
+        |c: &Config, p: &Profile, m: &Prepared, r: &str| crate::report::dead_letter(c, p, m, r);
     let opts = RunOptions {
         flush,
         lifetime: queue_lifetime(config),

@@ -449,7 +449,9 @@ async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delive
 
     let server = start(FakeConfig::mx()).await;
     env.write(server.port(), Some(server.ca_file()), "");
+    let t = Instant::now();
     let o = env.run(&["queue", "flush", "-v"]).await;
+    eprintln!("one queue run took {:?}", t.elapsed());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stderr(&o).contains(&format!("{N} delivered")),

@@ -531,3 +531,40 @@ async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
     assert_eq!(env.count().await, 0);
     assert!(!env.spool.join("corrupt").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_entry_is_moved_aside_with_a_warning_and_the_run_goes_on() {
+    let server = start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+    for s in ["first", "second"] {
+        let o = env.send(&["-odq"], s).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    // Truncate one entry's metadata, as a crash of something else might.
+    let meta = std::fs::read_dir(env.spool.join("meta"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read(&meta).unwrap();
+    std::fs::write(&meta, &text[..text.len() / 2]).unwrap();
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("warning: queue entry") && e.contains("is corrupt"),
+        "{e}"
+    );
+    assert!(e.contains("1 delivered"), "{e}");
+    assert_eq!(server.accepted().len(), 1);
+    assert_eq!(env.count().await, 0);
+    assert_eq!(
+        std::fs::read_dir(env.spool.join("corrupt"))
+            .unwrap()
+            .count(),
+        2,
+        "metadata and body kept in corrupt/"
+    );
+}

@@ -2,9 +2,10 @@
 //!
 //! Owns: the spool layout and its crash-safe commit protocol, entry metadata, the queue runner
 //! (grouping by endpoint, connection reuse, pacing, backoff, lifetime), bounces (RFC 3464
-//! reports), `mailq`-style listing, `queue show` and `queue delete`. Must not: speak SMTP
-//! (delivery is injected through [`Deliverer`]), word explanations (injected through a
-//! callback), or write the dead-letter file itself (injected through [`DeadLetterFn`]).
+//! reports), `mailq`-style listing, `queue show` and `queue delete`, and [`SmtpDeliverer`],
+//! the real delivery engine over `deliver::Connector` + `smtp::Session`. Must not: speak SMTP
+//! outside `smtp.rs` (the runner sees only [`Deliverer`]), word explanations (from
+//! `explain`), or write the dead-letter file itself (injected through [`DeadLetterFn`]).
 //!
 //! # Spool layout
 //!
@@ -28,15 +29,17 @@
 //! A runner holds an exclusive lock on the body file of the entry it is delivering; `delete`
 //! takes the same lock, so deleting an entry that is on the wire waits for the outcome.
 //!
-//! # Wiring (for `app`)
+//! # Wiring (done in `app`)
 //!
-//! - send path: on a transient failure after the in-process retries (policy `auto`), with
-//!   `-odq`, or with `queue = "always"`: `enqueue(&config, &profile.name, &prepared, reason)`;
-//!   Ok → exit 0 ("queued as ID" at -v); Err (73) → write the dead letter, exit 73.
+//! - send path: `app::submit` / `app::submit_with` — on a transient failure after the
+//!   in-process retries (policy `auto`), with `-odq`, or with `queue = "always"`:
+//!   `enqueue_with(&config, &profile.name, &prepared, reason, &EnqueueOptions { mode,
+//!   server, delivered })` (only the pending recipients); Ok → `Disposition::Queued(id)`,
+//!   exit 0 ("queued as ID" at -v); Err (73) → the dead letter, exit 73.
 //! - `queue run` / `sendmail -q` / `queue flush`: `run(&config, RunOptions { flush,
-//!   dead_letter: Some(&report_dead_letter), ..Default::default() }, &mut deliverer)` on a
-//!   tokio runtime with time enabled; print `report.summary()` at -v; exit 0 (a second runner
-//!   returns `skipped_locked`, also exit 0).
+//!   lifetime, dead_letter: Some(&report::dead_letter), verbose, .. }, &mut
+//!   SmtpDeliverer::new(verbose - 1))`; the summary at -v; exit 0 (a second runner returns
+//!   `skipped_locked`, also exit 0, its note printed only at -v).
 //! - `mailq` / `-bp` / `queue list [--json]`: `list(&config)` then `format_list` or
 //!   `format_json` with `&|e| explain_last_reply(&config, e)`.
 //! - `queue show ID`: `show` then `format_show`; `queue delete ID`: `delete`.

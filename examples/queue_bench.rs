@@ -7,11 +7,13 @@
 //! * "process": one `m365send -odi` process per message (the msmtpq way), with
 //!   `--binary target/release/m365send`.
 //!
-//!     cargo run --release --example queue_bench -- [--messages 1000] [--size 2048]
-//!         [--handshake-ms 0] [--mode all|reuse|per-message|process] [--server HOST:PORT]
-//!         [--binary target/release/m365send] [--engine real|mini]
-//!     cargo run --release --example queue_bench -- --sink-only [--handshake-ms 0]
-//!         (just run the sink and print its address, for timing other senders against it)
+//! ```text
+//! cargo run --release --example queue_bench -- [--messages 1000] [--size 2048]
+//!     [--handshake-ms 0] [--mode all|reuse|per-message|process] [--server HOST:PORT]
+//!     [--binary target/release/m365send] [--engine real|mini]
+//! cargo run --release --example queue_bench -- --sink-only [--handshake-ms 0]
+//!     (just run the sink and print its address, for timing other senders against it)
+//! ```
 //!
 //! Without `--server`, a minimal SMTP sink runs on 127.0.0.1 in this process; its
 //! `--handshake-ms` delays the greeting to stand for STARTTLS + AUTH (about 50-150 ms against

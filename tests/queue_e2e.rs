@@ -568,3 +568,103 @@ async fn a_corrupt_entry_is_moved_aside_with_a_warning_and_the_run_goes_on() {
         "metadata and body kept in corrupt/"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_with_oauth_queues_only_pending_recipients_and_logs_each_delivery() {
+    let server = start(
+        FakeConfig::submission()
+            .user("app@contoso.com", "tok-123")
+            .rule(
+                Rule::reply(
+                    Phase::Rcpt,
+                    "451 4.7.500 Access denied, please try again later",
+                )
+                .matching("later@")
+                .times(1),
+            ),
+    )
+    .await;
+    let env = Env::new();
+    let token = env.dir.path().join("token");
+    std::fs::write(&token, "tok-123\n").unwrap();
+    let log = env.dir.path().join("m365send.log");
+    let text = format!(
+        r#"default_profile = "app"
+spool_dir = "{spool}"
+dead_letter = "{dead}"
+
+[log]
+file = "{log}"
+
+[profiles.app]
+mode = "submit"
+mailbox = "app@contoso.com"
+rate_per_minute = 0
+
+[profiles.app.auth]
+method = "oauth"
+token = {{ file = "{token}" }}
+
+[profiles.app.endpoint]
+host = "localhost"
+port = {port}
+
+[profiles.app.tls]
+ca_file = "{ca}"
+
+[profiles.app.retry]
+attempts = 1
+"#,
+        spool = env.spool.display(),
+        dead = env.dead.display(),
+        log = log.display(),
+        token = token.display(),
+        port = server.port(),
+        ca = server.ca_file().display(),
+    );
+    std::fs::write(&env.config, text).unwrap();
+
+    // ops@ gets it at once; later@ is refused for now: only later@ is queued.
+    let mut child = env
+        .command(&["-f", "app@contoso.com", RCPT, "later@contoso.com"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"Subject: partial\n\nhello\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().await.unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let list = env.list().await;
+    assert_eq!(list["count"], 1);
+    let e = &list["entries"][0];
+    assert_eq!(e["recipients"], serde_json::json!(["later@contoso.com"]));
+    assert_eq!(e["delivered"], serde_json::json!([RCPT]));
+    assert_eq!(e["last_reply"]["enhanced"], "4.7.500");
+    assert_eq!(server.accepted().len(), 1);
+
+    // The runner logs in with XOAUTH2 and delivers to later@ only.
+    env.make_due();
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = server.accepted();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].recipients, vec!["later@contoso.com".to_owned()]);
+    assert_eq!(got[1].sender, "app@contoso.com");
+    let conn = &server.connections()[got[1].connection];
+    assert_eq!(conn.authenticated.as_deref(), Some("app@contoso.com"));
+    assert_eq!(env.count().await, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains("profile=app mode=submit")
+            && last.contains("auth=XOAUTH2")
+            && last.contains("recipients=later@contoso.com")
+            && last.contains("exitcode=EX_OK"),
+        "{text}"
+    );
+    assert!(!text.contains("tok-123"), "no secret in the log");
+}

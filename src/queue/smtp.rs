@@ -6,11 +6,15 @@
 //! across messages (RSET between them, QUIT at the end). Must not: retry (the runner backs
 //! off), decide bounces (the runner does), or touch the spool.
 
+use std::time::{Duration, Instant};
+
 use crate::config::{Config, Profile};
 use crate::deliver::{self, Connector};
 use crate::exit::Exit;
 use crate::explain::{self, Context};
 use crate::message::{Envelope, Prepared};
+use crate::report::LogRecord;
+use crate::route::AuthKind;
 use crate::smtp::{MessageFlags, MessageResult, Reply, Session, SessionError, Step};
 
 use super::runner::{BoxFuture, Deliverer, MessageOutcome, Problem, RecipientResult};
@@ -26,6 +30,12 @@ pub struct SmtpDeliverer {
     /// A route problem that is the messages' fault (sender outside the accepted domains,
     /// direct send to an outside recipient): every message of the group fails with it.
     refused: Option<Problem>,
+    /// The configuration of the open session (for the per-message log line).
+    config: Option<Config>,
+    /// The AUTH mechanism of the open session, for the log line.
+    auth: Option<&'static str>,
+    /// The open session uses TLS, for the log line.
+    tls: bool,
 }
 
 impl SmtpDeliverer {
@@ -37,7 +47,66 @@ impl SmtpDeliverer {
             host: String::new(),
             profile: None,
             refused: None,
+            config: None,
+            auth: None,
+            tls: false,
         }
+    }
+
+    /// The per-message log line (syslog / `log.file`, as for messages sent at once).
+    fn log(&self, message: &Prepared, outcome: &MessageOutcome, duration: Duration) {
+        let (Some(config), Some(profile)) = (&self.config, &self.profile) else {
+            return;
+        };
+        if !config.log.syslog && config.log.file.is_none() {
+            return;
+        }
+        let exit_of = |p: &Problem, transient: bool| {
+            if transient {
+                Exit::TempFail
+            } else {
+                p.reply
+                    .as_ref()
+                    .map(explain::exit_for)
+                    .unwrap_or(Exit::Unavailable)
+            }
+        };
+        let (reply, error, exit) = match outcome {
+            MessageOutcome::Delivered => (None, None, Exit::Ok),
+            MessageOutcome::Transient(p) => {
+                (p.reply.clone(), Some(p.error.clone()), exit_of(p, true))
+            }
+            MessageOutcome::Permanent(p) => {
+                (p.reply.clone(), Some(p.error.clone()), exit_of(p, false))
+            }
+            MessageOutcome::Recipients(list) => {
+                let first = list.iter().find_map(|(_, r)| match r {
+                    RecipientResult::Delivered => None,
+                    RecipientResult::Transient(p) => Some((p, true)),
+                    RecipientResult::Permanent(p) => Some((p, false)),
+                });
+                match first {
+                    Some((p, t)) => (p.reply.clone(), Some(p.error.clone()), exit_of(p, t)),
+                    None => (None, None, Exit::Ok),
+                }
+            }
+        };
+        let rec = LogRecord {
+            time: chrono::Local::now(),
+            profile: profile.name.clone(),
+            mode: profile.mode,
+            host: (!self.host.is_empty()).then(|| self.host.clone()),
+            tls: self.tls,
+            auth: self.auth.map(str::to_owned),
+            from: message.envelope.sender.clone(),
+            recipients: message.envelope.recipients.clone(),
+            size: message.size,
+            reply,
+            error: error.filter(|e| !e.is_empty()),
+            duration,
+            exit,
+        };
+        crate::report::log_line(config, false, &rec);
     }
 
     fn explain(&self, reply: &Reply, sender: &str, recipient: Option<&str>) -> String {
@@ -150,6 +219,7 @@ impl Deliverer for SmtpDeliverer {
             }
             self.refused = None;
             self.profile = Some(profile.clone());
+            self.config = Some(config.clone());
             let route = route_envelope(envelope);
             let endpoint = match crate::route::resolve(profile, &route, None).await {
                 Ok(e) => e,
@@ -161,6 +231,11 @@ impl Deliverer for SmtpDeliverer {
                 }
                 Err(f) => return Err(Problem::error(f.message)),
             };
+            self.auth = match endpoint.auth {
+                AuthKind::None => None,
+                AuthKind::Password => Some("LOGIN"),
+                AuthKind::OAuth => Some("XOAUTH2"),
+            };
             let opts = deliver::Options {
                 verbose: self.verbose,
                 ..Default::default()
@@ -170,6 +245,7 @@ impl Deliverer for SmtpDeliverer {
                 .map_err(|p| from_deliver(p, String::new()))?;
             match connector.open_any().await {
                 Ok((session, host)) => {
+                    self.tls = session.is_tls();
                     self.session = Some(session);
                     self.host = host;
                     Ok(())
@@ -188,42 +264,10 @@ impl Deliverer for SmtpDeliverer {
 
     fn send<'a>(&'a mut self, message: &'a Prepared) -> BoxFuture<'a, MessageOutcome> {
         Box::pin(async move {
-            if let Some(p) = &self.refused {
-                return MessageOutcome::Permanent(p.clone());
-            }
-            let Some(session) = self.session.as_mut() else {
-                return MessageOutcome::Transient(Problem::error("not connected"));
-            };
-            let flags = MessageFlags::from(message);
-            match session
-                .send_message(&message.envelope, &message.body, flags)
-                .await
-            {
-                Ok(result) => self.outcome(&result, message),
-                Err(e) => {
-                    // Checked before anything was sent: the session is still usable.
-                    let usable = matches!(
-                        e,
-                        SessionError::Smtputf8NotOffered | SessionError::TooLarge { .. }
-                    );
-                    if !usable {
-                        self.session = None;
-                    }
-                    let p = deliver::Problem::session(&e, &self.host);
-                    let transient = p.transient;
-                    let explanation = p
-                        .reply
-                        .as_ref()
-                        .map(|r| self.explain(r, &message.envelope.sender, None))
-                        .unwrap_or_default();
-                    let p = from_deliver(p, explanation);
-                    if transient {
-                        MessageOutcome::Transient(p)
-                    } else {
-                        MessageOutcome::Permanent(p)
-                    }
-                }
-            }
+            let started = Instant::now();
+            let outcome = self.send_one(message).await;
+            self.log(message, &outcome, started.elapsed());
+            outcome
         })
     }
 
@@ -255,5 +299,46 @@ impl Deliverer for SmtpDeliverer {
             }
             self.refused = None;
         })
+    }
+}
+
+impl SmtpDeliverer {
+    async fn send_one(&mut self, message: &Prepared) -> MessageOutcome {
+        if let Some(p) = &self.refused {
+            return MessageOutcome::Permanent(p.clone());
+        }
+        let Some(session) = self.session.as_mut() else {
+            return MessageOutcome::Transient(Problem::error("not connected"));
+        };
+        let flags = MessageFlags::from(message);
+        match session
+            .send_message(&message.envelope, &message.body, flags)
+            .await
+        {
+            Ok(result) => self.outcome(&result, message),
+            Err(e) => {
+                // Checked before anything was sent: the session is still usable.
+                let usable = matches!(
+                    e,
+                    SessionError::Smtputf8NotOffered | SessionError::TooLarge { .. }
+                );
+                if !usable {
+                    self.session = None;
+                }
+                let p = deliver::Problem::session(&e, &self.host);
+                let transient = p.transient;
+                let explanation = p
+                    .reply
+                    .as_ref()
+                    .map(|r| self.explain(r, &message.envelope.sender, None))
+                    .unwrap_or_default();
+                let p = from_deliver(p, explanation);
+                if transient {
+                    MessageOutcome::Transient(p)
+                } else {
+                    MessageOutcome::Permanent(p)
+                }
+            }
+        }
     }
 }

@@ -342,3 +342,129 @@ impl SmtpDeliverer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Body;
+
+    fn reply(s: &str) -> Reply {
+        Reply::parse(s).unwrap()
+    }
+
+    fn message(rcpts: &[&str]) -> Prepared {
+        Prepared {
+            envelope: Envelope {
+                sender: "a@contoso.com".into(),
+                recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+                dsn: Default::default(),
+            },
+            body: Body::at("/nonexistent"),
+            size: 1,
+            eight_bit: false,
+            smtputf8: false,
+            header_block: String::new(),
+        }
+    }
+
+    fn result(mail: &str, rcpts: &[(&str, &str)], data: Option<&str>) -> MessageResult {
+        MessageResult {
+            mail: reply(mail),
+            recipients: rcpts
+                .iter()
+                .map(|(a, r)| (a.to_string(), reply(r)))
+                .collect(),
+            data: data.map(|d| (Step::DataEnd, reply(d))),
+        }
+    }
+
+    #[test]
+    fn all_accepted_is_delivered() {
+        let d = SmtpDeliverer::new(0);
+        let r = result("250 ok", &[("x@c.com", "250 ok")], Some("250 2.0.0 OK"));
+        assert_eq!(
+            d.outcome(&r, &message(&["x@c.com"])),
+            MessageOutcome::Delivered
+        );
+    }
+
+    #[test]
+    fn sender_refusal_decides_the_whole_message_with_its_explanation() {
+        let d = SmtpDeliverer::new(0);
+        let r = result(
+            "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+            &[],
+            None,
+        );
+        match d.outcome(&r, &message(&["x@c.com"])) {
+            MessageOutcome::Permanent(p) => {
+                assert_eq!(p.reply.unwrap().code, 550);
+                assert!(!p.explanation.is_empty(), "explained");
+            }
+            o => panic!("{o:?}"),
+        }
+        let r = result(
+            "451 4.7.500 Access denied, please try again later",
+            &[],
+            None,
+        );
+        assert!(matches!(
+            d.outcome(&r, &message(&["x@c.com"])),
+            MessageOutcome::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn per_recipient_results_and_data_refusal() {
+        let d = SmtpDeliverer::new(0);
+        let r = result(
+            "250 ok",
+            &[
+                ("ok@c.com", "250 ok"),
+                ("gone@c.com", "550 5.1.10 RESOLVER.ADR.RecipientNotFound"),
+                ("later@c.com", "451 4.7.500 try later"),
+            ],
+            Some("250 2.0.0 OK"),
+        );
+        let MessageOutcome::Recipients(list) =
+            d.outcome(&r, &message(&["ok@c.com", "gone@c.com", "later@c.com"]))
+        else {
+            panic!()
+        };
+        assert!(matches!(list[0].1, RecipientResult::Delivered));
+        assert!(matches!(list[1].1, RecipientResult::Permanent(_)));
+        assert!(matches!(list[2].1, RecipientResult::Transient(_)));
+
+        // The content refused at end of data: every accepted recipient shares the reply.
+        let r = result(
+            "250 ok",
+            &[("ok@c.com", "250 ok")],
+            Some("552 5.3.4 Message size exceeds fixed maximum message size"),
+        );
+        let MessageOutcome::Recipients(list) = d.outcome(&r, &message(&["ok@c.com"])) else {
+            panic!()
+        };
+        match &list[0].1 {
+            RecipientResult::Permanent(p) => assert_eq!(p.reply.as_ref().unwrap().code, 552),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bounce_routes_by_its_recipient_domain() {
+        let e = Envelope {
+            sender: String::new(),
+            recipients: vec!["alerts@contoso.com".into()],
+            dsn: Default::default(),
+        };
+        assert_eq!(route_envelope(&e).sender, "alerts@contoso.com");
+        let mut p = Profile {
+            name: "cron".into(),
+            mode: crate::config::Mode::Relay,
+            ..Profile::default()
+        };
+        p.endpoint.mx_domain = None;
+        let d = SmtpDeliverer::new(0);
+        assert_eq!(d.endpoint_key(&p, &e), "cron/contoso.com");
+    }
+}

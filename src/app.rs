@@ -226,6 +226,21 @@ fn send(
     if !args.dry_run
         && (args.delivery == DeliveryMode::Queue || profile.queue == QueuePolicy::Always)
     {
+        // Check what can be checked without the network (port 465, accepted domains, an
+        // outside recipient for direct send), so a broken submission fails now, not in the
+        // queue days later. An MX lookup is left to the queue runner.
+        let ep = &profile.endpoint;
+        let needs_dns = matches!(profile.mode, Mode::Relay | Mode::Direct)
+            && args.server.is_none()
+            && ep.host.is_none()
+            && ep.mx_host.is_none();
+        if !needs_dns {
+            runtime.block_on(crate::route::resolve(
+                &profile,
+                &prepared.envelope,
+                args.server.as_deref(),
+            ))?;
+        }
         let why = if args.delivery == DeliveryMode::Queue {
             "queued on request (-odq)"
         } else {

@@ -668,3 +668,25 @@ attempts = 1
     );
     assert!(!text.contains("tok-123"), "no secret in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odq_still_refuses_what_can_be_checked_offline() {
+    let env = Env::new();
+    env.write(dead_port(), None, "accepted_domains = [\"contoso.com\"]");
+    let mut child = env
+        .command(&["-odq", "-f", "root@fabrikam.com", RCPT])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Subject: outside\n\nx\n").await.unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().await.unwrap();
+    assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("outside the accepted domains"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(env.count().await, 0);
+}

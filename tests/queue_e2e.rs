@@ -482,6 +482,11 @@ async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
     .await;
     let env = Env::new();
     env.write(server.port(), Some(server.ca_file()), "");
+    // The hung runner must still be waiting when it is killed, however slow the machine.
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("data_end = 3", "data_end = 120");
+    std::fs::write(&env.config, text).unwrap();
     for i in 0..N {
         let o = env.send(&["-odq"], &format!("batch {i}")).await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

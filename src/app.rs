@@ -431,10 +431,7 @@ fn queue_message(
             };
             Err(Failure::new(
                 Exit::CantCreat,
-                format!(
-                    "{} (the message was to be queued: {why})\n  {saved}",
-                    f.message
-                ),
+                format!("{}\n  {saved}", f.message),
             ))
         }
     }

@@ -695,3 +695,28 @@ async fn odq_still_refuses_what_can_be_checked_offline() {
     );
     assert_eq!(env.count().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_server_and_mode_are_kept_with_the_entry() {
+    let server = start(FakeConfig::mx()).await;
+    let env = Env::new();
+    // The profile points nowhere; --server names the fake server and is remembered.
+    env.write(dead_port(), Some(server.ca_file()), "");
+    let addr = format!("127.0.0.1:{}", server.port());
+    let o = env.send(&["-odq", "--server", &addr], "elsewhere").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let id = env.list().await["entries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let o = env.run(&["queue", "show", &id]).await;
+    assert!(
+        stdout(&o).contains(&format!("server:       {addr}")),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.run(&["queue", "run"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.accepted().len(), 1);
+    assert_eq!(env.count().await, 0);
+}

@@ -968,6 +968,12 @@ pub fn format_show(entry: &Entry, headers: &str, explanation: Option<&str>) -> S
     let mut out = String::new();
     let _ = writeln!(out, "id:           {}", entry.id);
     let _ = writeln!(out, "profile:      {}", entry.profile);
+    if let Some(m) = &entry.mode {
+        let _ = writeln!(out, "mode:         {m} (from --mode)");
+    }
+    if let Some(server) = &entry.server {
+        let _ = writeln!(out, "server:       {server} (from --server)");
+    }
     let _ = writeln!(
         out,
         "queued:       {} ({} ago)",

@@ -1,44 +1,91 @@
 //! Benchmark (not a test): drain N queued messages with pacing off and report messages per
-//! second, with connection reuse ("reuse": one SMTP session, RSET between messages) and with
-//! one connection per message ("per-message", the msmtpq way minus the process start).
+//! second, through the REAL delivery engine (`queue::SmtpDeliverer`: our SMTP session, route,
+//! connector), in three ways:
 //!
-//!     cargo run --release --example queue_bench -- [--messages 1000] [--size 2048]
-//!         [--handshake-ms 0] [--mode both|reuse|per-message] [--server HOST:PORT]
-//!     cargo run --release --example queue_bench -- --sink-only [--handshake-ms 0]
-//!         (just run the sink and print its address, for timing other senders against it)
+//! * "reuse": the queue runner, one SMTP session for the whole batch, RSET between messages;
+//! * "per-message": the queue runner, but a new connection for every message;
+//! * "process": one `m365send -odi` process per message (the msmtpq way), with
+//!   `--binary target/release/m365send`.
+//!
+//! ```text
+//! cargo run --release --example queue_bench -- [--messages 1000] [--size 2048]
+//!     [--handshake-ms 0] [--mode all|reuse|per-message|process] [--server HOST:PORT]
+//!     [--binary target/release/m365send] [--engine real|mini]
+//! cargo run --release --example queue_bench -- --sink-only [--handshake-ms 0]
+//!     (just run the sink and print its address, for timing other senders against it)
+//! ```
 //!
 //! Without `--server`, a minimal SMTP sink runs on 127.0.0.1 in this process; its
 //! `--handshake-ms` delays the greeting to stand for STARTTLS + AUTH (about 50-150 ms against
-//! Microsoft 365). With `--server`, a real local SMTP server receives the mail.
-//!
-//! The delivery engine is pluggable: `make_deliverer` below is the one line to change to
-//! benchmark the real SMTP session after the merge, e.g.
-//! `Box::new(m365send::deliver::QueueDeliverer::new(...))` with a profile whose
-//! `endpoint.host`/`port` point at the local server (see scripts/bench-queue.sh).
+//! Microsoft 365). The profile is direct send to 127.0.0.1 (no TLS offered by the sink, no
+//! AUTH), so the numbers are the queue's and the session's own costs. `--engine mini` swaps
+//! in a minimal hand-written client instead of the real session, for comparison.
 
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use m365send::config::{Config, Mode, Profile};
 use m365send::message::{Body, Envelope, Prepared};
-use m365send::queue::{self, BoxFuture, Deliverer, MessageOutcome, Problem, RunOptions};
+use m365send::queue::{
+    self, BoxFuture, Deliverer, MessageOutcome, Problem, RunOptions, SmtpDeliverer,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// THE SWAP POINT: which delivery engine drains the queue.
-fn make_deliverer(server: SocketAddr, reuse: bool) -> Box<dyn Deliverer> {
-    Box::new(MiniSmtp::new(server, reuse))
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Reuse,
+    PerMessage,
+    Process,
+}
+
+/// Which delivery engine drains the queue.
+fn make_deliverer(server: SocketAddr, reuse: bool, mini: bool) -> Box<dyn Deliverer> {
+    if mini {
+        Box::new(MiniSmtp::new(server, reuse))
+    } else if reuse {
+        Box::new(SmtpDeliverer::new(0))
+    } else {
+        Box::new(OnePerMessage(SmtpDeliverer::new(0)))
+    }
+}
+
+/// The real deliverer, but reconnecting for every message (the runner reconnects when
+/// `reset` fails).
+struct OnePerMessage(SmtpDeliverer);
+
+impl Deliverer for OnePerMessage {
+    fn open<'a>(
+        &'a mut self,
+        config: &'a Config,
+        profile: &'a Profile,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), Problem>> {
+        self.0.open(config, profile, envelope)
+    }
+    fn send<'a>(&'a mut self, message: &'a Prepared) -> BoxFuture<'a, MessageOutcome> {
+        self.0.send(message)
+    }
+    fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>> {
+        Box::pin(async { Err(Problem::error("one connection per message")) })
+    }
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        self.0.close()
+    }
 }
 
 struct Args {
     messages: usize,
     size: usize,
     handshake_ms: u64,
-    modes: Vec<bool>,
+    ways: Vec<Way>,
     server: Option<SocketAddr>,
     sink_only: bool,
+    binary: Option<PathBuf>,
+    mini: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,9 +93,11 @@ fn parse_args() -> Result<Args, String> {
         messages: 1000,
         size: 2048,
         handshake_ms: 0,
-        modes: vec![true, false],
+        ways: vec![Way::Reuse, Way::PerMessage, Way::Process],
         server: None,
         sink_only: false,
+        binary: None,
+        mini: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,11 +108,21 @@ fn parse_args() -> Result<Args, String> {
             "--handshake-ms" => a.handshake_ms = val()?.parse().map_err(|e| format!("{e}"))?,
             "--sink-only" => a.sink_only = true,
             "--server" => a.server = Some(val()?.parse().map_err(|e| format!("{e}"))?),
+            "--binary" => a.binary = Some(PathBuf::from(val()?)),
+            "--engine" => {
+                a.mini = match val()?.as_str() {
+                    "real" => false,
+                    "mini" => true,
+                    e => return Err(format!("unknown engine {e}")),
+                }
+            }
             "--mode" => {
-                a.modes = match val()?.as_str() {
-                    "both" => vec![true, false],
-                    "reuse" => vec![true],
-                    "per-message" => vec![false],
+                a.ways = match val()?.as_str() {
+                    "all" => vec![Way::Reuse, Way::PerMessage, Way::Process],
+                    "both" => vec![Way::Reuse, Way::PerMessage],
+                    "reuse" => vec![Way::Reuse],
+                    "per-message" => vec![Way::PerMessage],
+                    "process" => vec![Way::Process],
                     m => return Err(format!("unknown mode {m}")),
                 }
             }
@@ -97,8 +156,19 @@ fn main() {
             std::thread::park();
         }
     }
-    for reuse in args.modes.clone() {
-        if let Err(e) = bench(&args, server, reuse) {
+    for way in args.ways.clone() {
+        let result = match way {
+            Way::Reuse => bench(&args, server, true),
+            Way::PerMessage => bench(&args, server, false),
+            Way::Process => match &args.binary {
+                Some(bin) => processes(&args, server, bin),
+                None => {
+                    println!("process      (skipped: give --binary target/release/m365send)");
+                    Ok(())
+                }
+            },
+        };
+        if let Err(e) = result {
             eprintln!("queue_bench: {e}");
             std::process::exit(70);
         }
@@ -108,7 +178,7 @@ fn main() {
 fn bench(args: &Args, server: SocketAddr, reuse: bool) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut profile = Profile {
-        mode: Mode::Relay,
+        mode: Mode::Direct,
         name: "bench".into(),
         rate_per_minute: Some(0),
         ..Profile::default()
@@ -130,7 +200,7 @@ fn bench(args: &Args, server: SocketAddr, reuse: bool) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut deliverer = make_deliverer(server, reuse);
+    let mut deliverer = make_deliverer(server, reuse, args.mini);
     let t = Instant::now();
     let opts = RunOptions {
         rate_per_minute: Some(0),
@@ -152,6 +222,58 @@ fn bench(args: &Args, server: SocketAddr, reuse: bool) -> Result<(), String> {
         report.sessions,
         drain.as_secs_f64(),
         report.delivered as f64 / drain.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One `m365send -odi` process per message, one after the other (the msmtpq way).
+fn processes(args: &Args, server: SocketAddr, binary: &Path) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("config.toml");
+    let text = format!(
+        "spool_dir = \"{}\"\n\n[profiles.bench]\nmode = \"direct\"\nrate_per_minute = 0\n\n\
+         [profiles.bench.endpoint]\nhost = \"{}\"\nport = {}\n\n\
+         [profiles.bench.retry]\nattempts = 1\n",
+        dir.path().join("spool").display(),
+        server.ip(),
+        server.port()
+    );
+    std::fs::write(&config, text).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let mut ok = 0usize;
+    for n in 0..args.messages {
+        let m = message(dir.path(), n, args.size)?;
+        let body = std::fs::read(m.body.path()).map_err(|e| e.to_string())?;
+        let mut child = Command::new(binary)
+            .args(["-odi", "-i", "-f", "bench@contoso.com", "sink@contoso.com"])
+            .env("M365SEND_CONFIG", &config)
+            .env("HOME", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", binary.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&body).map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            ok += 1;
+        } else if n == 0 {
+            return Err(format!(
+                "m365send failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let took = t.elapsed();
+    println!(
+        "{:<12} {:>5} processes ({} delivered) in {:>7.3}s ({:>7.0} msgs/s)",
+        "process",
+        args.messages,
+        ok,
+        took.as_secs_f64(),
+        ok as f64 / took.as_secs_f64()
     );
     Ok(())
 }

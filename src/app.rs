@@ -9,9 +9,10 @@ use std::io::{self, IsTerminal, Read, Write};
 use std::path::Path;
 
 use crate::cli::{Command, DeliveryMode, Invocation, SendArgs};
-use crate::config::{self, Config, Mode, OAuthFlow, Profile, TlsVersion};
+use crate::config::{self, Config, Mode, OAuthFlow, Profile, QueuePolicy, TlsVersion};
 use crate::exit::{Exit, Failure};
 use crate::message::{Prepared, Ret};
+use crate::queue::{EnqueueOptions, EntryId, RunOptions, SmtpDeliverer};
 use crate::route::{AuthKind, Endpoint, TlsPolicy};
 
 /// Run with the given argv (argv[0] included) and return the process exit code.
@@ -70,11 +71,9 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::QueueList { json } => {
-            queue_list(&config_or_default(config_path)?, json)
-        }
-        Command::QueueRun => placeholder::queue_run(&config_or_default(config_path)?, false),
-        Command::QueueFlush => placeholder::queue_run(&config_or_default(config_path)?, true),
+        Command::QueueList { json } => queue_list(&config_or_default(config_path)?, json),
+        Command::QueueRun => queue_run(&config_or_default(config_path)?, false, inv.verbose),
+        Command::QueueFlush => queue_run(&config_or_default(config_path)?, true, inv.verbose),
         Command::QueueShow { id } => {
             let config = config_or_default(config_path)?;
             let (entry, headers) = crate::queue::show(&config, &id)?;
@@ -171,7 +170,6 @@ fn config_and_profile(
 /// implementation: swap the body, keep the call site.
 mod placeholder {
     use crate::cli::SendArgs;
-    use crate::config::Config;
     use crate::exit::{Exit, Failure};
     use std::path::Path;
 
@@ -182,12 +180,6 @@ mod placeholder {
         ))
     }
 
-    // PLACEHOLDER(queue): crate::queue::run(...) (flush: ignoring backoff).
-    pub fn queue_run(_config: &Config, _flush: bool) -> Result<(), Failure> {
-        eprintln!("m365send: the queue is empty (no queue yet)");
-        Ok(())
-    }
-
     // PLACEHOLDER(bs): crate::bs::serve(stdin, stdout, limits, handler delivering each message).
     pub fn smtp_stdio(
         _config: Option<&Path>,
@@ -196,7 +188,6 @@ mod placeholder {
     ) -> Result<(), Failure> {
         unavailable("-bs (SMTP on stdin/stdout)")
     }
-
 }
 
 /// Send one message: config → profile → message → route → (dry-run report | deliver).
@@ -221,11 +212,67 @@ fn send(
     let prepared = crate::message::prepare(args, &profile, &mut input)?;
 
     let runtime = runtime()?;
-    let endpoint = runtime.block_on(crate::route::resolve(
+    let enqueue = EnqueueOptions {
+        mode: args.mode,
+        server: args.server.clone(),
+        delivered: Vec::new(),
+    };
+    let opts = crate::deliver::Options {
+        verbose,
+        ..Default::default()
+    };
+    // -odq, or a profile that always queues: into the spool without connecting (no DNS
+    // either); the queue runner resolves the route.
+    if !args.dry_run
+        && (args.delivery == DeliveryMode::Queue || profile.queue == QueuePolicy::Always)
+    {
+        // Check what can be checked without the network (port 465, accepted domains, an
+        // outside recipient for direct send), so a broken submission fails now, not in the
+        // queue days later. An MX lookup is left to the queue runner.
+        let ep = &profile.endpoint;
+        let needs_dns = matches!(profile.mode, Mode::Relay | Mode::Direct)
+            && args.server.is_none()
+            && ep.host.is_none()
+            && ep.mx_host.is_none();
+        if !needs_dns {
+            runtime.block_on(crate::route::resolve(
+                &profile,
+                &prepared.envelope,
+                args.server.as_deref(),
+            ))?;
+        }
+        let why = if args.delivery == DeliveryMode::Queue {
+            "queued on request (-odq)"
+        } else {
+            "the profile queues every message (queue = \"always\")"
+        };
+        queue_message(&config, &profile, &prepared, None, why, &enqueue, &opts)?;
+        return Ok(());
+    }
+    let endpoint = match runtime.block_on(crate::route::resolve(
         &profile,
         &prepared.envelope,
         args.server.as_deref(),
-    ))?;
+    )) {
+        Ok(e) => e,
+        // A DNS lookup that may work later: the queue runner tries again.
+        Err(f)
+            if f.exit == Exit::TempFail && profile.queue == QueuePolicy::Auto && !args.dry_run =>
+        {
+            let reason = crate::queue::Reason::Text(&f.message);
+            queue_message(
+                &config,
+                &profile,
+                &prepared,
+                Some(reason),
+                &f.message,
+                &enqueue,
+                &opts,
+            )?;
+            return Ok(());
+        }
+        Err(f) => return Err(f),
+    };
 
     if args.dry_run {
         let mut out = io::stdout().lock();
@@ -234,17 +281,192 @@ fn send(
             .and_then(|()| out.flush())
             .map_err(|e| Failure::io(format!("cannot write the dry-run report: {e}")));
     }
-    if args.delivery == DeliveryMode::Queue {
-        // PLACEHOLDER(queue): crate::queue::enqueue(&config, &profile, &prepared)
-        tracing::debug!("-odq: the queue does not exist yet; delivering now");
+    runtime
+        .block_on(submit_with(
+            &config, &profile, &prepared, &endpoint, &opts, &enqueue,
+        ))
+        .map(|_| ())
+}
+
+/// What became of a submitted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Every recipient accepted it.
+    Delivered,
+    /// In the queue (all recipients, or those still pending after a temporary failure);
+    /// the queue runner delivers it.
+    Queued(EntryId),
+}
+
+/// Submit one message as the profile's queue policy says: `queue = "always"` → into the
+/// queue without connecting; otherwise deliver with in-process retries, and on a temporary
+/// failure (policy `auto`) queue the recipients still pending. Errors are the user-facing
+/// report: a permanent failure (exit code of the reply, explanation, dead letter written),
+/// a temporary one with `queue = "never"` (75, dead letter), or a queue that cannot be
+/// written (73, dead letter). Prints "queued as ID" at -v, nothing else but the transcript.
+/// For the sendmail path and the `-bs` server.
+pub async fn submit(
+    config: &Config,
+    profile: &Profile,
+    prepared: &Prepared,
+    endpoint: &Endpoint,
+    opts: &crate::deliver::Options,
+) -> Result<Disposition, Failure> {
+    submit_with(
+        config,
+        profile,
+        prepared,
+        endpoint,
+        opts,
+        &EnqueueOptions::default(),
+    )
+    .await
+}
+
+/// [`submit`] recording the command line's `--mode`/`--server` in a queue entry.
+pub async fn submit_with(
+    config: &Config,
+    profile: &Profile,
+    prepared: &Prepared,
+    endpoint: &Endpoint,
+    opts: &crate::deliver::Options,
+    enqueue: &EnqueueOptions,
+) -> Result<Disposition, Failure> {
+    if profile.queue == QueuePolicy::Always {
+        let why = "the profile queues every message (queue = \"always\")";
+        return queue_message(config, profile, prepared, None, why, enqueue, opts)
+            .map(Disposition::Queued);
     }
-    let opts = crate::deliver::Options {
-        verbose,
+    let outcome = crate::deliver::attempt(config, profile, prepared, endpoint, opts).await;
+    if outcome.is_success() {
+        return Ok(Disposition::Delivered);
+    }
+    if outcome.is_transient() && profile.queue == QueuePolicy::Auto {
+        // Queue only the recipients still pending; remember who already has it.
+        let pending = Prepared {
+            envelope: crate::message::Envelope {
+                recipients: outcome.pending.clone(),
+                ..prepared.envelope.clone()
+            },
+            body: crate::message::Body::at(prepared.body.path()),
+            size: prepared.size,
+            eight_bit: prepared.eight_bit,
+            smtputf8: prepared.smtputf8,
+            header_block: prepared.header_block.clone(),
+        };
+        let mut enqueue = enqueue.clone();
+        enqueue.delivered.extend(outcome.delivered.iter().cloned());
+        let summary = outcome.summary_line();
+        let reason = match outcome.problem.as_ref().and_then(|p| p.reply.as_ref()) {
+            Some(r) => crate::queue::Reason::Reply(r),
+            None => crate::queue::Reason::Text(&summary),
+        };
+        let id = match queue_message(
+            config,
+            profile,
+            &pending,
+            Some(reason),
+            &summary,
+            &enqueue,
+            opts,
+        ) {
+            Ok(id) => id,
+            Err(mut f) => {
+                f.message = format!("{}\n  {}", outcome.report(profile, prepared), f.message);
+                return Err(f);
+            }
+        };
+        if let Some((_, reply)) = outcome.refused.first() {
+            // Some recipients were refused for good: the caller must hear about them.
+            return Err(Failure::new(
+                crate::explain::exit_for(reply),
+                format!(
+                    "{}\n  queued as {id} for: {}",
+                    outcome.report(profile, prepared),
+                    outcome.pending.join(", ")
+                ),
+            ));
+        }
+        return Ok(Disposition::Queued(id));
+    }
+    // Permanent, or temporary with `queue = "never"`: report it and keep a copy.
+    let mut text = outcome.report(profile, prepared);
+    if outcome.delivered.is_empty() || !outcome.pending.is_empty() {
+        let reason = outcome.summary_line();
+        match crate::report::dead_letter(config, profile, prepared, &reason) {
+            Ok(path) => text.push_str(&format!("\n  message saved to {}", path.display())),
+            Err(e) => text.push_str(&format!("\n  could not save the message: {}", e.message)),
+        }
+    }
+    Err(Failure::new(outcome.exit(), text))
+}
+
+/// Put the message in the queue; say so at -v ("m365send: queued as ID (why)", as sendmail
+/// does). When the queue cannot be written: the dead letter, and exit 73 with both reasons.
+fn queue_message(
+    config: &Config,
+    profile: &Profile,
+    prepared: &Prepared,
+    reason: Option<crate::queue::Reason<'_>>,
+    why: &str,
+    enqueue: &EnqueueOptions,
+    opts: &crate::deliver::Options,
+) -> Result<EntryId, Failure> {
+    match crate::queue::enqueue_with(config, &profile.name, prepared, reason, enqueue) {
+        Ok(id) => {
+            if opts.verbose > 0 {
+                let sink = opts
+                    .stderr
+                    .clone()
+                    .unwrap_or_else(crate::smtp::Sink::stderr);
+                sink.line(&format!("m365send: queued as {id} ({why})"));
+            }
+            Ok(id)
+        }
+        Err(f) => {
+            let reason = format!("not queued: {}; {why}", f.message);
+            let saved = match crate::report::dead_letter(config, profile, prepared, &reason) {
+                Ok(path) => format!("message saved to {}", path.display()),
+                Err(e) => format!("could not save the message either: {}", e.message),
+            };
+            Err(Failure::new(
+                Exit::CantCreat,
+                format!("{}\n  {saved}", f.message),
+            ))
+        }
+    }
+}
+
+/// The queue's lifetime: `queue_lifetime_days`, default 5 days.
+fn queue_lifetime(config: &Config) -> std::time::Duration {
+    let days = u64::from(config.queue_lifetime_days.unwrap_or(5));
+    std::time::Duration::from_secs(days * 24 * 3600)
+}
+
+/// `m365send queue run` / `sendmail -q` (due entries) and `queue flush` (all entries).
+fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
+    let runtime = runtime()?;
+    let dead_letter =
+        |c: &Config, p: &Profile, m: &Prepared, r: &str| crate::report::dead_letter(c, p, m, r);
+    let opts = RunOptions {
+        flush,
+        lifetime: queue_lifetime(config),
+        dead_letter: Some(&dead_letter),
+        verbose: verbose > 0,
         ..Default::default()
     };
-    runtime.block_on(crate::deliver::deliver(
-        &config, &profile, &prepared, &endpoint, &opts,
-    ))
+    // -v: one line per entry and the summary; -vv: the SMTP transcript too.
+    let mut deliverer = SmtpDeliverer::new(verbose.saturating_sub(1));
+    let report = runtime.block_on(crate::queue::run(config, opts, &mut deliverer))?;
+    if verbose > 0 {
+        if report.skipped_locked {
+            for w in &report.warnings {
+                eprintln!("m365send: {w}");
+            }
+        }
+        eprintln!("m365send: {}", report.summary());
+    }
+    Ok(())
 }
 
 /// The configuration and the profile for this message. Without a configuration file, only

@@ -32,6 +32,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Spool directory for the queue. Default: root /var/spool/m365send, users XDG state dir.
     pub spool_dir: Option<PathBuf>,
+    /// Days a queued message may wait before it fails permanently (bounce or dead letter).
+    /// Default 5.
+    pub queue_lifetime_days: Option<u32>,
     /// Token cache directory. Default: root /var/cache/m365send, users XDG cache dir.
     pub cache_dir: Option<PathBuf>,
     #[serde(default)]
@@ -1115,6 +1118,7 @@ mod tests {
             "syslog",
             "file",
             "spool_dir",
+            "queue_lifetime_days",
             "cache_dir",
             "profiles",
             "mode",

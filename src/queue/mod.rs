@@ -2,9 +2,10 @@
 //!
 //! Owns: the spool layout and its crash-safe commit protocol, entry metadata, the queue runner
 //! (grouping by endpoint, connection reuse, pacing, backoff, lifetime), bounces (RFC 3464
-//! reports), `mailq`-style listing, `queue show` and `queue delete`. Must not: speak SMTP
-//! (delivery is injected through [`Deliverer`]), word explanations (injected through a
-//! callback), or write the dead-letter file itself (injected through [`DeadLetterFn`]).
+//! reports), `mailq`-style listing, `queue show` and `queue delete`, and [`SmtpDeliverer`],
+//! the real delivery engine over `deliver::Connector` + `smtp::Session`. Must not: speak SMTP
+//! outside `smtp.rs` (the runner sees only [`Deliverer`]), word explanations (from
+//! `explain`), or write the dead-letter file itself (injected through [`DeadLetterFn`]).
 //!
 //! # Spool layout
 //!
@@ -28,21 +29,24 @@
 //! A runner holds an exclusive lock on the body file of the entry it is delivering; `delete`
 //! takes the same lock, so deleting an entry that is on the wire waits for the outcome.
 //!
-//! # Wiring (for `app`)
+//! # Wiring (done in `app`)
 //!
-//! - send path: on a transient failure after the in-process retries (policy `auto`), with
-//!   `-odq`, or with `queue = "always"`: `enqueue(&config, &profile.name, &prepared, reason)`;
-//!   Ok → exit 0 ("queued as ID" at -v); Err (73) → write the dead letter, exit 73.
+//! - send path: `app::submit` / `app::submit_with` — on a transient failure after the
+//!   in-process retries (policy `auto`), with `-odq`, or with `queue = "always"`:
+//!   `enqueue_with(&config, &profile.name, &prepared, reason, &EnqueueOptions { mode,
+//!   server, delivered })` (only the pending recipients); Ok → `Disposition::Queued(id)`,
+//!   exit 0 ("queued as ID" at -v); Err (73) → the dead letter, exit 73.
 //! - `queue run` / `sendmail -q` / `queue flush`: `run(&config, RunOptions { flush,
-//!   dead_letter: Some(&report_dead_letter), ..Default::default() }, &mut deliverer)` on a
-//!   tokio runtime with time enabled; print `report.summary()` at -v; exit 0 (a second runner
-//!   returns `skipped_locked`, also exit 0).
+//!   lifetime, dead_letter: Some(&report::dead_letter), verbose, .. }, &mut
+//!   SmtpDeliverer::new(verbose - 1))`; the summary at -v; exit 0 (a second runner returns
+//!   `skipped_locked`, also exit 0, its note printed only at -v).
 //! - `mailq` / `-bp` / `queue list [--json]`: `list(&config)` then `format_list` or
 //!   `format_json` with `&|e| explain_last_reply(&config, e)`.
 //! - `queue show ID`: `show` then `format_show`; `queue delete ID`: `delete`.
 
 mod bounce;
 mod runner;
+mod smtp;
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -63,6 +67,7 @@ pub use runner::{
     BoxFuture, DeadLetterFn, Deliverer, MessageOutcome, Problem, RecipientResult, RunOptions,
     RunReport, default_endpoint_key, run,
 };
+pub use smtp::SmtpDeliverer;
 
 /// Version of the metadata format written by this build.
 pub const FORMAT_VERSION: u32 = 1;
@@ -181,6 +186,12 @@ pub struct Entry {
     /// Recipients already delivered (partial delivery).
     #[serde(default)]
     pub delivered: Vec<String>,
+    /// `--mode` given when the message was submitted, when it overrides the profile's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `--server HOST[:PORT]` given when the message was submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// What `list` returns for each entry.
@@ -441,6 +452,35 @@ pub fn enqueue(
     prepared: &Prepared,
     reason: Option<Reason<'_>>,
 ) -> Result<EntryId, Failure> {
+    enqueue_with(
+        config,
+        profile_name,
+        prepared,
+        reason,
+        &EnqueueOptions::default(),
+    )
+}
+
+/// What else an entry records about how the message was submitted.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// `--mode` over the profile's mode.
+    pub mode: Option<crate::config::Mode>,
+    /// `--server HOST[:PORT]` over the profile's endpoint.
+    pub server: Option<String>,
+    /// Recipients the in-process attempts already delivered to (the envelope given to
+    /// `enqueue_with` holds only those still pending).
+    pub delivered: Vec<String>,
+}
+
+/// [`enqueue`] with the submission's overrides and partial delivery.
+pub fn enqueue_with(
+    config: &Config,
+    profile_name: &str,
+    prepared: &Prepared,
+    reason: Option<Reason<'_>>,
+    opts: &EnqueueOptions,
+) -> Result<EntryId, Failure> {
     let spool = Spool::create(config)?;
     let now = now_unix();
     let (last_reply, last_error) = match reason {
@@ -468,7 +508,9 @@ pub fn enqueue(
         last_reply,
         last_error,
         is_bounce: false,
-        delivered: Vec::new(),
+        delivered: opts.delivered.clone(),
+        mode: opts.mode.map(|m| m.as_str().to_owned()),
+        server: opts.server.clone(),
     };
     commit_entry(&spool, entry, BodySource::File(prepared.body.path()))
 }
@@ -926,6 +968,12 @@ pub fn format_show(entry: &Entry, headers: &str, explanation: Option<&str>) -> S
     let mut out = String::new();
     let _ = writeln!(out, "id:           {}", entry.id);
     let _ = writeln!(out, "profile:      {}", entry.profile);
+    if let Some(m) = &entry.mode {
+        let _ = writeln!(out, "mode:         {m} (from --mode)");
+    }
+    if let Some(server) = &entry.server {
+        let _ = writeln!(out, "server:       {server} (from --server)");
+    }
     let _ = writeln!(
         out,
         "queued:       {} ({} ago)",

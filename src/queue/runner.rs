@@ -312,7 +312,7 @@ pub async fn run(
             },
             spool.root().display()
         );
-        eprintln!("m365send: {msg}");
+        // Not an error (overlapping timer or cron runs): the caller prints it at -v.
         report.skipped_locked = true;
         report.warnings.push(msg);
         return Ok(report);
@@ -368,14 +368,26 @@ pub async fn run(
     Ok(runner.report)
 }
 
-fn profile_for(config: &Config, name: &str) -> Option<Profile> {
-    config.profiles.get(name).map(|p| {
-        let mut p = p.clone();
-        if p.name.is_empty() {
-            p.name = name.to_owned();
+/// The entry's profile, with the `--mode` and `--server` it was submitted with.
+fn profile_for(config: &Config, entry: &Entry) -> Option<Profile> {
+    let name = entry.profile.as_str();
+    let mut p = config.profiles.get(name)?.clone();
+    if p.name.is_empty() {
+        p.name = name.to_owned();
+    }
+    p = p.with_mode(entry.mode.as_deref().and_then(Mode::parse));
+    if let Some(server) = &entry.server {
+        let default_port = match p.mode {
+            Mode::Relay | Mode::Direct => 25,
+            _ => 587,
+        };
+        if let Ok(host) = crate::route::parse_server(server, default_port) {
+            p.endpoint.host = Some(host.name);
+            p.endpoint.port = Some(host.port);
+            p.endpoint.mx_host = None;
         }
-        p
-    })
+    }
+    Some(p)
 }
 
 struct Runner<'r> {
@@ -403,7 +415,7 @@ impl Runner<'_> {
         let mut groups: Vec<(Profile, Vec<Entry>)> = Vec::new();
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for entry in entries {
-            let Some(profile) = profile_for(self.config, &entry.profile) else {
+            let Some(profile) = profile_for(self.config, &entry) else {
                 self.profile_missing(entry);
                 continue;
             };
@@ -416,8 +428,10 @@ impl Runner<'_> {
                 continue;
             }
             let key = format!(
-                "{}\u{0}{}",
+                "{}\u{0}{}\u{0}{}\u{0}{}",
                 profile.name,
+                profile.mode.as_str(),
+                entry.server.as_deref().unwrap_or(""),
                 d.endpoint_key(&profile, &entry.envelope)
             );
             match index.get(&key) {
@@ -805,6 +819,8 @@ impl Runner<'_> {
             last_error: Some(format!("bounce of {}", e.id)),
             is_bounce: true,
             delivered: Vec::new(),
+            mode: e.mode.clone(),
+            server: e.server.clone(),
         };
         super::commit_entry(self.spool, entry, BodySource::Bytes(&bytes))
     }

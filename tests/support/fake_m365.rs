@@ -406,6 +406,7 @@ impl FakeM365 {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
+                let _ = sock.set_nodelay(true);
                 let idx = {
                     let mut s = st.lock().unwrap();
                     s.connections.push(ConnRecord::default());

@@ -1,0 +1,470 @@
+//! The real [`Deliverer`]: the queue runner's messages go out through `deliver::Connector`
+//! and one `smtp::Session` per group of entries.
+//!
+//! Owns: mapping a session's answers to [`MessageOutcome`] (per recipient, with the reply,
+//! the error in words and the explanation from `explain`), and keeping the session open
+//! across messages (RSET between them, QUIT at the end). Must not: retry (the runner backs
+//! off), decide bounces (the runner does), or touch the spool.
+
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Profile};
+use crate::deliver::{self, Connector};
+use crate::exit::Exit;
+use crate::explain::{self, Context};
+use crate::message::{Envelope, Prepared};
+use crate::report::LogRecord;
+use crate::route::AuthKind;
+use crate::smtp::{MessageFlags, MessageResult, Reply, Session, SessionError, Step};
+
+use super::runner::{BoxFuture, Deliverer, MessageOutcome, Problem, RecipientResult};
+
+/// Delivers queue entries over our SMTP session. One connection serves every message of a
+/// group (same profile and endpoint).
+pub struct SmtpDeliverer {
+    verbose: u8,
+    session: Option<Session>,
+    host: String,
+    /// The profile of the open session (for explanations).
+    profile: Option<Profile>,
+    /// A route problem that is the messages' fault (sender outside the accepted domains,
+    /// direct send to an outside recipient): every message of the group fails with it.
+    refused: Option<Problem>,
+    /// The configuration of the open session (for the per-message log line).
+    config: Option<Config>,
+    /// The AUTH mechanism of the open session, for the log line.
+    auth: Option<&'static str>,
+    /// The open session uses TLS, for the log line.
+    tls: bool,
+}
+
+impl SmtpDeliverer {
+    /// `verbose` > 0 prints the (redacted) SMTP transcript on stderr.
+    pub fn new(verbose: u8) -> SmtpDeliverer {
+        SmtpDeliverer {
+            verbose,
+            session: None,
+            host: String::new(),
+            profile: None,
+            refused: None,
+            config: None,
+            auth: None,
+            tls: false,
+        }
+    }
+
+    /// The per-message log line (syslog / `log.file`, as for messages sent at once).
+    fn log(&self, message: &Prepared, outcome: &MessageOutcome, duration: Duration) {
+        let (Some(config), Some(profile)) = (&self.config, &self.profile) else {
+            return;
+        };
+        if !config.log.syslog && config.log.file.is_none() {
+            return;
+        }
+        let exit_of = |p: &Problem, transient: bool| {
+            if transient {
+                Exit::TempFail
+            } else {
+                p.reply
+                    .as_ref()
+                    .map(explain::exit_for)
+                    .unwrap_or(Exit::Unavailable)
+            }
+        };
+        let (reply, error, exit) = match outcome {
+            MessageOutcome::Delivered => (None, None, Exit::Ok),
+            MessageOutcome::Transient(p) => {
+                (p.reply.clone(), Some(p.error.clone()), exit_of(p, true))
+            }
+            MessageOutcome::Permanent(p) => {
+                (p.reply.clone(), Some(p.error.clone()), exit_of(p, false))
+            }
+            MessageOutcome::Recipients(list) => {
+                let first = list.iter().find_map(|(_, r)| match r {
+                    RecipientResult::Delivered => None,
+                    RecipientResult::Transient(p) => Some((p, true)),
+                    RecipientResult::Permanent(p) => Some((p, false)),
+                });
+                match first {
+                    Some((p, t)) => (p.reply.clone(), Some(p.error.clone()), exit_of(p, t)),
+                    None => (None, None, Exit::Ok),
+                }
+            }
+        };
+        let rec = LogRecord {
+            time: chrono::Local::now(),
+            profile: profile.name.clone(),
+            mode: profile.mode,
+            host: (!self.host.is_empty()).then(|| self.host.clone()),
+            tls: self.tls,
+            auth: self.auth.map(str::to_owned),
+            from: message.envelope.sender.clone(),
+            recipients: message.envelope.recipients.clone(),
+            size: message.size,
+            reply,
+            error: error.filter(|e| !e.is_empty()),
+            duration,
+            exit,
+        };
+        crate::report::log_line(config, false, &rec);
+    }
+
+    fn explain(&self, reply: &Reply, sender: &str, recipient: Option<&str>) -> String {
+        let profile = self.profile.as_ref();
+        let ctx = Context {
+            mode: profile.map(|p| p.mode),
+            profile: profile.map(|p| p.name.as_str()),
+            mailbox: profile.and_then(|p| p.login_user()),
+            sender: Some(sender),
+            recipient,
+            host: Some(&self.host),
+            ..Default::default()
+        };
+        explain::explain_reply(reply, &ctx)
+            .map(|x| format!("{} {}", x.meaning, x.advice))
+            .unwrap_or_default()
+    }
+
+    fn reply_problem(&self, reply: &Reply, sender: &str, recipient: Option<&str>) -> Problem {
+        Problem::reply(reply.clone(), self.explain(reply, sender, recipient))
+    }
+
+    /// The session's answers for one message → the runner's outcome.
+    fn outcome(&self, result: &MessageResult, message: &Prepared) -> MessageOutcome {
+        let sender = message.envelope.sender.as_str();
+        if let Some((Step::Mail, reply)) = result.message_failure() {
+            let p = self.reply_problem(reply, sender, None);
+            return if reply.is_transient() {
+                MessageOutcome::Transient(p)
+            } else {
+                MessageOutcome::Permanent(p)
+            };
+        }
+        let delivered = result.delivered();
+        let data_failure = result.message_failure();
+        let mut list = Vec::new();
+        for (addr, reply) in &result.recipients {
+            let r = if !reply.is_positive() {
+                let p = self.reply_problem(reply, sender, Some(addr));
+                if reply.is_transient() {
+                    RecipientResult::Transient(p)
+                } else {
+                    RecipientResult::Permanent(p)
+                }
+            } else if delivered {
+                RecipientResult::Delivered
+            } else if let Some((_, reply)) = data_failure {
+                let p = self.reply_problem(reply, sender, None);
+                if reply.is_transient() {
+                    RecipientResult::Transient(p)
+                } else {
+                    RecipientResult::Permanent(p)
+                }
+            } else {
+                RecipientResult::Transient(Problem::error("the server did not take the message"))
+            };
+            list.push((addr.clone(), r));
+        }
+        if list
+            .iter()
+            .all(|(_, r)| matches!(r, RecipientResult::Delivered))
+            && list.len() == message.envelope.recipients.len()
+        {
+            MessageOutcome::Delivered
+        } else {
+            MessageOutcome::Recipients(list)
+        }
+    }
+}
+
+/// A problem of `deliver` (connection, authentication, a refusal) in the runner's terms.
+fn from_deliver(p: deliver::Problem, explanation: String) -> Problem {
+    Problem {
+        error: if p.reply.is_some() {
+            String::new()
+        } else {
+            p.what
+        },
+        reply: p.reply,
+        explanation,
+    }
+}
+
+/// The envelope that decides the route: a bounce (null sender) goes where its recipient's
+/// domain points, as the original message's sender domain did.
+fn route_envelope(envelope: &Envelope) -> Envelope {
+    let mut e = envelope.clone();
+    if e.sender.is_empty()
+        && let Some(r) = e.recipients.first()
+    {
+        e.sender = r.clone();
+    }
+    e
+}
+
+impl Deliverer for SmtpDeliverer {
+    fn endpoint_key(&self, profile: &Profile, envelope: &Envelope) -> String {
+        super::default_endpoint_key(profile, &route_envelope(envelope))
+    }
+
+    fn open<'a>(
+        &'a mut self,
+        config: &'a Config,
+        profile: &'a Profile,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), Problem>> {
+        Box::pin(async move {
+            if let Some(s) = self.session.take() {
+                let _ = s.quit().await;
+            }
+            self.refused = None;
+            self.profile = Some(profile.clone());
+            self.config = Some(config.clone());
+            let route = route_envelope(envelope);
+            let endpoint = match crate::route::resolve(profile, &route, None).await {
+                Ok(e) => e,
+                // The message's own fault (outside the accepted domains, or an outside
+                // recipient for direct send): fail the messages, not the connection.
+                Err(f) if matches!(f.exit, Exit::NoPerm | Exit::NoUser) => {
+                    self.refused = Some(Problem::error(f.message));
+                    return Ok(());
+                }
+                Err(f) => return Err(Problem::error(f.message)),
+            };
+            self.auth = match endpoint.auth {
+                AuthKind::None => None,
+                AuthKind::Password => Some("LOGIN"),
+                AuthKind::OAuth => Some("XOAUTH2"),
+            };
+            let opts = deliver::Options {
+                verbose: self.verbose,
+                ..Default::default()
+            };
+            let mut connector = Connector::new(config, profile, &endpoint, &opts, &route.sender)
+                .await
+                .map_err(|p| from_deliver(p, String::new()))?;
+            match connector.open_any().await {
+                Ok((session, host)) => {
+                    self.tls = session.is_tls();
+                    self.session = Some(session);
+                    self.host = host;
+                    Ok(())
+                }
+                Err(p) => {
+                    let explanation = p
+                        .reply
+                        .as_ref()
+                        .map(|r| self.explain(r, &route.sender, None))
+                        .unwrap_or_default();
+                    Err(from_deliver(p, explanation))
+                }
+            }
+        })
+    }
+
+    fn send<'a>(&'a mut self, message: &'a Prepared) -> BoxFuture<'a, MessageOutcome> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let outcome = self.send_one(message).await;
+            self.log(message, &outcome, started.elapsed());
+            outcome
+        })
+    }
+
+    fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>> {
+        Box::pin(async move {
+            if self.refused.is_some() {
+                return Ok(());
+            }
+            let Some(session) = self.session.as_mut() else {
+                return Err(Problem::error("the connection was closed"));
+            };
+            match session.rset().await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    self.session = None;
+                    Err(from_deliver(
+                        deliver::Problem::session(&e, &self.host),
+                        String::new(),
+                    ))
+                }
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(s) = self.session.take() {
+                let _ = s.quit().await;
+            }
+            self.refused = None;
+        })
+    }
+}
+
+impl SmtpDeliverer {
+    async fn send_one(&mut self, message: &Prepared) -> MessageOutcome {
+        if let Some(p) = &self.refused {
+            return MessageOutcome::Permanent(p.clone());
+        }
+        let Some(session) = self.session.as_mut() else {
+            return MessageOutcome::Transient(Problem::error("not connected"));
+        };
+        let flags = MessageFlags::from(message);
+        match session
+            .send_message(&message.envelope, &message.body, flags)
+            .await
+        {
+            Ok(result) => self.outcome(&result, message),
+            Err(e) => {
+                // Checked before anything was sent: the session is still usable.
+                let usable = matches!(
+                    e,
+                    SessionError::Smtputf8NotOffered | SessionError::TooLarge { .. }
+                );
+                if !usable {
+                    self.session = None;
+                }
+                let p = deliver::Problem::session(&e, &self.host);
+                let transient = p.transient;
+                let explanation = p
+                    .reply
+                    .as_ref()
+                    .map(|r| self.explain(r, &message.envelope.sender, None))
+                    .unwrap_or_default();
+                let p = from_deliver(p, explanation);
+                if transient {
+                    MessageOutcome::Transient(p)
+                } else {
+                    MessageOutcome::Permanent(p)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Body;
+
+    fn reply(s: &str) -> Reply {
+        Reply::parse(s).unwrap()
+    }
+
+    fn message(rcpts: &[&str]) -> Prepared {
+        Prepared {
+            envelope: Envelope {
+                sender: "a@contoso.com".into(),
+                recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+                dsn: Default::default(),
+            },
+            body: Body::at("/nonexistent"),
+            size: 1,
+            eight_bit: false,
+            smtputf8: false,
+            header_block: String::new(),
+        }
+    }
+
+    fn result(mail: &str, rcpts: &[(&str, &str)], data: Option<&str>) -> MessageResult {
+        MessageResult {
+            mail: reply(mail),
+            recipients: rcpts
+                .iter()
+                .map(|(a, r)| (a.to_string(), reply(r)))
+                .collect(),
+            data: data.map(|d| (Step::DataEnd, reply(d))),
+        }
+    }
+
+    #[test]
+    fn all_accepted_is_delivered() {
+        let d = SmtpDeliverer::new(0);
+        let r = result("250 ok", &[("x@c.com", "250 ok")], Some("250 2.0.0 OK"));
+        assert_eq!(
+            d.outcome(&r, &message(&["x@c.com"])),
+            MessageOutcome::Delivered
+        );
+    }
+
+    #[test]
+    fn sender_refusal_decides_the_whole_message_with_its_explanation() {
+        let d = SmtpDeliverer::new(0);
+        let r = result(
+            "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+            &[],
+            None,
+        );
+        match d.outcome(&r, &message(&["x@c.com"])) {
+            MessageOutcome::Permanent(p) => {
+                assert_eq!(p.reply.unwrap().code, 550);
+                assert!(!p.explanation.is_empty(), "explained");
+            }
+            o => panic!("{o:?}"),
+        }
+        let r = result(
+            "451 4.7.500 Access denied, please try again later",
+            &[],
+            None,
+        );
+        assert!(matches!(
+            d.outcome(&r, &message(&["x@c.com"])),
+            MessageOutcome::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn per_recipient_results_and_data_refusal() {
+        let d = SmtpDeliverer::new(0);
+        let r = result(
+            "250 ok",
+            &[
+                ("ok@c.com", "250 ok"),
+                ("gone@c.com", "550 5.1.10 RESOLVER.ADR.RecipientNotFound"),
+                ("later@c.com", "451 4.7.500 try later"),
+            ],
+            Some("250 2.0.0 OK"),
+        );
+        let MessageOutcome::Recipients(list) =
+            d.outcome(&r, &message(&["ok@c.com", "gone@c.com", "later@c.com"]))
+        else {
+            panic!()
+        };
+        assert!(matches!(list[0].1, RecipientResult::Delivered));
+        assert!(matches!(list[1].1, RecipientResult::Permanent(_)));
+        assert!(matches!(list[2].1, RecipientResult::Transient(_)));
+
+        // The content refused at end of data: every accepted recipient shares the reply.
+        let r = result(
+            "250 ok",
+            &[("ok@c.com", "250 ok")],
+            Some("552 5.3.4 Message size exceeds fixed maximum message size"),
+        );
+        let MessageOutcome::Recipients(list) = d.outcome(&r, &message(&["ok@c.com"])) else {
+            panic!()
+        };
+        match &list[0].1 {
+            RecipientResult::Permanent(p) => assert_eq!(p.reply.as_ref().unwrap().code, 552),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bounce_routes_by_its_recipient_domain() {
+        let e = Envelope {
+            sender: String::new(),
+            recipients: vec!["alerts@contoso.com".into()],
+            dsn: Default::default(),
+        };
+        assert_eq!(route_envelope(&e).sender, "alerts@contoso.com");
+        let mut p = Profile {
+            name: "cron".into(),
+            mode: crate::config::Mode::Relay,
+            ..Profile::default()
+        };
+        p.endpoint.mx_domain = None;
+        let d = SmtpDeliverer::new(0);
+        assert_eq!(d.endpoint_key(&p, &e), "cron/contoso.com");
+    }
+}

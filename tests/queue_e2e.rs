@@ -1,0 +1,722 @@
+//! The durable queue end to end: the real `m365send` binary, a configuration file in a
+//! temporary directory, and the fake Microsoft 365 server on 127.0.0.1 (or nothing listening,
+//! for "Microsoft is down"). Proves the reliability list of the queue issue.
+
+#[path = "support/fake_m365.rs"]
+mod fake_m365;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_m365send");
+const SENDER: &str = "alerts@contoso.com";
+const RCPT: &str = "ops@contoso.com";
+
+/// A configuration directory: spool, dead letter, and one relay profile pointing at `port`.
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    spool: PathBuf,
+    dead: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let spool = dir.path().join("spool");
+        let dead = dir.path().join("dead.letter");
+        Env {
+            dir,
+            config,
+            spool,
+            dead,
+        }
+    }
+
+    /// Point the profile at `port` (nothing listening, or the fake server with its CA).
+    fn write(&self, port: u16, ca: Option<&Path>, extra: &str) {
+        let ca = ca
+            .map(|c| format!("ca_file = \"{}\"", c.display()))
+            .unwrap_or_default();
+        let text = format!(
+            r#"default_profile = "relay"
+spool_dir = "{spool}"
+dead_letter = "{dead}"
+
+[profiles.relay]
+mode = "relay"
+rate_per_minute = 0
+{extra}
+
+[profiles.relay.endpoint]
+host = "127.0.0.1"
+port = {port}
+
+[profiles.relay.tls]
+{ca}
+
+[profiles.relay.timeouts]
+connect = 5
+command = 5
+data_end = 3
+
+[profiles.relay.retry]
+attempts = 1
+initial_delay_ms = 10
+"#,
+            spool = self.spool.display(),
+            dead = self.dead.display(),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("M365SEND_CONFIG", &self.config)
+            .env("HOME", self.dir.path())
+            .env_remove("M365SEND_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.unwrap()
+    }
+
+    /// Send one message through the sendmail interface.
+    async fn send(&self, extra_args: &[&str], subject: &str) -> Output {
+        let mut args = vec!["-f", SENDER];
+        args.extend_from_slice(extra_args);
+        args.push(RCPT);
+        let mut child = self.command(&args).stdin(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let text = format!("From: {SENDER}\nTo: {RCPT}\nSubject: {subject}\n\nbody of {subject}\n");
+        stdin.write_all(text.as_bytes()).await.unwrap();
+        drop(stdin);
+        child.wait_with_output().await.unwrap()
+    }
+
+    async fn list(&self) -> serde_json::Value {
+        let o = self.run(&["queue", "list", "--json"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    async fn count(&self) -> u64 {
+        self.list().await["count"].as_u64().unwrap()
+    }
+
+    /// Time travel: make every entry due now (the first queued retry waits a minute).
+    fn make_due(&self) {
+        for de in std::fs::read_dir(self.spool.join("meta")).unwrap() {
+            let p = de.unwrap().path();
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            v["next_attempt"] = 0.into();
+            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A port with nothing listening on it.
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn subject_of(data: &[u8]) -> String {
+    String::from_utf8_lossy(data)
+        .lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+async fn start(cfg: FakeConfig) -> FakeM365 {
+    FakeM365::start(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
+    let env = Env::new();
+    env.write(dead_port(), None, "");
+    let o = env.send(&[], "down").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "",
+        "quiet without -v (cron must not mail errors)"
+    );
+    let list = env.list().await;
+    assert_eq!(list["count"], 1);
+    let e = &list["entries"][0];
+    assert_eq!(e["sender"], SENDER);
+    assert_eq!(e["recipients"][0], RCPT);
+    assert_eq!(e["attempts"], 1);
+    assert!(e["last_error"].as_str().unwrap().contains("connect"), "{e}");
+
+    // At -v, sendmail's "queued" note.
+    let o = env.send(&["-v"], "down verbose").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("m365send: queued as "),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(env.count().await, 2);
+
+    // The server comes back; the entries wait for their backoff first.
+    let server = start(FakeConfig::mx()).await;
+    env.write(server.port(), Some(server.ca_file()), "");
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 not due yet"), "{}", stderr(&o));
+    assert!(server.accepted().is_empty());
+
+    env.make_due();
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 delivered"), "{}", stderr(&o));
+    let got = server.accepted();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].connection, got[1].connection,
+        "one connection for both"
+    );
+    let subjects: BTreeSet<String> = got.iter().map(|m| subject_of(&m.data)).collect();
+    assert_eq!(subjects, ["down", "down verbose"].map(String::from).into());
+    assert_eq!(got[0].sender, SENDER);
+    assert_eq!(got[0].recipients, vec![RCPT.to_owned()]);
+    // RSET between the two messages, QUIT at the end.
+    let cmds = &server.connections()[got[0].connection].commands;
+    assert!(
+        cmds.iter().any(|c| c.eq_ignore_ascii_case("RSET")),
+        "{cmds:?}"
+    );
+    assert_eq!(env.count().await, 0);
+
+    // Nothing left: a second run sends nothing again; sendmail -q is the same command.
+    let o = env.run(&["-q"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    assert_eq!(server.accepted().len(), 2, "exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_replies_stay_queued_with_the_reply_shown_in_mailq() {
+    let server = start(
+        FakeConfig::mx()
+            .rule(Rule::reply(
+                Phase::DataEnd,
+                "451 4.7.500 Access denied, please try again later",
+            ))
+            .rule(
+                Rule::reply(
+                    Phase::Mail,
+                    "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+                )
+                .matching("throttled"),
+            ),
+    )
+    .await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+
+    // 451 at the end of data during the in-process attempt: queued, exit 0.
+    let o = env.send(&[], "four-five-one").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = env.run(&["-bp"]).await;
+    let text = stdout(&o);
+    assert!(text.contains("451 4.7.500 Access denied"), "{text}");
+    assert!(text.contains("-- 1 Kbytes in 1 Request."), "{text}");
+
+    // 432 4.3.2 while queued (the queue runner meets it): still queued, reply in mailq.
+    let mut args = vec!["-odq", "-f", "throttled@contoso.com", RCPT];
+    let o = {
+        let mut c = env.command(&args).stdin(Stdio::piped()).spawn().unwrap();
+        let mut i = c.stdin.take().unwrap();
+        i.write_all(b"Subject: throttled\n\nx\n").await.unwrap();
+        drop(i);
+        c.wait_with_output().await.unwrap()
+    };
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    args.clear();
+    let o = env.run(&["queue", "flush", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 deferred"), "{}", stderr(&o));
+    let list = env.list().await;
+    assert_eq!(list["count"], 2);
+    let by_sender = |s: &str| {
+        list["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["sender"] == s)
+            .cloned()
+            .unwrap()
+    };
+    let t = by_sender("throttled@contoso.com");
+    assert_eq!(t["last_reply"]["code"], 432);
+    assert_eq!(t["last_reply"]["enhanced"], "4.3.2");
+    assert_eq!(t["attempts"], 1);
+    let f = by_sender(SENDER);
+    assert_eq!(f["last_reply"]["code"], 451);
+    assert_eq!(f["attempts"], 2);
+    let o = env.run(&["queue", "list"]).await;
+    assert!(
+        stdout(&o).contains("432 4.3.2 STOREDRV.ClientSubmit"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(server.accepted().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_while_queued_bounces_to_the_sender_and_removes_the_entry() {
+    let server = start(
+        FakeConfig::mx().rule(
+            Rule::reply(
+                Phase::DataEnd,
+                "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+            )
+            .matching(SENDER),
+        ),
+    )
+    .await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+    let o = env.send(&["-odq"], "doomed").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 bounced"), "{}", stderr(&o));
+    assert_eq!(env.count().await, 0, "entry and bounce both gone");
+    // The bounce went out with the null sender (MAIL FROM:<>) to the original sender.
+    let got = server.accepted();
+    assert_eq!(got.len(), 1, "{:?}", server.messages());
+    let bounce = &got[0];
+    assert_eq!(bounce.sender, "");
+    assert_eq!(bounce.recipients, vec![SENDER.to_owned()]);
+    let text = String::from_utf8_lossy(&bounce.data);
+    assert!(text.contains("5.7.60"), "{text}");
+    assert!(
+        text.contains("Subject: doomed"),
+        "original attached: {text}"
+    );
+    let conn = &server.connections()[bounce.connection];
+    assert!(
+        conn.commands.iter().any(|c| c.starts_with("MAIL FROM:<>")),
+        "{:?}",
+        conn.commands
+    );
+    assert!(!env.dead.exists(), "bounced, not dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_mid_data_is_retried_and_delivered_once() {
+    let server = start(FakeConfig::mx().rule(Rule::drop(Phase::MidData).times(1))).await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+    let o = env.send(&[], "dropped").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(env.count().await, 1, "queued after the drop");
+    assert!(server.accepted().is_empty());
+    env.make_due();
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = server.accepted();
+    assert_eq!(got.len(), 1);
+    assert_eq!(subject_of(&got[0].data), "dropped");
+    assert_eq!(env.count().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odq_queues_without_connecting_and_never_policy_keeps_exit_75() {
+    let server = start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+    let o = env.send(&["-odq", "-v"], "later").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("queued as"), "{}", stderr(&o));
+    assert!(server.connections().is_empty(), "-odq must not connect");
+    let list = env.list().await;
+    assert_eq!(list["count"], 1);
+    assert_eq!(list["entries"][0]["attempts"], 0, "due at once");
+
+    // queue = "always": same, without -odq.
+    env.write(server.port(), Some(server.ca_file()), "queue = \"always\"");
+    let o = env.send(&[], "always").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(server.connections().is_empty());
+    assert_eq!(env.count().await, 2);
+    let o = env.run(&["queue", "run"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.accepted().len(), 2);
+
+    // queue = "never": today's behaviour, exit 75 and the dead letter.
+    env.write(dead_port(), None, "queue = \"never\"");
+    let o = env.send(&[], "never").await;
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(stderr(&o).contains("message saved to"), "{}", stderr(&o));
+    assert_eq!(env.count().await, 0);
+    assert!(
+        std::fs::read_to_string(&env.dead)
+            .unwrap()
+            .contains("Subject: never")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_not_writable_exits_73_and_keeps_the_message_in_the_dead_letter() {
+    let env = Env::new();
+    // The spool directory would live under a regular file: not creatable, even for root.
+    let file = env.dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let text = std::fs::read_to_string({
+        env.write(dead_port(), None, "");
+        &env.config
+    })
+    .unwrap()
+    .replace(
+        &format!("spool_dir = \"{}\"", env.spool.display()),
+        &format!("spool_dir = \"{}/spool\"", file.display()),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    for (args, subject) in [(&[][..], "no spool"), (&["-odq"][..], "no spool odq")] {
+        let o = env.send(args, subject).await;
+        assert_eq!(o.status.code(), Some(73), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("cannot write to the mail queue"), "{e}");
+        assert!(e.contains(&env.dead.display().to_string()), "{e}");
+        let dead = std::fs::read_to_string(&env.dead).unwrap();
+        assert!(dead.contains(&format!("Subject: {subject}")), "{dead}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delivers_all() {
+    const N: usize = 200;
+    let env = Arc::new(Env::new());
+    env.write(dead_port(), None, "");
+    let started = Instant::now();
+    // All 200 processes are spawned; at most 50 run at once (2 cores shared).
+    let gate = Arc::new(tokio::sync::Semaphore::new(50));
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let env = env.clone();
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = gate.acquire().await.unwrap();
+            env.send(&[], &format!("concurrent {i}")).await
+        }));
+    }
+    for t in tasks {
+        let o = t.await.unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    eprintln!("{N} senders took {:?}", started.elapsed());
+    let list = env.list().await;
+    assert_eq!(list["count"], N as u64);
+    assert!(!env.spool.join("corrupt").exists());
+    let ids: BTreeSet<&str> = list["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), N, "unique ids");
+
+    let server = start(FakeConfig::mx()).await;
+    env.write(server.port(), Some(server.ca_file()), "");
+    let t = Instant::now();
+    let o = env.run(&["queue", "flush", "-v"]).await;
+    eprintln!("one queue run took {:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{N} delivered")),
+        "{}",
+        stderr(&o)
+    );
+    let got = server.accepted();
+    let subjects: BTreeSet<String> = got.iter().map(|m| subject_of(&m.data)).collect();
+    assert_eq!(got.len(), N);
+    assert_eq!(subjects.len(), N, "each message once");
+    assert!(
+        server.connections().len() <= 2,
+        "one connection reused: {}",
+        server.connections().len()
+    );
+    assert_eq!(env.count().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
+    const N: usize = 5;
+    // The third message's end of data never gets an answer.
+    let server = start(
+        FakeConfig::mx()
+            .rule(Rule::reply(Phase::DataEnd, "250 2.0.0 OK Queued mail for delivery").times(2))
+            .rule(Rule::hang(Phase::DataEnd).times(1)),
+    )
+    .await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+    // The hung runner must still be waiting when it is killed, however slow the machine.
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("data_end = 3", "data_end = 120");
+    std::fs::write(&env.config, text).unwrap();
+    for i in 0..N {
+        let o = env.send(&["-odq"], &format!("batch {i}")).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let mut first = env.command(&["queue", "run", "-v"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.messages().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "runner did not reach the 3rd message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A second runner meanwhile: exit 0 at once, a note at -v, silence without.
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("another queue runner"),
+        "{}",
+        stderr(&o)
+    );
+    let o = env.run(&["-q"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+
+    // kill -9 the first runner with the third message on the wire.
+    first.start_kill().unwrap();
+    let _ = first.wait().await;
+    assert_eq!(server.accepted().len(), 2);
+    assert_eq!(env.count().await, (N - 2) as u64, "nothing lost");
+
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("may arrive twice"), "{e}");
+    assert!(e.contains("1 possibly duplicated"), "{e}");
+    assert!(e.contains(&format!("{} delivered", N - 2)), "{e}");
+    let got = server.accepted();
+    let subjects: BTreeSet<String> = got.iter().map(|m| subject_of(&m.data)).collect();
+    assert_eq!(subjects.len(), N, "every message delivered");
+    assert_eq!(got.len(), N);
+    // The server saw the third message twice (its first final reply was lost): at most one
+    // duplicate, and it was reported above.
+    let seen = server.messages().len();
+    assert!(seen - N <= 1, "{seen} transmissions for {N} messages");
+    assert_eq!(env.count().await, 0);
+    assert!(!env.spool.join("corrupt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_entry_is_moved_aside_with_a_warning_and_the_run_goes_on() {
+    let server = start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+    for s in ["first", "second"] {
+        let o = env.send(&["-odq"], s).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    // Truncate one entry's metadata, as a crash of something else might.
+    let meta = std::fs::read_dir(env.spool.join("meta"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read(&meta).unwrap();
+    std::fs::write(&meta, &text[..text.len() / 2]).unwrap();
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("warning: queue entry") && e.contains("is corrupt"),
+        "{e}"
+    );
+    assert!(e.contains("1 delivered"), "{e}");
+    assert_eq!(server.accepted().len(), 1);
+    assert_eq!(env.count().await, 0);
+    assert_eq!(
+        std::fs::read_dir(env.spool.join("corrupt"))
+            .unwrap()
+            .count(),
+        2,
+        "metadata and body kept in corrupt/"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_with_oauth_queues_only_pending_recipients_and_logs_each_delivery() {
+    let server = start(
+        FakeConfig::submission()
+            .user("app@contoso.com", "tok-123")
+            .rule(
+                Rule::reply(
+                    Phase::Rcpt,
+                    "451 4.7.500 Access denied, please try again later",
+                )
+                .matching("later@")
+                .times(1),
+            ),
+    )
+    .await;
+    let env = Env::new();
+    let token = env.dir.path().join("token");
+    std::fs::write(&token, "tok-123\n").unwrap();
+    let log = env.dir.path().join("m365send.log");
+    let text = format!(
+        r#"default_profile = "app"
+spool_dir = "{spool}"
+dead_letter = "{dead}"
+
+[log]
+file = "{log}"
+
+[profiles.app]
+mode = "submit"
+mailbox = "app@contoso.com"
+rate_per_minute = 0
+
+[profiles.app.auth]
+method = "oauth"
+token = {{ file = "{token}" }}
+
+[profiles.app.endpoint]
+host = "localhost"
+port = {port}
+
+[profiles.app.tls]
+ca_file = "{ca}"
+
+[profiles.app.retry]
+attempts = 1
+"#,
+        spool = env.spool.display(),
+        dead = env.dead.display(),
+        log = log.display(),
+        token = token.display(),
+        port = server.port(),
+        ca = server.ca_file().display(),
+    );
+    std::fs::write(&env.config, text).unwrap();
+
+    // ops@ gets it at once; later@ is refused for now: only later@ is queued.
+    let mut child = env
+        .command(&["-f", "app@contoso.com", RCPT, "later@contoso.com"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"Subject: partial\n\nhello\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().await.unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let list = env.list().await;
+    assert_eq!(list["count"], 1);
+    let e = &list["entries"][0];
+    assert_eq!(e["recipients"], serde_json::json!(["later@contoso.com"]));
+    assert_eq!(e["delivered"], serde_json::json!([RCPT]));
+    assert_eq!(e["last_reply"]["enhanced"], "4.7.500");
+    assert_eq!(server.accepted().len(), 1);
+
+    // The runner logs in with XOAUTH2 and delivers to later@ only.
+    env.make_due();
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = server.accepted();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].recipients, vec!["later@contoso.com".to_owned()]);
+    assert_eq!(got[1].sender, "app@contoso.com");
+    let conn = &server.connections()[got[1].connection];
+    assert_eq!(conn.authenticated.as_deref(), Some("app@contoso.com"));
+    assert_eq!(env.count().await, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains("profile=app mode=submit")
+            && last.contains("auth=XOAUTH2")
+            && last.contains("recipients=later@contoso.com")
+            && last.contains("exitcode=EX_OK"),
+        "{text}"
+    );
+    assert!(!text.contains("tok-123"), "no secret in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odq_still_refuses_what_can_be_checked_offline() {
+    let env = Env::new();
+    env.write(dead_port(), None, "accepted_domains = [\"contoso.com\"]");
+    let mut child = env
+        .command(&["-odq", "-f", "root@fabrikam.com", RCPT])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Subject: outside\n\nx\n").await.unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().await.unwrap();
+    assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("outside the accepted domains"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(env.count().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_server_and_mode_are_kept_with_the_entry() {
+    let server = start(FakeConfig::mx()).await;
+    let env = Env::new();
+    // The profile points nowhere; --server names the fake server and is remembered.
+    env.write(dead_port(), Some(server.ca_file()), "");
+    let addr = format!("127.0.0.1:{}", server.port());
+    let o = env.send(&["-odq", "--server", &addr], "elsewhere").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let id = env.list().await["entries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let o = env.run(&["queue", "show", &id]).await;
+    assert!(
+        stdout(&o).contains(&format!("server:       {addr}")),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.run(&["queue", "run"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.accepted().len(), 1);
+    assert_eq!(env.count().await, 0);
+}

@@ -166,30 +166,6 @@ fn config_and_profile(
     Ok((config, profile))
 }
 
-/// Stand-ins for steps other modules will provide. Each is one call away from its real
-/// implementation: swap the body, keep the call site.
-mod placeholder {
-    use crate::cli::SendArgs;
-    use crate::exit::{Exit, Failure};
-    use std::path::Path;
-
-    fn unavailable(what: &str) -> Result<(), Failure> {
-        Err(Failure::new(
-            Exit::Unavailable,
-            format!("{what}: not available yet"),
-        ))
-    }
-
-    // PLACEHOLDER(bs): crate::bs::serve(stdin, stdout, limits, handler delivering each message).
-    pub fn smtp_stdio(
-        _config: Option<&Path>,
-        _profile: Option<&str>,
-        _args: &SendArgs,
-    ) -> Result<(), Failure> {
-        unavailable("-bs (SMTP on stdin/stdout)")
-    }
-}
-
 /// Send one message: config → profile → message → route → (dry-run report | deliver).
 fn send(
     config_path: Option<&Path>,
@@ -212,6 +188,34 @@ fn send(
     let prepared = crate::message::prepare(args, &profile, &mut input)?;
 
     let runtime = runtime()?;
+    if args.dry_run {
+        let endpoint = runtime.block_on(crate::route::resolve(
+            &profile,
+            &prepared.envelope,
+            args.server.as_deref(),
+        ))?;
+        let mut out = io::stdout().lock();
+        return out
+            .write_all(dry_run_report(&config, &profile, &endpoint, &prepared).as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Failure::io(format!("cannot write the dry-run report: {e}")));
+    }
+    runtime
+        .block_on(route_and_submit(
+            &config, &profile, &prepared, args, verbose,
+        ))
+        .map(|_| ())
+}
+
+/// From a prepared message to its disposition: the queue at once (`-odq`, `queue =
+/// "always"`), else the route and [`submit_with`]. Shared by the stdin path and `-bs`.
+async fn route_and_submit(
+    config: &Config,
+    profile: &Profile,
+    prepared: &Prepared,
+    args: &SendArgs,
+    verbose: u8,
+) -> Result<Disposition, Failure> {
     let enqueue = EnqueueOptions {
         mode: args.mode,
         server: args.server.clone(),
@@ -223,9 +227,7 @@ fn send(
     };
     // -odq, or a profile that always queues: into the spool without connecting (no DNS
     // either); the queue runner resolves the route.
-    if !args.dry_run
-        && (args.delivery == DeliveryMode::Queue || profile.queue == QueuePolicy::Always)
-    {
+    if args.delivery == DeliveryMode::Queue || profile.queue == QueuePolicy::Always {
         // Check what can be checked without the network (port 465, accepted domains, an
         // outside recipient for direct send), so a broken submission fails now, not in the
         // queue days later. An MX lookup is left to the queue runner.
@@ -235,57 +237,36 @@ fn send(
             && ep.host.is_none()
             && ep.mx_host.is_none();
         if !needs_dns {
-            runtime.block_on(crate::route::resolve(
-                &profile,
-                &prepared.envelope,
-                args.server.as_deref(),
-            ))?;
+            crate::route::resolve(profile, &prepared.envelope, args.server.as_deref()).await?;
         }
         let why = if args.delivery == DeliveryMode::Queue {
             "queued on request (-odq)"
         } else {
             "the profile queues every message (queue = \"always\")"
         };
-        queue_message(&config, &profile, &prepared, None, why, &enqueue, &opts)?;
-        return Ok(());
+        return queue_message(config, profile, prepared, None, why, &enqueue, &opts)
+            .map(Disposition::Queued);
     }
-    let endpoint = match runtime.block_on(crate::route::resolve(
-        &profile,
-        &prepared.envelope,
-        args.server.as_deref(),
-    )) {
-        Ok(e) => e,
-        // A DNS lookup that may work later: the queue runner tries again.
-        Err(f)
-            if f.exit == Exit::TempFail && profile.queue == QueuePolicy::Auto && !args.dry_run =>
-        {
-            let reason = crate::queue::Reason::Text(&f.message);
-            queue_message(
-                &config,
-                &profile,
-                &prepared,
-                Some(reason),
-                &f.message,
-                &enqueue,
-                &opts,
-            )?;
-            return Ok(());
-        }
-        Err(f) => return Err(f),
-    };
-
-    if args.dry_run {
-        let mut out = io::stdout().lock();
-        return out
-            .write_all(dry_run_report(&config, &profile, &endpoint, &prepared).as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|e| Failure::io(format!("cannot write the dry-run report: {e}")));
-    }
-    runtime
-        .block_on(submit_with(
-            &config, &profile, &prepared, &endpoint, &opts, &enqueue,
-        ))
-        .map(|_| ())
+    let endpoint =
+        match crate::route::resolve(profile, &prepared.envelope, args.server.as_deref()).await {
+            Ok(e) => e,
+            // A DNS lookup that may work later: the queue runner tries again.
+            Err(f) if f.exit == Exit::TempFail && profile.queue == QueuePolicy::Auto => {
+                let reason = crate::queue::Reason::Text(&f.message);
+                return queue_message(
+                    config,
+                    profile,
+                    prepared,
+                    Some(reason),
+                    &f.message,
+                    &enqueue,
+                    &opts,
+                )
+                .map(Disposition::Queued);
+            }
+            Err(f) => return Err(f),
+        };
+    submit_with(config, profile, prepared, &endpoint, &opts, &enqueue).await
 }
 
 /// What became of a submitted message.
@@ -338,6 +319,14 @@ pub async fn submit_with(
             .map(Disposition::Queued);
     }
     let outcome = crate::deliver::attempt(config, profile, prepared, endpoint, opts).await;
+    crate::deliver::log_outcome(
+        config,
+        profile,
+        prepared,
+        &outcome,
+        outcome.exit(),
+        opts.verbose > 0,
+    );
     if outcome.is_success() {
         return Ok(Disposition::Delivered);
     }
@@ -390,15 +379,7 @@ pub async fn submit_with(
         return Ok(Disposition::Queued(id));
     }
     // Permanent, or temporary with `queue = "never"`: report it and keep a copy.
-    let mut text = outcome.report(profile, prepared);
-    if outcome.delivered.is_empty() || !outcome.pending.is_empty() {
-        let reason = outcome.summary_line();
-        match crate::report::dead_letter(config, profile, prepared, &reason) {
-            Ok(path) => text.push_str(&format!("\n  message saved to {}", path.display())),
-            Err(e) => text.push_str(&format!("\n  could not save the message: {}", e.message)),
-        }
-    }
-    Err(Failure::new(outcome.exit(), text))
+    Err(crate::deliver::failure(config, profile, prepared, &outcome))
 }
 
 /// Put the message in the queue; say so at -v ("m365send: queued as ID (why)", as sendmail
@@ -726,6 +707,105 @@ pub fn dry_run_report(
     s
 }
 
+/// `sendmail -bs`: an SMTP dialogue on stdin/stdout. Each message the client hands over goes
+/// through the same steps as one read from stdin (profile by envelope sender, message policy,
+/// route, delivery or the queue), and the client gets the real outcome as the reply to its
+/// end of data.
+fn smtp_stdio(
+    config_path: Option<&Path>,
+    profile_name: Option<&str>,
+    verbose: u8,
+    args: &SendArgs,
+) -> Result<(), Failure> {
+    let config = config::load(config_path)?.ok_or_else(no_config)?;
+    // The limits come from the profile the session would use without a sender to go by.
+    let limits = crate::bs::Limits::for_profile(&config.select_profile(profile_name, None)?);
+    let runtime = runtime()?;
+    let mut handler =
+        |envelope: crate::message::Envelope, body: crate::message::Body| -> crate::bs::BsOutcome {
+            let outcome = stdio_message(
+                &config,
+                profile_name,
+                verbose,
+                args,
+                &runtime,
+                envelope,
+                body,
+            );
+            match outcome {
+                Ok(Disposition::Delivered) => crate::bs::BsOutcome::Delivered,
+                Ok(Disposition::Queued(_)) => crate::bs::BsOutcome::Queued,
+                Err(f) => {
+                    tracing::debug!(exit = f.exit.code(), "-bs message not delivered");
+                    stdio_failure(&f)
+                }
+            }
+        };
+    let stdin = io::stdin();
+    let stdout = io::stdout();
+    crate::bs::serve(stdin.lock(), stdout.lock(), &limits, &mut handler)
+        .map_err(|e| Failure::io(format!("-bs: {e}")))
+}
+
+/// One message of a `-bs` session, from the envelope and data the client gave.
+fn stdio_message(
+    config: &Config,
+    profile_name: Option<&str>,
+    verbose: u8,
+    args: &SendArgs,
+    runtime: &tokio::runtime::Runtime,
+    envelope: crate::message::Envelope,
+    body: crate::message::Body,
+) -> Result<Disposition, Failure> {
+    // The client's envelope replaces argv recipients and sender; the data is a whole message
+    // whose dots the SMTP layer already removed.
+    let mut message_args = args.clone();
+    message_args.recipients = envelope.recipients;
+    message_args.envelope_from = Some(if envelope.sender.is_empty() {
+        "<>".to_owned()
+    } else {
+        envelope.sender
+    });
+    message_args.extract_recipients = false;
+    message_args.ignore_dots = true;
+    let profile = config
+        .select_profile(profile_name, message_args.envelope_from.as_deref())?
+        .with_mode(args.mode);
+    let mut input = body
+        .open()
+        .map_err(|e| Failure::io(format!("-bs: cannot read the message back: {e}")))?;
+    let prepared = crate::message::prepare(&message_args, &profile, &mut input)?;
+    runtime.block_on(route_and_submit(
+        config,
+        &profile,
+        &prepared,
+        &message_args,
+        verbose,
+    ))
+}
+
+/// The reply a `-bs` client gets for a message we could not deliver: the class follows the
+/// exit code, the text is the first line of what the user would have read on stderr.
+fn stdio_failure(f: &Failure) -> crate::bs::BsOutcome {
+    use crate::smtp::{EnhancedCode, Reply};
+    let (code, enhanced) = match f.exit {
+        Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
+        Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),
+        Exit::NoPerm => (550, EnhancedCode::new(5, 7, 1)),
+        Exit::DataErr => (554, EnhancedCode::new(5, 6, 0)),
+        Exit::NoHost => (550, EnhancedCode::new(5, 4, 4)),
+        _ => (554, EnhancedCode::new(5, 3, 0)),
+    };
+    let first = f.message.lines().next().unwrap_or("delivery failed");
+    // A reply line must stay a line: no control characters from a server's text.
+    let first: String = first.chars().filter(|c| !c.is_control()).collect();
+    crate::bs::BsOutcome::Failed(Reply {
+        code,
+        enhanced: Some(enhanced),
+        lines: vec![format!("{enhanced} {first}")],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -845,100 +925,4 @@ mod tests {
         assert_eq!(f.exit, Exit::Config);
         assert!(f.message.contains("config.example.toml"));
     }
-}
-
-/// `sendmail -bs`: an SMTP dialogue on stdin/stdout. Each message the client hands over goes
-/// through the same steps as one read from stdin (profile by envelope sender, message policy,
-/// route, delivery or the queue), and the client gets the real outcome as the reply to its
-/// end of data.
-fn smtp_stdio(
-    config_path: Option<&Path>,
-    profile_name: Option<&str>,
-    verbose: u8,
-    args: &SendArgs,
-) -> Result<(), Failure> {
-    let config = config::load(config_path)?.ok_or_else(no_config)?;
-    // The limits come from the profile the session would use without a sender to go by.
-    let limits = crate::bs::Limits::for_profile(&config.select_profile(profile_name, None)?);
-    let runtime = runtime()?;
-    let mut handler = |envelope: crate::message::Envelope,
-                       body: crate::message::Body|
-     -> crate::bs::BsOutcome {
-        let outcome = stdio_message(&config, profile_name, verbose, args, &runtime, envelope, body);
-        match outcome {
-            Ok(()) => crate::bs::BsOutcome::Delivered,
-            Err(f) => {
-                tracing::debug!(exit = f.exit.code(), "-bs message not delivered");
-                stdio_failure(&f)
-            }
-        }
-    };
-    let stdin = io::stdin();
-    let stdout = io::stdout();
-    crate::bs::serve(stdin.lock(), stdout.lock(), &limits, &mut handler)
-        .map_err(|e| Failure::io(format!("-bs: {e}")))
-}
-
-/// One message of a `-bs` session, from the envelope and data the client gave.
-fn stdio_message(
-    config: &Config,
-    profile_name: Option<&str>,
-    verbose: u8,
-    args: &SendArgs,
-    runtime: &tokio::runtime::Runtime,
-    envelope: crate::message::Envelope,
-    body: crate::message::Body,
-) -> Result<(), Failure> {
-    // The client's envelope replaces argv recipients and sender; the data is a whole message
-    // whose dots the SMTP layer already removed.
-    let mut message_args = args.clone();
-    message_args.recipients = envelope.recipients;
-    message_args.envelope_from = Some(if envelope.sender.is_empty() {
-        "<>".to_owned()
-    } else {
-        envelope.sender
-    });
-    message_args.extract_recipients = false;
-    message_args.ignore_dots = true;
-    let profile = config
-        .select_profile(profile_name, message_args.envelope_from.as_deref())?
-        .with_mode(args.mode);
-    let mut input = body
-        .open()
-        .map_err(|e| Failure::io(format!("-bs: cannot read the message back: {e}")))?;
-    let prepared = crate::message::prepare(&message_args, &profile, &mut input)?;
-    let endpoint = runtime.block_on(crate::route::resolve(
-        &profile,
-        &prepared.envelope,
-        args.server.as_deref(),
-    ))?;
-    let opts = crate::deliver::Options {
-        verbose,
-        ..Default::default()
-    };
-    runtime.block_on(crate::deliver::deliver(
-        config, &profile, &prepared, &endpoint, &opts,
-    ))
-}
-
-/// The reply a `-bs` client gets for a message we could not deliver: the class follows the
-/// exit code, the text is the first line of what the user would have read on stderr.
-fn stdio_failure(f: &Failure) -> crate::bs::BsOutcome {
-    use crate::smtp::{EnhancedCode, Reply};
-    let (code, enhanced) = match f.exit {
-        Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
-        Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),
-        Exit::NoPerm => (550, EnhancedCode::new(5, 7, 1)),
-        Exit::DataErr => (554, EnhancedCode::new(5, 6, 0)),
-        Exit::NoHost => (550, EnhancedCode::new(5, 4, 4)),
-        _ => (554, EnhancedCode::new(5, 3, 0)),
-    };
-    let first = f.message.lines().next().unwrap_or("delivery failed");
-    // A reply line must stay a line: no control characters from a server's text.
-    let first: String = first.chars().filter(|c| !c.is_control()).collect();
-    crate::bs::BsOutcome::Failed(Reply {
-        code,
-        enhanced: Some(enhanced),
-        lines: vec![format!("{enhanced} {first}")],
-    })
 }

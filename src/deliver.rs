@@ -685,8 +685,19 @@ pub async fn deliver(
     if outcome.is_success() {
         return Ok(());
     }
+    Err(failure(config, profile, message, &outcome))
+}
+
+/// The Failure for an outcome that is final and not a success: the report for the user, and,
+/// when nobody got the message or recipients are left over, a copy in the dead letter (its
+/// path, or why it could not be written, ends the message).
+pub fn failure(
+    config: &Config,
+    profile: &Profile,
+    message: &Prepared,
+    outcome: &Outcome,
+) -> Failure {
     let mut text = outcome.report(profile, message);
-    // Not delivered to anyone, or recipients left over: keep a copy.
     if outcome.delivered.is_empty() || !outcome.pending.is_empty() {
         let reason = outcome.summary_line();
         match crate::report::dead_letter(config, profile, message, &reason) {
@@ -694,7 +705,7 @@ pub async fn deliver(
             Err(e) => text.push_str(&format!("\n  could not save the message: {}", e.message)),
         }
     }
-    Err(Failure::new(outcome.exit(), text))
+    Failure::new(outcome.exit(), text)
 }
 
 /// The per-message log line for a final outcome (see `report::log_line` for where it goes).

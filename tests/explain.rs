@@ -272,7 +272,9 @@ fn exit_codes_without_catalogue_entry() {
     assert_eq!(exit_for(&reply("554 5.6.0 corrupt content")), Exit::DataErr);
     assert_eq!(exit_for(&reply("550 5.7.1 Unable to relay")), Exit::NoPerm);
     assert_eq!(
-        exit_for(&reply("553 5.7.1 Sender address rejected: not owned by user")),
+        exit_for(&reply(
+            "553 5.7.1 Sender address rejected: not owned by user"
+        )),
         Exit::NoPerm
     );
     assert_eq!(exit_for(&reply("550 5.0.0 no")), Exit::Unavailable);

@@ -127,7 +127,7 @@ fn write_body(dir: &Path, name: &str, size: usize) -> PathBuf {
     let mut written = head.len();
     let mut i = 0u64;
     while written < size {
-        let l: &[u8] = if i % 50 == 0 { dotline } else { line };
+        let l: &[u8] = if i.is_multiple_of(50) { dotline } else { line };
         f.write_all(l).unwrap();
         written += l.len();
         i += 1;

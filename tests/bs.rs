@@ -405,7 +405,7 @@ fn garbage_never_panics() {
         let mut input = Vec::new();
         let n = rng.next() % 60;
         for _ in 0..n {
-            if rng.next() % 4 == 0 {
+            if rng.next().is_multiple_of(4) {
                 for _ in 0..rng.next() % 100 {
                     input.push(rng.next() as u8);
                 }

@@ -43,10 +43,10 @@ pub fn start_stub_dns(records: Vec<(&str, Answer)>) -> SocketAddr {
             let Ok(query) = Message::from_vec(&buf[..n]) else {
                 continue;
             };
-            if let Some(resp) = answer(&query, &table) {
-                if let Ok(bytes) = resp.to_vec() {
-                    let _ = sock.send_to(&bytes, peer);
-                }
+            if let Some(resp) = answer(&query, &table)
+                && let Ok(bytes) = resp.to_vec()
+            {
+                let _ = sock.send_to(&bytes, peer);
             }
         }
     });

@@ -13,6 +13,7 @@ pub mod config;
 pub mod deliver;
 pub mod exit;
 pub mod explain;
+pub mod fsutil;
 pub mod message;
 pub mod queue;
 pub mod report;

@@ -8,7 +8,6 @@
 //! Must not: talk to the network, or print a token (Debug is redacted).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -176,22 +175,7 @@ pub fn write(dir: &Path, entry: &Entry) -> Result<(), Failure> {
     let path = file_path(dir, &entry.key.profile);
     let json = serde_json::to_vec_pretty(entry)
         .map_err(|e| Failure::new(Exit::Software, format!("token cache: {e}")))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".token-")
-        .tempfile_in(dir)
-        .map_err(|e| io_fail("create a file in", dir, e))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_fail("set permissions on", tmp.path(), e))?;
-    tmp.write_all(&json)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| io_fail("write", tmp.path(), e))?;
-    tmp.persist(&path)
-        .map_err(|e| io_fail("replace", &path, e.error))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::replace_file(dir, &path, &json, 0o600).map_err(|e| io_fail("write", &path, e))
 }
 
 /// Remove the profile's cache file (no error when absent).

@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::exit::{Exit, Failure};
+use crate::fsutil::sync_dir;
 use crate::message::{Envelope, Prepared};
 use crate::smtp::Reply;
 
@@ -340,25 +341,14 @@ impl Spool {
     }
 }
 
-/// Take an exclusive `flock` without blocking: Ok(false) when another holder has it.
-/// (std's `File::try_lock` is the same call but needs Rust 1.89; the crate's MSRV is lower.)
+/// Take an exclusive lock (flock(2) on Linux) without blocking: Ok(false) when another
+/// holder has it.
 pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor we own for the duration of the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
-    let e = io::Error::last_os_error();
-    if e.kind() == io::ErrorKind::WouldBlock {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn create_new(path: &Path) -> io::Result<File> {
@@ -517,20 +507,8 @@ pub fn enqueue_with(
 
 /// Rewrite an entry's metadata atomically (temp file, fsync, rename, fsync dir).
 pub(crate) fn rewrite_meta(spool: &Spool, entry: &Entry) -> io::Result<()> {
-    let r: u32 = rand::random();
-    let tmp = spool.tmp().join(format!("{}.json.{r:08x}", entry.id));
     let json = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
-    let res = (|| {
-        let mut f = create_new(&tmp)?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-        fs::rename(&tmp, spool.meta_path(&entry.id))?;
-        sync_dir(&spool.meta())
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    crate::fsutil::replace_file(&spool.tmp(), &spool.meta_path(&entry.id), &json, 0o600)
 }
 
 /// Remove a committed entry: metadata first (the entry is gone), then the body.

@@ -846,3 +846,99 @@ async fn sender_refused_then_hang_up_keeps_the_refusal() {
     assert_eq!(step, Step::Mail);
     assert_eq!(reply.enhanced.unwrap().to_string(), "5.7.68");
 }
+
+// ---- replies of the wrong kind and hostile text ------------------------------------------------
+
+#[tokio::test]
+async fn positive_reply_of_the_wrong_kind_is_out_of_step_never_success() {
+    // A "greeting" of 250, an EHLO answered 220: positive codes, but not the step's. They
+    // must not pass for a refusal with a positive code (which mapped to exit 0).
+    for (phase, reply, step) in [
+        (Phase::Greeting, "250 hello there", Step::Greeting),
+        (Phase::Ehlo, "220 fake.example", Step::Ehlo),
+    ] {
+        let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply(phase, reply))).await;
+        let err = Session::connect(session_config(
+            &server,
+            TlsPolicy::Opportunistic,
+            settings(&server),
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, SessionError::Protocol { step: s, detail } if *s == step && detail.contains(reply)),
+            "{err:?}"
+        );
+        assert!(err.is_transient(), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn extra_pipelined_reply_is_detected_not_taken_for_data_acceptance() {
+    // The server answers MAIL twice: every later reply would be matched to the wrong command
+    // (the second RCPT reply to DATA, so the data would never be sent and the end-of-data
+    // verdict never read).
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply(
+        Phase::Mail,
+        "250 2.1.0 Sender OK\r\n250 2.1.0 Sender OK again",
+    )))
+    .await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let err = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SessionError::Protocol {
+                step: Step::Data,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(server.accepted().is_empty());
+}
+
+#[tokio::test]
+async fn intermediate_reply_at_end_of_data_is_not_acceptance() {
+    let server =
+        FakeM365::start(FakeConfig::mx().rule(Rule::reply(Phase::DataEnd, "354 go ahead"))).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let err = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SessionError::Protocol {
+                step: Step::DataEnd,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

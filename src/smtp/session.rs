@@ -446,13 +446,7 @@ impl Session {
             dirty: false,
         };
         let greeting = s.read_reply(Step::Greeting, s.cfg.command_timeout).await?;
-        if greeting.code != 220 {
-            return Err(SessionError::Rejected {
-                step: Step::Greeting,
-                reply: greeting,
-            });
-        }
-        s.greeting = greeting;
+        s.greeting = expect(Step::Greeting, greeting, |c| c == 220)?;
         s.ehlo().await?;
         if s.caps.starttls {
             s.starttls().await?;
@@ -481,12 +475,7 @@ impl Session {
         let r = self
             .command(Line::plain(format!("EHLO {}", self.cfg.helo)), Step::Ehlo)
             .await?;
-        if r.code != 250 {
-            return Err(SessionError::Rejected {
-                step: Step::Ehlo,
-                reply: r,
-            });
-        }
+        let r = expect(Step::Ehlo, r, |c| c == 250)?;
         self.caps = Capabilities::from_ehlo(&r);
         Ok(())
     }
@@ -495,12 +484,7 @@ impl Session {
         let r = self
             .command(Line::plain("STARTTLS"), Step::StartTls)
             .await?;
-        if r.code != 220 {
-            return Err(SessionError::Rejected {
-                step: Step::StartTls,
-                reply: r,
-            });
-        }
+        expect(Step::StartTls, r, |c| c == 220)?;
         if !self.rbuf.is_empty() {
             // Anything after the 220 was sent in plain text before TLS: an injection attempt.
             return Err(SessionError::Protocol {
@@ -626,14 +610,7 @@ impl Session {
                 }
             }
         };
-        if reply.code == 235 {
-            Ok(Some(reply))
-        } else {
-            Err(SessionError::Rejected {
-                step: Step::Auth,
-                reply,
-            })
-        }
+        expect(Step::Auth, reply, |c| c == 235).map(Some)
     }
 
     /// Send one message. Can be called again on the same session for the next message (an
@@ -715,7 +692,8 @@ impl Session {
             self.send(&lines, Step::Mail).await?;
             mail_reply = self
                 .read_reply(Step::Mail, self.cfg.command_timeout)
-                .await?;
+                .await
+                .and_then(|r| final_reply(Step::Mail, r))?;
             // A server may hang up right after refusing the sender: the refusal is the news,
             // not the lost connection.
             let mail_refused = !mail_reply.is_positive();
@@ -724,7 +702,11 @@ impl Session {
                 other => Ok(other.ok()),
             };
             for r in &envelope.recipients {
-                match keep(self.read_reply(Step::Rcpt, self.cfg.command_timeout).await)? {
+                let reply = self
+                    .read_reply(Step::Rcpt, self.cfg.command_timeout)
+                    .await
+                    .and_then(|r| final_reply(Step::Rcpt, r));
+                match keep(reply)? {
                     Some(reply) => recipients.push((r.clone(), reply)),
                     None => {
                         return Ok(MessageResult {
@@ -739,7 +721,10 @@ impl Session {
                 data_reply = keep(self.read_reply(Step::Data, self.cfg.command_timeout).await)?;
             }
         } else {
-            mail_reply = self.command(Line::plain(mail), Step::Mail).await?;
+            mail_reply = final_reply(
+                Step::Mail,
+                self.command(Line::plain(mail), Step::Mail).await?,
+            )?;
             if !mail_reply.is_positive() {
                 return Ok(MessageResult {
                     mail: mail_reply,
@@ -749,7 +734,7 @@ impl Session {
             }
             for (addr, line) in envelope.recipients.iter().zip(rcpts) {
                 let reply = self.command(Line::plain(line), Step::Rcpt).await?;
-                recipients.push((addr.clone(), reply));
+                recipients.push((addr.clone(), final_reply(Step::Rcpt, reply)?));
             }
             if recipients.iter().any(|(_, r)| r.is_positive()) && !bdat {
                 data_reply = Some(self.command(Line::plain("DATA"), Step::Data).await?);
@@ -765,6 +750,17 @@ impl Session {
         } else {
             match data_reply {
                 None => None,
+                // Only 354 lets data follow; any other positive reply means the replies no
+                // longer match the commands (a server answering more or fewer of them).
+                Some(r) if r.is_positive() && r.code != 354 => {
+                    return Err(out_of_step(Step::Data, &r));
+                }
+                Some(r) if r.code == 354 && !self.rbuf.is_empty() => {
+                    return Err(SessionError::Protocol {
+                        step: Step::Data,
+                        detail: "the server sent more replies than there were commands".into(),
+                    });
+                }
                 Some(r) if r.code == 354 => {
                     if go {
                         Some((Step::DataEnd, self.send_data(&mut file).await?))
@@ -824,8 +820,10 @@ impl Session {
             t.line("C: .");
         }
         self.write_raw(&out, Step::Data).await?;
-        self.read_reply(Step::DataEnd, self.cfg.data_end_timeout)
-            .await
+        let r = self
+            .read_reply(Step::DataEnd, self.cfg.data_end_timeout)
+            .await?;
+        final_reply(Step::DataEnd, r)
     }
 
     /// BDAT chunks of at most BDAT_CHUNK bytes, each read from the file in BODY_PIECE pieces.
@@ -870,7 +868,7 @@ impl Session {
                 self.cfg.command_timeout
             };
             let step = if last { Step::DataEnd } else { Step::Data };
-            let r = self.read_reply(step, wait).await?;
+            let r = final_reply(step, self.read_reply(step, wait).await?)?;
             if last || !r.is_positive() {
                 return Ok((step, r));
             }
@@ -880,12 +878,7 @@ impl Session {
     /// RSET: abandon the current transaction (the session stays usable).
     pub async fn rset(&mut self) -> Result<Reply, SessionError> {
         let r = self.command(Line::plain("RSET"), Step::Rset).await?;
-        if r.code != 250 {
-            return Err(SessionError::Rejected {
-                step: Step::Rset,
-                reply: r,
-            });
-        }
+        let r = expect(Step::Rset, r, |c| c == 250)?;
         self.dirty = false;
         Ok(r)
     }
@@ -1030,6 +1023,38 @@ impl Session {
             };
         }
         io_error(step, e)
+    }
+}
+
+/// A positive reply that is not the one the step expects (250 to DATA, a greeting of 250, 334
+/// after the last AUTH line): the server and we are out of step. Never a success.
+fn out_of_step(step: Step, reply: &Reply) -> SessionError {
+    SessionError::Protocol {
+        step,
+        detail: format!(
+            "unexpected reply \"{reply}\" (the server is out of step with the dialogue)"
+        ),
+    }
+}
+
+/// `reply` when `ok(code)`; a refusal as `Rejected`; any other positive reply `out_of_step`.
+fn expect(step: Step, reply: Reply, ok: impl Fn(u16) -> bool) -> Result<Reply, SessionError> {
+    if ok(reply.code) {
+        Ok(reply)
+    } else if reply.is_positive() {
+        Err(out_of_step(step, &reply))
+    } else {
+        Err(SessionError::Rejected { step, reply })
+    }
+}
+
+/// A reply that ends a command (MAIL, RCPT, end of data): an intermediate 3xx is out of step
+/// (it would otherwise count as acceptance).
+fn final_reply(step: Step, reply: Reply) -> Result<Reply, SessionError> {
+    if (300..400).contains(&reply.code) {
+        Err(out_of_step(step, &reply))
+    } else {
+        Ok(reply)
     }
 }
 

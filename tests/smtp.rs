@@ -942,3 +942,34 @@ async fn intermediate_reply_at_end_of_data_is_not_acceptance() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn control_characters_in_replies_never_reach_the_user() {
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply(
+        Phase::DataEnd,
+        "550 5.7.1 bad\x1b[2J content\x07\x00 here",
+    )))
+    .await;
+    let (sink, seen) = Sink::memory();
+    let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    cfg.transcript = Some(sink);
+    let mut s = Session::connect(cfg).await.unwrap();
+    let res = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    let (_, reply) = res.message_failure().unwrap();
+    let text = reply.to_string();
+    assert!(text.starts_with("550 5.7.1 bad"), "{text}");
+    assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+    let transcript = seen.contents();
+    assert!(transcript.contains("S: 550 5.7.1 bad"), "{transcript}");
+    assert!(
+        !transcript.contains('\x1b') && !transcript.contains('\x07') && !transcript.contains('\0'),
+        "{transcript:?}"
+    );
+}

@@ -979,7 +979,18 @@ impl Session {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
+                // The text reaches the user's terminal, logs and bounces: no control
+                // characters (escape sequences, CR, NUL) from the server get through.
+                return Ok(String::from_utf8_lossy(&line)
+                    .chars()
+                    .map(|c| {
+                        if c.is_control() && c != '\t' {
+                            '\u{FFFD}'
+                        } else {
+                            c
+                        }
+                    })
+                    .collect());
             }
             if self.rbuf.len() > MAX_LINE {
                 return Err(SessionError::Protocol {

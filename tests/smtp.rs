@@ -973,3 +973,50 @@ async fn control_characters_in_replies_never_reach_the_user() {
         "{transcript:?}"
     );
 }
+
+#[tokio::test]
+async fn starttls_refused_goes_on_in_clear_only_where_tls_is_optional() {
+    let refused = || {
+        FakeConfig::mx().rule(Rule::reply(
+            Phase::StartTls,
+            "454 4.7.0 TLS not available due to local problem",
+        ))
+    };
+    // Direct send (TLS opportunistic): delivered without TLS, as RFC 3207 allows.
+    let server = FakeM365::start(refused()).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Opportunistic,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    assert!(!s.is_tls());
+    let res = s
+        .send_message(
+            &envelope("alerts@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered(), "{res:?}");
+    s.quit().await.unwrap();
+    assert_eq!(server.accepted().len(), 1);
+
+    // Relay/submission (TLS required): stop, nothing sent.
+    let server = FakeM365::start(refused()).await;
+    let err = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, SessionError::Rejected { step: Step::StartTls, reply } if reply.code == 454),
+        "{err:?}"
+    );
+    let cmds = server.connections()[0].commands.clone();
+    assert!(!cmds.iter().any(|c| c.starts_with("MAIL")), "{cmds:?}");
+}

@@ -449,8 +449,22 @@ impl Session {
         s.greeting = expect(Step::Greeting, greeting, |c| c == 220)?;
         s.ehlo().await?;
         if s.caps.starttls {
-            s.starttls().await?;
-            s.ehlo().await?;
+            match s.starttls().await {
+                Ok(()) => s.ehlo().await?,
+                // RFC 3207 §4: after a refused STARTTLS the client may go on without TLS.
+                // Where TLS is only opportunistic (direct send), a server that cannot do it
+                // now must not hold the message back.
+                Err(SessionError::Rejected { reply, .. })
+                    if s.cfg.tls == TlsPolicy::Opportunistic =>
+                {
+                    if let Some(t) = &s.cfg.transcript {
+                        t.line(&format!(
+                            "-- STARTTLS refused ({reply}); going on without TLS (TLS is optional in this mode)"
+                        ));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         } else if s.cfg.tls == TlsPolicy::Required {
             s.quit_quietly().await;
             return Err(SessionError::StartTlsNotOffered);

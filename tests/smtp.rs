@@ -1020,3 +1020,52 @@ async fn starttls_refused_goes_on_in_clear_only_where_tls_is_optional() {
     let cmds = server.connections()[0].commands.clone();
     assert!(!cmds.iter().any(|c| c.starts_with("MAIL")), "{cmds:?}");
 }
+
+#[tokio::test]
+async fn ehlo_not_recognised_falls_back_to_helo() {
+    // An old relay without ESMTP: EHLO answered 502, HELO accepted.
+    let server = FakeM365::start(
+        FakeConfig::mx()
+            .no_starttls()
+            .rule(Rule::reply(Phase::Ehlo, "502 5.5.1 Command not implemented").times(1)),
+    )
+    .await;
+    let (sink, seen) = Sink::memory();
+    let mut cfg = session_config(&server, TlsPolicy::Opportunistic, settings(&server));
+    cfg.transcript = Some(sink);
+    let mut s = Session::connect(cfg).await.unwrap();
+    assert!(!s.is_tls());
+    assert!(!s.capabilities().pipelining && s.capabilities().size.is_none());
+    let res = s
+        .send_message(
+            &envelope("alerts@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered(), "{res:?}");
+    s.quit().await.unwrap();
+    let cmds = server.connections()[0].commands.clone();
+    assert_eq!(cmds[0], "EHLO client.contoso.com");
+    assert_eq!(cmds[1], "HELO client.contoso.com");
+    // No extension was used: plain MAIL FROM without SIZE.
+    assert_eq!(cmds[2], "MAIL FROM:<alerts@contoso.com>");
+    assert!(seen.contents().contains("trying HELO"));
+    assert_eq!(server.accepted().len(), 1);
+
+    // Where TLS is required, HELO (no STARTTLS) stops before anything is sent.
+    let server = FakeM365::start(
+        FakeConfig::mx()
+            .rule(Rule::reply(Phase::Ehlo, "502 5.5.1 Command not implemented").times(1)),
+    )
+    .await;
+    let err = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SessionError::StartTlsNotOffered), "{err:?}");
+}

@@ -378,7 +378,8 @@ impl Session {
     /// Connect (each resolved address in order, with the connect timeout), read the
     /// greeting, EHLO, and STARTTLS + EHLO when offered (and required or opportunistic).
     /// With `TlsPolicy::Required`, a missing STARTTLS or a failed handshake ends here,
-    /// before anything else is sent.
+    /// before anything else is sent; with `Opportunistic`, a refused STARTTLS goes on in
+    /// clear text. A server that does not know EHLO gets HELO (no extensions, so no TLS).
     pub async fn connect(cfg: SessionConfig) -> Result<Session, SessionError> {
         let host = cfg.host.clone();
         let lookup = timeout(
@@ -489,6 +490,19 @@ impl Session {
         let r = self
             .command(Line::plain(format!("EHLO {}", self.cfg.helo)), Step::Ehlo)
             .await?;
+        if matches!(r.code, 500 | 502) && !self.tls {
+            // RFC 5321 §3.2: a server without the extensions (an old relay given with
+            // --server) does not know EHLO; HELO starts a plain session without any.
+            if let Some(t) = &self.cfg.transcript {
+                t.line("-- EHLO not recognised; trying HELO");
+            }
+            let h = self
+                .command(Line::plain(format!("HELO {}", self.cfg.helo)), Step::Ehlo)
+                .await?;
+            expect(Step::Ehlo, h, |c| c == 250)?;
+            self.caps = Capabilities::default();
+            return Ok(());
+        }
         let r = expect(Step::Ehlo, r, |c| c == 250)?;
         self.caps = Capabilities::from_ehlo(&r);
         Ok(())

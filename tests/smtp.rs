@@ -1069,3 +1069,47 @@ async fn ehlo_not_recognised_falls_back_to_helo() {
     .unwrap_err();
     assert!(matches!(err, SessionError::StartTlsNotOffered), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_server_echoing_the_auth_payload_does_not_leak_it() {
+    // Some servers quote the rejected argument in their error text. That text reaches the
+    // transcript, the user's error, the log line and the queue metadata: the payload, token
+    // and password must not.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = b64.encode(format!(
+        "user=app@contoso.com\x01auth=Bearer {TOKEN}\x01\x01"
+    ));
+    let password = "Pa55w0rd-very-secret";
+    for (creds, echo) in [
+        (
+            oauth(),
+            format!("535 5.7.3 Authentication unsuccessful for {payload} (token {TOKEN})"),
+        ),
+        (
+            Credentials::Password {
+                user: "basic@contoso.com".into(),
+                password: Secret::new(password),
+            },
+            format!(
+                "535 5.7.8 bad password {password} / {}",
+                b64.encode(password)
+            ),
+        ),
+    ] {
+        let server =
+            FakeM365::start(FakeConfig::submission().rule(Rule::reply(Phase::Auth, &echo))).await;
+        let (sink, buf) = Sink::memory();
+        let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+        cfg.transcript = Some(sink);
+        let mut s = Session::connect(cfg).await.unwrap();
+        let err = s.authenticate(&creds).await.unwrap_err();
+        let reply = err.reply().expect("a refusal").to_string();
+        let t = buf.contents();
+        for secret in [payload.as_str(), TOKEN, password, &b64.encode(password)] {
+            assert!(!reply.contains(secret), "secret in the reply: {reply}");
+            assert!(!t.contains(secret), "secret in the transcript:\n{t}");
+        }
+        assert!(reply.starts_with("535 5.7."), "{reply}");
+        assert!(reply.contains("<redacted>"), "{reply}");
+    }
+}

@@ -357,6 +357,9 @@ pub struct Session {
     cfg: SessionConfig,
     stream: Stream,
     rbuf: Vec<u8>,
+    /// What we sent that must not come back to the user: AUTH payloads, the token and the
+    /// password. A server that echoes them in a reply (in an error text) gets them replaced.
+    secrets: Vec<String>,
     caps: Capabilities,
     tls: bool,
     greeting: Reply,
@@ -441,6 +444,7 @@ impl Session {
             cfg,
             stream: Stream::Plain(tcp),
             rbuf: Vec::with_capacity(4096),
+            secrets: Vec::new(),
             caps: Capabilities::default(),
             tls: false,
             greeting: Reply::new(220, Vec::new()),
@@ -578,6 +582,7 @@ impl Session {
             Credentials::None => return Ok(None),
             _ if !self.tls => return Err(SessionError::AuthWithoutTls),
             Credentials::XOAuth2 { user, token, .. } => {
+                self.secrets.push(token.expose().to_owned());
                 if !self.caps.has_auth("XOAUTH2") {
                     return Err(SessionError::AuthNotOffered {
                         wanted: "XOAUTH2",
@@ -599,6 +604,7 @@ impl Session {
                 }
             }
             Credentials::Password { user, password } => {
+                self.secrets.push(password.expose().to_owned());
                 if self.caps.has_auth("PLAIN") {
                     let sasl = format!("\0{user}\0{}", password.expose());
                     let line = Line::secret(
@@ -945,6 +951,11 @@ impl Session {
             if let Some(t) = &self.cfg.transcript {
                 t.line(&format!("C: {}", l.shown.as_deref().unwrap_or(&l.text)));
             }
+            if l.shown.is_some()
+                && let Some(payload) = l.text.rsplit(' ').next()
+            {
+                self.secrets.push(payload.to_owned());
+            }
             buf.extend_from_slice(l.text.as_bytes());
             buf.extend_from_slice(b"\r\n");
         }
@@ -971,7 +982,12 @@ impl Session {
         let deadline = Instant::now() + wait;
         let mut parser = ReplyParser::default();
         loop {
-            let line = self.read_line(step, deadline, wait).await?;
+            let mut line = self.read_line(step, deadline, wait).await?;
+            for secret in self.secrets.iter().filter(|s| s.len() >= 4) {
+                if line.contains(secret.as_str()) {
+                    line = line.replace(secret.as_str(), "<redacted>");
+                }
+            }
             if let Some(t) = &self.cfg.transcript {
                 t.line(&format!("S: {line}"));
             }

@@ -1112,4 +1112,28 @@ async fn a_server_echoing_the_auth_payload_does_not_leak_it() {
         assert!(reply.starts_with("535 5.7."), "{reply}");
         assert!(reply.contains("<redacted>"), "{reply}");
     }
+
+    // A password that looks like the start of a reply line does not break the replies.
+    let server = FakeM365::start(FakeConfig::submission().user("odd@contoso.com", "250 ")).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let odd = Credentials::Password {
+        user: "odd@contoso.com".into(),
+        password: Secret::new("250 "),
+    };
+    assert_eq!(s.authenticate(&odd).await.unwrap().unwrap().code, 235);
+    let res = s
+        .send_message(
+            &envelope("odd@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered(), "{res:?}");
 }

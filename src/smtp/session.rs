@@ -983,10 +983,15 @@ impl Session {
         let mut parser = ReplyParser::default();
         loop {
             let mut line = self.read_line(step, deadline, wait).await?;
-            for secret in self.secrets.iter().filter(|s| s.len() >= 4) {
-                if line.contains(secret.as_str()) {
-                    line = line.replace(secret.as_str(), "<redacted>");
+            // Only the text after "NNN-" / "NNN ": whatever the secret, the code stays.
+            if line.len() > 4 && line.is_char_boundary(4) {
+                let mut text = line.split_off(4);
+                for secret in self.secrets.iter().filter(|s| s.len() >= 4) {
+                    if text.contains(secret.as_str()) {
+                        text = text.replace(secret.as_str(), "<redacted>");
+                    }
                 }
+                line.push_str(&text);
             }
             if let Some(t) = &self.cfg.transcript {
                 t.line(&format!("S: {line}"));

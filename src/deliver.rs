@@ -381,7 +381,12 @@ impl Outcome {
             out.push(format!("  NOT delivered to: {}", not.join(", ")));
         }
         if out.is_empty() {
-            out.push("delivered".to_owned());
+            // Never "delivered" for a message that was not: say so even without a reason.
+            out.push(if self.is_success() {
+                "delivered".to_owned()
+            } else {
+                format!("not delivered: {}", self.summary_line())
+            });
         }
         out.join("\n")
     }

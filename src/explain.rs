@@ -437,10 +437,11 @@ impl Words<'_, '_> {
             None => "the mailbox that logs in".to_owned(),
         }
     }
+    /// The mailbox address, or a `<mailbox>` placeholder (it goes into PowerShell commands).
     fn mailbox_or_it(&self) -> String {
         match self.ctx.mailbox {
             Some(m) => m.to_owned(),
-            None => "the mailbox".to_owned(),
+            None => "<mailbox>".to_owned(),
         }
     }
     fn sender(&self) -> String {
@@ -665,10 +666,13 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
             "Wait until the 24-hour window frees up, or spread the mail over several mailboxes, or use relay or High Volume Email.".to_owned(),
         ),
         Kind::MailboxFull => (
-            format!(
-                "the sending {} is full (its Sent Items cannot take the copy).",
-                w.mailbox()
-            ),
+            match ctx.mailbox {
+                Some(m) => format!(
+                    "the sending mailbox {m} is full (its Sent Items cannot take the copy)."
+                ),
+                None => "the sending mailbox is full (its Sent Items cannot take the copy)."
+                    .to_owned(),
+            },
             "Empty the mailbox's Sent Items or raise its quota.".to_owned(),
         ),
         Kind::TooLarge => (
@@ -894,12 +898,12 @@ pub fn explain_code(code: &str) -> Option<String> {
             lines: vec![],
         };
         let mut out = format!("{b}: {}.", basic_meaning(b));
-        let mut uses: Vec<String> = SAMPLES
-            .iter()
-            .filter(|s| s.1 == b)
-            .map(|s| s.2.to_owned())
-            .collect();
-        uses.dedup();
+        let mut uses: Vec<String> = Vec::new();
+        for s in SAMPLES.iter().filter(|s| s.1 == b) {
+            if !uses.iter().any(|u| u == s.2) {
+                uses.push(s.2.to_owned());
+            }
+        }
         if !uses.is_empty() {
             out.push_str(&format!(
                 "\n  Microsoft 365 sends it with {}: run `m365send explain {b} <enhanced code>` for one.",

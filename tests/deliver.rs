@@ -869,3 +869,37 @@ async fn endpoint_without_auth_needs_no_credentials() {
     .unwrap();
     assert!(server.connections()[0].auth.is_empty());
 }
+
+/// A server whose replies are positive but of the wrong kind (a greeting of 250, an AUTH
+/// "success" of 250 instead of 235) did not take the message: the exit code must say so
+/// (it was 0, so cron saw success while the message went to the dead letter).
+#[tokio::test]
+async fn positive_reply_of_the_wrong_kind_is_never_exit_0() {
+    for (phase, reply) in [
+        (Phase::Greeting, "250 hello there"),
+        (Phase::Auth, "250 2.7.0 fine I guess"),
+    ] {
+        let server = FakeM365::start(submit_server().rule(Rule::reply(phase, reply))).await;
+        let mut env = setup(&server, Mode::Submit);
+        env.profile.retry.attempts = Some(1);
+        let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
+        let err = deliver(
+            &env.config,
+            &env.profile,
+            &msg,
+            &env.endpoint,
+            &Options::default(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit, Exit::TempFail, "{}", err.message);
+        let first = err.message.lines().next().unwrap();
+        assert!(
+            first.contains(&format!("unexpected reply \"{reply}\"")),
+            "{first}"
+        );
+        assert!(!err.message.contains("\ndelivered"), "{}", err.message);
+        assert!(env.dead.exists());
+        assert!(server.accepted().is_empty());
+    }
+}

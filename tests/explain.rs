@@ -515,3 +515,28 @@ fn aadsts_wording_uses_the_tenant_and_client_when_known() {
     let e = explain_token_error("authorization_declined", "AADSTS70019: x", &c).unwrap();
     assert!(e.meaning.contains("declined"), "{}", e.meaning);
 }
+
+/// `m365send explain` has no profile: the wording must still read (no "the sending the
+/// mailbox that logs in", no "-Identity the mailbox" in a command, no code listed twice).
+#[test]
+fn explain_code_reads_without_a_profile() {
+    let s = explain_code("5.2.2").unwrap();
+    assert!(s.contains("the sending mailbox is full"), "{s}");
+    let with = explain_reply(
+        &reply("554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException"),
+        &ctx(),
+    )
+    .unwrap();
+    assert!(
+        with.meaning
+            .starts_with("the sending mailbox app@contoso.com is full"),
+        "{}",
+        with.meaning
+    );
+    let s = explain_code("5.7.139").unwrap();
+    assert!(s.contains("Set-CASMailbox -Identity <mailbox> "), "{s}");
+    assert!(!s.contains("-Identity the mailbox"), "{s}");
+    let s = explain_code("554").unwrap();
+    let list = s.lines().nth(1).unwrap();
+    assert_eq!(list.matches("5.2.0").count(), 1, "{list}");
+}

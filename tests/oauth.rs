@@ -1424,3 +1424,32 @@ fn token_status_of_a_profile_without_oauth() {
     assert_eq!(f.exit, Exit::Config);
     assert!(f.message.contains("does not use OAuth"), "{}", f.message);
 }
+
+/// A process that holds the token cache lock and never lets go (a token request or secret
+/// command that hangs, a stopped process) must not hang every later sender with it: they give
+/// up after about one token request's worth of time with a temporary failure (75: queued).
+#[test]
+fn a_stuck_token_cache_lock_is_a_temporary_failure_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    // Never contacted: the lock is never obtained.
+    let mut profile = app_profile("http://127.0.0.1:9");
+    profile.timeouts.connect = Some(1);
+    profile.timeouts.command = Some(1);
+    let cache_dir = dir.path().join("cache");
+    let _held = auth::cache::lock_blocking(&cache_dir, &profile.name).unwrap();
+    let started = Instant::now();
+    let f = err(block(auth::credentials(&config, &profile, false)));
+    let took = started.elapsed();
+    assert_eq!(f.exit, Exit::TempFail, "{}", f.message);
+    assert!(
+        f.message.contains("locked by another m365send process"),
+        "{}",
+        f.message
+    );
+    assert!(f.message.contains("profile \"app\""), "{}", f.message);
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+}

@@ -720,3 +720,60 @@ async fn command_line_server_and_mode_are_kept_with_the_entry() {
     assert_eq!(server.accepted().len(), 1);
     assert_eq!(env.count().await, 0);
 }
+
+/// A queued message whose route is refused when the queue runs (here: its sender's domain was
+/// removed from accepted_domains meanwhile) fails alone: the next message of the same group,
+/// whose sender is fine, is delivered, not bounced with the other message's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
+    let server = start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(
+        server.port(),
+        Some(server.ca_file()),
+        "accepted_domains = [\"contoso.com\", \"fabrikam.com\"]",
+    );
+    for (sender, subject) in [
+        ("alerts@fabrikam.com", "from fabrikam"),
+        ("alerts@contoso.com", "from contoso"),
+    ] {
+        let mut child = env
+            .command(&["-odq", "-f", sender, RCPT])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("Subject: {subject}\n\nx\n").as_bytes())
+            .await
+            .unwrap();
+        drop(stdin);
+        let o = child.wait_with_output().await.unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        // Distinct creation seconds keep the order: fabrikam's entry is the group's first.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    env.write(
+        server.port(),
+        Some(server.ca_file()),
+        "accepted_domains = [\"contoso.com\"]",
+    );
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = server.accepted();
+    let subjects: Vec<String> = got
+        .iter()
+        .filter(|m| m.sender == "alerts@contoso.com")
+        .map(|m| subject_of(&m.data))
+        .collect();
+    assert_eq!(subjects, vec!["from contoso"], "{}", stderr(&o));
+    // The refused one is reported with its own reason (a bounce to its sender, or the
+    // dead letter), and the queue is empty.
+    let err = stderr(&o);
+    assert!(err.contains("1 delivered"), "{err}");
+    assert!(
+        !got.iter().any(|m| subject_of(&m.data) == "from fabrikam"),
+        "{err}"
+    );
+    assert_eq!(env.count().await, 0, "{err}");
+}

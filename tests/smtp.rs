@@ -846,3 +846,294 @@ async fn sender_refused_then_hang_up_keeps_the_refusal() {
     assert_eq!(step, Step::Mail);
     assert_eq!(reply.enhanced.unwrap().to_string(), "5.7.68");
 }
+
+// ---- replies of the wrong kind and hostile text ------------------------------------------------
+
+#[tokio::test]
+async fn positive_reply_of_the_wrong_kind_is_out_of_step_never_success() {
+    // A "greeting" of 250, an EHLO answered 220: positive codes, but not the step's. They
+    // must not pass for a refusal with a positive code (which mapped to exit 0).
+    for (phase, reply, step) in [
+        (Phase::Greeting, "250 hello there", Step::Greeting),
+        (Phase::Ehlo, "220 fake.example", Step::Ehlo),
+    ] {
+        let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply(phase, reply))).await;
+        let err = Session::connect(session_config(
+            &server,
+            TlsPolicy::Opportunistic,
+            settings(&server),
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, SessionError::Protocol { step: s, detail } if *s == step && detail.contains(reply)),
+            "{err:?}"
+        );
+        assert!(err.is_transient(), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn extra_pipelined_reply_is_detected_not_taken_for_data_acceptance() {
+    // The server answers MAIL twice: every later reply would be matched to the wrong command
+    // (the second RCPT reply to DATA, so the data would never be sent and the end-of-data
+    // verdict never read).
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply(
+        Phase::Mail,
+        "250 2.1.0 Sender OK\r\n250 2.1.0 Sender OK again",
+    )))
+    .await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let err = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SessionError::Protocol {
+                step: Step::Data,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(server.accepted().is_empty());
+}
+
+#[tokio::test]
+async fn intermediate_reply_at_end_of_data_is_not_acceptance() {
+    let server =
+        FakeM365::start(FakeConfig::mx().rule(Rule::reply(Phase::DataEnd, "354 go ahead"))).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let err = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SessionError::Protocol {
+                step: Step::DataEnd,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn control_characters_in_replies_never_reach_the_user() {
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply(
+        Phase::DataEnd,
+        "550 5.7.1 bad\x1b[2J content\x07\x00 here",
+    )))
+    .await;
+    let (sink, seen) = Sink::memory();
+    let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+    cfg.transcript = Some(sink);
+    let mut s = Session::connect(cfg).await.unwrap();
+    let res = s
+        .send_message(
+            &envelope("a@contoso.com", &["b@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    let (_, reply) = res.message_failure().unwrap();
+    let text = reply.to_string();
+    assert!(text.starts_with("550 5.7.1 bad"), "{text}");
+    assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+    let transcript = seen.contents();
+    assert!(transcript.contains("S: 550 5.7.1 bad"), "{transcript}");
+    assert!(
+        !transcript.contains('\x1b') && !transcript.contains('\x07') && !transcript.contains('\0'),
+        "{transcript:?}"
+    );
+}
+
+#[tokio::test]
+async fn starttls_refused_goes_on_in_clear_only_where_tls_is_optional() {
+    let refused = || {
+        FakeConfig::mx().rule(Rule::reply(
+            Phase::StartTls,
+            "454 4.7.0 TLS not available due to local problem",
+        ))
+    };
+    // Direct send (TLS opportunistic): delivered without TLS, as RFC 3207 allows.
+    let server = FakeM365::start(refused()).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Opportunistic,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    assert!(!s.is_tls());
+    let res = s
+        .send_message(
+            &envelope("alerts@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered(), "{res:?}");
+    s.quit().await.unwrap();
+    assert_eq!(server.accepted().len(), 1);
+
+    // Relay/submission (TLS required): stop, nothing sent.
+    let server = FakeM365::start(refused()).await;
+    let err = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, SessionError::Rejected { step: Step::StartTls, reply } if reply.code == 454),
+        "{err:?}"
+    );
+    let cmds = server.connections()[0].commands.clone();
+    assert!(!cmds.iter().any(|c| c.starts_with("MAIL")), "{cmds:?}");
+}
+
+#[tokio::test]
+async fn ehlo_not_recognised_falls_back_to_helo() {
+    // An old relay without ESMTP: EHLO answered 502, HELO accepted.
+    let server = FakeM365::start(
+        FakeConfig::mx()
+            .no_starttls()
+            .rule(Rule::reply(Phase::Ehlo, "502 5.5.1 Command not implemented").times(1)),
+    )
+    .await;
+    let (sink, seen) = Sink::memory();
+    let mut cfg = session_config(&server, TlsPolicy::Opportunistic, settings(&server));
+    cfg.transcript = Some(sink);
+    let mut s = Session::connect(cfg).await.unwrap();
+    assert!(!s.is_tls());
+    assert!(!s.capabilities().pipelining && s.capabilities().size.is_none());
+    let res = s
+        .send_message(
+            &envelope("alerts@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered(), "{res:?}");
+    s.quit().await.unwrap();
+    let cmds = server.connections()[0].commands.clone();
+    assert_eq!(cmds[0], "EHLO client.contoso.com");
+    assert_eq!(cmds[1], "HELO client.contoso.com");
+    // No extension was used: plain MAIL FROM without SIZE.
+    assert_eq!(cmds[2], "MAIL FROM:<alerts@contoso.com>");
+    assert!(seen.contents().contains("trying HELO"));
+    assert_eq!(server.accepted().len(), 1);
+
+    // Where TLS is required, HELO (no STARTTLS) stops before anything is sent.
+    let server = FakeM365::start(
+        FakeConfig::mx()
+            .rule(Rule::reply(Phase::Ehlo, "502 5.5.1 Command not implemented").times(1)),
+    )
+    .await;
+    let err = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SessionError::StartTlsNotOffered), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_server_echoing_the_auth_payload_does_not_leak_it() {
+    // Some servers quote the rejected argument in their error text. That text reaches the
+    // transcript, the user's error, the log line and the queue metadata: the payload, token
+    // and password must not.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = b64.encode(format!(
+        "user=app@contoso.com\x01auth=Bearer {TOKEN}\x01\x01"
+    ));
+    let password = "Pa55w0rd-very-secret";
+    for (creds, echo) in [
+        (
+            oauth(),
+            format!("535 5.7.3 Authentication unsuccessful for {payload} (token {TOKEN})"),
+        ),
+        (
+            Credentials::Password {
+                user: "basic@contoso.com".into(),
+                password: Secret::new(password),
+            },
+            format!(
+                "535 5.7.8 bad password {password} / {}",
+                b64.encode(password)
+            ),
+        ),
+    ] {
+        let server =
+            FakeM365::start(FakeConfig::submission().rule(Rule::reply(Phase::Auth, &echo))).await;
+        let (sink, buf) = Sink::memory();
+        let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
+        cfg.transcript = Some(sink);
+        let mut s = Session::connect(cfg).await.unwrap();
+        let err = s.authenticate(&creds).await.unwrap_err();
+        let reply = err.reply().expect("a refusal").to_string();
+        let t = buf.contents();
+        for secret in [payload.as_str(), TOKEN, password, &b64.encode(password)] {
+            assert!(!reply.contains(secret), "secret in the reply: {reply}");
+            assert!(!t.contains(secret), "secret in the transcript:\n{t}");
+        }
+        assert!(reply.starts_with("535 5.7."), "{reply}");
+        assert!(reply.contains("<redacted>"), "{reply}");
+    }
+
+    // A password that looks like the start of a reply line does not break the replies.
+    let server = FakeM365::start(FakeConfig::submission().user("odd@contoso.com", "250 ")).await;
+    let mut s = Session::connect(session_config(
+        &server,
+        TlsPolicy::Required,
+        settings(&server),
+    ))
+    .await
+    .unwrap();
+    let odd = Credentials::Password {
+        user: "odd@contoso.com".into(),
+        password: Secret::new("250 "),
+    };
+    assert_eq!(s.authenticate(&odd).await.unwrap().unwrap().code, 235);
+    let res = s
+        .send_message(
+            &envelope("odd@contoso.com", &["ops@contoso.com"]),
+            &body(MSG),
+            MessageFlags::default(),
+        )
+        .await
+        .unwrap();
+    assert!(res.delivered(), "{res:?}");
+}

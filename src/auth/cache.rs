@@ -233,3 +233,37 @@ pub async fn lock(dir: &Path, profile: &str) -> Result<Lock, Failure> {
         .await
         .map_err(|e| Failure::new(Exit::Software, format!("token cache lock: {e}")))?
 }
+
+/// Take the lock, waiting at most `wait`. A holder that does not let go in that time (a
+/// token request or secret command that hangs, a stopped process) must not hold every
+/// other sender with it: the caller fails with a temporary failure (75; the message is
+/// queued or kept) instead of waiting forever.
+pub async fn lock_within(
+    dir: &Path,
+    profile: &str,
+    wait: std::time::Duration,
+) -> Result<Lock, Failure> {
+    let file = open_lock(dir, profile)?;
+    let path = lock_path(dir, profile);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Lock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => return Err(io_fail("lock", &path, e)),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Failure::new(
+                Exit::TempFail,
+                format!(
+                    "the token cache of profile \"{profile}\" ({}) has been locked by another \
+                     m365send process for more than {} s (a token request or secret command \
+                     that hangs?); try again later",
+                    path.display(),
+                    wait.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

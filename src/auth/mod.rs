@@ -558,7 +558,10 @@ async fn acquire(
         tracing::debug!(profile = %s.profile, expires_at = t.expires_at, "access token from cache");
         return Ok(t);
     }
-    let _lock = cache::lock(&dir, &s.profile).await?;
+    // Another process may be asking for a token right now: wait as long as one request may
+    // take (connect, answer, one retry's worth), then give up with a temporary failure.
+    let wait = s.connect_timeout + s.request_timeout * 2 + Duration::from_secs(5);
+    let _lock = cache::lock_within(&dir, &s.profile, wait).await?;
     let mut entry = cache::read(&dir, &key);
     if let Some(t) = entry.as_ref().and_then(cached) {
         tracing::debug!(

@@ -27,9 +27,10 @@ pub struct SmtpDeliverer {
     host: String,
     /// The profile of the open session (for explanations).
     profile: Option<Profile>,
-    /// A route problem that is the messages' fault (sender outside the accepted domains,
-    /// direct send to an outside recipient): every message of the group fails with it.
-    refused: Option<Problem>,
+    /// A route problem that is the message's fault (sender outside the accepted domains,
+    /// direct send to an outside recipient), with the routing envelope it was found for:
+    /// it fails that message; another message of the group gets its own route.
+    refused: Option<(Envelope, Problem)>,
     /// The configuration of the open session (for the per-message log line).
     config: Option<Config>,
     /// The AUTH mechanism of the open session, for the log line.
@@ -226,7 +227,7 @@ impl Deliverer for SmtpDeliverer {
                 // The message's own fault (outside the accepted domains, or an outside
                 // recipient for direct send): fail the messages, not the connection.
                 Err(f) if matches!(f.exit, Exit::NoPerm | Exit::NoUser) => {
-                    self.refused = Some(Problem::error(f.message));
+                    self.refused = Some((route, Problem::error(f.message)));
                     return Ok(());
                 }
                 Err(f) => return Err(Problem::error(f.message)),
@@ -304,8 +305,21 @@ impl Deliverer for SmtpDeliverer {
 
 impl SmtpDeliverer {
     async fn send_one(&mut self, message: &Prepared) -> MessageOutcome {
-        if let Some(p) = &self.refused {
-            return MessageOutcome::Permanent(p.clone());
+        if let Some((route, p)) = &self.refused {
+            if *route == route_envelope(&message.envelope) {
+                return MessageOutcome::Permanent(p.clone());
+            }
+            // The refusal was about another message's envelope (the group shares the
+            // profile, not the sender and recipients): route and connect for this one.
+            let (Some(config), Some(profile)) = (self.config.clone(), self.profile.clone()) else {
+                return MessageOutcome::Transient(Problem::error("not connected"));
+            };
+            if let Err(p) = self.open(&config, &profile, &message.envelope).await {
+                return MessageOutcome::Transient(p);
+            }
+            if let Some((_, p)) = &self.refused {
+                return MessageOutcome::Permanent(p.clone());
+            }
         }
         let Some(session) = self.session.as_mut() else {
             return MessageOutcome::Transient(Problem::error("not connected"));

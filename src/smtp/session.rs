@@ -357,6 +357,9 @@ pub struct Session {
     cfg: SessionConfig,
     stream: Stream,
     rbuf: Vec<u8>,
+    /// What we sent that must not come back to the user: AUTH payloads, the token and the
+    /// password. A server that echoes them in a reply (in an error text) gets them replaced.
+    secrets: Vec<String>,
     caps: Capabilities,
     tls: bool,
     greeting: Reply,
@@ -378,7 +381,8 @@ impl Session {
     /// Connect (each resolved address in order, with the connect timeout), read the
     /// greeting, EHLO, and STARTTLS + EHLO when offered (and required or opportunistic).
     /// With `TlsPolicy::Required`, a missing STARTTLS or a failed handshake ends here,
-    /// before anything else is sent.
+    /// before anything else is sent; with `Opportunistic`, a refused STARTTLS goes on in
+    /// clear text. A server that does not know EHLO gets HELO (no extensions, so no TLS).
     pub async fn connect(cfg: SessionConfig) -> Result<Session, SessionError> {
         let host = cfg.host.clone();
         let lookup = timeout(
@@ -440,23 +444,32 @@ impl Session {
             cfg,
             stream: Stream::Plain(tcp),
             rbuf: Vec::with_capacity(4096),
+            secrets: Vec::new(),
             caps: Capabilities::default(),
             tls: false,
             greeting: Reply::new(220, Vec::new()),
             dirty: false,
         };
         let greeting = s.read_reply(Step::Greeting, s.cfg.command_timeout).await?;
-        if greeting.code != 220 {
-            return Err(SessionError::Rejected {
-                step: Step::Greeting,
-                reply: greeting,
-            });
-        }
-        s.greeting = greeting;
+        s.greeting = expect(Step::Greeting, greeting, |c| c == 220)?;
         s.ehlo().await?;
         if s.caps.starttls {
-            s.starttls().await?;
-            s.ehlo().await?;
+            match s.starttls().await {
+                Ok(()) => s.ehlo().await?,
+                // RFC 3207 §4: after a refused STARTTLS the client may go on without TLS.
+                // Where TLS is only opportunistic (direct send), a server that cannot do it
+                // now must not hold the message back.
+                Err(SessionError::Rejected { reply, .. })
+                    if s.cfg.tls == TlsPolicy::Opportunistic =>
+                {
+                    if let Some(t) = &s.cfg.transcript {
+                        t.line(&format!(
+                            "-- STARTTLS refused ({reply}); going on without TLS (TLS is optional in this mode)"
+                        ));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         } else if s.cfg.tls == TlsPolicy::Required {
             s.quit_quietly().await;
             return Err(SessionError::StartTlsNotOffered);
@@ -481,12 +494,20 @@ impl Session {
         let r = self
             .command(Line::plain(format!("EHLO {}", self.cfg.helo)), Step::Ehlo)
             .await?;
-        if r.code != 250 {
-            return Err(SessionError::Rejected {
-                step: Step::Ehlo,
-                reply: r,
-            });
+        if matches!(r.code, 500 | 502) && !self.tls {
+            // RFC 5321 §3.2: a server without the extensions (an old relay given with
+            // --server) does not know EHLO; HELO starts a plain session without any.
+            if let Some(t) = &self.cfg.transcript {
+                t.line("-- EHLO not recognised; trying HELO");
+            }
+            let h = self
+                .command(Line::plain(format!("HELO {}", self.cfg.helo)), Step::Ehlo)
+                .await?;
+            expect(Step::Ehlo, h, |c| c == 250)?;
+            self.caps = Capabilities::default();
+            return Ok(());
         }
+        let r = expect(Step::Ehlo, r, |c| c == 250)?;
         self.caps = Capabilities::from_ehlo(&r);
         Ok(())
     }
@@ -495,12 +516,7 @@ impl Session {
         let r = self
             .command(Line::plain("STARTTLS"), Step::StartTls)
             .await?;
-        if r.code != 220 {
-            return Err(SessionError::Rejected {
-                step: Step::StartTls,
-                reply: r,
-            });
-        }
+        expect(Step::StartTls, r, |c| c == 220)?;
         if !self.rbuf.is_empty() {
             // Anything after the 220 was sent in plain text before TLS: an injection attempt.
             return Err(SessionError::Protocol {
@@ -566,6 +582,7 @@ impl Session {
             Credentials::None => return Ok(None),
             _ if !self.tls => return Err(SessionError::AuthWithoutTls),
             Credentials::XOAuth2 { user, token, .. } => {
+                self.secrets.push(token.expose().to_owned());
                 if !self.caps.has_auth("XOAUTH2") {
                     return Err(SessionError::AuthNotOffered {
                         wanted: "XOAUTH2",
@@ -587,6 +604,7 @@ impl Session {
                 }
             }
             Credentials::Password { user, password } => {
+                self.secrets.push(password.expose().to_owned());
                 if self.caps.has_auth("PLAIN") {
                     let sasl = format!("\0{user}\0{}", password.expose());
                     let line = Line::secret(
@@ -626,14 +644,7 @@ impl Session {
                 }
             }
         };
-        if reply.code == 235 {
-            Ok(Some(reply))
-        } else {
-            Err(SessionError::Rejected {
-                step: Step::Auth,
-                reply,
-            })
-        }
+        expect(Step::Auth, reply, |c| c == 235).map(Some)
     }
 
     /// Send one message. Can be called again on the same session for the next message (an
@@ -715,7 +726,8 @@ impl Session {
             self.send(&lines, Step::Mail).await?;
             mail_reply = self
                 .read_reply(Step::Mail, self.cfg.command_timeout)
-                .await?;
+                .await
+                .and_then(|r| final_reply(Step::Mail, r))?;
             // A server may hang up right after refusing the sender: the refusal is the news,
             // not the lost connection.
             let mail_refused = !mail_reply.is_positive();
@@ -724,7 +736,11 @@ impl Session {
                 other => Ok(other.ok()),
             };
             for r in &envelope.recipients {
-                match keep(self.read_reply(Step::Rcpt, self.cfg.command_timeout).await)? {
+                let reply = self
+                    .read_reply(Step::Rcpt, self.cfg.command_timeout)
+                    .await
+                    .and_then(|r| final_reply(Step::Rcpt, r));
+                match keep(reply)? {
                     Some(reply) => recipients.push((r.clone(), reply)),
                     None => {
                         return Ok(MessageResult {
@@ -739,7 +755,10 @@ impl Session {
                 data_reply = keep(self.read_reply(Step::Data, self.cfg.command_timeout).await)?;
             }
         } else {
-            mail_reply = self.command(Line::plain(mail), Step::Mail).await?;
+            mail_reply = final_reply(
+                Step::Mail,
+                self.command(Line::plain(mail), Step::Mail).await?,
+            )?;
             if !mail_reply.is_positive() {
                 return Ok(MessageResult {
                     mail: mail_reply,
@@ -749,7 +768,7 @@ impl Session {
             }
             for (addr, line) in envelope.recipients.iter().zip(rcpts) {
                 let reply = self.command(Line::plain(line), Step::Rcpt).await?;
-                recipients.push((addr.clone(), reply));
+                recipients.push((addr.clone(), final_reply(Step::Rcpt, reply)?));
             }
             if recipients.iter().any(|(_, r)| r.is_positive()) && !bdat {
                 data_reply = Some(self.command(Line::plain("DATA"), Step::Data).await?);
@@ -765,6 +784,17 @@ impl Session {
         } else {
             match data_reply {
                 None => None,
+                // Only 354 lets data follow; any other positive reply means the replies no
+                // longer match the commands (a server answering more or fewer of them).
+                Some(r) if r.is_positive() && r.code != 354 => {
+                    return Err(out_of_step(Step::Data, &r));
+                }
+                Some(r) if r.code == 354 && !self.rbuf.is_empty() => {
+                    return Err(SessionError::Protocol {
+                        step: Step::Data,
+                        detail: "the server sent more replies than there were commands".into(),
+                    });
+                }
                 Some(r) if r.code == 354 => {
                     if go {
                         Some((Step::DataEnd, self.send_data(&mut file).await?))
@@ -824,8 +854,10 @@ impl Session {
             t.line("C: .");
         }
         self.write_raw(&out, Step::Data).await?;
-        self.read_reply(Step::DataEnd, self.cfg.data_end_timeout)
-            .await
+        let r = self
+            .read_reply(Step::DataEnd, self.cfg.data_end_timeout)
+            .await?;
+        final_reply(Step::DataEnd, r)
     }
 
     /// BDAT chunks of at most BDAT_CHUNK bytes, each read from the file in BODY_PIECE pieces.
@@ -870,7 +902,7 @@ impl Session {
                 self.cfg.command_timeout
             };
             let step = if last { Step::DataEnd } else { Step::Data };
-            let r = self.read_reply(step, wait).await?;
+            let r = final_reply(step, self.read_reply(step, wait).await?)?;
             if last || !r.is_positive() {
                 return Ok((step, r));
             }
@@ -880,12 +912,7 @@ impl Session {
     /// RSET: abandon the current transaction (the session stays usable).
     pub async fn rset(&mut self) -> Result<Reply, SessionError> {
         let r = self.command(Line::plain("RSET"), Step::Rset).await?;
-        if r.code != 250 {
-            return Err(SessionError::Rejected {
-                step: Step::Rset,
-                reply: r,
-            });
-        }
+        let r = expect(Step::Rset, r, |c| c == 250)?;
         self.dirty = false;
         Ok(r)
     }
@@ -924,6 +951,11 @@ impl Session {
             if let Some(t) = &self.cfg.transcript {
                 t.line(&format!("C: {}", l.shown.as_deref().unwrap_or(&l.text)));
             }
+            if l.shown.is_some()
+                && let Some(payload) = l.text.rsplit(' ').next()
+            {
+                self.secrets.push(payload.to_owned());
+            }
             buf.extend_from_slice(l.text.as_bytes());
             buf.extend_from_slice(b"\r\n");
         }
@@ -950,7 +982,17 @@ impl Session {
         let deadline = Instant::now() + wait;
         let mut parser = ReplyParser::default();
         loop {
-            let line = self.read_line(step, deadline, wait).await?;
+            let mut line = self.read_line(step, deadline, wait).await?;
+            // Only the text after "NNN-" / "NNN ": whatever the secret, the code stays.
+            if line.len() > 4 && line.is_char_boundary(4) {
+                let mut text = line.split_off(4);
+                for secret in self.secrets.iter().filter(|s| s.len() >= 4) {
+                    if text.contains(secret.as_str()) {
+                        text = text.replace(secret.as_str(), "<redacted>");
+                    }
+                }
+                line.push_str(&text);
+            }
             if let Some(t) = &self.cfg.transcript {
                 t.line(&format!("S: {line}"));
             }
@@ -986,7 +1028,18 @@ impl Session {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
+                // The text reaches the user's terminal, logs and bounces: no control
+                // characters (escape sequences, CR, NUL) from the server get through.
+                return Ok(String::from_utf8_lossy(&line)
+                    .chars()
+                    .map(|c| {
+                        if c.is_control() && c != '\t' {
+                            '\u{FFFD}'
+                        } else {
+                            c
+                        }
+                    })
+                    .collect());
             }
             if self.rbuf.len() > MAX_LINE {
                 return Err(SessionError::Protocol {
@@ -1030,6 +1083,38 @@ impl Session {
             };
         }
         io_error(step, e)
+    }
+}
+
+/// A positive reply that is not the one the step expects (250 to DATA, a greeting of 250, 334
+/// after the last AUTH line): the server and we are out of step. Never a success.
+fn out_of_step(step: Step, reply: &Reply) -> SessionError {
+    SessionError::Protocol {
+        step,
+        detail: format!(
+            "unexpected reply \"{reply}\" (the server is out of step with the dialogue)"
+        ),
+    }
+}
+
+/// `reply` when `ok(code)`; a refusal as `Rejected`; any other positive reply `out_of_step`.
+fn expect(step: Step, reply: Reply, ok: impl Fn(u16) -> bool) -> Result<Reply, SessionError> {
+    if ok(reply.code) {
+        Ok(reply)
+    } else if reply.is_positive() {
+        Err(out_of_step(step, &reply))
+    } else {
+        Err(SessionError::Rejected { step, reply })
+    }
+}
+
+/// A reply that ends a command (MAIL, RCPT, end of data): an intermediate 3xx is out of step
+/// (it would otherwise count as acceptance).
+fn final_reply(step: Step, reply: Reply) -> Result<Reply, SessionError> {
+    if (300..400).contains(&reply.code) {
+        Err(out_of_step(step, &reply))
+    } else {
+        Ok(reply)
     }
 }
 

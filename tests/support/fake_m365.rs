@@ -696,8 +696,13 @@ impl Conn {
                             .await?;
                         continue;
                     }
-                    self.answer(Phase::StartTls, "", "220 2.0.0 SMTP server ready")
+                    let sent = self
+                        .answer(Phase::StartTls, "", "220 2.0.0 SMTP server ready")
                         .await?;
+                    if !sent.starts_with("220") {
+                        // Refused (e.g. 454): the session goes on in clear text.
+                        continue;
+                    }
                     let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) else {
                         return Err(Stop::Closed);
                     };

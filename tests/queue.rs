@@ -746,6 +746,34 @@ fn missing_profile_keeps_the_entry() {
     assert!(fake.events.is_empty());
     let e = &queue::list(&cfg).unwrap()[0];
     assert!(e.last_error.as_deref().unwrap().contains("\"gone\""));
+
+    // Past its lifetime it is not kept forever: with no profile to bounce through, the
+    // message goes to the dead letter and the entry is gone.
+    let id = e.id.clone();
+    edit_meta(&spool, &id, |v| v["created"] = (now() - 6 * 86400).into());
+    let dead = DeadLetters::default();
+    let writer = dead.writer();
+    let rep = rt()
+        .block_on(queue::run(
+            &cfg,
+            RunOptions {
+                dead_letter: Some(&writer),
+                ..RunOptions::default()
+            },
+            &mut fake,
+        ))
+        .unwrap();
+    assert_eq!((rep.expired, rep.bounced, rep.dead_lettered), (1, 0, 1));
+    assert!(fake.events.is_empty());
+    assert!(queue::list(&cfg).unwrap().is_empty());
+    let letters = dead.0.lock().unwrap();
+    assert_eq!(letters[0].1, vec!["ops@contoso.com".to_owned()]);
+    assert!(
+        letters[0].2.contains("no longer in the configuration"),
+        "{}",
+        letters[0].2
+    );
+    assert!(String::from_utf8_lossy(&letters[0].3).contains("orphan"));
 }
 
 #[test]

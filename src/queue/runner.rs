@@ -416,7 +416,19 @@ impl Runner<'_> {
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for entry in entries {
             let Some(profile) = profile_for(self.config, &entry) else {
-                self.profile_missing(entry);
+                if now - entry.created >= lifetime {
+                    // Gone from the configuration and past its lifetime: no profile to send
+                    // a bounce through, so the message goes to the dead letter.
+                    let stand_in = Profile {
+                        name: entry.profile.clone(),
+                        ..Profile::default()
+                    };
+                    if let Some(locked) = self.lock(&entry) {
+                        self.expire_locked(&stand_in, &locked.entry, false);
+                    }
+                } else {
+                    self.profile_missing(entry);
+                }
                 continue;
             };
             if now - entry.created >= lifetime {
@@ -490,7 +502,8 @@ impl Runner<'_> {
         {
             self.report.warn(format!(
                 "queue entry {} uses profile \"{}\", which is not in the configuration; \
-                 it stays queued until the profile is restored or the entry deleted",
+                 it stays queued until the profile is restored, the entry deleted, or its \
+                 lifetime ends (then it goes to the dead letter)",
                 e.id, e.profile
             ));
         }
@@ -507,11 +520,12 @@ impl Runner<'_> {
         let Some(locked) = self.lock(&entry) else {
             return;
         };
-        self.expire_locked(profile, &locked.entry);
+        self.expire_locked(profile, &locked.entry, true);
     }
 
-    /// Fail an entry (already locked) for age.
-    fn expire_locked(&mut self, profile: &Profile, e: &Entry) {
+    /// Fail an entry (already locked) for age. `can_bounce`: false when the entry's profile
+    /// is gone, so there is nothing to send a bounce through.
+    fn expire_locked(&mut self, profile: &Profile, e: &Entry, can_bounce: bool) {
         let last = e
             .last_reply
             .as_ref()
@@ -535,7 +549,7 @@ impl Runner<'_> {
             .collect();
         self.report.expired += 1;
         self.log(format!("{}: expired", e.id));
-        self.fail_permanently(profile, e, &failures, true);
+        self.fail_permanently(profile, e, &failures, true, can_bounce);
         self.remove(e);
     }
 
@@ -636,7 +650,7 @@ impl Runner<'_> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            self.fail_permanently(profile, &entry, &permanent, false);
+            self.fail_permanently(profile, &entry, &permanent, false, true);
         }
         if transient.is_empty() {
             if permanent.is_empty() {
@@ -673,7 +687,7 @@ impl Runner<'_> {
         e.last_error = (!problem.error.is_empty()).then(|| problem.error.clone());
         let now = now_unix();
         if now - e.created >= self.opts.lifetime.as_secs() as i64 {
-            self.expire_locked(profile, &e);
+            self.expire_locked(profile, &e, true);
             return;
         }
         e.next_attempt = now + backoff(e.attempts).as_secs() as i64;
@@ -714,6 +728,7 @@ impl Runner<'_> {
         e: &Entry,
         failures: &[(String, Problem)],
         expired: bool,
+        can_bounce: bool,
     ) {
         let notify_failure = e
             .envelope
@@ -721,7 +736,9 @@ impl Runner<'_> {
             .notify
             .as_deref()
             .is_none_or(|n| n.to_ascii_uppercase().contains("FAILURE"));
-        let why_not_bounce = if e.is_bounce {
+        let why_not_bounce = if !can_bounce {
+            Some("its profile is no longer in the configuration")
+        } else if e.is_bounce {
             Some("a bounce cannot be bounced")
         } else if e.envelope.sender.is_empty() {
             Some("the message has no sender to bounce to")

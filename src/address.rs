@@ -114,8 +114,17 @@ pub fn parse_list(value: &str) -> Vec<String> {
 
 /// The address of a parsed mailbox. mail-parser 0.11 reads a quoted local part
 /// (`"odd local"@contoso.com`) as a display name plus `@contoso.com`: put it back together.
+/// It also reads a bare local name (`To: root`, `From: www-data`, as cron and local programs
+/// write them) as a display name without an address: that word is the address.
 pub fn addr_of(a: &mail_parser::Addr<'_>) -> Option<String> {
-    let addr = clean(a.address()?);
+    let Some(addr) = a.address() else {
+        return a
+            .name()
+            .map(str::trim)
+            .filter(|n| is_bare_local(n))
+            .map(str::to_owned);
+    };
+    let addr = clean(addr);
     if let Some(domain) = addr.strip_prefix('@')
         && let Some(local) = a.name()
     {
@@ -123,6 +132,24 @@ pub fn addr_of(a: &mail_parser::Addr<'_>) -> Option<String> {
         return Some(format!("\"{local}\"@{domain}"));
     }
     Some(addr).filter(|a| !a.is_empty())
+}
+
+/// The display name of a parsed mailbox: none when mail-parser's "name" is really (part of)
+/// the address (a bare local name, a quoted local part; see [`addr_of`]).
+pub fn display_name_of(a: &mail_parser::Addr<'_>) -> Option<String> {
+    let addr = a.address()?;
+    if clean(addr).starts_with('@') {
+        return None;
+    }
+    a.name().map(str::to_owned).filter(|n| !n.is_empty())
+}
+
+/// A local name written alone (`root`, `www-data`), not a display name (`Root User`).
+fn is_bare_local(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>@,;:\"()[]\\".contains(c))
 }
 
 /// The first mailbox of an address-list value: (display name, address).
@@ -134,7 +161,7 @@ pub fn parse_mailbox(value: &str) -> Option<(Option<String>, String)> {
         HeaderValue::Address(list) => {
             let a = list.first()?;
             let addr = addr_of(a)?;
-            Some((a.name().map(str::to_owned).filter(|n| !n.is_empty()), addr))
+            Some((display_name_of(a), addr))
         }
         _ => None,
     }
@@ -193,5 +220,23 @@ mod tests {
         );
         assert_eq!(from_arg("Ops <ops@x.y>").as_deref(), Some("ops@x.y"));
         assert_eq!(from_arg("root").as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn bare_local_names_are_addresses() {
+        // mail-parser reads `root` as a display name without an address.
+        assert_eq!(parse_list("root"), vec!["root"]);
+        assert_eq!(
+            parse_list("root, www-data, a@x.y"),
+            vec!["root", "www-data", "a@x.y"]
+        );
+        assert_eq!(parse_list("Team: root, a@x.y;"), vec!["root", "a@x.y"]);
+        // A display name alone is not an address.
+        assert_eq!(parse_list("Root User"), Vec::<String>::new());
+        assert_eq!(parse_mailbox("root"), Some((None, "root".to_owned())));
+        assert_eq!(
+            parse_mailbox("root (Cron Daemon)"),
+            Some((Some("Cron Daemon".to_owned()), "root".to_owned()))
+        );
     }
 }

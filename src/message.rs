@@ -629,13 +629,7 @@ impl HeaderInfo {
                     && let Some(a) = list.first()
                     && let Some(addr) = address::addr_of(a)
                 {
-                    let quoted_local = addr.starts_with('"');
-                    info.from = Some((
-                        a.name()
-                            .map(str::to_owned)
-                            .filter(|n| !n.is_empty() && !quoted_local),
-                        addr,
-                    ));
+                    info.from = Some((address::display_name_of(a), addr));
                 }
             } else if is("content-type") {
                 if let HeaderValue::ContentType(ct) = &h.value {

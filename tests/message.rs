@@ -614,3 +614,32 @@ fn long_latin1_line_is_not_labelled_utf8() {
     let parsed = MessageParser::default().parse(&raw).unwrap();
     assert_eq!(parsed.body_text(0).unwrap().trim_end(), "é€".repeat(40_000));
 }
+
+/// cronie (`sendmail -FCronDaemon -i -odi -oem -oi -t -f root`) writes `To: root`, and
+/// local programs write `From: www-data`: a bare local name is an address, not a display name.
+#[test]
+fn t_takes_bare_local_names_from_to_and_rewrites_a_bare_from() {
+    let msg = b"From: root\nTo: root\nCc: backup, Team: www-data;\nSubject: Cron <root@srv1> true\n\nout\n";
+    let mut p = profile();
+    p.aliases.insert("root".into(), "ops@contoso.com".into());
+    let args = SendArgs {
+        extract_recipients: true,
+        envelope_from: Some("root".into()),
+        full_name: Some("CronDaemon".into()),
+        ..SendArgs::default()
+    };
+    let m = prep(&args, &p, msg).unwrap();
+    assert_eq!(
+        m.envelope.recipients,
+        vec![
+            "ops@contoso.com",
+            "backup@contoso.com",
+            "www-data@contoso.com"
+        ]
+    );
+    assert_eq!(m.envelope.sender, "alerts@contoso.com");
+    assert_eq!(header(&m, "From"), Some("CronDaemon <alerts@contoso.com>"));
+    // A display name alone is still not a recipient.
+    let e = prep(&args, &p, b"To: Root User\n\nout\n").unwrap_err();
+    assert_eq!(e.exit, Exit::Usage);
+}

@@ -643,3 +643,26 @@ fn t_takes_bare_local_names_from_to_and_rewrites_a_bare_from() {
     let e = prep(&args, &p, b"To: Root User\n\nout\n").unwrap_err();
     assert_eq!(e.exit, Exit::Usage);
 }
+
+/// Debian's /etc/aliases often says `root: admin@..., \root` (keep a local copy): the
+/// backslash stops aliasing; it must not make the whole message fail.
+#[test]
+fn system_aliases_file_with_backslash_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aliases");
+    std::fs::write(
+        &file,
+        "postmaster: root\nroot: admin@contoso.com, \\root\ndecode: \"|/usr/bin/uudecode\"\n",
+    )
+    .unwrap();
+    let mut p = profile();
+    p.aliases_file = Some(file);
+    let m = prep(&rcpt(&["postmaster"]), &p, b"\nhi\n").unwrap();
+    assert_eq!(
+        m.envelope.recipients,
+        vec!["admin@contoso.com", "root@contoso.com"]
+    );
+    let e = prep(&rcpt(&["decode"]), &p, b"\nhi\n").unwrap_err();
+    assert_eq!(e.exit, Exit::Config);
+    assert!(e.message.contains("not supported"), "{}", e.message);
+}

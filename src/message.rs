@@ -405,6 +405,20 @@ impl Ctx<'_> {
             w.finish()
         };
 
+        // --header fields replace the message's own before anything reads them, so that a
+        // From given this way goes through the sender policy like any other.
+        for h in &self.args.headers {
+            let (name, value) = validate_header_arg(h)?;
+            let new = Field::new(&name, &value);
+            match fields.iter().position(|f| f.is(&name)) {
+                Some(i) => {
+                    fields.retain(|f| !f.is(&name));
+                    fields.insert(i.min(fields.len()), new);
+                }
+                None => fields.push(new),
+            }
+        }
+
         // Parse what we need from the header block.
         let block: Vec<u8> = fields.iter().flat_map(|f| f.raw.iter().copied()).collect();
         let info = HeaderInfo::parse(&block);
@@ -423,17 +437,6 @@ impl Ctx<'_> {
         // The transmitted header block.
         fields.retain(|f| !f.is("bcc") && !f.is("resent-bcc"));
         self.apply_from(&mut fields, &info, &sender);
-        for h in &self.args.headers {
-            let (name, value) = validate_header_arg(h)?;
-            let new = Field::new(&name, &value);
-            match fields.iter().position(|f| f.is(&name)) {
-                Some(i) => {
-                    fields.retain(|f| !f.is(&name));
-                    fields.insert(i.min(fields.len()), new);
-                }
-                None => fields.push(new),
-            }
-        }
         if composed {
             for (name, list) in [("To", &self.args.to), ("Cc", &self.args.cc)] {
                 if !list.is_empty() && !fields.iter().any(|f| f.is(name)) {

@@ -666,3 +666,26 @@ fn system_aliases_file_with_backslash_entries() {
     assert_eq!(e.exit, Exit::Config);
     assert!(e.message.contains("not supported"), "{}", e.message);
 }
+
+/// `--header 'From: ...'` must not slip past `rewrite_from`: Microsoft 365 would refuse the
+/// message (5.7.60) or it would go out from a domain the tenant does not own.
+#[test]
+fn header_option_from_goes_through_the_sender_policy() {
+    for composed in [false, true] {
+        let args = SendArgs {
+            headers: vec!["From: Backup Job <backup@gmail.com>".into()],
+            subject: composed.then(|| "s".to_owned()),
+            body: composed.then(|| "b".to_owned()),
+            ..rcpt(&["ops@contoso.com"])
+        };
+        let m = prep(&args, &profile(), b"From: root\n\nhi\n").unwrap();
+        assert_eq!(
+            header(&m, "From"),
+            Some("Backup Job <alerts@contoso.com>"),
+            "composed: {composed}"
+        );
+        assert_eq!(m.envelope.sender, "alerts@contoso.com");
+        let id = header(&m, "Message-ID").unwrap();
+        assert!(id.ends_with("@contoso.com>"), "{id}");
+    }
+}

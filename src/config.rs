@@ -18,6 +18,11 @@ use toml::de::{DeTable, DeValue};
 use crate::exit::Failure;
 use crate::secret::Secret;
 
+/// Longest `queue_lifetime_days` accepted: a year.
+pub const MAX_QUEUE_LIFETIME_DAYS: u32 = 365;
+/// Longest `timeouts.*` accepted, seconds: a day.
+pub const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -543,7 +548,7 @@ impl Config {
                 place = format!("{place}:{line}:{col}");
                 key = key_at(text, span.start).or_else(|| key_on_line(text, span.start));
             }
-            let message = suggest(e.message().trim_end());
+            let message = explain_parse_error(e.message().trim_end(), key.as_deref());
             let message = message.as_str();
             match key {
                 Some(key) => Failure::config(format!("{place}: {key}: {message}")),
@@ -587,6 +592,17 @@ impl Config {
                 format!(
                     "there is no profile \"{d}\"; defined: {}",
                     self.profile_names()
+                ),
+            ));
+        }
+        if let Some(days) = self.queue_lifetime_days
+            && !(1..=MAX_QUEUE_LIFETIME_DAYS).contains(&days)
+        {
+            out.push((
+                key(&["queue_lifetime_days"]),
+                format!(
+                    "{days} is not a lifetime: give 1 to {MAX_QUEUE_LIFETIME_DAYS} days (default \
+                     5); to never queue, set queue = \"never\" in the profile"
                 ),
             ));
         }
@@ -722,6 +738,20 @@ impl Config {
                     k(&["auth", "password"]),
                     "auth.method = \"password\" needs auth.password (env, file or command)".into(),
                 ));
+            }
+            for (field, value) in [
+                ("connect", p.timeouts.connect),
+                ("command", p.timeouts.command),
+                ("data_end", p.timeouts.data_end),
+            ] {
+                if let Some(secs) = value
+                    && !(1..=MAX_TIMEOUT_SECS).contains(&secs)
+                {
+                    out.push((
+                        k(&["timeouts", field]),
+                        format!("{secs} is not a timeout: give 1 to {MAX_TIMEOUT_SECS} seconds"),
+                    ));
+                }
             }
             if p.max_size == Some(0) {
                 out.push((k(&["max_size"]), "must be more than 0 bytes".into()));
@@ -952,6 +982,44 @@ fn plausible_address(s: &str) -> bool {
     }
 }
 
+/// Settings that exist only at the top of the file.
+const TOP_LEVEL_ONLY: &[&str] = &[
+    "default_profile",
+    "spool_dir",
+    "queue_lifetime_days",
+    "cache_dir",
+    "log",
+];
+
+/// The parser's message for the value at `key`, made actionable, and never quoting a value
+/// that may be a secret (`password = "hunter2"` must not be echoed to stderr or a log).
+fn explain_parse_error(message: &str, key: Option<&str>) -> String {
+    let last = key.and_then(|k| k.rsplit('.').next()).unwrap_or("");
+    let secret_field = key.is_some_and(|k| {
+        k.split('.')
+            .any(|part| ["password", "token", "client_secret", "refresh_token"].contains(&part))
+    });
+    if secret_field && !message.starts_with("unknown field") {
+        return "a secret is written as a table naming where it comes from: { env = \"VAR\" }, \
+                { file = \"/path\" }, { command = \"...\" }, or { value = \"...\" } (inline: \
+                the file must then be chmod 600)"
+            .into();
+    }
+    if last == "min_version" {
+        return "expected \"1.2\" or \"1.3\" (a quoted string)".into();
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, _)) = rest.split_once('`')
+        && TOP_LEVEL_ONLY.contains(&field)
+    {
+        return format!(
+            "unknown field `{field}` here: `{field}` is a top-level setting; write it above the \
+             first [table] header (every key after a [header] belongs to that table)"
+        );
+    }
+    suggest(message)
+}
+
 /// serde's "unknown field `sendr`, expected one of `mode`, ..., `sender`, ..." becomes
 /// "unknown field `sendr`; did you mean `sender`?" when one expected name is close.
 fn suggest(message: &str) -> String {
@@ -1157,6 +1225,7 @@ mod tests {
             "authority",
             "scope",
             "refresh_window_secs",
+            "assertion_alg",
             "helo",
             "max_size",
             "timeouts",
@@ -1229,6 +1298,36 @@ mod tests {
     }
 
     #[test]
+    fn parse_errors_never_quote_a_secret_and_say_what_to_write() {
+        for text in [
+            "[profiles.a]\nauth = { password = \"hunter2\" }\n",
+            "[profiles.a.auth]\nclient_secret = \"hunter2\"\n",
+            "[profiles.a.auth]\ntoken = { value = [\"hunter2\"] }\n",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(!e.message.contains("hunter2"), "{}", e.message);
+            assert!(e.message.contains("{ env = \"VAR\" }"), "{}", e.message);
+        }
+        let e = parse("[profiles.a.auth]\nclient_secret = { valu = \"hunter2\" }\n").unwrap_err();
+        assert!(e.message.contains("did you mean `value`"), "{}", e.message);
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+
+        let e = parse("[profiles.a.tls]\nmin_version = 1.2\n").unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains("expected \"1.2\" or \"1.3\""),
+            "{}",
+            e.message
+        );
+        // A top-level key written after a [table] header lands in that table.
+        let e = parse("[profiles.a]\nmode = \"relay\"\nqueue_lifetime_days = 3\n").unwrap_err();
+        assert!(
+            e.message.contains(":3:") && e.message.contains("above the first [table] header"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn validation_names_key_and_line() {
         let cases = [
             (
@@ -1264,6 +1363,21 @@ mod tests {
             ),
             ("[profiles.\"a b\"]\n", "profiles.a b", 1),
             ("log = { syslog = true }\n", "profiles", 0),
+            (
+                "queue_lifetime_days = 0\n[profiles.a]\n",
+                "queue_lifetime_days",
+                1,
+            ),
+            (
+                "queue_lifetime_days = 4000000000\n[profiles.a]\n",
+                "queue_lifetime_days",
+                1,
+            ),
+            (
+                "[profiles.a]\ntimeouts = { connect = 0 }\n",
+                "profiles.a.timeouts.connect",
+                2,
+            ),
         ];
         for (text, key, line) in cases {
             let e = parse(text).unwrap_err();

@@ -576,24 +576,44 @@ impl Ctx<'_> {
 }
 
 /// `"Cron Daemon" <alerts@contoso.com>`, with the name quoted or RFC 2047-encoded as needed.
+/// (lettre's `Mailbox` Display writes a non-ASCII name as raw UTF-8, which a header without
+/// SMTPUTF8 must not carry: such a name is encoded here.)
 fn mailbox_display(name: Option<&str>, addr: &str) -> String {
-    if let Ok(a) = addr.parse::<lettre::Address>() {
-        return lettre::message::Mailbox::new(name.map(str::to_owned), a).to_string();
-    }
     match name {
-        Some(n) if n.is_ascii() => {
-            format!(
-                "\"{}\" <{addr}>",
-                n.replace('\\', "\\\\").replace('"', "\\\"")
-            )
+        Some(n) if !n.is_ascii() => format!("{} <{addr}>", encoded_words(n)),
+        _ => {
+            if let Ok(a) = addr.parse::<lettre::Address>() {
+                return lettre::message::Mailbox::new(name.map(str::to_owned), a).to_string();
+            }
+            match name {
+                Some(n) => format!(
+                    "\"{}\" <{addr}>",
+                    n.replace('\\', "\\\\").replace('"', "\\\"")
+                ),
+                None => addr.to_owned(),
+            }
         }
-        Some(n) => {
-            use base64::Engine as _;
-            let enc = base64::engine::general_purpose::STANDARD.encode(n.as_bytes());
-            format!("=?utf-8?b?{enc}?= <{addr}>")
-        }
-        None => addr.to_owned(),
     }
+}
+
+/// RFC 2047 `=?utf-8?b?...?=` words, each at most 75 characters, split on character
+/// boundaries and separated by a folding space.
+fn encoded_words(text: &str) -> String {
+    use base64::Engine as _;
+    // 45 bytes of UTF-8 → 60 base64 characters + 12 for `=?utf-8?b??=` = 72.
+    const CHUNK: usize = 45;
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + CHUNK).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let enc = base64::engine::general_purpose::STANDARD.encode(&text.as_bytes()[start..end]);
+        words.push(format!("=?utf-8?b?{enc}?="));
+        start = end;
+    }
+    words.join("\r\n ")
 }
 
 /// What the header block says, read with mail-parser.
@@ -1009,14 +1029,14 @@ fn compose(ctx: &Ctx<'_>, sender: &str, input: &mut dyn Read) -> Result<Vec<u8>,
     let max = ctx.profile.max_size();
     let from: Mailbox = match &args.from {
         Some(f) => {
-            let q = address::qualify(f.trim(), ctx.profile.default_domain.as_deref());
-            let mut mb: Mailbox = q
-                .parse()
-                .map_err(|e| Failure::usage(format!("--from {f:?} is not a valid address: {e}")))?;
-            if mb.name.is_none() {
-                mb.name = args.full_name.clone();
-            }
-            mb
+            // `Backup <root>`: qualify the address, not the whole argument.
+            let bad =
+                |e: String| Failure::usage(format!("--from {f:?} is not a valid address: {e}"));
+            let (name, addr) =
+                address::parse_mailbox(f.trim()).ok_or_else(|| bad("no address in it".into()))?;
+            let q = address::qualify(&addr, ctx.profile.default_domain.as_deref());
+            let a: lettre::Address = q.parse().map_err(|e| bad(format!("{e}")))?;
+            Mailbox::new(name.or_else(|| args.full_name.clone()), a)
         }
         None => {
             let a: lettre::Address = sender.parse().map_err(|e| {

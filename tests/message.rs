@@ -689,3 +689,44 @@ fn header_option_from_goes_through_the_sender_policy() {
         assert!(id.ends_with("@contoso.com>"), "{id}");
     }
 }
+
+/// A rewritten or created From with a non-ASCII display name stays 7-bit (RFC 2047), and reads
+/// back as the same name.
+#[test]
+fn non_ascii_display_names_stay_encoded() {
+    let msg = b"From: =?utf-8?q?J=C3=B6rg?= <jorg@gmail.com>\nSubject: x\n\nb\n";
+    let m = prep(&rcpt(&["ops@contoso.com"]), &profile(), msg).unwrap();
+    assert!(m.header_block.is_ascii(), "{}", m.header_block);
+    assert!(!m.eight_bit);
+    let long = "Jörg Müller-Lüdenscheidt von und zu Großherzogtum Überlingen";
+    let args = SendArgs {
+        full_name: Some(long.into()),
+        ..rcpt(&["ops@contoso.com"])
+    };
+    let m2 = prep(&args, &profile(), b"Subject: x\n\nb\n").unwrap();
+    assert!(m2.header_block.is_ascii(), "{}", m2.header_block);
+    assert!(m2.header_block.lines().all(|l| l.len() <= 78));
+    for (m, name) in [(&m, "Jörg"), (&m2, long)] {
+        let raw = bytes(m);
+        let parsed = MessageParser::default().parse(&raw).unwrap();
+        let from = parsed.from().unwrap().first().unwrap();
+        assert_eq!(from.name(), Some(name));
+        assert_eq!(from.address(), Some("alerts@contoso.com"));
+    }
+}
+
+/// `--from 'Backup <root>'`: the bare name is qualified, the display name kept.
+#[test]
+fn composed_from_with_a_display_name_and_a_local_name() {
+    let mut p = profile();
+    p.rewrite_from = RewriteFrom::Never;
+    let args = SendArgs {
+        from: Some("Backup <backup>".into()),
+        subject: Some("s".into()),
+        body: Some("b".into()),
+        ..rcpt(&["ops@contoso.com"])
+    };
+    let m = prep(&args, &p, b"").unwrap();
+    assert_eq!(header(&m, "From"), Some("Backup <backup@contoso.com>"));
+    assert_eq!(m.envelope.sender, "backup@contoso.com");
+}

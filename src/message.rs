@@ -348,6 +348,17 @@ impl Ctx<'_> {
         let mut out = Vec::new();
         for r in raw {
             for e in self.aliases.expand(&r, self.host, self.accepted())? {
+                // `bob@localhost`, `root@web1.localdomain` without an alias: no server outside
+                // this host can deliver that; the default domain stands for this host.
+                let e = match (address::split(&e), &self.profile.default_domain) {
+                    ((local, Some(d)), Some(_))
+                        if self.host.is_own_host(d)
+                            && !address::is_accepted(d, self.accepted()) =>
+                    {
+                        local.to_owned()
+                    }
+                    _ => e,
+                };
                 let q = address::qualify(&e, self.profile.default_domain.as_deref());
                 if address::domain_of(&q).is_none() {
                     return Err(Failure::new(

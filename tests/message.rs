@@ -730,3 +730,24 @@ fn composed_from_with_a_display_name_and_a_local_name() {
     assert_eq!(header(&m, "From"), Some("Backup <backup@contoso.com>"));
     assert_eq!(m.envelope.sender, "backup@contoso.com");
 }
+
+/// `bob@localhost` or `root@srv1.localdomain` with no alias cannot be delivered by Microsoft
+/// 365: with a default domain it is that domain's user, like a bare `bob`.
+#[test]
+fn local_host_recipients_without_alias_take_the_default_domain() {
+    let m = prep(
+        &rcpt(&["bob@localhost", "root@srv1.localdomain", "carol@SRV1"]),
+        &profile(),
+        b"\nhi\n",
+    )
+    .unwrap();
+    assert_eq!(
+        m.envelope.recipients,
+        vec!["bob@contoso.com", "root@contoso.com", "carol@contoso.com"]
+    );
+    // Without a default domain they are left as they are.
+    let mut p = profile();
+    p.default_domain = None;
+    let m = prep(&rcpt(&["bob@localhost"]), &p, b"\nhi\n").unwrap();
+    assert_eq!(m.envelope.recipients, vec!["bob@localhost"]);
+}

@@ -515,7 +515,9 @@ pub fn load_with_env(
 pub fn load_file(path: &Path) -> Result<Config, Failure> {
     let bytes = std::fs::read(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            " (run as a user who may read it, or give another file with --config)"
+            " (every user that sends mail, e.g. www-data for PHP, must be able to read it: \
+             chmod 644 it and keep secrets in separate files; or give another file with \
+             --config)"
         } else {
             ""
         };

@@ -173,19 +173,55 @@ fn send(
     verbose: u8,
     args: &SendArgs,
 ) -> Result<(), Failure> {
-    let (config, profile) = configure(config_path, profile_name, args)?;
-    tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
-
     let stdin = io::stdin();
     // With --body the message text is given; a composed message with nobody typing into a
     // terminal has no text. Otherwise stdin is read (as sendmail does, even from a terminal).
-    let mut input: Box<dyn Read> =
-        if args.body.is_some() || (args.composes() && stdin.is_terminal()) {
-            Box::new(io::empty())
-        } else {
-            Box::new(stdin.lock())
-        };
-    let prepared = crate::message::prepare(args, &profile, &mut input)?;
+    let reads_stdin = !(args.body.is_some() || (args.composes() && stdin.is_terminal()));
+    // A copy of what is read, so that a message refused before delivery (no configuration,
+    // an alias loop, a recipient without a domain...) is kept in the dead letter instead of
+    // being lost: cron and PHP have no copy of their own.
+    let mut copy = if reads_stdin && !args.dry_run {
+        tempfile::Builder::new()
+            .prefix("m365send-in-")
+            .tempfile()
+            .ok()
+    } else {
+        None
+    };
+    let (config, profile) = match configure(config_path, profile_name, args) {
+        Ok(c) => c,
+        Err(f) => {
+            // Nothing read yet: read it now, unless someone would have to type it.
+            if let Some(c) = copy.as_mut()
+                && !stdin.is_terminal()
+            {
+                let _ = io::copy(&mut stdin.lock(), c.as_file_mut());
+            }
+            return Err(keep_unsent(None, None, args, copy, f));
+        }
+    };
+    tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
+
+    let mut input: Box<dyn Read> = if !reads_stdin {
+        Box::new(io::empty())
+    } else {
+        match copy.as_mut() {
+            Some(c) => Box::new(Tee {
+                inner: stdin.lock(),
+                copy: Some(c.as_file_mut()),
+            }),
+            None => Box::new(stdin.lock()),
+        }
+    };
+    let prepared = match crate::message::prepare(args, &profile, &mut input) {
+        Ok(p) => p,
+        Err(f) => {
+            drop(input);
+            return Err(keep_unsent(Some(&config), Some(&profile), args, copy, f));
+        }
+    };
+    drop(input);
+    drop(copy);
 
     let runtime = runtime()?;
     if args.dry_run {
@@ -205,6 +241,91 @@ fn send(
             &config, &profile, &prepared, args, verbose,
         ))
         .map(|_| ())
+}
+
+/// Reads through to `inner` and writes what it read to `copy` (best effort: a copy that
+/// cannot be written is given up, the message still goes on).
+struct Tee<'a, R> {
+    inner: R,
+    copy: Option<&'a mut std::fs::File>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(c) = self.copy.as_mut()
+            && c.write_all(&buf[..n]).is_err()
+        {
+            self.copy = None;
+        }
+        Ok(n)
+    }
+}
+
+/// A message refused before any delivery attempt: keep the caller's input in the dead letter
+/// (as sendmail keeps it in dead.letter) and say where. Not for a message refused as data
+/// (65: too large, a header injection) or a missing input file: what was read may be partial
+/// and the caller can send again.
+fn keep_unsent(
+    config: Option<&Config>,
+    profile: Option<&Profile>,
+    args: &SendArgs,
+    copy: Option<tempfile::NamedTempFile>,
+    mut f: Failure,
+) -> Failure {
+    if matches!(
+        f.exit,
+        Exit::DataErr | Exit::NoInput | Exit::IoErr | Exit::CantCreat
+    ) {
+        return f;
+    }
+    let Some(copy) = copy else { return f };
+    let size = copy.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+    if size == 0 {
+        return f;
+    }
+    let default_config = Config::default();
+    let default_profile = Profile::default();
+    let message = Prepared {
+        envelope: crate::message::Envelope {
+            sender: args
+                .envelope_from
+                .as_deref()
+                .map(config::bare_address)
+                .unwrap_or_default(),
+            recipients: args.recipients.clone(),
+            dsn: Default::default(),
+        },
+        body: crate::message::Body::temporary(copy.into_temp_path()),
+        size,
+        eight_bit: false,
+        smtputf8: false,
+        header_block: String::new(),
+    };
+    let reason = f.message.lines().next().unwrap_or("not sent").to_owned();
+    match crate::report::dead_letter(
+        config.unwrap_or(&default_config),
+        profile.unwrap_or(&default_profile),
+        &message,
+        &reason,
+    ) {
+        Ok(path) => {
+            f.message = format!(
+                "{}
+  The message was not sent; it was saved to {}.",
+                f.message,
+                path.display()
+            );
+        }
+        Err(e) => {
+            f.message = format!(
+                "{}
+  The message was not sent and could not be saved: {}",
+                f.message, e.message
+            );
+        }
+    }
+    f
 }
 
 /// From a prepared message to its disposition: the queue at once (`-odq`, `queue =

@@ -643,6 +643,15 @@ fn human_size(n: u64) -> String {
     }
 }
 
+/// For the dry run: a file the real run will need but cannot read, said next to its name
+/// (`" — cannot read: No such file or directory (os error 2)"`), else nothing.
+fn unreadable(path: &Path) -> String {
+    match std::fs::File::open(path) {
+        Ok(_) => String::new(),
+        Err(e) => format!(" — CANNOT READ: {e}"),
+    }
+}
+
 /// What `--dry-run` prints: everything that would be used, nothing that was done.
 pub fn dry_run_report(
     config: &Config,
@@ -716,14 +725,20 @@ pub fn dry_run_report(
     rows.push((
         "CA certificates".into(),
         match &endpoint.ca_file {
-            Some(p) => format!("system roots + {}", p.display()),
+            Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
             None => "system roots".into(),
         },
     ));
     rows.push((
         "client certificate".into(),
         match &endpoint.client_cert {
-            Some(c) => format!("{} (key {})", c.cert.display(), c.key.display()),
+            Some(c) => format!(
+                "{}{} (key {}{})",
+                c.cert.display(),
+                unreadable(&c.cert),
+                c.key.display(),
+                unreadable(&c.key)
+            ),
             None => "none".into(),
         },
     ));
@@ -987,13 +1002,19 @@ mod tests {
             source: "MX of contoso.com".into(),
         };
         let r = dry_run_report(&config, &profile, &endpoint, &prepared());
+        assert!(
+            r.contains(
+                "/etc/m365send/relay.crt — CANNOT READ: No such file or directory (os error 2) \
+                 (key /etc/m365send/relay.key — CANNOT READ"
+            ) || Path::new("/etc/m365send/relay.crt").exists(),
+            "{r}"
+        );
         for needle in [
             "cron (from /etc/m365send/config.toml)",
             "relay — SMTP relay through a connector",
             "contoso-com.mail.protection.outlook.com:25  (MX preference 0)",
             "backup.contoso.com:25  (MX preference 10)",
             "STARTTLS required, TLS 1.2 or 1.3",
-            "/etc/m365send/relay.crt (key /etc/m365send/relay.key)",
             "connector recognises the client certificate",
             "alerts@contoso.com",
             "ops@contoso.com",

@@ -163,9 +163,10 @@ pub struct Profile {
     pub accepted_domains: Vec<String>,
     /// Domain appended to bare local names (root → root@default_domain).
     pub default_domain: Option<String>,
-    /// Inline aliases: local name → one or more addresses (comma separated). `default` is the
-    /// catch-all for local names without an alias.
-    #[serde(default)]
+    /// Inline aliases: local name → one or more addresses (comma separated, or a list of
+    /// strings, kept here comma separated). `default` is the catch-all for local names
+    /// without an alias.
+    #[serde(default, deserialize_with = "alias_table")]
     pub aliases: BTreeMap<String, String>,
     /// An /etc/aliases-format file, merged under the inline aliases.
     pub aliases_file: Option<PathBuf>,
@@ -417,6 +418,33 @@ impl RetryConfig {
     pub fn initial_delay(&self) -> Duration {
         Duration::from_millis(self.initial_delay_ms.unwrap_or(5000))
     }
+}
+
+/// `root = "a@x, b@y"` or `root = ["a@x", "b@y"]`: both are written as a list of addresses.
+fn alias_table<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(
+        untagged,
+        expecting = "an address string, or a list of address strings"
+    )]
+    enum Targets {
+        One(String),
+        Many(Vec<String>),
+    }
+    let raw = BTreeMap::<String, Targets>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let joined = match v {
+                Targets::One(s) => s,
+                Targets::Many(list) => list.join(", "),
+            };
+            (k, joined)
+        })
+        .collect())
 }
 
 impl Profile {
@@ -1007,6 +1035,9 @@ fn explain_parse_error(message: &str, key: Option<&str>) -> String {
                 the file must then be chmod 600)"
             .into();
     }
+    if message.ends_with("expected a sequence") {
+        return format!("{message}: write a list, even of one, e.g. {last} = [\"...\"]");
+    }
     if last == "min_version" {
         return "expected \"1.2\" or \"1.3\" (a quoted string)".into();
     }
@@ -1294,6 +1325,29 @@ mod tests {
         let e = parse("[profiles.a\n").unwrap_err();
         assert!(
             e.message.starts_with("/etc/m365send/config.toml:1:"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn alias_targets_as_a_string_or_a_list() {
+        let c = parse(
+            "[profiles.a]\naliases = { root = [\"a@contoso.com\", \"b@contoso.com\"], pm = \"root\" }\n",
+        )
+        .unwrap();
+        let a = &c.profiles["a"].aliases;
+        assert_eq!(a["root"], "a@contoso.com, b@contoso.com");
+        assert_eq!(a["pm"], "root");
+        let e = parse("[profiles.a]\naccepted_domains = \"contoso.com\"\n").unwrap_err();
+        assert!(
+            e.message.contains("accepted_domains = [\"...\"]"),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a]\naliases = { root = 1 }\n").unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains("a list of address strings"),
             "{}",
             e.message
         );

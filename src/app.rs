@@ -192,10 +192,12 @@ fn send(
         Ok(c) => c,
         Err(f) => {
             // Nothing read yet: read it now, unless someone would have to type it.
+            // At most the default size limit: beyond it the copy is not kept.
             if let Some(c) = copy.as_mut()
                 && !stdin.is_terminal()
             {
-                let _ = io::copy(&mut stdin.lock(), c.as_file_mut());
+                let limit = Profile::default().max_size() + 1;
+                let _ = io::copy(&mut stdin.lock().take(limit), c.as_file_mut());
             }
             return Err(keep_unsent(None, None, args, copy, f));
         }
@@ -281,7 +283,8 @@ fn keep_unsent(
     }
     let Some(copy) = copy else { return f };
     let size = copy.as_file().metadata().map(|m| m.len()).unwrap_or(0);
-    if size == 0 {
+    let limit = profile.unwrap_or(&Profile::default()).max_size();
+    if size == 0 || size > limit {
         return f;
     }
     let default_config = Config::default();

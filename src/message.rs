@@ -1079,8 +1079,14 @@ fn compose(ctx: &Ctx<'_>, sender: &str, input: &mut dyn Read) -> Result<Vec<u8>,
     };
     let text_part = match String::from_utf8(text) {
         Ok(s) => SinglePart::plain(s),
+        // Not UTF-8 (Latin-1 output, say): labelled utf-8 it could only show as U+FFFD;
+        // RFC 1428's unknown-8bit lets the reader fall back to its own charset, as for a
+        // message read from stdin.
         Err(e) => SinglePart::builder()
-            .header(ContentType::TEXT_PLAIN)
+            .header(
+                ContentType::parse("text/plain; charset=unknown-8bit")
+                    .unwrap_or(ContentType::TEXT_PLAIN),
+            )
             .body(e.into_bytes()),
     };
     let built = if args.attach.is_empty() {

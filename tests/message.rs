@@ -751,3 +751,27 @@ fn local_host_recipients_without_alias_take_the_default_domain() {
     let m = prep(&rcpt(&["bob@localhost"]), &p, b"\nhi\n").unwrap();
     assert_eq!(m.envelope.recipients, vec!["bob@localhost"]);
 }
+
+/// `m365send --subject x < latin1.txt`: the bytes arrive as they were and are not labelled
+/// UTF-8 (which would make every reader show U+FFFD).
+#[test]
+fn composed_latin1_body_is_not_labelled_utf8() {
+    let args = SendArgs {
+        to: vec!["ops@contoso.com".into()],
+        subject: Some("report".into()),
+        ..SendArgs::default()
+    };
+    let m = prep(&args, &profile(), b"caf\xe9 ol\xe9\n").unwrap();
+    let raw = bytes(&m);
+    let parsed = MessageParser::default().parse(&raw).unwrap();
+    let part = parsed.part(0).unwrap();
+    let ct = part.content_type().unwrap();
+    assert_eq!(ct.attribute("charset"), Some("unknown-8bit"));
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(b"caf\xe9 ol\xe9\n");
+    assert!(
+        String::from_utf8_lossy(&raw).contains(&b64),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+}

@@ -23,6 +23,11 @@ pub const MAX_QUEUE_LIFETIME_DAYS: u32 = 365;
 /// Longest `timeouts.*` accepted, seconds: a day.
 pub const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
 
+/// Most in-process attempts (`retry.attempts`): a sender (cron, PHP) waits for all of them.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// Longest first retry delay (`retry.initial_delay_ms`); later delays are capped there too.
+pub const MAX_RETRY_DELAY_MS: u64 = 300_000;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -783,6 +788,25 @@ impl Config {
                     ));
                 }
             }
+            if let Some(n) = p.retry.attempts
+                && !(1..=MAX_RETRY_ATTEMPTS).contains(&n)
+            {
+                out.push((
+                    k(&["retry", "attempts"]),
+                    format!(
+                        "{n} attempts: give 1 (no retry) to {MAX_RETRY_ATTEMPTS}; the queue \
+                         retries for longer"
+                    ),
+                ));
+            }
+            if let Some(ms) = p.retry.initial_delay_ms
+                && ms > MAX_RETRY_DELAY_MS
+            {
+                out.push((
+                    k(&["retry", "initial_delay_ms"]),
+                    format!("{ms} ms is too long: give at most {MAX_RETRY_DELAY_MS} (5 minutes)"),
+                ));
+            }
             if p.max_size == Some(0) {
                 out.push((k(&["max_size"]), "must be more than 0 bytes".into()));
             }
@@ -1432,6 +1456,16 @@ mod tests {
             (
                 "[profiles.a]\ntimeouts = { connect = 0 }\n",
                 "profiles.a.timeouts.connect",
+                2,
+            ),
+            (
+                "[profiles.a]\n[profiles.a.retry]\nattempts = 0\n",
+                "profiles.a.retry.attempts",
+                3,
+            ),
+            (
+                "[profiles.a]\nretry = { initial_delay_ms = 18446744073709551615 }\n",
+                "profiles.a.retry.initial_delay_ms",
                 2,
             ),
         ];

@@ -28,6 +28,10 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 /// Longest first retry delay (`retry.initial_delay_ms`); later delays are capped there too.
 pub const MAX_RETRY_DELAY_MS: u64 = 300_000;
 
+/// Longest `auth.refresh_window_secs`: half of the shortest token lifetime, so that a cached
+/// token is ever used at all.
+pub const MAX_REFRESH_WINDOW_SECS: u64 = 1800;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -788,6 +792,17 @@ impl Config {
                     ));
                 }
             }
+            if let Some(w) = p.auth.refresh_window_secs
+                && w > MAX_REFRESH_WINDOW_SECS
+            {
+                out.push((
+                    k(&["auth", "refresh_window_secs"]),
+                    format!(
+                        "{w} s is longer than a token lives (60 to 90 minutes): give at most \
+                         {MAX_REFRESH_WINDOW_SECS} (default 300)"
+                    ),
+                ));
+            }
             if let Some(n) = p.retry.attempts
                 && !(1..=MAX_RETRY_ATTEMPTS).contains(&n)
             {
@@ -1456,6 +1471,11 @@ mod tests {
             (
                 "[profiles.a]\ntimeouts = { connect = 0 }\n",
                 "profiles.a.timeouts.connect",
+                2,
+            ),
+            (
+                "[profiles.a]\nauth = { refresh_window_secs = 7200 }\n",
+                "profiles.a.auth.refresh_window_secs",
                 2,
             ),
             (

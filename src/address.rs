@@ -179,6 +179,31 @@ pub fn from_arg(arg: &str) -> Option<String> {
     parse_mailbox(t).map(|(_, a)| a)
 }
 
+/// Why `addr` (qualified: `local@domain`) cannot go into `MAIL FROM:<...>` or
+/// `RCPT TO:<...>`, if it cannot: a space or bracket would end the path early and let the rest
+/// be read as SMTP parameters. A quoted local part (`"odd local"@x`) may hold spaces.
+pub fn path_problem(addr: &str) -> Option<&'static str> {
+    if addr.chars().any(char::is_control) {
+        return Some("contains a control character");
+    }
+    let (local, domain) = addr.rsplit_once('@')?;
+    if local.is_empty() {
+        return Some("has nothing before the @");
+    }
+    let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
+    if !quoted && local.contains(|c: char| c.is_whitespace() || "<>()[],;:\"".contains(c)) {
+        return Some("has a space or one of <>()[],;:\" in its local part");
+    }
+    if domain.is_empty()
+        || domain.starts_with('.')
+        || domain.contains("..")
+        || domain.contains(|c: char| c.is_whitespace() || "<>()\",;:@\\".contains(c))
+    {
+        return Some("has an invalid domain");
+    }
+    None
+}
+
 fn clean(a: &str) -> String {
     a.trim()
         .trim_start_matches('<')
@@ -220,6 +245,29 @@ mod tests {
         );
         assert_eq!(from_arg("Ops <ops@x.y>").as_deref(), Some("ops@x.y"));
         assert_eq!(from_arg("root").as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn path_problems() {
+        for ok in [
+            "a@b.c",
+            "\"odd local\"@contoso.com",
+            "j\u{f6}rg@m\u{fc}ller.de",
+            "x@[10.0.0.1]",
+        ] {
+            assert_eq!(path_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "@contoso.com",
+            "a b@contoso.com",
+            "x@contoso.com> NOTIFY=SUCCESS",
+            "x>@contoso.com",
+            "x@contoso com",
+            "x@",
+            "x@.contoso.com",
+        ] {
+            assert!(path_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

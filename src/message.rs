@@ -328,6 +328,11 @@ impl Ctx<'_> {
                 p.name
             )));
         }
+        if let Some(why) = address::path_problem(&sender) {
+            return Err(Failure::usage(format!(
+                "envelope sender {sender:?} {why}: refused before connecting"
+            )));
+        }
         Ok(sender)
     }
 
@@ -368,6 +373,12 @@ impl Ctx<'_> {
                              set `default_domain` (or a `default` alias) in profile \"{}\"",
                             self.profile.name
                         ),
+                    ));
+                }
+                if let Some(why) = address::path_problem(&q) {
+                    return Err(Failure::new(
+                        Exit::NoUser,
+                        format!("recipient {q:?} {why}: refused before connecting"),
                     ));
                 }
                 if seen.insert(address::dedup_key(&q)) {

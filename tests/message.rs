@@ -775,3 +775,33 @@ fn composed_latin1_body_is_not_labelled_utf8() {
         String::from_utf8_lossy(&raw)
     );
 }
+
+/// An address that would break out of `RCPT TO:<...>` / `MAIL FROM:<...>` (a space, a `>`)
+/// or has no local part is refused before connecting, naming it.
+#[test]
+fn malformed_envelope_addresses_are_refused() {
+    for bad in [
+        "x@contoso.com> NOTIFY=SUCCESS",
+        "@contoso.com",
+        "a b@contoso.com",
+    ] {
+        let e = prep(&rcpt(&[bad]), &profile(), b"\nhi\n").unwrap_err();
+        assert_eq!(e.exit, Exit::NoUser, "{bad}: {}", e.message);
+        assert!(
+            e.message.contains("refused before connecting"),
+            "{}",
+            e.message
+        );
+    }
+    let mut p = profile();
+    p.rewrite_from = RewriteFrom::Never;
+    let args = SendArgs {
+        envelope_from: Some("me@contoso.com> SMTPUTF8".into()),
+        ..rcpt(&["ops@contoso.com"])
+    };
+    let e = prep(&args, &p, b"\nhi\n").unwrap_err();
+    assert_eq!(e.exit, Exit::Usage, "{}", e.message);
+    // Quoted local parts stay fine.
+    let m = prep(&rcpt(&["\"odd local\"@contoso.com"]), &profile(), b"\nhi\n").unwrap();
+    assert_eq!(m.envelope.recipients, vec!["\"odd local\"@contoso.com"]);
+}

@@ -152,6 +152,24 @@ fn is_bare_local(s: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || "<>@,;:\"()[]\\".contains(c))
 }
 
+/// Every mailbox of an address-list value (groups flattened): (display name, address).
+pub fn parse_mailboxes(value: &str) -> Vec<(Option<String>, String)> {
+    let raw = format!("To: {value}\r\n\r\n");
+    let mut out = Vec::new();
+    if let Some(msg) = MessageParser::default().parse_headers(raw.as_bytes()) {
+        for h in msg.headers() {
+            if let HeaderValue::Address(list) = &h.value {
+                for a in list.iter() {
+                    if let Some(addr) = addr_of(a) {
+                        out.push((display_name_of(a), addr));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The first mailbox of an address-list value: (display name, address).
 pub fn parse_mailbox(value: &str) -> Option<(Option<String>, String)> {
     let raw = format!("From: {value}\r\n\r\n");

@@ -462,9 +462,13 @@ impl Ctx<'_> {
         if composed {
             for (name, list) in [("To", &self.args.to), ("Cc", &self.args.cc)] {
                 if !list.is_empty() && !fields.iter().any(|f| f.is(name)) {
+                    // Each argument may be `a@x`, `Ops <ops>` or `a, b`: qualify the
+                    // addresses, not the whole text, and keep the display names.
+                    let domain = self.profile.default_domain.as_deref();
                     let v: Vec<String> = list
                         .iter()
-                        .map(|a| address::qualify(a.trim(), self.profile.default_domain.as_deref()))
+                        .flat_map(|a| address::parse_mailboxes(a.trim()))
+                        .map(|(n, a)| mailbox_display(n.as_deref(), &address::qualify(&a, domain)))
                         .collect();
                     fields.push(Field::new(name, &v.join(", ")));
                 }

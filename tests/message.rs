@@ -805,3 +805,34 @@ fn malformed_envelope_addresses_are_refused() {
     let m = prep(&rcpt(&["\"odd local\"@contoso.com"]), &profile(), b"\nhi\n").unwrap();
     assert_eq!(m.envelope.recipients, vec!["\"odd local\"@contoso.com"]);
 }
+
+/// `--to 'Ops <backup>' --cc 'root, "Doe, Jane" <jane>'`: each address is qualified, the
+/// display names kept; the header must stay a valid address list.
+#[test]
+fn composed_to_and_cc_qualify_each_address() {
+    let args = SendArgs {
+        to: vec!["Ops <backup>".into(), "x@fabrikam.com".into()],
+        cc: vec!["root, \"Doe, Jane\" <jane>".into()],
+        subject: Some("s".into()),
+        body: Some("b".into()),
+        ..SendArgs::default()
+    };
+    let m = prep(&args, &profile(), b"").unwrap();
+    assert_eq!(
+        header(&m, "To"),
+        Some("Ops <backup@contoso.com>, x@fabrikam.com")
+    );
+    assert_eq!(
+        header(&m, "Cc"),
+        Some("root@contoso.com, \"Doe, Jane\" <jane@contoso.com>")
+    );
+    let raw = bytes(&m);
+    let parsed = MessageParser::default().parse(&raw).unwrap();
+    let to: Vec<_> = parsed
+        .to()
+        .unwrap()
+        .iter()
+        .map(|a| a.address().unwrap())
+        .collect();
+    assert_eq!(to, vec!["backup@contoso.com", "x@fabrikam.com"]);
+}

@@ -431,6 +431,16 @@ impl Ctx<'_> {
         // From given this way goes through the sender policy like any other.
         for h in &self.args.headers {
             let (name, value) = validate_header_arg(h)?;
+            // Non-ASCII text in a header needs SMTPUTF8; encode it as --subject is encoded.
+            // Address fields are left alone (an encoded word cannot hold an address).
+            let address_field = ["from", "to", "cc", "reply-to", "sender"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n));
+            let value = if value.is_ascii() || address_field {
+                value
+            } else {
+                encoded_words(&value)
+            };
             let new = Field::new(&name, &value);
             match fields.iter().position(|f| f.is(&name)) {
                 Some(i) => {

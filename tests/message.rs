@@ -836,3 +836,22 @@ fn composed_to_and_cc_qualify_each_address() {
         .collect();
     assert_eq!(to, vec!["backup@contoso.com", "x@fabrikam.com"]);
 }
+
+/// `--header 'X-Job: sauvegarde échouée'`: the header stays 7-bit and decodes back.
+#[test]
+fn non_ascii_header_option_is_encoded() {
+    let args = SendArgs {
+        headers: vec!["X-Job: sauvegarde échouée".into()],
+        ..rcpt(&["ops@contoso.com"])
+    };
+    let m = prep(&args, &profile(), b"Subject: x\n\nhi\n").unwrap();
+    assert!(m.header_block.is_ascii(), "{}", m.header_block);
+    assert!(!m.eight_bit);
+    // Decoded as any unstructured field is.
+    let v = header(&m, "X-Job").unwrap();
+    let as_subject = format!("Subject: {v}\r\n\r\n");
+    let parsed = MessageParser::default()
+        .parse(as_subject.as_bytes())
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("sauvegarde échouée"));
+}

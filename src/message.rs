@@ -467,7 +467,9 @@ impl Ctx<'_> {
         let recipients = self.recipients(&header_rcpts)?;
 
         // The transmitted header block.
-        fields.retain(|f| !f.is("bcc") && !f.is("resent-bcc"));
+        // Bcc is never transmitted; Return-Path is the final server's to add (RFC 5321 4.4:
+        // an originating system SHOULD NOT send one; PHP applications often write it).
+        fields.retain(|f| !f.is("bcc") && !f.is("resent-bcc") && !f.is("return-path"));
         self.apply_from(&mut fields, &info, &sender);
         if composed {
             for (name, list) in [("To", &self.args.to), ("Cc", &self.args.cc)] {

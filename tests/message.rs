@@ -855,3 +855,16 @@ fn non_ascii_header_option_is_encoded() {
         .unwrap();
     assert_eq!(parsed.subject(), Some("sauvegarde échouée"));
 }
+
+/// A Return-Path written by the caller (PHP applications do) is not transmitted.
+#[test]
+fn return_path_is_not_transmitted() {
+    let m = prep(
+        &rcpt(&["ops@contoso.com"]),
+        &profile(),
+        b"Return-Path: <bounce@gmail.com>\nSubject: x\n\nhi\n",
+    )
+    .unwrap();
+    assert_eq!(header(&m, "Return-Path"), None);
+    assert!(!text(&m).contains("bounce@gmail.com"));
+}

@@ -1077,6 +1077,9 @@ fn explain_parse_error(message: &str, key: Option<&str>) -> String {
     if message.ends_with("expected a sequence") {
         return format!("{message}: write a list, even of one, e.g. {last} = [\"...\"]");
     }
+    if last == "dns_server" {
+        return format!("{message}: give IP:PORT, e.g. dns_server = \"10.0.0.53:53\"");
+    }
     if last == "min_version" {
         return "expected \"1.2\" or \"1.3\" (a quoted string)".into();
     }
@@ -1410,6 +1413,13 @@ mod tests {
         let e = parse("[profiles.a.tls]\nmin_version = 1.2\n").unwrap_err();
         assert!(
             e.message.contains(":2:") && e.message.contains("expected \"1.2\" or \"1.3\""),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a]\nendpoint = { dns_server = \"10.0.0.53\" }\n").unwrap_err();
+        assert!(
+            e.message.contains("profiles.a.endpoint.dns_server")
+                && e.message.contains("give IP:PORT"),
             "{}",
             e.message
         );

@@ -144,12 +144,12 @@ pub fn display_name_of(a: &mail_parser::Addr<'_>) -> Option<String> {
     a.name().map(str::to_owned).filter(|n| !n.is_empty())
 }
 
-/// A local name written alone (`root`, `www-data`), not a display name (`Root User`).
+/// A local name written alone (`root`, `www-data`), not a display name (`Root User`, or a
+/// decoded `=?utf-8?q?J=C3=B6rg?=`): user names are ASCII.
 fn is_bare_local(s: &str) -> bool {
     !s.is_empty()
-        && !s
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "<>@,;:\"()[]\\".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !"<>@,;:\"()[]\\".contains(c))
 }
 
 /// Every mailbox of an address-list value (groups flattened): (display name, address).
@@ -299,6 +299,7 @@ mod tests {
         assert_eq!(parse_list("Team: root, a@x.y;"), vec!["root", "a@x.y"]);
         // A display name alone is not an address.
         assert_eq!(parse_list("Root User"), Vec::<String>::new());
+        assert_eq!(parse_list("=?utf-8?q?J=C3=B6rg?="), Vec::<String>::new());
         assert_eq!(parse_mailbox("root"), Some((None, "root".to_owned())));
         assert_eq!(
             parse_mailbox("root (Cron Daemon)"),

@@ -728,6 +728,11 @@ fn read_header_block(r: &mut dyn BufRead) -> Result<(Vec<Field>, Vec<u8>), Failu
         }
         total += n;
         if total > MAX_HEADER_BLOCK {
+            // A long first line that is no header field (`base64 -w0 file | sendmail root`)
+            // is the start of the body; the rest of it follows from the reader.
+            if !line.starts_with(b" ") && !line.starts_with(b"\t") && field_name(&line).is_none() {
+                return Ok((fields, line));
+            }
             return Err(Failure::data(format!(
                 "the message's header block is larger than {} bytes: refused (is the input a \
                  mail message?)",

@@ -868,3 +868,30 @@ fn return_path_is_not_transmitted() {
     assert_eq!(header(&m, "Return-Path"), None);
     assert!(!text(&m).contains("bounce@gmail.com"));
 }
+
+/// `base64 -w0 file | sendmail root`: a first line of more than 1 MiB that is no header field
+/// is body text (re-encoded, intact), not an oversized header block.
+#[test]
+fn huge_first_line_without_headers_is_the_body() {
+    let line: String = (0..1_200_000)
+        .map(|i| (b'A' + (i % 26) as u8) as char)
+        .collect();
+    let input = format!("{line}\n");
+    let m = prep(&rcpt(&["ops@contoso.com"]), &profile(), input.as_bytes()).unwrap();
+    assert_eq!(
+        header(&m, "Content-Transfer-Encoding"),
+        Some("quoted-printable")
+    );
+    let raw = bytes(&m);
+    let parsed = MessageParser::default().parse(&raw).unwrap();
+    assert_eq!(parsed.body_text(0).unwrap().trim_end(), line);
+    // A header field that long is still refused.
+    let long_header = format!("X-Long: {line}\n\nbody\n");
+    let e = prep(
+        &rcpt(&["ops@contoso.com"]),
+        &profile(),
+        long_header.as_bytes(),
+    )
+    .unwrap_err();
+    assert_eq!(e.exit, Exit::DataErr);
+}

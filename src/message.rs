@@ -529,6 +529,9 @@ impl Ctx<'_> {
         }
 
         // Write headers + body to the file that is transmitted.
+        for f in &mut fields {
+            fold_long_lines(&mut f.raw);
+        }
         let header_bytes: Vec<u8> = fields.iter().flat_map(|f| f.raw.iter().copied()).collect();
         let mut out = temp_file()?;
         {
@@ -762,6 +765,40 @@ fn read_header_block(r: &mut dyn BufRead) -> Result<(Vec<Field>, Vec<u8>), Failu
             }
         }
     }
+}
+
+/// Fold header lines longer than 998 octets (RFC 5322 2.1.1; cron's Subject holds the whole
+/// command line) before a space or tab, which stays as the continuation's first character.
+/// A line with no white space to fold at is left as it is.
+fn fold_long_lines(raw: &mut Vec<u8>) {
+    let max = MAX_LINE as usize;
+    if raw.split(|b| *b == b'\n').all(|l| l.len() <= max + 1) {
+        return;
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / max * 2 + 2);
+    for line in raw.split_inclusive(|b| *b == b'\n') {
+        let mut rest = line;
+        // Never fold inside the field name: start looking after the first colon.
+        let mut floor = rest.iter().position(|b| *b == b':').map_or(1, |c| c + 2);
+        while rest.len() > max + 2 {
+            let window = &rest[..=max.min(rest.len() - 1)];
+            match window
+                .iter()
+                .rposition(|b| *b == b' ' || *b == b'\t')
+                .filter(|i| *i >= floor)
+            {
+                Some(i) => {
+                    out.extend_from_slice(&rest[..i]);
+                    out.extend_from_slice(b"\r\n");
+                    rest = &rest[i..];
+                    floor = 1;
+                }
+                None => break,
+            }
+        }
+        out.extend_from_slice(rest);
+    }
+    *raw = out;
 }
 
 fn field_name(line: &[u8]) -> Option<String> {

@@ -901,3 +901,21 @@ fn huge_first_line_without_headers_is_the_body() {
     .unwrap_err();
     assert_eq!(e.exit, Exit::DataErr);
 }
+
+/// A header line over 998 octets (cron's Subject with a long command) is folded at white
+/// space, and unfolds to the same text.
+#[test]
+fn long_header_lines_are_folded() {
+    let words: Vec<String> = (0..300).map(|i| format!("--opt{i}")).collect();
+    let subject = format!("Cron <root@srv1> /usr/bin/job {}", words.join(" "));
+    let msg = format!("Subject: {subject}\n\nout\n");
+    let m = prep(&rcpt(&["ops@contoso.com"]), &profile(), msg.as_bytes()).unwrap();
+    let raw = bytes(&m);
+    let text = String::from_utf8(raw.clone()).unwrap();
+    assert!(
+        text.split("\r\n").all(|l| l.len() <= 998),
+        "a line is too long"
+    );
+    let parsed = MessageParser::default().parse(&raw).unwrap();
+    assert_eq!(parsed.subject(), Some(subject.as_str()));
+}

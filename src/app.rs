@@ -314,16 +314,14 @@ fn keep_unsent(
     ) {
         Ok(path) => {
             f.message = format!(
-                "{}
-  The message was not sent; it was saved to {}.",
+                "{}\n  The message was not sent; it was saved to {}.",
                 f.message,
                 path.display()
             );
         }
         Err(e) => {
             f.message = format!(
-                "{}
-  The message was not sent and could not be saved: {}",
+                "{}\n  The message was not sent and could not be saved: {}",
                 f.message, e.message
             );
         }

@@ -240,7 +240,7 @@ fn send(
     }
     runtime
         .block_on(route_and_submit(
-            &config, &profile, &prepared, args, verbose,
+            &config, &profile, &prepared, args, verbose, true,
         ))
         .map(|_| ())
 }
@@ -331,13 +331,35 @@ fn keep_unsent(
 
 /// From a prepared message to its disposition: the queue at once (`-odq`, `queue =
 /// "always"`), else the route and [`submit_with`]. Shared by the stdin path and `-bs`.
+/// `keep`: a message the route refuses before any connection (direct send to an outside
+/// recipient, no MX record, port 465) goes to the dead letter, as a delivery failure does.
+/// Not for `-bs`, whose client keeps its own copy and hears the refusal.
 async fn route_and_submit(
     config: &Config,
     profile: &Profile,
     prepared: &Prepared,
     args: &SendArgs,
     verbose: u8,
+    keep: bool,
 ) -> Result<Disposition, Failure> {
+    let refused = |mut f: Failure| {
+        if !keep {
+            return f;
+        }
+        let reason = f.message.lines().next().unwrap_or("not sent").to_owned();
+        let note = match crate::report::dead_letter(config, profile, prepared, &reason) {
+            Ok(path) => format!(
+                "The message was not sent; it was saved to {}.",
+                path.display()
+            ),
+            Err(e) => format!(
+                "The message was not sent and could not be saved: {}",
+                e.message
+            ),
+        };
+        f.message = format!("{}\n  {note}", f.message);
+        f
+    };
     let enqueue = EnqueueOptions {
         mode: args.mode,
         server: args.server.clone(),
@@ -359,7 +381,9 @@ async fn route_and_submit(
             && ep.host.is_none()
             && ep.mx_host.is_none();
         if !needs_dns {
-            crate::route::resolve(profile, &prepared.envelope, args.server.as_deref()).await?;
+            crate::route::resolve(profile, &prepared.envelope, args.server.as_deref())
+                .await
+                .map_err(refused)?;
         }
         let why = if args.delivery == DeliveryMode::Queue {
             "queued on request (-odq)"
@@ -386,7 +410,7 @@ async fn route_and_submit(
                 )
                 .map(Disposition::Queued);
             }
-            Err(f) => return Err(f),
+            Err(f) => return Err(refused(f)),
         };
     submit_with(config, profile, prepared, &endpoint, &opts, &enqueue).await
 }
@@ -918,6 +942,7 @@ fn stdio_message(
         &prepared,
         &message_args,
         verbose,
+        false,
     ))
 }
 

@@ -298,6 +298,33 @@ fn message_refused_before_delivery_is_kept_in_the_dead_letter() {
         );
     }
 
+    // Refused by the route before connecting (direct send to an outside address): kept too.
+    let direct = dir.path().join("direct.toml");
+    std::fs::write(
+        &direct,
+        "[profiles.lab]\nmode = \"direct\"\nsender = \"scanner@contoso.com\"\n\
+         accepted_domains = [\"contoso.com\"]\n\
+         endpoint = { mx_host = \"127.0.0.1\", port = 9 }\n",
+    )
+    .unwrap();
+    let o = run(
+        dir.path(),
+        &["-C", direct.to_str().unwrap(), "-i", "someone@fabrikam.com"],
+        b"Subject: scan\n\nscanned page\n",
+    );
+    assert_eq!(o.status.code(), Some(67), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("outside the organisation"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("saved to"), "{}", stderr(&o));
+    assert!(
+        std::fs::read_to_string(&dead)
+            .unwrap()
+            .contains("scanned page")
+    );
+
     // A dry run keeps nothing.
     let before = std::fs::read(&dead).unwrap();
     let o = run(

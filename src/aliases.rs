@@ -184,6 +184,13 @@ impl Aliases {
                 }
             },
         };
+        if targets.is_empty() {
+            // `name:` with nothing after it: say so rather than "no recipients".
+            return Err(Failure::config(format!(
+                "alias {key} ({}) has no address",
+                self.origin_of(&key)
+            )));
+        }
         path.push(key.clone());
         for t in targets {
             self.check_target(t, &key)?;
@@ -309,6 +316,21 @@ mod tests {
         let e = a.expand("decode", &host(), &[]).unwrap_err();
         assert!(e.message.contains("pipes, files"), "{}", e.message);
         assert!(e.message.contains("/etc/aliases:4"), "{}", e.message);
+    }
+
+    #[test]
+    fn empty_alias_is_named() {
+        let mut a = Aliases::default();
+        a.merge_file("ops: a@contoso.com\nempty:\n", Path::new("/etc/aliases"))
+            .unwrap();
+        let e = a.expand("empty", &host(), &[]).unwrap_err();
+        assert_eq!(e.exit, crate::exit::Exit::Config);
+        assert!(
+            e.message
+                .contains("alias empty (/etc/aliases:2) has no address"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

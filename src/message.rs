@@ -471,6 +471,7 @@ impl Ctx<'_> {
         // an originating system SHOULD NOT send one; PHP applications often write it).
         fields.retain(|f| !f.is("bcc") && !f.is("resent-bcc") && !f.is("return-path"));
         self.apply_from(&mut fields, &info, &sender);
+        self.qualify_address_fields(&mut fields);
         if composed {
             for (name, list) in [("To", &self.args.to), ("Cc", &self.args.cc)] {
                 if !list.is_empty() && !fields.iter().any(|f| f.is(name)) {
@@ -570,6 +571,31 @@ impl Ctx<'_> {
             smtputf8,
             header_block: String::from_utf8_lossy(&header_bytes).into_owned(),
         })
+    }
+
+    /// `To: root` (cron writes it) is no address anywhere but on this host: with a default
+    /// domain, a To, Cc or Reply-To field holding a bare local name is written again with every
+    /// address qualified, as Postfix does for local submissions. Fields without one are left
+    /// exactly as they are.
+    fn qualify_address_fields(&self, fields: &mut [Field]) {
+        let Some(domain) = self.profile.default_domain.as_deref() else {
+            return;
+        };
+        for f in fields.iter_mut() {
+            if !(f.is("to") || f.is("cc") || f.is("reply-to")) {
+                continue;
+            }
+            let boxes = address::parse_mailboxes(&f.value());
+            if boxes.is_empty() || boxes.iter().all(|(_, a)| address::domain_of(a).is_some()) {
+                continue;
+            }
+            let list: Vec<String> = boxes
+                .iter()
+                .map(|(n, a)| mailbox_display(n.as_deref(), &address::qualify(a, Some(domain))))
+                .collect();
+            let name = f.name.clone();
+            *f = Field::new(&name, &list.join(", "));
+        }
     }
 
     /// Add a From header when missing, rewrite it per `rewrite_from`, keeping the display name.

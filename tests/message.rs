@@ -645,6 +645,23 @@ fn t_takes_bare_local_names_from_to_and_rewrites_a_bare_from() {
     );
     assert_eq!(m.envelope.sender, "alerts@contoso.com");
     assert_eq!(header(&m, "From"), Some("CronDaemon <alerts@contoso.com>"));
+    // The header's bare names are qualified too (as Postfix does), so the message is valid.
+    assert_eq!(header(&m, "To"), Some("root@contoso.com"));
+    assert_eq!(
+        header(&m, "Cc"),
+        Some("backup@contoso.com, www-data@contoso.com")
+    );
+    // A field with only full addresses is left exactly as written.
+    let m2 = prep(
+        &args,
+        &p,
+        b"To: \"Ops\" <ops@contoso.com> (the team)\n\nout\n",
+    )
+    .unwrap();
+    assert_eq!(
+        header(&m2, "To"),
+        Some("\"Ops\" <ops@contoso.com> (the team)")
+    );
     // A display name alone is still not a recipient.
     let e = prep(&args, &p, b"To: Root User\n\nout\n").unwrap_err();
     assert_eq!(e.exit, Exit::Usage);

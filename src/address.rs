@@ -114,8 +114,17 @@ pub fn parse_list(value: &str) -> Vec<String> {
 
 /// The address of a parsed mailbox. mail-parser 0.11 reads a quoted local part
 /// (`"odd local"@contoso.com`) as a display name plus `@contoso.com`: put it back together.
+/// It also reads a bare local name (`To: root`, `From: www-data`, as cron and local programs
+/// write them) as a display name without an address: that word is the address.
 pub fn addr_of(a: &mail_parser::Addr<'_>) -> Option<String> {
-    let addr = clean(a.address()?);
+    let Some(addr) = a.address() else {
+        return a
+            .name()
+            .map(str::trim)
+            .filter(|n| is_bare_local(n))
+            .map(str::to_owned);
+    };
+    let addr = clean(addr);
     if let Some(domain) = addr.strip_prefix('@')
         && let Some(local) = a.name()
     {
@@ -123,6 +132,42 @@ pub fn addr_of(a: &mail_parser::Addr<'_>) -> Option<String> {
         return Some(format!("\"{local}\"@{domain}"));
     }
     Some(addr).filter(|a| !a.is_empty())
+}
+
+/// The display name of a parsed mailbox: none when mail-parser's "name" is really (part of)
+/// the address (a bare local name, a quoted local part; see [`addr_of`]).
+pub fn display_name_of(a: &mail_parser::Addr<'_>) -> Option<String> {
+    let addr = a.address()?;
+    if clean(addr).starts_with('@') {
+        return None;
+    }
+    a.name().map(str::to_owned).filter(|n| !n.is_empty())
+}
+
+/// A local name written alone (`root`, `www-data`), not a display name (`Root User`, or a
+/// decoded `=?utf-8?q?J=C3=B6rg?=`): user names are ASCII.
+fn is_bare_local(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !"<>@,;:\"()[]\\".contains(c))
+}
+
+/// Every mailbox of an address-list value (groups flattened): (display name, address).
+pub fn parse_mailboxes(value: &str) -> Vec<(Option<String>, String)> {
+    let raw = format!("To: {value}\r\n\r\n");
+    let mut out = Vec::new();
+    if let Some(msg) = MessageParser::default().parse_headers(raw.as_bytes()) {
+        for h in msg.headers() {
+            if let HeaderValue::Address(list) = &h.value {
+                for a in list.iter() {
+                    if let Some(addr) = addr_of(a) {
+                        out.push((display_name_of(a), addr));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The first mailbox of an address-list value: (display name, address).
@@ -134,7 +179,7 @@ pub fn parse_mailbox(value: &str) -> Option<(Option<String>, String)> {
         HeaderValue::Address(list) => {
             let a = list.first()?;
             let addr = addr_of(a)?;
-            Some((a.name().map(str::to_owned).filter(|n| !n.is_empty()), addr))
+            Some((display_name_of(a), addr))
         }
         _ => None,
     }
@@ -150,6 +195,31 @@ pub fn from_arg(arg: &str) -> Option<String> {
         return Some(t.to_owned());
     }
     parse_mailbox(t).map(|(_, a)| a)
+}
+
+/// Why `addr` (qualified: `local@domain`) cannot go into `MAIL FROM:<...>` or
+/// `RCPT TO:<...>`, if it cannot: a space or bracket would end the path early and let the rest
+/// be read as SMTP parameters. A quoted local part (`"odd local"@x`) may hold spaces.
+pub fn path_problem(addr: &str) -> Option<&'static str> {
+    if addr.chars().any(char::is_control) {
+        return Some("contains a control character");
+    }
+    let (local, domain) = addr.rsplit_once('@')?;
+    if local.is_empty() {
+        return Some("has nothing before the @");
+    }
+    let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
+    if !quoted && local.contains(|c: char| c.is_whitespace() || "<>()[],;:\"".contains(c)) {
+        return Some("has a space or one of <>()[],;:\" in its local part");
+    }
+    if domain.is_empty()
+        || domain.starts_with('.')
+        || domain.contains("..")
+        || domain.contains(|c: char| c.is_whitespace() || "<>()\",;:@\\".contains(c))
+    {
+        return Some("has an invalid domain");
+    }
+    None
 }
 
 fn clean(a: &str) -> String {
@@ -193,5 +263,47 @@ mod tests {
         );
         assert_eq!(from_arg("Ops <ops@x.y>").as_deref(), Some("ops@x.y"));
         assert_eq!(from_arg("root").as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn path_problems() {
+        for ok in [
+            "a@b.c",
+            "\"odd local\"@contoso.com",
+            "j\u{f6}rg@m\u{fc}ller.de",
+            "x@[10.0.0.1]",
+        ] {
+            assert_eq!(path_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "@contoso.com",
+            "a b@contoso.com",
+            "x@contoso.com> NOTIFY=SUCCESS",
+            "x>@contoso.com",
+            "x@contoso com",
+            "x@",
+            "x@.contoso.com",
+        ] {
+            assert!(path_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bare_local_names_are_addresses() {
+        // mail-parser reads `root` as a display name without an address.
+        assert_eq!(parse_list("root"), vec!["root"]);
+        assert_eq!(
+            parse_list("root, www-data, a@x.y"),
+            vec!["root", "www-data", "a@x.y"]
+        );
+        assert_eq!(parse_list("Team: root, a@x.y;"), vec!["root", "a@x.y"]);
+        // A display name alone is not an address.
+        assert_eq!(parse_list("Root User"), Vec::<String>::new());
+        assert_eq!(parse_list("=?utf-8?q?J=C3=B6rg?="), Vec::<String>::new());
+        assert_eq!(parse_mailbox("root"), Some((None, "root".to_owned())));
+        assert_eq!(
+            parse_mailbox("root (Cron Daemon)"),
+            Some((Some("Cron Daemon".to_owned()), "root".to_owned()))
+        );
     }
 }

@@ -131,6 +131,15 @@ impl Aliases {
         out: &mut Vec<String>,
         from_default: bool,
     ) -> Result<(), Failure> {
+        // `root: admin@contoso.com, \root` (common in /etc/aliases): a backslash stops
+        // aliasing, as in sendmail. The name is delivered as it is (the default domain
+        // applies), neither expanded again nor caught by `default`.
+        if let Some(leaf) = addr.strip_prefix('\\') {
+            if !leaf.trim().is_empty() {
+                out.push(leaf.trim().to_owned());
+            }
+            return Ok(());
+        }
         let Some(local) = self.local_name(addr, host, accepted) else {
             out.push(addr.to_owned());
             return Ok(());
@@ -175,6 +184,13 @@ impl Aliases {
                 }
             },
         };
+        if targets.is_empty() {
+            // `name:` with nothing after it: say so rather than "no recipients".
+            return Err(Failure::config(format!(
+                "alias {key} ({}) has no address",
+                self.origin_of(&key)
+            )));
+        }
         path.push(key.clone());
         for t in targets {
             self.check_target(t, &key)?;
@@ -239,6 +255,11 @@ fn split_targets(value: &str) -> Vec<String> {
     out.into_iter()
         .map(|s| {
             let t = s.trim();
+            // `"|/usr/bin/uudecode"`: a quoted pipe or file is still a pipe or file.
+            let t = match t.strip_prefix('"').and_then(|u| u.strip_suffix('"')) {
+                Some(u) if u.starts_with(['|', '/']) || u.starts_with(":include:") => u,
+                _ => t,
+            };
             if t.starts_with('|') || t.starts_with('/') || t.starts_with(":include:") {
                 t.to_owned()
             } else {
@@ -276,6 +297,39 @@ mod tests {
         assert_eq!(
             a.expand("root@contoso.com", &host(), &[]).unwrap(),
             vec!["root@contoso.com"]
+        );
+    }
+
+    #[test]
+    fn backslash_stops_aliasing_and_quoted_pipes_are_pipes() {
+        let mut a = Aliases::default();
+        a.merge_file(
+            "root: admin@contoso.com, \\root\ndefault: ops@contoso.com\nkeep: \\keep\ndecode: \"|/usr/bin/uudecode\"\n",
+            Path::new("/etc/aliases"),
+        )
+        .unwrap();
+        assert_eq!(
+            a.expand("root", &host(), &[]).unwrap(),
+            vec!["admin@contoso.com", "root"]
+        );
+        assert_eq!(a.expand("keep", &host(), &[]).unwrap(), vec!["keep"]);
+        let e = a.expand("decode", &host(), &[]).unwrap_err();
+        assert!(e.message.contains("pipes, files"), "{}", e.message);
+        assert!(e.message.contains("/etc/aliases:4"), "{}", e.message);
+    }
+
+    #[test]
+    fn empty_alias_is_named() {
+        let mut a = Aliases::default();
+        a.merge_file("ops: a@contoso.com\nempty:\n", Path::new("/etc/aliases"))
+            .unwrap();
+        let e = a.expand("empty", &host(), &[]).unwrap_err();
+        assert_eq!(e.exit, crate::exit::Exit::Config);
+        assert!(
+            e.message
+                .contains("alias empty (/etc/aliases:2) has no address"),
+            "{}",
+            e.message
         );
     }
 

@@ -173,19 +173,57 @@ fn send(
     verbose: u8,
     args: &SendArgs,
 ) -> Result<(), Failure> {
-    let (config, profile) = configure(config_path, profile_name, args)?;
-    tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
-
     let stdin = io::stdin();
     // With --body the message text is given; a composed message with nobody typing into a
     // terminal has no text. Otherwise stdin is read (as sendmail does, even from a terminal).
-    let mut input: Box<dyn Read> =
-        if args.body.is_some() || (args.composes() && stdin.is_terminal()) {
-            Box::new(io::empty())
-        } else {
-            Box::new(stdin.lock())
-        };
-    let prepared = crate::message::prepare(args, &profile, &mut input)?;
+    let reads_stdin = !(args.body.is_some() || (args.composes() && stdin.is_terminal()));
+    // A copy of what is read, so that a message refused before delivery (no configuration,
+    // an alias loop, a recipient without a domain...) is kept in the dead letter instead of
+    // being lost: cron and PHP have no copy of their own.
+    let mut copy = if reads_stdin && !args.dry_run {
+        tempfile::Builder::new()
+            .prefix("m365send-in-")
+            .tempfile()
+            .ok()
+    } else {
+        None
+    };
+    let (config, profile) = match configure(config_path, profile_name, args) {
+        Ok(c) => c,
+        Err(f) => {
+            // Nothing read yet: read it now, unless someone would have to type it.
+            // At most the default size limit: beyond it the copy is not kept.
+            if let Some(c) = copy.as_mut()
+                && !stdin.is_terminal()
+            {
+                let limit = Profile::default().max_size() + 1;
+                let _ = io::copy(&mut stdin.lock().take(limit), c.as_file_mut());
+            }
+            return Err(keep_unsent(None, None, args, copy, f));
+        }
+    };
+    tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
+
+    let mut input: Box<dyn Read> = if !reads_stdin {
+        Box::new(io::empty())
+    } else {
+        match copy.as_mut() {
+            Some(c) => Box::new(Tee {
+                inner: stdin.lock(),
+                copy: Some(c.as_file_mut()),
+            }),
+            None => Box::new(stdin.lock()),
+        }
+    };
+    let prepared = match crate::message::prepare(args, &profile, &mut input) {
+        Ok(p) => p,
+        Err(f) => {
+            drop(input);
+            return Err(keep_unsent(Some(&config), Some(&profile), args, copy, f));
+        }
+    };
+    drop(input);
+    drop(copy);
 
     let runtime = runtime()?;
     if args.dry_run {
@@ -202,20 +240,126 @@ fn send(
     }
     runtime
         .block_on(route_and_submit(
-            &config, &profile, &prepared, args, verbose,
+            &config, &profile, &prepared, args, verbose, true,
         ))
         .map(|_| ())
 }
 
+/// Reads through to `inner` and writes what it read to `copy` (best effort: a copy that
+/// cannot be written is given up, the message still goes on).
+struct Tee<'a, R> {
+    inner: R,
+    copy: Option<&'a mut std::fs::File>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(c) = self.copy.as_mut()
+            && c.write_all(&buf[..n]).is_err()
+        {
+            self.copy = None;
+        }
+        Ok(n)
+    }
+}
+
+/// A message refused before any delivery attempt: keep the caller's input in the dead letter
+/// (as sendmail keeps it in dead.letter) and say where. Not for a message refused as data
+/// (65: too large, a header injection) or a missing input file: what was read may be partial
+/// and the caller can send again.
+fn keep_unsent(
+    config: Option<&Config>,
+    profile: Option<&Profile>,
+    args: &SendArgs,
+    copy: Option<tempfile::NamedTempFile>,
+    mut f: Failure,
+) -> Failure {
+    if matches!(
+        f.exit,
+        Exit::DataErr | Exit::NoInput | Exit::IoErr | Exit::CantCreat
+    ) {
+        return f;
+    }
+    let Some(copy) = copy else { return f };
+    let size = copy.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+    let limit = profile.unwrap_or(&Profile::default()).max_size();
+    if size == 0 || size > limit {
+        return f;
+    }
+    let default_config = Config::default();
+    let default_profile = Profile::default();
+    let message = Prepared {
+        envelope: crate::message::Envelope {
+            sender: args
+                .envelope_from
+                .as_deref()
+                .map(config::bare_address)
+                .unwrap_or_default(),
+            recipients: args.recipients.clone(),
+            dsn: Default::default(),
+        },
+        body: crate::message::Body::temporary(copy.into_temp_path()),
+        size,
+        eight_bit: false,
+        smtputf8: false,
+        header_block: String::new(),
+    };
+    let reason = f.message.lines().next().unwrap_or("not sent").to_owned();
+    match crate::report::dead_letter(
+        config.unwrap_or(&default_config),
+        profile.unwrap_or(&default_profile),
+        &message,
+        &reason,
+    ) {
+        Ok(path) => {
+            f.message = format!(
+                "{}\n  The message was not sent; it was saved to {}.",
+                f.message,
+                path.display()
+            );
+        }
+        Err(e) => {
+            f.message = format!(
+                "{}\n  The message was not sent and could not be saved: {}",
+                f.message, e.message
+            );
+        }
+    }
+    f
+}
+
 /// From a prepared message to its disposition: the queue at once (`-odq`, `queue =
 /// "always"`), else the route and [`submit_with`]. Shared by the stdin path and `-bs`.
+/// `keep`: a message the route refuses before any connection (direct send to an outside
+/// recipient, no MX record, port 465) goes to the dead letter, as a delivery failure does.
+/// Not for `-bs`, whose client keeps its own copy and hears the refusal.
 async fn route_and_submit(
     config: &Config,
     profile: &Profile,
     prepared: &Prepared,
     args: &SendArgs,
     verbose: u8,
+    keep: bool,
 ) -> Result<Disposition, Failure> {
+    let refused = |mut f: Failure| {
+        if !keep {
+            return f;
+        }
+        let reason = f.message.lines().next().unwrap_or("not sent").to_owned();
+        let note = match crate::report::dead_letter(config, profile, prepared, &reason) {
+            Ok(path) => format!(
+                "The message was not sent; it was saved to {}.",
+                path.display()
+            ),
+            Err(e) => format!(
+                "The message was not sent and could not be saved: {}",
+                e.message
+            ),
+        };
+        f.message = format!("{}\n  {note}", f.message);
+        f
+    };
     let enqueue = EnqueueOptions {
         mode: args.mode,
         server: args.server.clone(),
@@ -237,7 +381,9 @@ async fn route_and_submit(
             && ep.host.is_none()
             && ep.mx_host.is_none();
         if !needs_dns {
-            crate::route::resolve(profile, &prepared.envelope, args.server.as_deref()).await?;
+            crate::route::resolve(profile, &prepared.envelope, args.server.as_deref())
+                .await
+                .map_err(refused)?;
         }
         let why = if args.delivery == DeliveryMode::Queue {
             "queued on request (-odq)"
@@ -264,7 +410,7 @@ async fn route_and_submit(
                 )
                 .map(Disposition::Queued);
             }
-            Err(f) => return Err(f),
+            Err(f) => return Err(refused(f)),
         };
     submit_with(config, profile, prepared, &endpoint, &opts, &enqueue).await
 }
@@ -522,6 +668,15 @@ fn human_size(n: u64) -> String {
     }
 }
 
+/// For the dry run: a file the real run will need but cannot read, said next to its name
+/// (`" — cannot read: No such file or directory (os error 2)"`), else nothing.
+fn unreadable(path: &Path) -> String {
+    match std::fs::File::open(path) {
+        Ok(_) => String::new(),
+        Err(e) => format!(" — CANNOT READ: {e}"),
+    }
+}
+
 /// What `--dry-run` prints: everything that would be used, nothing that was done.
 pub fn dry_run_report(
     config: &Config,
@@ -595,14 +750,20 @@ pub fn dry_run_report(
     rows.push((
         "CA certificates".into(),
         match &endpoint.ca_file {
-            Some(p) => format!("system roots + {}", p.display()),
+            Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
             None => "system roots".into(),
         },
     ));
     rows.push((
         "client certificate".into(),
         match &endpoint.client_cert {
-            Some(c) => format!("{} (key {})", c.cert.display(), c.key.display()),
+            Some(c) => format!(
+                "{}{} (key {}{})",
+                c.cert.display(),
+                unreadable(&c.cert),
+                c.key.display(),
+                unreadable(&c.key)
+            ),
             None => "none".into(),
         },
     ));
@@ -781,6 +942,7 @@ fn stdio_message(
         &prepared,
         &message_args,
         verbose,
+        false,
     ))
 }
 
@@ -866,13 +1028,19 @@ mod tests {
             source: "MX of contoso.com".into(),
         };
         let r = dry_run_report(&config, &profile, &endpoint, &prepared());
+        assert!(
+            r.contains(
+                "/etc/m365send/relay.crt — CANNOT READ: No such file or directory (os error 2) \
+                 (key /etc/m365send/relay.key — CANNOT READ"
+            ) || Path::new("/etc/m365send/relay.crt").exists(),
+            "{r}"
+        );
         for needle in [
             "cron (from /etc/m365send/config.toml)",
             "relay — SMTP relay through a connector",
             "contoso-com.mail.protection.outlook.com:25  (MX preference 0)",
             "backup.contoso.com:25  (MX preference 10)",
             "STARTTLS required, TLS 1.2 or 1.3",
-            "/etc/m365send/relay.crt (key /etc/m365send/relay.key)",
             "connector recognises the client certificate",
             "alerts@contoso.com",
             "ops@contoso.com",

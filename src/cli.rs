@@ -401,8 +401,9 @@ Configuration is read from --config/-C, else $M365SEND_CONFIG, else
 $XDG_CONFIG_HOME/m365send/config.toml (~/.config/m365send/config.toml), else
 /etc/m365send/config.toml. See config.example.toml for every key.
 
-Exit codes follow sysexits(3): 0 sent, 64 usage, 65 bad message, 67 unknown recipient,
-68 no MX host, 69 refused, 75 temporary failure (try again), 77 permission, 78 configuration.";
+Exit codes follow sysexits(3): 0 sent (or queued), 64 usage, 65 bad message, 66 unreadable
+--attach file, 67 unknown recipient, 68 no MX host, 69 refused, 73 queue not writable,
+75 temporary failure (try again), 77 permission, 78 configuration.";
 
 const USAGE: &str = "\
 m365send [OPTIONS] [--] [RECIPIENT]...  < message

@@ -18,6 +18,20 @@ use toml::de::{DeTable, DeValue};
 use crate::exit::Failure;
 use crate::secret::Secret;
 
+/// Longest `queue_lifetime_days` accepted: a year.
+pub const MAX_QUEUE_LIFETIME_DAYS: u32 = 365;
+/// Longest `timeouts.*` accepted, seconds: a day.
+pub const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+
+/// Most in-process attempts (`retry.attempts`): a sender (cron, PHP) waits for all of them.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// Longest first retry delay (`retry.initial_delay_ms`); later delays are capped there too.
+pub const MAX_RETRY_DELAY_MS: u64 = 300_000;
+
+/// Longest `auth.refresh_window_secs`: half of the shortest token lifetime, so that a cached
+/// token is ever used at all.
+pub const MAX_REFRESH_WINDOW_SECS: u64 = 1800;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,9 +172,10 @@ pub struct Profile {
     pub accepted_domains: Vec<String>,
     /// Domain appended to bare local names (root → root@default_domain).
     pub default_domain: Option<String>,
-    /// Inline aliases: local name → one or more addresses (comma separated). `default` is the
-    /// catch-all for local names without an alias.
-    #[serde(default)]
+    /// Inline aliases: local name → one or more addresses (comma separated, or a list of
+    /// strings, kept here comma separated). `default` is the catch-all for local names
+    /// without an alias.
+    #[serde(default, deserialize_with = "alias_table")]
     pub aliases: BTreeMap<String, String>,
     /// An /etc/aliases-format file, merged under the inline aliases.
     pub aliases_file: Option<PathBuf>,
@@ -414,6 +429,33 @@ impl RetryConfig {
     }
 }
 
+/// `root = "a@x, b@y"` or `root = ["a@x", "b@y"]`: both are written as a list of addresses.
+fn alias_table<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(
+        untagged,
+        expecting = "an address string, or a list of address strings"
+    )]
+    enum Targets {
+        One(String),
+        Many(Vec<String>),
+    }
+    let raw = BTreeMap::<String, Targets>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let joined = match v {
+                Targets::One(s) => s,
+                Targets::Many(list) => list.join(", "),
+            };
+            (k, joined)
+        })
+        .collect())
+}
+
 impl Profile {
     /// Largest message accepted, bytes.
     pub fn max_size(&self) -> u64 {
@@ -510,7 +552,9 @@ pub fn load_with_env(
 pub fn load_file(path: &Path) -> Result<Config, Failure> {
     let bytes = std::fs::read(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            " (run as a user who may read it, or give another file with --config)"
+            " (every user that sends mail, e.g. www-data for PHP, must be able to read it: \
+             chmod 644 it and keep secrets in separate files; or give another file with \
+             --config)"
         } else {
             ""
         };
@@ -543,7 +587,7 @@ impl Config {
                 place = format!("{place}:{line}:{col}");
                 key = key_at(text, span.start).or_else(|| key_on_line(text, span.start));
             }
-            let message = suggest(e.message().trim_end());
+            let message = explain_parse_error(e.message().trim_end(), key.as_deref());
             let message = message.as_str();
             match key {
                 Some(key) => Failure::config(format!("{place}: {key}: {message}")),
@@ -587,6 +631,17 @@ impl Config {
                 format!(
                     "there is no profile \"{d}\"; defined: {}",
                     self.profile_names()
+                ),
+            ));
+        }
+        if let Some(days) = self.queue_lifetime_days
+            && !(1..=MAX_QUEUE_LIFETIME_DAYS).contains(&days)
+        {
+            out.push((
+                key(&["queue_lifetime_days"]),
+                format!(
+                    "{days} is not a lifetime: give 1 to {MAX_QUEUE_LIFETIME_DAYS} days (default \
+                     5); to never queue, set queue = \"never\" in the profile"
                 ),
             ));
         }
@@ -721,6 +776,50 @@ impl Config {
                 out.push((
                     k(&["auth", "password"]),
                     "auth.method = \"password\" needs auth.password (env, file or command)".into(),
+                ));
+            }
+            for (field, value) in [
+                ("connect", p.timeouts.connect),
+                ("command", p.timeouts.command),
+                ("data_end", p.timeouts.data_end),
+            ] {
+                if let Some(secs) = value
+                    && !(1..=MAX_TIMEOUT_SECS).contains(&secs)
+                {
+                    out.push((
+                        k(&["timeouts", field]),
+                        format!("{secs} is not a timeout: give 1 to {MAX_TIMEOUT_SECS} seconds"),
+                    ));
+                }
+            }
+            if let Some(w) = p.auth.refresh_window_secs
+                && w > MAX_REFRESH_WINDOW_SECS
+            {
+                out.push((
+                    k(&["auth", "refresh_window_secs"]),
+                    format!(
+                        "{w} s is longer than a token lives (60 to 90 minutes): give at most \
+                         {MAX_REFRESH_WINDOW_SECS} (default 300)"
+                    ),
+                ));
+            }
+            if let Some(n) = p.retry.attempts
+                && !(1..=MAX_RETRY_ATTEMPTS).contains(&n)
+            {
+                out.push((
+                    k(&["retry", "attempts"]),
+                    format!(
+                        "{n} attempts: give 1 (no retry) to {MAX_RETRY_ATTEMPTS}; the queue \
+                         retries for longer"
+                    ),
+                ));
+            }
+            if let Some(ms) = p.retry.initial_delay_ms
+                && ms > MAX_RETRY_DELAY_MS
+            {
+                out.push((
+                    k(&["retry", "initial_delay_ms"]),
+                    format!("{ms} ms is too long: give at most {MAX_RETRY_DELAY_MS} (5 minutes)"),
                 ));
             }
             if p.max_size == Some(0) {
@@ -952,6 +1051,50 @@ fn plausible_address(s: &str) -> bool {
     }
 }
 
+/// Settings that exist only at the top of the file.
+const TOP_LEVEL_ONLY: &[&str] = &[
+    "default_profile",
+    "spool_dir",
+    "queue_lifetime_days",
+    "cache_dir",
+    "log",
+];
+
+/// The parser's message for the value at `key`, made actionable, and never quoting a value
+/// that may be a secret (`password = "hunter2"` must not be echoed to stderr or a log).
+fn explain_parse_error(message: &str, key: Option<&str>) -> String {
+    let last = key.and_then(|k| k.rsplit('.').next()).unwrap_or("");
+    let secret_field = key.is_some_and(|k| {
+        k.split('.')
+            .any(|part| ["password", "token", "client_secret", "refresh_token"].contains(&part))
+    });
+    if secret_field && !message.starts_with("unknown field") {
+        return "a secret is written as a table naming where it comes from: { env = \"VAR\" }, \
+                { file = \"/path\" }, { command = \"...\" }, or { value = \"...\" } (inline: \
+                the file must then be chmod 600)"
+            .into();
+    }
+    if message.ends_with("expected a sequence") {
+        return format!("{message}: write a list, even of one, e.g. {last} = [\"...\"]");
+    }
+    if last == "dns_server" {
+        return format!("{message}: give IP:PORT, e.g. dns_server = \"10.0.0.53:53\"");
+    }
+    if last == "min_version" {
+        return "expected \"1.2\" or \"1.3\" (a quoted string)".into();
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, _)) = rest.split_once('`')
+        && TOP_LEVEL_ONLY.contains(&field)
+    {
+        return format!(
+            "unknown field `{field}` here: `{field}` is a top-level setting; write it above the \
+             first [table] header (every key after a [header] belongs to that table)"
+        );
+    }
+    suggest(message)
+}
+
 /// serde's "unknown field `sendr`, expected one of `mode`, ..., `sender`, ..." becomes
 /// "unknown field `sendr`; did you mean `sender`?" when one expected name is close.
 fn suggest(message: &str) -> String {
@@ -1157,6 +1300,7 @@ mod tests {
             "authority",
             "scope",
             "refresh_window_secs",
+            "assertion_alg",
             "helo",
             "max_size",
             "timeouts",
@@ -1229,6 +1373,66 @@ mod tests {
     }
 
     #[test]
+    fn alias_targets_as_a_string_or_a_list() {
+        let c = parse(
+            "[profiles.a]\naliases = { root = [\"a@contoso.com\", \"b@contoso.com\"], pm = \"root\" }\n",
+        )
+        .unwrap();
+        let a = &c.profiles["a"].aliases;
+        assert_eq!(a["root"], "a@contoso.com, b@contoso.com");
+        assert_eq!(a["pm"], "root");
+        let e = parse("[profiles.a]\naccepted_domains = \"contoso.com\"\n").unwrap_err();
+        assert!(
+            e.message.contains("accepted_domains = [\"...\"]"),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a]\naliases = { root = 1 }\n").unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains("a list of address strings"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn parse_errors_never_quote_a_secret_and_say_what_to_write() {
+        for text in [
+            "[profiles.a]\nauth = { password = \"hunter2\" }\n",
+            "[profiles.a.auth]\nclient_secret = \"hunter2\"\n",
+            "[profiles.a.auth]\ntoken = { value = [\"hunter2\"] }\n",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(!e.message.contains("hunter2"), "{}", e.message);
+            assert!(e.message.contains("{ env = \"VAR\" }"), "{}", e.message);
+        }
+        let e = parse("[profiles.a.auth]\nclient_secret = { valu = \"hunter2\" }\n").unwrap_err();
+        assert!(e.message.contains("did you mean `value`"), "{}", e.message);
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+
+        let e = parse("[profiles.a.tls]\nmin_version = 1.2\n").unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains("expected \"1.2\" or \"1.3\""),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a]\nendpoint = { dns_server = \"10.0.0.53\" }\n").unwrap_err();
+        assert!(
+            e.message.contains("profiles.a.endpoint.dns_server")
+                && e.message.contains("give IP:PORT"),
+            "{}",
+            e.message
+        );
+        // A top-level key written after a [table] header lands in that table.
+        let e = parse("[profiles.a]\nmode = \"relay\"\nqueue_lifetime_days = 3\n").unwrap_err();
+        assert!(
+            e.message.contains(":3:") && e.message.contains("above the first [table] header"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn validation_names_key_and_line() {
         let cases = [
             (
@@ -1264,6 +1468,36 @@ mod tests {
             ),
             ("[profiles.\"a b\"]\n", "profiles.a b", 1),
             ("log = { syslog = true }\n", "profiles", 0),
+            (
+                "queue_lifetime_days = 0\n[profiles.a]\n",
+                "queue_lifetime_days",
+                1,
+            ),
+            (
+                "queue_lifetime_days = 4000000000\n[profiles.a]\n",
+                "queue_lifetime_days",
+                1,
+            ),
+            (
+                "[profiles.a]\ntimeouts = { connect = 0 }\n",
+                "profiles.a.timeouts.connect",
+                2,
+            ),
+            (
+                "[profiles.a]\nauth = { refresh_window_secs = 7200 }\n",
+                "profiles.a.auth.refresh_window_secs",
+                2,
+            ),
+            (
+                "[profiles.a]\n[profiles.a.retry]\nattempts = 0\n",
+                "profiles.a.retry.attempts",
+                3,
+            ),
+            (
+                "[profiles.a]\nretry = { initial_delay_ms = 18446744073709551615 }\n",
+                "profiles.a.retry.initial_delay_ms",
+                2,
+            ),
         ];
         for (text, key, line) in cases {
             let e = parse(text).unwrap_err();

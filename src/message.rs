@@ -328,6 +328,11 @@ impl Ctx<'_> {
                 p.name
             )));
         }
+        if let Some(why) = address::path_problem(&sender) {
+            return Err(Failure::usage(format!(
+                "envelope sender {sender:?} {why}: refused before connecting"
+            )));
+        }
         Ok(sender)
     }
 
@@ -348,6 +353,17 @@ impl Ctx<'_> {
         let mut out = Vec::new();
         for r in raw {
             for e in self.aliases.expand(&r, self.host, self.accepted())? {
+                // `bob@localhost`, `root@web1.localdomain` without an alias: no server outside
+                // this host can deliver that; the default domain stands for this host.
+                let e = match (address::split(&e), &self.profile.default_domain) {
+                    ((local, Some(d)), Some(_))
+                        if self.host.is_own_host(d)
+                            && !address::is_accepted(d, self.accepted()) =>
+                    {
+                        local.to_owned()
+                    }
+                    _ => e,
+                };
                 let q = address::qualify(&e, self.profile.default_domain.as_deref());
                 if address::domain_of(&q).is_none() {
                     return Err(Failure::new(
@@ -357,6 +373,12 @@ impl Ctx<'_> {
                              set `default_domain` (or a `default` alias) in profile \"{}\"",
                             self.profile.name
                         ),
+                    ));
+                }
+                if let Some(why) = address::path_problem(&q) {
+                    return Err(Failure::new(
+                        Exit::NoUser,
+                        format!("recipient {q:?} {why}: refused before connecting"),
                     ));
                 }
                 if seen.insert(address::dedup_key(&q)) {
@@ -405,6 +427,30 @@ impl Ctx<'_> {
             w.finish()
         };
 
+        // --header fields replace the message's own before anything reads them, so that a
+        // From given this way goes through the sender policy like any other.
+        for h in &self.args.headers {
+            let (name, value) = validate_header_arg(h)?;
+            // Non-ASCII text in a header needs SMTPUTF8; encode it as --subject is encoded.
+            // Address fields are left alone (an encoded word cannot hold an address).
+            let address_field = ["from", "to", "cc", "reply-to", "sender"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n));
+            let value = if value.is_ascii() || address_field {
+                value
+            } else {
+                encoded_words(&value)
+            };
+            let new = Field::new(&name, &value);
+            match fields.iter().position(|f| f.is(&name)) {
+                Some(i) => {
+                    fields.retain(|f| !f.is(&name));
+                    fields.insert(i.min(fields.len()), new);
+                }
+                None => fields.push(new),
+            }
+        }
+
         // Parse what we need from the header block.
         let block: Vec<u8> = fields.iter().flat_map(|f| f.raw.iter().copied()).collect();
         let info = HeaderInfo::parse(&block);
@@ -421,25 +467,21 @@ impl Ctx<'_> {
         let recipients = self.recipients(&header_rcpts)?;
 
         // The transmitted header block.
-        fields.retain(|f| !f.is("bcc") && !f.is("resent-bcc"));
+        // Bcc is never transmitted; Return-Path is the final server's to add (RFC 5321 4.4:
+        // an originating system SHOULD NOT send one; PHP applications often write it).
+        fields.retain(|f| !f.is("bcc") && !f.is("resent-bcc") && !f.is("return-path"));
         self.apply_from(&mut fields, &info, &sender);
-        for h in &self.args.headers {
-            let (name, value) = validate_header_arg(h)?;
-            let new = Field::new(&name, &value);
-            match fields.iter().position(|f| f.is(&name)) {
-                Some(i) => {
-                    fields.retain(|f| !f.is(&name));
-                    fields.insert(i.min(fields.len()), new);
-                }
-                None => fields.push(new),
-            }
-        }
+        self.qualify_address_fields(&mut fields);
         if composed {
             for (name, list) in [("To", &self.args.to), ("Cc", &self.args.cc)] {
                 if !list.is_empty() && !fields.iter().any(|f| f.is(name)) {
+                    // Each argument may be `a@x`, `Ops <ops>` or `a, b`: qualify the
+                    // addresses, not the whole text, and keep the display names.
+                    let domain = self.profile.default_domain.as_deref();
                     let v: Vec<String> = list
                         .iter()
-                        .map(|a| address::qualify(a.trim(), self.profile.default_domain.as_deref()))
+                        .flat_map(|a| address::parse_mailboxes(a.trim()))
+                        .map(|(n, a)| mailbox_display(n.as_deref(), &address::qualify(&a, domain)))
                         .collect();
                     fields.push(Field::new(name, &v.join(", ")));
                 }
@@ -488,6 +530,9 @@ impl Ctx<'_> {
         }
 
         // Write headers + body to the file that is transmitted.
+        for f in &mut fields {
+            fold_long_lines(&mut f.raw);
+        }
         let header_bytes: Vec<u8> = fields.iter().flat_map(|f| f.raw.iter().copied()).collect();
         let mut out = temp_file()?;
         {
@@ -526,6 +571,31 @@ impl Ctx<'_> {
             smtputf8,
             header_block: String::from_utf8_lossy(&header_bytes).into_owned(),
         })
+    }
+
+    /// `To: root` (cron writes it) is no address anywhere but on this host: with a default
+    /// domain, a To, Cc or Reply-To field holding a bare local name is written again with every
+    /// address qualified, as Postfix does for local submissions. Fields without one are left
+    /// exactly as they are.
+    fn qualify_address_fields(&self, fields: &mut [Field]) {
+        let Some(domain) = self.profile.default_domain.as_deref() else {
+            return;
+        };
+        for f in fields.iter_mut() {
+            if !(f.is("to") || f.is("cc") || f.is("reply-to")) {
+                continue;
+            }
+            let boxes = address::parse_mailboxes(&f.value());
+            if boxes.is_empty() || boxes.iter().all(|(_, a)| address::domain_of(a).is_some()) {
+                continue;
+            }
+            let list: Vec<String> = boxes
+                .iter()
+                .map(|(n, a)| mailbox_display(n.as_deref(), &address::qualify(a, Some(domain))))
+                .collect();
+            let name = f.name.clone();
+            *f = Field::new(&name, &list.join(", "));
+        }
     }
 
     /// Add a From header when missing, rewrite it per `rewrite_from`, keeping the display name.
@@ -573,24 +643,44 @@ impl Ctx<'_> {
 }
 
 /// `"Cron Daemon" <alerts@contoso.com>`, with the name quoted or RFC 2047-encoded as needed.
+/// (lettre's `Mailbox` Display writes a non-ASCII name as raw UTF-8, which a header without
+/// SMTPUTF8 must not carry: such a name is encoded here.)
 fn mailbox_display(name: Option<&str>, addr: &str) -> String {
-    if let Ok(a) = addr.parse::<lettre::Address>() {
-        return lettre::message::Mailbox::new(name.map(str::to_owned), a).to_string();
-    }
     match name {
-        Some(n) if n.is_ascii() => {
-            format!(
-                "\"{}\" <{addr}>",
-                n.replace('\\', "\\\\").replace('"', "\\\"")
-            )
+        Some(n) if !n.is_ascii() => format!("{} <{addr}>", encoded_words(n)),
+        _ => {
+            if let Ok(a) = addr.parse::<lettre::Address>() {
+                return lettre::message::Mailbox::new(name.map(str::to_owned), a).to_string();
+            }
+            match name {
+                Some(n) => format!(
+                    "\"{}\" <{addr}>",
+                    n.replace('\\', "\\\\").replace('"', "\\\"")
+                ),
+                None => addr.to_owned(),
+            }
         }
-        Some(n) => {
-            use base64::Engine as _;
-            let enc = base64::engine::general_purpose::STANDARD.encode(n.as_bytes());
-            format!("=?utf-8?b?{enc}?= <{addr}>")
-        }
-        None => addr.to_owned(),
     }
+}
+
+/// RFC 2047 `=?utf-8?b?...?=` words, each at most 75 characters, split on character
+/// boundaries and separated by a folding space.
+fn encoded_words(text: &str) -> String {
+    use base64::Engine as _;
+    // 45 bytes of UTF-8 → 60 base64 characters + 12 for `=?utf-8?b??=` = 72.
+    const CHUNK: usize = 45;
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + CHUNK).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let enc = base64::engine::general_purpose::STANDARD.encode(&text.as_bytes()[start..end]);
+        words.push(format!("=?utf-8?b?{enc}?="));
+        start = end;
+    }
+    words.join("\r\n ")
 }
 
 /// What the header block says, read with mail-parser.
@@ -629,13 +719,7 @@ impl HeaderInfo {
                     && let Some(a) = list.first()
                     && let Some(addr) = address::addr_of(a)
                 {
-                    let quoted_local = addr.starts_with('"');
-                    info.from = Some((
-                        a.name()
-                            .map(str::to_owned)
-                            .filter(|n| !n.is_empty() && !quoted_local),
-                        addr,
-                    ));
+                    info.from = Some((address::display_name_of(a), addr));
                 }
             } else if is("content-type") {
                 if let HeaderValue::ContentType(ct) = &h.value {
@@ -673,6 +757,11 @@ fn read_header_block(r: &mut dyn BufRead) -> Result<(Vec<Field>, Vec<u8>), Failu
         }
         total += n;
         if total > MAX_HEADER_BLOCK {
+            // A long first line that is no header field (`base64 -w0 file | sendmail root`)
+            // is the start of the body; the rest of it follows from the reader.
+            if !line.starts_with(b" ") && !line.starts_with(b"\t") && field_name(&line).is_none() {
+                return Ok((fields, line));
+            }
             return Err(Failure::data(format!(
                 "the message's header block is larger than {} bytes: refused (is the input a \
                  mail message?)",
@@ -702,6 +791,40 @@ fn read_header_block(r: &mut dyn BufRead) -> Result<(Vec<Field>, Vec<u8>), Failu
             }
         }
     }
+}
+
+/// Fold header lines longer than 998 octets (RFC 5322 2.1.1; cron's Subject holds the whole
+/// command line) before a space or tab, which stays as the continuation's first character.
+/// A line with no white space to fold at is left as it is.
+fn fold_long_lines(raw: &mut Vec<u8>) {
+    let max = MAX_LINE as usize;
+    if raw.split(|b| *b == b'\n').all(|l| l.len() <= max + 1) {
+        return;
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / max * 2 + 2);
+    for line in raw.split_inclusive(|b| *b == b'\n') {
+        let mut rest = line;
+        // Never fold inside the field name: start looking after the first colon.
+        let mut floor = rest.iter().position(|b| *b == b':').map_or(1, |c| c + 2);
+        while rest.len() > max + 2 {
+            let window = &rest[..=max.min(rest.len() - 1)];
+            match window
+                .iter()
+                .rposition(|b| *b == b' ' || *b == b'\t')
+                .filter(|i| *i >= floor)
+            {
+                Some(i) => {
+                    out.extend_from_slice(&rest[..i]);
+                    out.extend_from_slice(b"\r\n");
+                    rest = &rest[i..];
+                    floor = 1;
+                }
+                None => break,
+            }
+        }
+        out.extend_from_slice(rest);
+    }
+    *raw = out;
 }
 
 fn field_name(line: &[u8]) -> Option<String> {
@@ -1012,14 +1135,14 @@ fn compose(ctx: &Ctx<'_>, sender: &str, input: &mut dyn Read) -> Result<Vec<u8>,
     let max = ctx.profile.max_size();
     let from: Mailbox = match &args.from {
         Some(f) => {
-            let q = address::qualify(f.trim(), ctx.profile.default_domain.as_deref());
-            let mut mb: Mailbox = q
-                .parse()
-                .map_err(|e| Failure::usage(format!("--from {f:?} is not a valid address: {e}")))?;
-            if mb.name.is_none() {
-                mb.name = args.full_name.clone();
-            }
-            mb
+            // `Backup <root>`: qualify the address, not the whole argument.
+            let bad =
+                |e: String| Failure::usage(format!("--from {f:?} is not a valid address: {e}"));
+            let (name, addr) =
+                address::parse_mailbox(f.trim()).ok_or_else(|| bad("no address in it".into()))?;
+            let q = address::qualify(&addr, ctx.profile.default_domain.as_deref());
+            let a: lettre::Address = q.parse().map_err(|e| bad(format!("{e}")))?;
+            Mailbox::new(name.or_else(|| args.full_name.clone()), a)
         }
         None => {
             let a: lettre::Address = sender.parse().map_err(|e| {
@@ -1051,8 +1174,14 @@ fn compose(ctx: &Ctx<'_>, sender: &str, input: &mut dyn Read) -> Result<Vec<u8>,
     };
     let text_part = match String::from_utf8(text) {
         Ok(s) => SinglePart::plain(s),
+        // Not UTF-8 (Latin-1 output, say): labelled utf-8 it could only show as U+FFFD;
+        // RFC 1428's unknown-8bit lets the reader fall back to its own charset, as for a
+        // message read from stdin.
         Err(e) => SinglePart::builder()
-            .header(ContentType::TEXT_PLAIN)
+            .header(
+                ContentType::parse("text/plain; charset=unknown-8bit")
+                    .unwrap_or(ContentType::TEXT_PLAIN),
+            )
             .body(e.into_bytes()),
     };
     let built = if args.attach.is_empty() {

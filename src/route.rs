@@ -112,7 +112,16 @@ pub async fn resolve(
         Mode::Relay | Mode::Direct => 25,
     };
     let (hosts, source) = if let Some(s) = server {
-        (vec![parse_server(s, default_port)?], "--server".to_owned())
+        let host = parse_server(s, default_port)?;
+        // m365send speaks STARTTLS only: on 465 the server waits for a TLS handshake while
+        // we wait for its greeting, and the user would see nothing but a timeout.
+        if host.port == 465 {
+            return Err(Failure::usage(format!(
+                "--server {s}: port 465 is implicit TLS, which Microsoft 365 does not offer for \
+                 client submission and m365send does not speak; use port 587 (STARTTLS) or 25"
+            )));
+        }
+        (vec![host], "--server".to_owned())
     } else {
         match mode {
             Mode::Submit | Mode::Hve | Mode::Acs => {
@@ -143,6 +152,14 @@ pub async fn resolve(
             }
             Mode::Relay | Mode::Direct => {
                 let port = ep.port.unwrap_or(25);
+                if port == 465 {
+                    return Err(Failure::config(format!(
+                        "profile \"{}\": endpoint.port 465 is implicit TLS, which m365send does \
+                         not speak; relay and direct send use port 25 with STARTTLS (remove \
+                         `endpoint.port`)",
+                        profile.name
+                    )));
+                }
                 if let Some(h) = ep.mx_host.as_ref().or(ep.host.as_ref()) {
                     let key = if ep.mx_host.is_some() {
                         "endpoint.mx_host"

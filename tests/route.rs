@@ -79,6 +79,32 @@ fn port_465_is_refused_with_the_reason() {
     assert!(e.message.contains("587"), "{}", e.message);
 }
 
+/// Port 465 through --server (any mode) or a relay profile gets the same explanation, not a
+/// timeout waiting for a greeting that never comes.
+#[test]
+fn port_465_by_server_or_relay_profile_is_refused_too() {
+    for mode in [Mode::Submit, Mode::Relay] {
+        let p = profile(mode);
+        let e = rt()
+            .block_on(route::resolve(
+                &p,
+                &envelope(&["a@contoso.com"]),
+                Some("127.0.0.1:465"),
+            ))
+            .unwrap_err();
+        assert_eq!(e.exit, Exit::Usage, "{mode:?}");
+        assert!(e.message.contains("implicit TLS"), "{}", e.message);
+    }
+    let mut p = profile(Mode::Relay);
+    p.endpoint.mx_host = Some("127.0.0.1".into());
+    p.endpoint.port = Some(465);
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["a@contoso.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::Config);
+    assert!(e.message.contains("implicit TLS"), "{}", e.message);
+}
+
 #[test]
 fn mx_hosts_in_preference_order() {
     let dns = start_stub_dns(vec![(

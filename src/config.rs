@@ -273,6 +273,59 @@ pub struct SecretSource {
     pub value: Option<Secret>,
 }
 
+/// How long a secret `command` may run before it is stopped: a hung vault client must not
+/// hang every cron job's mail behind it.
+pub const SECRET_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum CommandError {
+    Spawn(std::io::Error),
+    TimedOut,
+}
+
+/// Run `sh -c cmd` with stdin and stderr closed (stderr could echo the secret), collecting
+/// stdout; kill it after `timeout`.
+fn run_secret_command(cmd: &str, timeout: Duration) -> Result<std::process::Output, CommandError> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(CommandError::Spawn)?;
+    // Read stdout on a thread so a command that writes a lot cannot block on a full pipe.
+    let reader = child.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = out.read_to_end(&mut buf);
+            buf
+        })
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CommandError::TimedOut);
+            }
+            Err(e) => return Err(CommandError::Spawn(e)),
+        }
+    };
+    let stdout = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    })
+}
+
 impl SecretSource {
     pub fn is_set(&self) -> bool {
         self.env.is_some() || self.file.is_some() || self.command.is_some() || self.value.is_some()
@@ -302,13 +355,18 @@ impl SecretSource {
             })?;
             trim(raw)
         } else if let Some(cmd) = &self.command {
-            let out = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(cmd)
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .map_err(|e| Failure::config(format!("{key}: cannot run command: {e}")))?;
+            let out = run_secret_command(cmd, SECRET_COMMAND_TIMEOUT).map_err(|e| match e {
+                CommandError::Spawn(e) => {
+                    Failure::config(format!("{key}: cannot run command: {e}"))
+                }
+                CommandError::TimedOut => Failure::new(
+                    crate::exit::Exit::TempFail,
+                    format!(
+                        "{key}: command `{cmd}` did not finish within {} s and was stopped",
+                        SECRET_COMMAND_TIMEOUT.as_secs()
+                    ),
+                ),
+            })?;
             if !out.status.success() {
                 return Err(Failure::config(format!(
                     "{key}: command `{cmd}` failed ({})",
@@ -1236,6 +1294,35 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../config.example.toml");
+
+    #[test]
+    fn secret_command_output_and_timeout() {
+        let src = SecretSource {
+            command: Some("printf 's3cret\\n'; echo noise >&2".into()),
+            ..SecretSource::default()
+        };
+        assert_eq!(src.resolve("auth.password").unwrap().expose(), "s3cret");
+
+        let started = std::time::Instant::now();
+        let r = run_secret_command("sleep 20", Duration::from_millis(300));
+        assert!(matches!(r, Err(CommandError::TimedOut)));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the hung command was not stopped"
+        );
+
+        let failing = SecretSource {
+            command: Some("echo s3cret; exit 3".into()),
+            ..SecretSource::default()
+        };
+        let f = failing.resolve("auth.password").unwrap_err();
+        assert_eq!(f.exit, crate::exit::Exit::Config);
+        assert!(
+            f.message.contains("failed") && !f.message.contains("s3cret\n"),
+            "{}",
+            f.message
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, Failure> {
         Config::parse(text, Path::new("/etc/m365send/config.toml"))

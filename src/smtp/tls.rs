@@ -40,6 +40,14 @@ fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, T
     Ok(certs)
 }
 
+/// The system's trusted CA certificates, read once per process: the queue runner may build
+/// a TLS configuration per endpoint, and reading /etc/ssl/certs costs milliseconds each time.
+fn system_roots() -> &'static [rustls_pki_types::CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<rustls_pki_types::CertificateDer<'static>>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+}
+
 /// Build the rustls client configuration.
 pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -52,9 +60,8 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError
         .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?;
 
     let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
+    for cert in system_roots() {
+        let _ = roots.add(cert.clone());
     }
     if let Some(ca) = &s.ca_file {
         for cert in load_certs(ca, "CA file")? {

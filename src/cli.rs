@@ -859,63 +859,6 @@ mod tests {
     }
 
     #[test]
-    fn cron() {
-        let inv = sendmail(&["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"]).unwrap();
-        assert_eq!(inv.ignored, vec!["-B8BITMIME", "-oem"]);
-        let a = send_args(inv);
-        assert_eq!(a.full_name.as_deref(), Some("CronDaemon"));
-        assert!(a.ignore_dots);
-        assert!(!a.extract_recipients);
-        assert_eq!(a.recipients, rcpts(&["root"]));
-    }
-
-    #[test]
-    fn cronie() {
-        let inv = sendmail(&[
-            "-FCronDaemon",
-            "-i",
-            "-odi",
-            "-oem",
-            "-oi",
-            "-t",
-            "-f",
-            "root",
-        ])
-        .unwrap();
-        assert_eq!(inv.ignored, vec!["-odi", "-oem"]);
-        let a = send_args(inv);
-        assert_eq!(
-            a,
-            SendArgs {
-                full_name: Some("CronDaemon".into()),
-                ignore_dots: true,
-                extract_recipients: true,
-                envelope_from: Some("root".into()),
-                ..SendArgs::default()
-            }
-        );
-    }
-
-    #[test]
-    fn php() {
-        let a = send_args(sendmail(&["-t", "-i"]).unwrap());
-        assert!(a.extract_recipients && a.ignore_dots && a.recipients.is_empty());
-    }
-
-    #[test]
-    fn mailx_and_lettre() {
-        let a = send_args(sendmail(&["-i", "--", "a@x", "b@y"]).unwrap());
-        assert_eq!(a.recipients, rcpts(&["a@x", "b@y"]));
-        let a = send_args(sendmail(&["-i", "-f", "a@x", "--", "b@y"]).unwrap());
-        assert_eq!(a.envelope_from.as_deref(), Some("a@x"));
-        assert_eq!(a.recipients, rcpts(&["b@y"]));
-        // After --, an option-looking word is a recipient.
-        let a = send_args(sendmail(&["--", "-odd", "-t"]).unwrap());
-        assert_eq!(a.recipients, rcpts(&["-odd", "-t"]));
-        assert!(!a.extract_recipients);
-    }
-
-    #[test]
     fn sender_forms() {
         for args in [&["-fa@x"][..], &["-f", "a@x"], &["-r", "a@x"], &["-ra@x"]] {
             let a = send_args(sendmail(args).unwrap());

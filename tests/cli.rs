@@ -60,6 +60,7 @@ fn cronie() {
         ],
     ))
     .unwrap();
+    assert_eq!(inv.ignored, strings(&["-odi", "-oem"]));
     assert_eq!(
         send(inv),
         SendArgs {
@@ -97,6 +98,13 @@ fn mailx() {
             ..SendArgs::default()
         }
     );
+}
+
+#[test]
+fn after_double_dash_option_looking_words_are_recipients() {
+    let a = send(parse(argv("sendmail", &["--", "-odd", "-t"])).unwrap());
+    assert_eq!(a.recipients, strings(&["-odd", "-t"]));
+    assert!(!a.extract_recipients);
 }
 
 #[test]

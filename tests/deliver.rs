@@ -28,6 +28,20 @@ struct Env {
     dead: PathBuf,
 }
 
+impl Env {
+    /// Deliver with this environment's configuration, profile and endpoint, default options.
+    async fn deliver(&self, msg: &Prepared) -> Result<(), m365send::exit::Failure> {
+        deliver(
+            &self.config,
+            &self.profile,
+            msg,
+            &self.endpoint,
+            &Options::default(),
+        )
+        .await
+    }
+}
+
 fn setup(server: &FakeM365, mode: Mode) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let dead = dir.path().join("dead.letter");
@@ -113,15 +127,7 @@ async fn submit_delivers() {
     let server = FakeM365::start(submit_server()).await;
     let env = setup(&server, Mode::Submit);
     let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-    deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap();
+    env.deliver(&msg).await.unwrap();
     let m = server.accepted();
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].data, MSG);
@@ -135,15 +141,7 @@ async fn relay_with_client_certificate_delivers() {
     let (cert, key) = server.client_cert_files("relay.contoso.com");
     env.endpoint.client_cert = Some(m365send::route::ClientCert { cert, key });
     let msg = prepared("alerts@contoso.com", &["ops@contoso.com"], MSG);
-    deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap();
+    env.deliver(&msg).await.unwrap();
     assert!(server.connections()[0].client_cert.is_some());
     assert_eq!(server.accepted().len(), 1);
 }
@@ -153,15 +151,7 @@ async fn direct_send_without_tls_delivers() {
     let server = FakeM365::start(FakeConfig::mx().no_starttls()).await;
     let env = setup(&server, Mode::Direct);
     let msg = prepared("alerts@contoso.com", &["ops@contoso.com"], MSG);
-    deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap();
+    env.deliver(&msg).await.unwrap();
     assert_eq!(server.accepted().len(), 1);
 }
 
@@ -198,15 +188,7 @@ async fn drop_mid_data_then_success() {
     let server = FakeM365::start(submit_server().rule(Rule::drop(Phase::MidData).times(1))).await;
     let env = setup(&server, Mode::Submit);
     let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-    deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap();
+    env.deliver(&msg).await.unwrap();
     assert_eq!(server.connections().len(), 2);
     assert_eq!(server.accepted()[0].data, MSG);
 }
@@ -257,15 +239,7 @@ async fn hanging_server_times_out_with_75_and_keeps_the_message() {
     .await;
     assert!(out.is_transient());
     assert_eq!(out.exit(), Exit::TempFail);
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     assert_eq!(err.exit, Exit::TempFail);
     assert!(err.message.contains("no reply within"), "{}", err.message);
     assert!(err.message.contains("end of data"), "{}", err.message);
@@ -282,15 +256,7 @@ async fn transient_failure_retried_then_75() {
     .await;
     let env = setup(&server, Mode::Submit);
     let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     assert_eq!(err.exit, Exit::TempFail);
     assert_eq!(server.connections().len(), 3, "3 attempts");
     let first = err.message.lines().next().unwrap();
@@ -315,15 +281,7 @@ async fn permanent_case(
     let server = FakeM365::start(submit_server().rule(rule)).await;
     let env = setup(&server, Mode::Submit);
     let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     let expected_quote = format!("({})", reply.replace("\r\n", " "));
     assert!(
         err.message
@@ -495,15 +453,7 @@ async fn anonymous_mail_on_submission_is_refused_5_7_57() {
     let mut env = setup(&server, Mode::Submit);
     env.profile.auth.method = AuthMethod::None;
     let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     assert!(err.message.contains("530 5.7.57"), "{}", err.message);
     assert!(
         err.message
@@ -543,15 +493,7 @@ async fn partial_delivery_lists_who_got_it() {
     assert_eq!(out.delivered, vec!["ops@contoso.com", "dev@contoso.com"]);
     assert_eq!(out.refused.len(), 1);
     assert!(out.pending.is_empty());
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     assert_ne!(err.exit, Exit::Ok);
     assert_ne!(err.exit, Exit::TempFail);
     let text = &err.message;
@@ -606,28 +548,12 @@ async fn configuration_errors_exit_78() {
     let mut env = setup(&server, Mode::Submit);
     env.profile.auth.token = SecretSource::default();
     let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     assert_eq!(err.exit, Exit::Config, "{}", err.message);
     // A CA file that does not exist.
     let mut env = setup(&server, Mode::Submit);
     env.endpoint.ca_file = Some("/nonexistent/ca.pem".into());
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     assert_eq!(err.exit, Exit::Config, "{}", err.message);
     assert!(err.message.contains("/nonexistent/ca.pem"));
     assert!(server.connections().is_empty());
@@ -638,15 +564,7 @@ async fn tls_certificate_for_wrong_name_is_69_not_retried() {
     let server = FakeM365::start(submit_server().cert_names(&["wrong.example"])).await;
     let env = setup(&server, Mode::Submit);
     let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     assert_eq!(err.exit, Exit::Unavailable);
     assert!(err.message.contains("certificate"), "{}", err.message);
     assert_eq!(server.connections().len(), 1);
@@ -664,15 +582,7 @@ async fn dead_letter_is_mbox_and_intact() {
     let body = b"From: alerts@contoso.com\r\nSubject: x\r\n\r\nFrom the top\r\n>From quoted\r\n.\r\nend\r\n";
     let msg = prepared("alerts@contoso.com", &["ops@contoso.com"], body);
     for _ in 0..2 {
-        let err = deliver(
-            &env.config,
-            &env.profile,
-            &msg,
-            &env.endpoint,
-            &Options::default(),
-        )
-        .await
-        .unwrap_err();
+        let err = env.deliver(&msg).await.unwrap_err();
         assert!(
             err.message
                 .contains(&format!("message saved to {}", env.dead.display()))
@@ -830,15 +740,7 @@ async fn message_larger_than_server_size_is_65_without_sending() {
     let server = FakeM365::start(cfg).await;
     let env = setup(&server, Mode::Submit);
     let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-    let err = deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = env.deliver(&msg).await.unwrap_err();
     assert_eq!(err.exit, Exit::DataErr, "{}", err.message);
     assert!(err.message.contains("at most 10"), "{}", err.message);
     assert!(
@@ -858,15 +760,7 @@ async fn endpoint_without_auth_needs_no_credentials() {
     env.profile.auth.method = AuthMethod::OAuth;
     env.profile.auth.token = SecretSource::default();
     let msg = prepared("alerts@contoso.com", &["ops@contoso.com"], MSG);
-    deliver(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await
-    .unwrap();
+    env.deliver(&msg).await.unwrap();
     assert!(server.connections()[0].auth.is_empty());
 }
 
@@ -883,15 +777,7 @@ async fn positive_reply_of_the_wrong_kind_is_never_exit_0() {
         let mut env = setup(&server, Mode::Submit);
         env.profile.retry.attempts = Some(1);
         let msg = prepared("app@contoso.com", &["ops@contoso.com"], MSG);
-        let err = deliver(
-            &env.config,
-            &env.profile,
-            &msg,
-            &env.endpoint,
-            &Options::default(),
-        )
-        .await
-        .unwrap_err();
+        let err = env.deliver(&msg).await.unwrap_err();
         assert_eq!(err.exit, Exit::TempFail, "{}", err.message);
         let first = err.message.lines().next().unwrap();
         assert!(

@@ -177,53 +177,53 @@ fn send(
     // With --body the message text is given; a composed message with nobody typing into a
     // terminal has no text. Otherwise stdin is read (as sendmail does, even from a terminal).
     let reads_stdin = !(args.body.is_some() || (args.composes() && stdin.is_terminal()));
-    // A copy of what is read, so that a message refused before delivery (no configuration,
-    // an alias loop, a recipient without a domain...) is kept in the dead letter instead of
-    // being lost: cron and PHP have no copy of their own.
-    let mut copy = if reads_stdin && !args.dry_run {
-        tempfile::Builder::new()
+    // A message refused before delivery (no configuration, an alias loop, a recipient
+    // without a domain...) is kept in the dead letter instead of being lost: cron and PHP
+    // have no copy of their own. prepare hands back what it read; what was not read yet is
+    // read now, unless someone would have to type it.
+    let keeps = reads_stdin && !args.dry_run;
+    let unread_input = || {
+        if !keeps || stdin.is_terminal() {
+            return None;
+        }
+        let mut copy = tempfile::Builder::new()
             .prefix("m365send-in-")
             .tempfile()
-            .ok()
-    } else {
-        None
+            .ok()?;
+        // At most the default size limit: beyond it the copy is not kept.
+        let limit = Profile::default().max_size() + 1;
+        io::copy(&mut stdin.lock().take(limit), copy.as_file_mut()).ok()?;
+        Some(copy)
     };
     let (config, profile) = match configure(config_path, profile_name, args) {
         Ok(c) => c,
-        Err(f) => {
-            // Nothing read yet: read it now, unless someone would have to type it.
-            // At most the default size limit: beyond it the copy is not kept.
-            if let Some(c) = copy.as_mut()
-                && !stdin.is_terminal()
-            {
-                let limit = Profile::default().max_size() + 1;
-                let _ = io::copy(&mut stdin.lock().take(limit), c.as_file_mut());
-            }
-            return Err(keep_unsent(None, None, args, copy, f));
-        }
+        Err(f) => return Err(keep_unsent(None, None, args, unread_input(), f)),
     };
     tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
 
-    let mut input: Box<dyn Read> = if !reads_stdin {
-        Box::new(io::empty())
+    let mut input: Box<dyn Read> = if reads_stdin {
+        Box::new(stdin.lock())
     } else {
-        match copy.as_mut() {
-            Some(c) => Box::new(Tee {
-                inner: stdin.lock(),
-                copy: Some(c.as_file_mut()),
-            }),
-            None => Box::new(stdin.lock()),
-        }
+        Box::new(io::empty())
     };
-    let prepared = match crate::message::prepare(args, &profile, &mut input) {
+    let prepared = match crate::message::prepare_keeping(args, &profile, &mut input) {
         Ok(p) => p,
-        Err(f) => {
+        Err(refused) => {
             drop(input);
-            return Err(keep_unsent(Some(&config), Some(&profile), args, copy, f));
+            let copy = match refused.input {
+                Some(copy) if keeps => Some(copy),
+                _ => unread_input(),
+            };
+            return Err(keep_unsent(
+                Some(&config),
+                Some(&profile),
+                args,
+                copy,
+                refused.failure,
+            ));
         }
     };
     drop(input);
-    drop(copy);
 
     let runtime = runtime()?;
     if args.dry_run {
@@ -243,25 +243,6 @@ fn send(
             &config, &profile, &prepared, args, verbose, true,
         ))
         .map(|_| ())
-}
-
-/// Reads through to `inner` and writes what it read to `copy` (best effort: a copy that
-/// cannot be written is given up, the message still goes on).
-struct Tee<'a, R> {
-    inner: R,
-    copy: Option<&'a mut std::fs::File>,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(c) = self.copy.as_mut()
-            && c.write_all(&buf[..n]).is_err()
-        {
-            self.copy = None;
-        }
-        Ok(n)
-    }
 }
 
 /// A message refused before any delivery attempt: keep the caller's input in the dead letter

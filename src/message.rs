@@ -132,6 +132,34 @@ pub fn prepare(
     prepare_on(args, profile, input, &LocalHost::current())
 }
 
+/// A message refused while being prepared, with the caller's message when it had been read
+/// whole (header block and body, CRLF), so that the caller can keep it in the dead letter.
+#[derive(Debug)]
+pub struct Refused {
+    pub failure: Failure,
+    pub input: Option<tempfile::NamedTempFile>,
+}
+
+impl From<Failure> for Refused {
+    fn from(failure: Failure) -> Self {
+        Refused {
+            failure,
+            input: None,
+        }
+    }
+}
+
+/// [`prepare`], handing back the message read so far when the envelope is refused (no
+/// sender, an alias loop, a recipient without a domain...). Only that failure path writes
+/// the extra copy.
+pub fn prepare_keeping(
+    args: &SendArgs,
+    profile: &Profile,
+    input: &mut dyn Read,
+) -> Result<Prepared, Refused> {
+    prepare_inner(args, profile, input, &LocalHost::current())
+}
+
 /// [`prepare`] for a given host name (tests, and callers that know better).
 pub fn prepare_on(
     args: &SendArgs,
@@ -139,6 +167,15 @@ pub fn prepare_on(
     input: &mut dyn Read,
     host: &LocalHost,
 ) -> Result<Prepared, Failure> {
+    prepare_inner(args, profile, input, host).map_err(|r| r.failure)
+}
+
+fn prepare_inner(
+    args: &SendArgs,
+    profile: &Profile,
+    input: &mut dyn Read,
+    host: &LocalHost,
+) -> Result<Prepared, Refused> {
     check_args(args)?;
     let aliases = Aliases::load(profile)?;
     let ctx = Ctx {
@@ -400,7 +437,7 @@ impl Ctx<'_> {
         input: &mut dyn Read,
         ignore_dots: bool,
         composed: bool,
-    ) -> Result<Prepared, Failure> {
+    ) -> Result<Prepared, Refused> {
         let max = self.profile.max_size();
         let mut reader = BufReader::with_capacity(BUF_SIZE, Normalizer::new(input, ignore_dots));
         let (mut fields, body_prefix) = read_header_block(&mut reader)?;
@@ -416,11 +453,13 @@ impl Ctx<'_> {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Failure::io(format!("cannot read the message: {e}"))),
+                    Err(e) => {
+                        return Err(Failure::io(format!("cannot read the message: {e}")).into());
+                    }
                 };
                 w.write_all(&buf[..n]).map_err(spool_err)?;
                 if w.stats.size > max {
-                    return Err(too_large(w.stats.size, max, true));
+                    return Err(too_large(w.stats.size, max, true).into());
                 }
             }
             w.inner.flush().map_err(spool_err)?;
@@ -459,12 +498,18 @@ impl Ctx<'_> {
         } else {
             Vec::new()
         };
-        let sender = if composed {
-            self.envelope_sender(None)?
-        } else {
-            self.envelope_sender(info.from.as_ref().map(|(_, a)| a.as_str()))?
+        // The envelope can be refused now, with the whole message read: hand it back.
+        let keep = |failure: Failure| Refused {
+            input: keep_input(&block, spool.as_file()),
+            failure,
         };
-        let recipients = self.recipients(&header_rcpts)?;
+        let sender = if composed {
+            self.envelope_sender(None)
+        } else {
+            self.envelope_sender(info.from.as_ref().map(|(_, a)| a.as_str()))
+        }
+        .map_err(keep)?;
+        let recipients = self.recipients(&header_rcpts).map_err(keep)?;
 
         // The transmitted header block.
         // Bcc is never transmitted; Return-Path is the final server's to add (RFC 5321 4.4:
@@ -555,7 +600,7 @@ impl Ctx<'_> {
         drop(spool);
         let size = out.as_file().metadata().map_err(spool_err)?.len();
         if size > max {
-            return Err(too_large(size, max, false));
+            return Err(too_large(size, max, false).into());
         }
         let eight_bit = header_bytes.iter().any(|b| *b >= 0x80) || (stats.eight_bit && !recode);
         let smtputf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
@@ -835,6 +880,21 @@ fn field_name(line: &[u8]) -> Option<String> {
         return None;
     }
     Some(String::from_utf8_lossy(name).into_owned())
+}
+
+/// The caller's message as read (header block, blank line, normalised body) in a new
+/// temporary file; None when it cannot be written (the refusal is reported all the same).
+fn keep_input(header_block: &[u8], body: &File) -> Option<tempfile::NamedTempFile> {
+    let mut out = temp_file().ok()?;
+    let mut body = body.try_clone().ok()?;
+    body.seek(io::SeekFrom::Start(0)).ok()?;
+    let mut w = BufWriter::with_capacity(BUF_SIZE, out.as_file_mut());
+    w.write_all(header_block).ok()?;
+    w.write_all(b"\r\n").ok()?;
+    io::copy(&mut body, &mut w).ok()?;
+    w.flush().ok()?;
+    drop(w);
+    Some(out)
 }
 
 fn temp_file() -> Result<tempfile::NamedTempFile, Failure> {

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod explain;
 pub mod fsutil;
 pub mod message;
+pub mod printable;
 pub mod queue;
 pub mod report;
 pub mod route;

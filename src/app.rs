@@ -554,8 +554,11 @@ fn queue_lifetime(config: &Config) -> std::time::Duration {
 /// `m365send queue run` / `sendmail -q` (due entries) and `queue flush` (all entries).
 fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
     let runtime = runtime()?;
-    let dead_letter =
-        |c: &Config, p: &Profile, m: &Prepared, r: &str| crate::report::dead_letter(c, p, m, r);
+    // No /var/tmp fallback: under a service with a private /var/tmp (the shipped unit) it
+    // would vanish with the service; the runner keeps the entry in SPOOL/failed/ instead.
+    let dead_letter = |c: &Config, p: &Profile, m: &Prepared, r: &str| {
+        crate::report::dead_letter_no_fallback(c, p, m, r)
+    };
     let opts = RunOptions {
         flush,
         lifetime: queue_lifetime(config),

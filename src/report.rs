@@ -177,6 +177,10 @@ pub fn append_dead_letter(
     let _lock = Flock::exclusive(&file).map_err(fail)?;
     let mut body = message.body.open().map_err(fail)?;
     write_mbox_entry(&file, message, reason, &mut body).map_err(fail)?;
+    // The entry is fsynced (write_mbox_entry); a new file's name must survive a crash too.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fsutil::sync_dir(dir).map_err(fail)?;
+    }
     Ok(opened.tightened.then(|| {
         format!(
             "the dead letter {} could be read by other users (it names Bcc recipients); \

@@ -854,3 +854,59 @@ fn a_bounce_goes_out_in_the_same_run() {
     assert_eq!(sends[1].2, "Undelivered Mail Returned to Sender");
     assert!(queue::list(&cfg).unwrap().is_empty());
 }
+
+/// Issue 10 finding 5: when the bounce is impossible, the dead letter fails and even
+/// `SPOOL/failed/` cannot be written, the entry is never removed: it stays queued with the
+/// reason, and a later run (with failed/ writable again) keeps it there.
+#[test]
+fn an_entry_whose_failure_cannot_be_kept_anywhere_stays_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg = config(&spool);
+    queue::enqueue(
+        &cfg,
+        "relay",
+        &prepared("", &["x@contoso.com"], "only copy"),
+        None,
+    )
+    .unwrap();
+    // failed/ is a file: the directory cannot be created (not even by root).
+    std::fs::write(spool.join("failed"), b"").unwrap();
+    let refuse = |_: &m365send::config::Config,
+                  _: &m365send::config::Profile,
+                  _: &m365send::message::Prepared,
+                  _: &str| {
+        Err(m365send::exit::Failure::new(
+            Exit::CantCreat,
+            "cannot write the dead letter /ro/dead.letter: read-only file system",
+        ))
+    };
+    let mut fake = Fake::scripted(|_, _| {
+        MessageOutcome::Permanent(Problem::reply(reply(550, "5.1.10 not found"), ""))
+    });
+    let opts = || RunOptions {
+        dead_letter: Some(&refuse),
+        flush: true,
+        ..RunOptions::default()
+    };
+    let rep = rt().block_on(queue::run(&cfg, opts(), &mut fake)).unwrap();
+    assert_eq!((rep.preserved, rep.deferred), (0, 1), "{rep:?}");
+    let left = queue::list(&cfg).unwrap();
+    assert_eq!(left.len(), 1, "the entry stays");
+    assert_eq!(left[0].envelope.recipients, vec!["x@contoso.com"]);
+    let why = left[0].last_error.as_deref().unwrap();
+    assert!(why.contains("stays in the queue"), "{why}");
+    assert!(
+        rep.warnings.iter().any(|w| w.contains("could not be kept")),
+        "{:?}",
+        rep.warnings
+    );
+
+    // failed/ writable again: the next run keeps it there, then removes it from the queue.
+    std::fs::remove_file(spool.join("failed")).unwrap();
+    let rep = rt().block_on(queue::run(&cfg, opts(), &mut fake)).unwrap();
+    assert_eq!(rep.preserved, 1, "{rep:?}");
+    assert!(queue::list(&cfg).unwrap().is_empty());
+    let kept: Vec<_> = std::fs::read_dir(spool.join("failed")).unwrap().collect();
+    assert_eq!(kept.len(), 2);
+}

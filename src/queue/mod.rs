@@ -16,6 +16,9 @@
 //! SPOOL/inflight/ID  marker while a runner has the message on the wire
 //! SPOOL/corrupt/    unreadable entries moved aside (never deleted by us)
 //! SPOOL/failed/     entries whose bounce and dead letter both failed (never deleted by us)
+//!                   An entry is removed only once its failure is durably somewhere: a bounce
+//!                   committed to the queue, the dead letter fsynced, or a copy here fsynced;
+//!                   when none of them can be written it stays queued and is retried.
 //! SPOOL/runner.lock exclusive lock of the one queue runner
 //! ```
 //!
@@ -37,7 +40,7 @@
 //!   server, delivered })` (only the pending recipients); Ok → `Disposition::Queued(id)`,
 //!   exit 0 ("queued as ID" at -v); Err (73) → the dead letter, exit 73.
 //! - `queue run` / `sendmail -q` / `queue flush`: `run(&config, RunOptions { flush,
-//!   lifetime, dead_letter: Some(&report::dead_letter), verbose, .. }, &mut
+//!   lifetime, dead_letter: Some(&report::dead_letter_no_fallback), verbose, .. }, &mut
 //!   SmtpDeliverer::new(verbose - 1))`; the summary at -v; exit 0 (a second runner returns
 //!   `skipped_locked`, also exit 0, its note printed only at -v).
 //! - `mailq` / `-bp` / `queue list [--json]`: `list(&config)` then `format_list` or
@@ -327,7 +330,7 @@ impl Spool {
     fn corrupt(&self) -> PathBuf {
         self.root.join("corrupt")
     }
-    fn failed(&self) -> PathBuf {
+    pub(crate) fn failed(&self) -> PathBuf {
         self.root.join("failed")
     }
     pub(crate) fn body_path(&self, id: &str) -> PathBuf {
@@ -614,21 +617,37 @@ pub(crate) fn move_aside(spool: &Spool, id: &str, why: &str) -> String {
 }
 
 /// Copy an entry to `failed/` (its bounce and dead letter both failed): never lose a message.
+/// Both files are written 0600 and fsynced, and the directory too, before this returns Ok:
+/// only then may the caller remove the entry.
 pub(crate) fn preserve_failed(spool: &Spool, entry: &Entry) -> io::Result<PathBuf> {
     let dir = spool.failed();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
-    let body = dir.join(format!("{}.eml", entry.id));
-    fs::copy(spool.body_path(&entry.id), &body)?;
-    File::open(&body)?.sync_all()?;
     let json = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+    let body = dir.join(format!("{}.eml", entry.id));
     let meta = dir.join(format!("{}.json", entry.id));
-    fs::write(&meta, json)?;
-    File::open(&meta)?.sync_all()?;
+    let mut src = File::open(spool.body_path(&entry.id))?;
+    let mut copy = private_file(&body)?;
+    io::copy(&mut src, &mut copy)?;
+    copy.sync_all()?;
+    let mut m = private_file(&meta)?;
+    m.write_all(&json)?;
+    m.sync_all()?;
     sync_dir(&dir)?;
     Ok(body)
+}
+
+/// Create or truncate a 0600 file, not through a symbolic link.
+fn private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Ids of committed entries, oldest first.

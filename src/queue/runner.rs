@@ -549,8 +549,20 @@ impl Runner<'_> {
             .collect();
         self.report.expired += 1;
         self.log(format!("{}: expired", e.id));
-        self.fail_permanently(profile, e, &failures, true, can_bounce);
-        self.remove(e);
+        match self.fail_permanently(profile, e, &failures, true, can_bounce) {
+            Ok(()) => self.remove(e),
+            Err(why) => self.keep_queued(e.clone(), &why),
+        }
+    }
+
+    /// The failure of an entry could not be put anywhere (no bounce, no dead letter, not even
+    /// `failed/`): the entry stays queued, never removed, and is tried again after a backoff.
+    fn keep_queued(&mut self, mut e: Entry, why: &str) {
+        e.attempts = e.attempts.saturating_add(1);
+        e.last_error = Some(why.to_owned());
+        e.next_attempt = now_unix() + backoff(e.attempts).as_secs() as i64;
+        self.save(&e);
+        self.report.deferred += 1;
     }
 
     async fn group(&mut self, profile: &Profile, entries: Vec<Entry>, d: &mut dyn Deliverer) {
@@ -640,6 +652,7 @@ impl Runner<'_> {
                 (d, t, p)
             }
         };
+        let mut transient = transient;
         if !permanent.is_empty() {
             self.log(format!(
                 "{}: failed for {}",
@@ -650,7 +663,11 @@ impl Runner<'_> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            self.fail_permanently(profile, &entry, &permanent, false, true);
+            if let Err(why) = self.fail_permanently(profile, &entry, &permanent, false, true) {
+                // Nowhere to keep the failure: those recipients stay in the entry.
+                let problem = Problem::error(why);
+                transient.extend(permanent.iter().map(|(r, _)| (r.clone(), problem.clone())));
+            }
         }
         if transient.is_empty() {
             if permanent.is_empty() {
@@ -722,6 +739,8 @@ impl Runner<'_> {
     /// Bounce the failed recipients to the sender, or write the dead letter when that is not
     /// possible (a bounce, the null sender, NOTIFY without FAILURE, the bounce not queued);
     /// as a last resort keep a copy in `SPOOL/failed/`. Never generates a bounce of a bounce.
+    /// Ok once the message is durably in one of those places (the entry may then go);
+    /// Err(why) when it is in none of them (the entry must stay).
     fn fail_permanently(
         &mut self,
         profile: &Profile,
@@ -729,7 +748,7 @@ impl Runner<'_> {
         failures: &[(String, Problem)],
         expired: bool,
         can_bounce: bool,
-    ) {
+    ) -> Result<(), String> {
         let notify_failure = e
             .envelope
             .dsn
@@ -759,7 +778,7 @@ impl Runner<'_> {
                     self.report.bounced += 1;
                     self.log(format!("{}: bounce queued as {id}", e.id));
                     self.new_bounces.push(id);
-                    return;
+                    return Ok(());
                 }
                 Err(err) => bounce_error = Some(err.message),
             }
@@ -775,7 +794,7 @@ impl Runner<'_> {
                 Ok(path) => {
                     self.report.dead_lettered += 1;
                     self.log(format!("{}: written to {}", e.id, path.display()));
-                    return;
+                    return Ok(());
                 }
                 Err(f) => self.report.warn(format!(
                     "cannot write the dead letter for queue entry {}: {f}",
@@ -791,11 +810,17 @@ impl Runner<'_> {
                     e.id,
                     path.display()
                 ));
+                Ok(())
             }
-            Err(err) => self.report.warn(format!(
-                "undeliverable queue entry {} could not be preserved: {err}",
-                e.id
-            )),
+            Err(err) => {
+                let why = format!(
+                    "undeliverable, and could not be kept in {}: {err}; it stays in the queue",
+                    self.spool.failed().display()
+                );
+                self.report
+                    .warn(format!("queue entry {} is {why} ({reason})", e.id));
+                Err(why)
+            }
         }
     }
 

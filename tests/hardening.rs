@@ -1,0 +1,218 @@
+//! Security hardening end to end (issue 10): the real `m365send` binary against the fake
+//! Microsoft 365 server on 127.0.0.1, as an attacker on a multi-user host would use it.
+
+#[path = "support/fake_m365.rs"]
+mod fake_m365;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_m365send");
+
+/// A temporary directory with a configuration file whose one relay profile points at the
+/// fake server.
+struct Site {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    spool: PathBuf,
+    home: PathBuf,
+}
+
+impl Site {
+    /// `top`: lines at the top of the configuration (dead_letter, log…).
+    fn new(server: &FakeM365, top: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let spool = dir.path().join("spool");
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        let text = format!(
+            r#"default_profile = "relay"
+spool_dir = "{spool}"
+{top}
+
+[profiles.relay]
+mode = "relay"
+rate_per_minute = 0
+
+[profiles.relay.endpoint]
+host = "127.0.0.1"
+port = {port}
+
+[profiles.relay.tls]
+ca_file = "{ca}"
+
+[profiles.relay.retry]
+attempts = 1
+"#,
+            spool = spool.display(),
+            port = server.port(),
+            ca = server.ca_file().display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Site {
+            dir,
+            config,
+            spool,
+            home,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("M365SEND_CONFIG", &self.config)
+            .env("HOME", &self.home)
+            .env_remove("M365SEND_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, args: &[&str], input: &[u8]) -> Output {
+        self.run_with(self.command(args), input).await
+    }
+
+    async fn run_with(&self, mut command: Command, input: &[u8]) -> Output {
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
+        drop(stdin);
+        child.wait_with_output().await.unwrap()
+    }
+
+    fn files_in(&self, sub: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = match std::fs::read_dir(self.spool.join(sub)) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort();
+        v
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Finding 1: each SMTP smuggling variant in a `-bs` dialogue. Exactly one message reaches
+/// the server, with the would-be second transaction inside its text; the second MAIL FROM
+/// never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bs_smuggling_sends_one_message_and_never_the_smuggled_mail_from() {
+    for (name, end) in [
+        ("<LF>.<LF>", "\n.\n"),
+        ("<LF>.<CR><LF>", "\n.\r\n"),
+        ("<CR><LF>.<LF>", "\r\n.\n"),
+    ] {
+        let server = FakeM365::start(FakeConfig::mx()).await;
+        let site = Site::new(&server, "");
+        let dialogue = format!(
+            "EHLO app.example\r\nMAIL FROM:<alerts@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\n\
+DATA\r\nFrom: alerts@contoso.com\r\nSubject: report\r\n\r\nuser text{end}\
+MAIL FROM:<ceo@contoso.com>\r\nRCPT TO:<victim@fabrikam.com>\r\nDATA\r\n\
+From: ceo@contoso.com\r\nSubject: wire the money\r\n\r\nnow\r\n.\r\nQUIT\r\n"
+        );
+        let o = site.run(&["-bs"], dialogue.as_bytes()).await;
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let replies = stdout(&o);
+        assert_eq!(
+            replies.matches("250 2.1.0 Sender OK").count(),
+            1,
+            "{name}: {replies}"
+        );
+        let got = server.messages();
+        assert_eq!(got.len(), 1, "{name}: one message reaches the server");
+        assert_eq!(got[0].sender, "alerts@contoso.com", "{name}");
+        assert_eq!(got[0].recipients, vec!["ops@contoso.com"], "{name}");
+        let text = String::from_utf8_lossy(&got[0].data);
+        assert!(
+            text.contains("user text\r\n.\r\nMAIL FROM:<ceo@contoso.com>\r\n"),
+            "{name}: {text}"
+        );
+        for c in server.connections() {
+            assert!(
+                !c.commands.iter().any(|c| c.contains("ceo@contoso.com")),
+                "{name}: {:?}",
+                c.commands
+            );
+        }
+    }
+}
+
+/// Finding 5: the queue runner meets a permanent failure it cannot bounce (`-N never`) and
+/// the dead letter cannot be written (root's home read-only under the shipped unit; here:
+/// HOME is a file). The entry goes to SPOOL/failed/, durably, and is then removed from the
+/// queue; nothing is written to /var/tmp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_keeps_an_undeliverable_entry_in_failed_when_the_dead_letter_cannot_be_written() {
+    let server =
+        FakeM365::start(FakeConfig::mx().rule(Rule::reply(Phase::Rcpt, "550 5.1.10 No such user")))
+            .await;
+    let site = Site::new(&server, "");
+    let message = b"From: alerts@contoso.com\nSubject: keep me\n\nthe only copy\n";
+    let o = site
+        .run(
+            &[
+                "-odq",
+                "-N",
+                "never",
+                "-f",
+                "alerts@contoso.com",
+                "gone@contoso.com",
+            ],
+            message,
+        )
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(site.files_in("meta").len(), 1);
+
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let var_tmp = PathBuf::from(format!("/var/tmp/m365send-dead.letter.{uid}"));
+    let before = std::fs::metadata(&var_tmp).map(|m| m.len()).ok();
+
+    let home_file = site.dir.path().join("home-is-a-file");
+    std::fs::write(&home_file, b"").unwrap();
+    let mut run = site.command(&["queue", "run", "-v"]);
+    run.env("HOME", &home_file);
+    let o = site.run_with(run, b"").await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("kept in failed/"), "{err}");
+    assert!(err.contains("cannot write the dead letter"), "{err}");
+
+    let failed = site.files_in("failed");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let eml = failed
+        .iter()
+        .find(|p| p.extension().unwrap() == "eml")
+        .unwrap();
+    let kept = std::fs::read_to_string(eml).unwrap();
+    assert!(kept.contains("the only copy"), "{kept}");
+    for f in &failed {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    assert!(site.files_in("meta").is_empty(), "removed only once kept");
+    assert_eq!(
+        std::fs::metadata(&var_tmp).map(|m| m.len()).ok(),
+        before,
+        "nothing written to {}",
+        var_tmp.display()
+    );
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}

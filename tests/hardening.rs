@@ -216,3 +216,127 @@ fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
+
+/// A reply within the reader's limits but huge: 500 lines of `line_len` bytes.
+fn huge_reply(code: u16, enhanced: &str, line_len: usize) -> String {
+    let filler = "y".repeat(line_len);
+    let mut r = String::with_capacity(500 * (line_len + 40));
+    for i in 0..499 {
+        r.push_str(&format!("{code}-{enhanced} line {i} {filler}\r\n"));
+    }
+    r.push_str(&format!("{code} {enhanced} the end"));
+    r
+}
+
+/// The peak RSS of a running process (its own high-water mark, VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Finding 11: 8 MB replies (500 lines of 16 KB; the reader allows 512 of 64 KB) are quoted
+/// capped, with their codes, on the `-bs` client's reply, on stderr, in the log line and in the
+/// queue metadata, and the process's peak memory stays small. `-bs` keeps the process alive
+/// after both messages, so its own high-water mark can be read before QUIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_replies_are_capped_in_errors_logs_and_queue_metadata() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let server = FakeM365::start(
+        FakeConfig::mx()
+            .rule(Rule::reply(Phase::Rcpt, &huge_reply(550, "5.1.10", 16_000)).matching("perm@"))
+            .rule(Rule::reply(Phase::Mail, &huge_reply(451, "4.7.500", 16_000)).matching("temp@")),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("m365send.log");
+    let dead = dir.path().join("dead.letter");
+    let site = Site::new(
+        &server,
+        &format!(
+            "dead_letter = \"{}\"\n[log]\nfile = \"{}\"",
+            dead.display(),
+            log_file.display()
+        ),
+    );
+    let mut child = site.command(&["-bs"]).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut replies = BufReader::new(child.stdout.take().unwrap()).lines();
+    stdin
+        .write_all(
+            b"EHLO c\r\nMAIL FROM:<alerts@contoso.com>\r\nRCPT TO:<perm@contoso.com>\r\n\
+DATA\r\nSubject: one\r\n\r\nx\r\n.\r\n\
+MAIL FROM:<temp@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\nSubject: two\r\n\r\ny\r\n.\r\n",
+        )
+        .await
+        .unwrap();
+    // The replies to both ends of data: the first refused, the second queued.
+    let mut ends: Vec<String> = Vec::new();
+    while ends.len() < 2 || ends[1].is_empty() {
+        let line = replies.next_line().await.unwrap().unwrap();
+        if line.starts_with("354 ") {
+            ends.push(String::new());
+        } else if let Some(last) = ends.last_mut()
+            && last.is_empty()
+            && !line.starts_with("250 2.1")
+        {
+            *last = line;
+        }
+    }
+    let peak = peak_rss_kib(child.id().unwrap());
+    stdin.write_all(b"QUIT\r\n").await.unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().await.unwrap();
+    let err = stderr(&o);
+    eprintln!("peak RSS of m365send -bs: {} KiB", peak);
+
+    assert!(ends[0].starts_with("550 5.1.1 "), "{}", &ends[0]);
+    assert!(ends[0].contains("[reply cut: "), "{}", &ends[0]);
+    assert!(ends[0].len() < 6_000, "{} bytes", ends[0].len());
+    assert!(
+        ends[1].starts_with("250 2.0.0 Message queued"),
+        "{}",
+        &ends[1]
+    );
+    assert!(err.len() < 12_000, "stderr is {} bytes", err.len());
+
+    let metas = site.files_in("meta");
+    assert_eq!(metas.len(), 1);
+    let meta = std::fs::read_to_string(&metas[0]).unwrap();
+    assert!(meta.len() < 12_000, "metadata is {} bytes", meta.len());
+    let v: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(v["last_reply"]["code"], 451);
+    assert_eq!(v["last_reply"]["enhanced"], "4.7.500");
+    let text = v["last_reply"]["text"].as_str().unwrap();
+    assert!(text.starts_with("4.7.500 line 0 yyy"), "{}", &text[..100]);
+    assert!(
+        text.contains("[reply cut: "),
+        "{}",
+        &text[text.len() - 200..]
+    );
+
+    let log_text = std::fs::read_to_string(&log_file).unwrap();
+    let lines: Vec<&str> = log_text.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per message");
+    for l in &lines {
+        assert!(l.len() < 12_000, "log line is {} bytes", l.len());
+        assert!(l.contains("[reply cut: "), "{}", &l[..l.len().min(300)]);
+    }
+    assert!(
+        lines[0].contains("smtpstatus=550 smtpmsg='550 5.1.10 line 0 yyy"),
+        "{}",
+        &lines[0][..300]
+    );
+    let dead_text = std::fs::read_to_string(&dead).unwrap();
+    assert!(
+        dead_text.len() < 12_000,
+        "dead letter is {} bytes",
+        dead_text.len()
+    );
+
+    assert!(peak < 48 * 1024, "peak RSS {peak} KiB");
+}

@@ -340,3 +340,99 @@ MAIL FROM:<temp@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\nSubject: tw
 
     assert!(peak < 48 * 1024, "peak RSS {peak} KiB");
 }
+
+/// Finding 12: headers with terminal control sequences (a web form's Subject) are shown
+/// escaped by `--dry-run` and `queue show`, never sent raw to the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_and_queue_show_escape_terminal_control_characters() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let site = Site::new(&server, "");
+    let message = "From: alerts@contoso.com\nSubject: \x1b]0;owned\x07\x1b[2J hi\u{9b}31m\n\
+X-Folded: a\n\tb\n\nbody\n";
+    let args = ["-f", "alerts@contoso.com", "ops@contoso.com"];
+
+    let mut dry = vec!["--dry-run"];
+    dry.extend_from_slice(&args);
+    let o = site.run(&dry, message.as_bytes()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("Subject: \\x1b]0;owned\\x07\\x1b[2J hi\\u{9b}31m"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n  \tb\n"),
+        "folded line keeps its TAB: {out}"
+    );
+    assert_no_controls(&out);
+    assert!(
+        server.connections().is_empty(),
+        "a dry run connects nowhere"
+    );
+
+    let mut queued = vec!["-odq"];
+    queued.extend_from_slice(&args);
+    let o = site.run(&queued, message.as_bytes()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let meta = site.files_in("meta");
+    let id = meta[0].file_stem().unwrap().to_str().unwrap();
+    let o = site.run(&["queue", "show", id], b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("Subject: \\x1b]0;owned\\x07\\x1b[2J hi\\u{9b}31m"),
+        "{out}"
+    );
+    assert_no_controls(&out);
+}
+
+/// No control character but LF and TAB.
+fn assert_no_controls(out: &str) {
+    for c in out.chars() {
+        assert!(
+            !c.is_control() || c == '\n' || c == '\t',
+            "raw {c:?} in the output: {out:?}"
+        );
+    }
+}
+
+/// Finding 12: `--subject` and `--header` refuse control characters other than TAB (exit 65).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_and_header_options_refuse_control_characters() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let site = Site::new(&server, "");
+    let base = [
+        "--from",
+        "alerts@contoso.com",
+        "--to",
+        "ops@contoso.com",
+        "--body",
+        "x",
+    ];
+    for (opt, value, shown) in [
+        ("--subject", "\x1b[2J", "'\\u{1b}'"),
+        ("--subject", "ring\x07", "'\\u{7}'"),
+        ("--subject", "a\x0bb", "'\\u{b}'"),
+        ("--subject", "a\x0cb", "'\\u{c}'"),
+        ("--subject", "a\u{9b}b", "'\\u{9b}'"),
+        ("--header", "X-Note: \x1b]0;t\x07", "'\\u{1b}'"),
+        ("--header", "X-Note: a\x7fb", "'\\u{7f}'"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(&[opt, value]);
+        let o = site.run(&args, b"").await;
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(65), "{opt} {value:?}: {err}");
+        assert!(err.contains("control character"), "{err}");
+        assert!(err.contains(shown), "{shown}: {err}");
+        assert_no_controls(&err);
+    }
+    assert!(server.messages().is_empty());
+
+    // TAB is allowed.
+    let mut args = vec!["--dry-run"];
+    args.extend_from_slice(&base);
+    args.extend_from_slice(&["--subject", "a\tb", "--header", "X-Note: c\td"]);
+    let o = site.run(&args, b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

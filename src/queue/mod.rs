@@ -891,15 +891,20 @@ pub(crate) fn format_list_at(
         } else {
             &e.envelope.sender
         };
-        let _ = writeln!(out, "  from: {sender}  (profile {})", e.profile);
-        let _ = writeln!(out, "  to:   {}", e.envelope.recipients.join(", "));
+        let _ = writeln!(
+            out,
+            "  from: {}  (profile {})",
+            shown(sender),
+            shown(&e.profile)
+        );
+        let _ = writeln!(out, "  to:   {}", shown(&e.envelope.recipients.join(", ")));
         if let Some(r) = &e.last_reply {
-            let _ = writeln!(out, "  last: {r}");
+            let _ = writeln!(out, "  last: {}", shown(&r.to_string()));
         } else if let Some(err) = &e.last_error {
-            let _ = writeln!(out, "  last: {err}");
+            let _ = writeln!(out, "  last: {}", shown(err));
         }
         if let Some(x) = explain(e) {
-            let _ = writeln!(out, "        {x}");
+            let _ = writeln!(out, "        {}", shown(&x));
         }
     }
     // Postfix's summary line, which monitoring scripts (check_mailq) already parse.
@@ -959,17 +964,24 @@ pub(crate) fn format_json_at(
     s
 }
 
-/// `queue show ID` text: the metadata, then the headers.
+/// Text from the spool (headers, addresses, replies: written by whoever queued the message or
+/// by a server) as it is printed on a terminal: control characters (ESC…) escaped.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::printable::for_terminal(s, false)
+}
+
+/// `queue show ID` text: the metadata, then the headers. Every value from the entry is printed
+/// with control characters escaped (`\x1b`), so a header cannot drive the terminal.
 pub fn format_show(entry: &Entry, headers: &str, explanation: Option<&str>) -> String {
     let now = now_unix();
     let mut out = String::new();
-    let _ = writeln!(out, "id:           {}", entry.id);
-    let _ = writeln!(out, "profile:      {}", entry.profile);
+    let _ = writeln!(out, "id:           {}", shown(&entry.id));
+    let _ = writeln!(out, "profile:      {}", shown(&entry.profile));
     if let Some(m) = &entry.mode {
-        let _ = writeln!(out, "mode:         {m} (from --mode)");
+        let _ = writeln!(out, "mode:         {} (from --mode)", shown(m));
     }
     if let Some(server) = &entry.server {
-        let _ = writeln!(out, "server:       {server} (from --server)");
+        let _ = writeln!(out, "server:       {} (from --server)", shown(server));
     }
     let _ = writeln!(
         out,
@@ -983,43 +995,53 @@ pub fn format_show(entry: &Entry, headers: &str, explanation: Option<&str>) -> S
     } else {
         &entry.envelope.sender
     };
-    let _ = writeln!(out, "sender:       {sender}");
+    let _ = writeln!(out, "sender:       {}", shown(sender));
     let _ = writeln!(
         out,
         "recipients:   {}",
-        entry.envelope.recipients.join(", ")
+        shown(&entry.envelope.recipients.join(", "))
     );
     if !entry.delivered.is_empty() {
-        let _ = writeln!(out, "delivered to: {}", entry.delivered.join(", "));
+        let _ = writeln!(out, "delivered to: {}", shown(&entry.delivered.join(", ")));
     }
     let dsn = &entry.envelope.dsn;
     if dsn.is_requested() {
         let _ = writeln!(
             out,
             "dsn:          notify={} ret={} envid={}",
-            dsn.notify.as_deref().unwrap_or("-"),
+            shown(dsn.notify.as_deref().unwrap_or("-")),
             dsn.ret
                 .map(|r| format!("{r:?}").to_uppercase())
                 .unwrap_or("-".into()),
-            dsn.envid.as_deref().unwrap_or("-")
+            shown(dsn.envid.as_deref().unwrap_or("-"))
         );
     }
     let _ = writeln!(out, "attempts:     {}", entry.attempts);
     let _ = writeln!(out, "next attempt: {}", rfc3339(entry.next_attempt));
     if let Some(r) = &entry.last_reply {
-        let _ = writeln!(out, "last reply:   {r}");
+        let _ = writeln!(out, "last reply:   {}", shown(&r.to_string()));
     }
     if let Some(e) = &entry.last_error {
-        let _ = writeln!(out, "last error:   {e}");
+        let _ = writeln!(out, "last error:   {}", shown(e));
     }
     if let Some(x) = explanation {
-        let _ = writeln!(out, "explanation:  {x}");
+        let _ = writeln!(out, "explanation:  {}", shown(x));
     }
     if entry.is_bounce {
         let _ = writeln!(out, "bounce:       yes (a failure goes to the dead letter)");
     }
     out.push('\n');
-    out.push_str(&headers.replace("\r\n", "\n"));
+    // One header line per output line (folded lines keep their TAB); a bare CR or an escape
+    // sequence inside a line is shown escaped.
+    let headers = headers.replace("\r\n", "\n");
+    for line in headers.split_inclusive('\n') {
+        let (text, nl) = match line.strip_suffix('\n') {
+            Some(t) => (t, "\n"),
+            None => (line, ""),
+        };
+        out.push_str(&crate::printable::for_terminal(text, true));
+        out.push_str(nl);
+    }
     out
 }
 

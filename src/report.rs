@@ -51,7 +51,7 @@ use crate::explain::sysexits_name;
 use crate::fsutil::open_private_append;
 use crate::message::Prepared;
 use crate::printable;
-use crate::smtp::Reply;
+use crate::status::Reply;
 
 // ---------------------------------------------------------------------------------------------
 // Dead letter

@@ -493,6 +493,8 @@ async fn token_endpoint_down_exits_75_and_keeps_the_message() {
     assert_eq!(o.status.code(), Some(75), "{err}");
     assert!(err.contains("cannot reach the token endpoint"), "{err}");
     assert!(err.contains("message saved to"), "{err}");
+    // Nothing was sent: no "still failing after 0 attempts" (issue 10 finding 15).
+    assert!(!err.contains("after 0 attempts"), "{err}");
     assert_clean(&err, &[]);
     let dead = env.dead_letter();
     assert!(dead.starts_with("From app@contoso.com "), "{dead}");

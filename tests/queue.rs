@@ -910,3 +910,45 @@ fn an_entry_whose_failure_cannot_be_kept_anywhere_stays_queued() {
     let kept: Vec<_> = std::fs::read_dir(spool.join("failed")).unwrap().collect();
     assert_eq!(kept.len(), 2);
 }
+
+/// Issue 10 finding 15: the runner's lock and in-flight markers are private (0600), whatever
+/// the umask.
+#[test]
+fn runner_lock_and_inflight_markers_are_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg = config(&spool);
+    queue::enqueue(
+        &cfg,
+        "relay",
+        &prepared("a@contoso.com", &["x@contoso.com"], "m"),
+        None,
+    )
+    .unwrap();
+    // A lock file left world-readable (by an older version) is tightened too.
+    std::fs::write(spool.join("runner.lock"), b"").unwrap();
+    std::fs::set_permissions(
+        spool.join("runner.lock"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let inflight = spool.join("inflight");
+    let mut fake = Fake::scripted(move |_, _| {
+        for de in std::fs::read_dir(&inflight).unwrap() {
+            let mode = de.unwrap().metadata().unwrap().permissions().mode() & 0o777;
+            seen2.lock().unwrap().push(mode);
+        }
+        MessageOutcome::Delivered
+    });
+    let opts = RunOptions {
+        flush: true,
+        ..RunOptions::default()
+    };
+    let rep = rt().block_on(queue::run(&cfg, opts, &mut fake)).unwrap();
+    assert_eq!(rep.delivered, 1);
+    assert_eq!(*seen.lock().unwrap(), vec![0o600], "the in-flight marker");
+    let lock = std::fs::metadata(spool.join("runner.lock")).unwrap();
+    assert_eq!(lock.permissions().mode() & 0o777, 0o600, "runner.lock");
+}

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -270,8 +271,17 @@ fn lock_runner(spool: &Spool, wait: Duration) -> Result<Option<File>, Failure> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| super::cant_create(spool.root(), "opening runner.lock", &e))?;
+    // 0600 also for a lock file an older version left readable: whoever can open it can
+    // hold the lock and stop every queue run.
+    if let Ok(meta) = file.metadata()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
     let deadline = Instant::now() + wait;
     loop {
         match super::try_lock(&file) {
@@ -609,7 +619,14 @@ impl Runner<'_> {
             }
             self.last_send = Some(Instant::now());
             let marker = self.spool.inflight_path(&locked.entry.id);
-            let _ = File::create(&marker);
+            // Best effort (it only produces a "possibly duplicated" note after a crash).
+            let _ = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&marker);
             let outcome = d.send(&prepared).await;
             self.outcome(profile, locked.entry, outcome);
             let _ = fs::remove_file(&marker);

@@ -904,17 +904,22 @@ smtpmsg='250 2.6.0 <id@host> [InternalId=1] Queued mail for delivery' exitcode=E
         );
     }
 
+    /// A configuration that logs to `file` only.
+    fn log_to(file: PathBuf) -> Config {
+        Config {
+            log: crate::config::LogConfig {
+                syslog: false,
+                file: Some(file),
+            },
+            ..Config::default()
+        }
+    }
+
     #[test]
     fn log_line_to_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m365send.log");
-        let config = Config {
-            log: crate::config::LogConfig {
-                syslog: false,
-                file: Some(path.clone()),
-            },
-            ..Config::default()
-        };
+        let config = log_to(path.clone());
         log_line(&config, false, &record());
         log_line(&config, false, &record());
         let text = std::fs::read_to_string(&path).unwrap();
@@ -933,13 +938,7 @@ smtpmsg='250 2.6.0 <id@host> [InternalId=1] Queued mail for delivery' exitcode=E
     fn log_file_refuses_symlinks_hard_links_fifos_and_other_users_files() {
         let dir = tempfile::tempdir().unwrap();
         for (name, path, target, _) in traps(dir.path()) {
-            let config = Config {
-                log: crate::config::LogConfig {
-                    syslog: false,
-                    file: Some(path.clone()),
-                },
-                ..Config::default()
-            };
+            let config = log_to(path.clone());
             let started = std::time::Instant::now();
             log_line(&config, false, &record());
             assert!(
@@ -954,13 +953,7 @@ smtpmsg='250 2.6.0 <id@host> [InternalId=1] Queued mail for delivery' exitcode=E
         let shared = dir.path().join("shared.log");
         std::fs::write(&shared, b"").unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let config = Config {
-            log: crate::config::LogConfig {
-                syslog: false,
-                file: Some(shared.clone()),
-            },
-            ..Config::default()
-        };
+        let config = log_to(shared.clone());
         log_line(&config, false, &record());
         assert_eq!(std::fs::read_to_string(&shared).unwrap().lines().count(), 1);
         let mode = std::fs::metadata(&shared).unwrap().permissions().mode();

@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Read};
 use std::path::Path;
 
 use crate::cli::{Command, DeliveryMode, Invocation, SendArgs};
@@ -27,7 +27,7 @@ pub fn main_with(args: Vec<OsString>) -> i32 {
     match outcome {
         Ok(()) => Exit::Ok.code(),
         Err(f) => {
-            eprintln!("m365send: {}", f.message);
+            crate::console::err_line(&format!("m365send: {}", f.message));
             f.exit.code()
         }
     }
@@ -44,8 +44,11 @@ fn init_tracing(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("M365SEND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // try_init: a second call (tests) keeps the first subscriber instead of panicking.
+    // A closed stderr must not panic: the builder's default reports a failed write with
+    // `eprintln!`, which panics on that same closed stderr.
     let _ = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
+        .with_writer(|| crate::console::Stderr)
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(io::stderr().is_terminal())
@@ -58,16 +61,15 @@ fn run(inv: Invocation) -> Result<(), Failure> {
     let profile_name = inv.profile.as_deref();
     match inv.command {
         Command::Help { text } => {
-            let mut out = io::stdout().lock();
-            // A closed stdout (`m365send --help | head -1`) is not an error worth reporting.
-            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            // A stdout that cannot be written (`m365send --help >&-`) is not worth reporting.
+            let _ = crate::console::out(&text);
             Ok(())
         }
         Command::Send(args) => send(config_path, profile_name, inv.verbose, &args),
         Command::Newaliases => {
-            eprintln!(
+            crate::console::err_line(
                 "m365send: newaliases: nothing to do; aliases are read from the profile's \
-                 `aliases`/`aliases_file` on every message"
+                 `aliases`/`aliases_file` on every message",
             );
             Ok(())
         }
@@ -78,15 +80,16 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             let config = config_or_default(config_path)?;
             let (entry, headers) = crate::queue::show(&config, &id)?;
             let explanation = crate::queue::explain_last_reply(&config, &entry);
-            print!(
-                "{}",
-                crate::queue::format_show(&entry, &headers, explanation.as_deref())
-            );
-            Ok(())
+            crate::console::out(&crate::queue::format_show(
+                &entry,
+                &headers,
+                explanation.as_deref(),
+            ))
+            .map_err(|e| Failure::io(format!("cannot write the queue entry: {e}")))
         }
         Command::QueueDelete { id } => {
             crate::queue::delete(&config_or_default(config_path)?, &id)?;
-            eprintln!("m365send: {id} deleted from the queue");
+            crate::console::err_line(&format!("m365send: {id} deleted from the queue"));
             Ok(())
         }
         Command::Explain { code } => explain(&code),
@@ -94,20 +97,20 @@ fn run(inv: Invocation) -> Result<(), Failure> {
         Command::Login => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             let runtime = runtime()?;
-            let mut out = io::stdout();
+            let mut out = crate::console::Stdout;
             runtime.block_on(crate::auth::login(&config, &profile, &mut out))
         }
         Command::TokenStatus => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
-            crate::auth::token_status(&config, &profile, &mut io::stdout())
+            crate::auth::token_status(&config, &profile, &mut crate::console::Stdout)
         }
         Command::TokenClear => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             crate::auth::token_clear(&config, &profile)?;
-            eprintln!(
+            crate::console::err_line(&format!(
                 "m365send: cached tokens of profile \"{}\" removed",
                 profile.name
-            );
+            ));
             Ok(())
         }
     }
@@ -122,19 +125,15 @@ fn queue_list(config: &Config, json: bool) -> Result<(), Failure> {
     } else {
         crate::queue::format_list(&entries, &explain)
     };
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
+    crate::console::out(&text)
         .map_err(|e| Failure::io(format!("cannot write the queue listing: {e}")))
 }
 
 /// `m365send explain CODE`: the catalogue's explanation of a reply code or AADSTS error.
 fn explain(code: &str) -> Result<(), Failure> {
     match crate::explain::explain_code(code) {
-        Some(text) => {
-            println!("{}", text.trim_end());
-            Ok(())
-        }
+        Some(text) => crate::console::out(&format!("{}\n", text.trim_end()))
+            .map_err(|e| Failure::io(format!("cannot write the explanation: {e}"))),
         None => Err(Failure::usage(format!(
             "explain: no explanation for \"{code}\" (give an SMTP reply such as 550, an \
              enhanced code such as 5.7.60, or an identity platform code such as AADSTS700082)"
@@ -232,10 +231,7 @@ fn send(
             &prepared.envelope,
             args.server.as_deref(),
         ))?;
-        let mut out = io::stdout().lock();
-        return out
-            .write_all(dry_run_report(&config, &profile, &endpoint, &prepared).as_bytes())
-            .and_then(|()| out.flush())
+        return crate::console::out(&dry_run_report(&config, &profile, &endpoint, &prepared))
             .map_err(|e| Failure::io(format!("cannot write the dry-run report: {e}")));
     }
     runtime
@@ -569,10 +565,10 @@ fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
     if verbose > 0 {
         if report.skipped_locked {
             for w in &report.warnings {
-                eprintln!("m365send: {w}");
+                crate::console::err_line(&format!("m365send: {w}"));
             }
         }
-        eprintln!("m365send: {}", report.summary());
+        crate::console::err_line(&format!("m365send: {}", report.summary()));
     }
     Ok(())
 }

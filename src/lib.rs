@@ -3,6 +3,9 @@
 //! A message flows one way: cli → config → message → route → auth → smtp → deliver (→ queue).
 //! See each module's top comment for what it owns.
 
+// A closed stderr or stdout must never panic: every write goes through `console`.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod address;
 pub mod aliases;
 pub mod app;
@@ -10,6 +13,7 @@ pub mod auth;
 pub mod bs;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod deliver;
 pub mod exit;
 pub mod explain;

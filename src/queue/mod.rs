@@ -670,12 +670,12 @@ pub(crate) fn load_all(spool: &Spool, warnings: &mut Vec<String>) -> Result<Vec<
             Loaded::Gone => {}
             Loaded::Corrupt(why) => {
                 let w = move_aside(spool, &id, &why);
-                eprintln!("m365send: warning: {w}");
+                crate::console::err_line(&format!("m365send: warning: {w}"));
                 warnings.push(w);
             }
             Loaded::Unsupported(why) => {
                 let w = format!("{why}; left alone");
-                eprintln!("m365send: warning: {w}");
+                crate::console::err_line(&format!("m365send: warning: {w}"));
                 warnings.push(w);
             }
         }

@@ -240,7 +240,7 @@ impl RunReport {
     }
 
     fn warn(&mut self, w: String) {
-        eprintln!("m365send: warning: {w}");
+        crate::console::err_line(&format!("m365send: warning: {w}"));
         self.warnings.push(w);
     }
 }
@@ -487,7 +487,7 @@ impl Runner<'_> {
 
     fn log(&self, line: String) {
         if self.opts.verbose {
-            eprintln!("m365send: {line}");
+            crate::console::err_line(&format!("m365send: {line}"));
         }
     }
 

@@ -711,7 +711,14 @@ pub fn dry_run_report(
         } else {
             "host".into()
         };
-        rows.push((label, format!("{}:{}{pref}", h.name, h.port)));
+        // Addresses the route resolved (an MX host asked of endpoint.dns_server).
+        let addrs = if h.addrs.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = h.addrs.iter().map(|a| a.to_string()).collect();
+            format!("  at {}", list.join(", "))
+        };
+        rows.push((label, format!("{}:{}{pref}{addrs}", h.name, h.port)));
     }
     let min = match endpoint.tls_min {
         TlsVersion::V1_2 => "TLS 1.2 or 1.3",
@@ -987,11 +994,13 @@ mod tests {
                     name: "contoso-com.mail.protection.outlook.com".into(),
                     port: 25,
                     preference: Some(0),
+                    addrs: Vec::new(),
                 },
                 Host {
                     name: "backup.contoso.com".into(),
                     port: 25,
                     preference: Some(10),
+                    addrs: Vec::new(),
                 },
             ],
             tls: TlsPolicy::Required,
@@ -1044,6 +1053,7 @@ mod tests {
                 name: "smtp.office365.com".into(),
                 port: 587,
                 preference: None,
+                addrs: Vec::new(),
             }],
             tls: TlsPolicy::Required,
             tls_min: TlsVersion::V1_3,

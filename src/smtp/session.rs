@@ -41,6 +41,9 @@ pub struct SessionConfig {
     /// Host name (or IP literal) to connect to; the certificate must match it.
     pub host: String,
     pub port: u16,
+    /// Addresses of `host` already resolved (by the route, through the DNS server that gave
+    /// the MX record), tried in order. Empty: `host` is resolved by the system resolver.
+    pub addrs: Vec<std::net::IpAddr>,
     /// EHLO name (see `hello_name`).
     pub helo: String,
     pub tls: TlsPolicy,
@@ -385,11 +388,21 @@ impl Session {
     /// clear text. A server that does not know EHLO gets HELO (no extensions, so no TLS).
     pub async fn connect(cfg: SessionConfig) -> Result<Session, SessionError> {
         let host = cfg.host.clone();
-        let lookup = timeout(
-            cfg.connect_timeout,
-            tokio::net::lookup_host((host.clone(), cfg.port)),
-        )
-        .await;
+        let lookup = if cfg.addrs.is_empty() {
+            timeout(
+                cfg.connect_timeout,
+                tokio::net::lookup_host((host.clone(), cfg.port)),
+            )
+            .await
+            .map(|r| r.map(|a| a.collect::<Vec<_>>()))
+        } else {
+            // Resolved already: the name stays for SNI, the certificate and the transcript.
+            Ok(Ok(cfg
+                .addrs
+                .iter()
+                .map(|ip| std::net::SocketAddr::new(*ip, cfg.port))
+                .collect()))
+        };
         let addrs: Vec<_> = match lookup {
             Err(_) => {
                 return Err(SessionError::Resolve {
@@ -403,7 +416,7 @@ impl Session {
                     reason: e.to_string(),
                 });
             }
-            Ok(Ok(a)) => a.collect(),
+            Ok(Ok(a)) => a,
         };
         if addrs.is_empty() {
             return Err(SessionError::Resolve {

@@ -12,7 +12,7 @@ mod fake_m365;
 
 use bin_env::{BinEnv, stderr, stdout};
 use dns::{Answer, start_stub_dns};
-use fake_m365::{FakeConfig, FakeM365};
+use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
 
 /// An MX host whose name exists only at the configured DNS server (split DNS, no /etc/hosts
 /// entry) is resolved there too, connected to by address, and checked by its name.
@@ -70,4 +70,93 @@ async fn an_mx_host_known_only_to_the_configured_dns_server_is_reached() {
     assert_eq!(got[0].recipients, vec!["ops@contoso.com".to_owned()]);
     // The certificate was checked against the MX name (the server's only name).
     assert!(server.connections()[0].tls_version.is_some());
+}
+
+/// A bounce through a mailbox login comes from the mailbox (Microsoft 365 refuses any other
+/// sender, the null sender included, with 5.7.60) and reaches the sender with its RFC 3464
+/// report intact; a bounce that fails is still never bounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_through_a_mailbox_login_comes_from_the_mailbox_and_arrives() {
+    let server = FakeM365::start(
+        FakeConfig::submission()
+            .user("app@contoso.com", "pw-7f3e")
+            .send_as_only()
+            .rule(
+                Rule::reply(
+                    Phase::Rcpt,
+                    "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+                )
+                .matching("nobody@fabrikam.com"),
+            ),
+    )
+    .await;
+    let env = BinEnv::new();
+    env.write_profile(&format!(
+        "mode = \"submit\"\nmailbox = \"app@contoso.com\"\n\
+         auth = {{ method = \"password\", password = {{ env = \"M365_TEST_PW\" }} }}\n{}",
+        BinEnv::endpoint(server.port(), Some(server.ca_file()))
+    ));
+    let run = |args: &'static [&'static str], input: &'static [u8]| {
+        let mut c = env.command(args);
+        c.env("M365_TEST_PW", "pw-7f3e");
+        env.run_with(c, input)
+    };
+    let o = run(
+        &["-odq", "-f", "app@contoso.com", "nobody@fabrikam.com"],
+        b"Subject: nightly report\n\nthe report\n",
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&["queue", "run", "-v"], b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 bounced"), "{}", stderr(&o));
+
+    let got = server.accepted();
+    assert_eq!(got.len(), 1, "the bounce arrived: {:?}", server.messages());
+    let bounce = &got[0];
+    assert_eq!(bounce.sender, "app@contoso.com", "MAIL FROM is the mailbox");
+    assert_eq!(bounce.recipients, vec!["app@contoso.com".to_owned()]);
+    assert!(
+        bounce.rcpt_params[0].contains("NOTIFY=NEVER"),
+        "{:?}",
+        bounce.rcpt_params
+    );
+    let text = String::from_utf8_lossy(&bounce.data);
+    for needle in [
+        "From: Mail Delivery System <app@contoso.com>\r\n",
+        "To: <app@contoso.com>\r\n",
+        "Auto-Submitted: auto-replied\r\n",
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        "Content-Type: message/delivery-status\r\n",
+        "Final-Recipient: rfc822; nobody@fabrikam.com\r\n",
+        "Action: failed\r\n",
+        "Status: 5.1.10\r\n",
+        "Diagnostic-Code: smtp; 550 5.1.10 RESOLVER.ADR.RecipientNotFound",
+        "Content-Type: message/rfc822\r\n",
+        "Subject: nightly report\r\n",
+    ] {
+        assert!(text.contains(needle), "bounce lacks {needle:?}:\n{text}");
+    }
+    assert_eq!(env.dead_letter(), "", "delivered, not dead-lettered");
+
+    // The bounce itself refused: the dead letter, never a bounce of the bounce, although its
+    // envelope sender is no longer empty.
+    server.add_rule(
+        Rule::reply(Phase::Rcpt, "550 5.1.10 RESOLVER.ADR.RecipientNotFound").matching("app@"),
+    );
+    let o = run(
+        &["-odq", "-f", "app@contoso.com", "nobody@fabrikam.com"],
+        b"Subject: second report\n\nthe report\n",
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&["queue", "run", "-v"], b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.accepted().len(), 1, "nothing more delivered");
+    let dead = env.dead_letter();
+    assert!(dead.contains("a bounce cannot be bounced"), "{dead}");
+    assert!(dead.contains("Subject: second report"), "{dead}");
+    let o = env.run(&["queue", "list", "--json"], b"").await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["count"], 0, "{v}");
 }

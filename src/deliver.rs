@@ -397,6 +397,8 @@ fn context<'c>(profile: &'c Profile, message: &'c Prepared, host: Option<&'c str
     Context {
         sender: Some(message.envelope.sender.as_str()),
         host,
+        // A temporary failure goes to the queue unless the profile never queues.
+        retried_by_queue: Some(profile.queue != crate::config::QueuePolicy::Never),
         ..auth::explain_context(profile)
     }
 }

@@ -804,6 +804,7 @@ pub fn explain_last_reply(config: &Config, entry: &Entry) -> Option<String> {
         mailbox: profile.and_then(|p| p.mailbox.as_deref()),
         sender: Some(&entry.envelope.sender),
         recipient: entry.envelope.recipients.first().map(String::as_str),
+        retried_by_queue: Some(true),
         ..Default::default()
     };
     crate::explain::explain_reply(&reply, &ctx).map(|x| format!("{} {}", x.meaning, x.advice))

@@ -196,7 +196,7 @@ fn send(
     };
     let (config, profile) = match configure(config_path, profile_name, args) {
         Ok(c) => c,
-        Err(f) => return Err(keep_unsent(None, None, args, unread_input(), f)),
+        Err(f) => return Err(keep_unsent(None, None, args, unread_input(), false, f)),
     };
     tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
 
@@ -209,15 +209,18 @@ fn send(
         Ok(p) => p,
         Err(refused) => {
             drop(input);
-            let copy = match refused.input {
-                Some(copy) if keeps => Some(copy),
-                _ => unread_input(),
+            // What prepare read is the caller's whole message (also one over max_size, read
+            // to its end for this); otherwise read what is left now.
+            let (copy, whole) = match refused.input {
+                Some(copy) if keeps => (Some(copy), true),
+                _ => (unread_input(), false),
             };
             return Err(keep_unsent(
                 Some(&config),
                 Some(&profile),
                 args,
                 copy,
+                whole,
                 refused.failure,
             ));
         }
@@ -242,26 +245,31 @@ fn send(
 }
 
 /// A message refused before any delivery attempt: keep the caller's input in the dead letter
-/// (as sendmail keeps it in dead.letter) and say where. Not for a message refused as data
-/// (65: too large, a header injection) or a missing input file: what was read may be partial
-/// and the caller can send again.
+/// (as sendmail keeps it in dead.letter) and say where. `whole`: `copy` is the message as
+/// prepare read it to its end (an envelope refusal, or a message over `max_size`: large cron
+/// output is kept, not lost), kept whatever the refusal. Otherwise `copy` is what was left
+/// unread, kept only up to the default size limit and not for a refusal of the data itself
+/// (65: a header injection) or of a missing input file, where the caller can send again.
 fn keep_unsent(
     config: Option<&Config>,
     profile: Option<&Profile>,
     args: &SendArgs,
     copy: Option<tempfile::NamedTempFile>,
+    whole: bool,
     mut f: Failure,
 ) -> Failure {
-    if matches!(
-        f.exit,
-        Exit::DataErr | Exit::NoInput | Exit::IoErr | Exit::CantCreat
-    ) {
+    if !whole
+        && matches!(
+            f.exit,
+            Exit::DataErr | Exit::NoInput | Exit::IoErr | Exit::CantCreat
+        )
+    {
         return f;
     }
     let Some(copy) = copy else { return f };
     let size = copy.as_file().metadata().map(|m| m.len()).unwrap_or(0);
     let limit = profile.unwrap_or(&Profile::default()).max_size();
-    if size == 0 || size > limit {
+    if size == 0 || (size > limit && !whole) {
         return f;
     }
     let default_config = Config::default();

@@ -160,3 +160,154 @@ async fn a_bounce_through_a_mailbox_login_comes_from_the_mailbox_and_arrives() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["count"], 0, "{v}");
 }
+
+/// `m365send -t -i </dev/null` said "use -t" although -t was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t_without_recipients_in_the_headers_says_so() {
+    let env = BinEnv::new();
+    env.write_profile(&format!(
+        "mode = \"relay\"\nsender = \"alerts@contoso.com\"\n{}",
+        BinEnv::endpoint(9, None)
+    ));
+    for input in [&b""[..], b"Subject: no one\n\nbody\n"] {
+        let o = env.run(&["-t", "-i"], input).await;
+        assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("-t takes them from the To, Cc and Bcc headers, and the message has no address in any of them"),
+            "{err}"
+        );
+        assert!(!err.contains("use -t"), "{err}");
+    }
+    // The one with a body is kept, not lost.
+    assert!(env.dead_letter().contains("Subject: no one"));
+}
+
+/// With queue = "never" a temporary refusal said "try again later (the queue does so)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_never_says_the_message_was_not_queued_and_where_it_is() {
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::reply(
+        Phase::Mail,
+        "451 4.7.500 Access denied, please try again later",
+    )))
+    .await;
+    let env = BinEnv::new();
+    env.write_profile(&format!(
+        "mode = \"relay\"\nqueue = \"never\"\n{}",
+        BinEnv::endpoint(server.port(), Some(server.ca_file()))
+    ));
+    let o = env
+        .run(
+            &["-f", "alerts@contoso.com", "ops@contoso.com"],
+            b"Subject: not queued\n\nbody\n",
+        )
+        .await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    assert!(!err.contains("the queue does so"), "{err}");
+    assert!(err.contains("this message was not queued"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "not queued (profile \"p\" has queue = \"never\"); message saved to {}: send it again later",
+            env.dead.display()
+        )),
+        "{err}"
+    );
+    assert!(env.dead_letter().contains("Subject: not queued"));
+    let o = env.run(&["queue", "list", "--json"], b"").await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["count"], 0, "{v}");
+}
+
+/// `-f '<>'` reached the server and was explained as a connector problem: now decided per
+/// mode before connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_null_sender_is_decided_before_connecting() {
+    // A mailbox login: refused with the reason, nothing sent, the message kept.
+    let server = FakeM365::start(FakeConfig::submission().user("app@contoso.com", "pw")).await;
+    let env = BinEnv::new();
+    env.write_profile(&format!(
+        "mode = \"submit\"\nmailbox = \"app@contoso.com\"\n\
+         auth = {{ method = \"password\", password = {{ env = \"M365_TEST_PW\" }} }}\n{}",
+        BinEnv::endpoint(server.port(), Some(server.ca_file()))
+    ));
+    for f in ["<>", ""] {
+        let mut c = env.command(&["-f", f, "ops@contoso.com"]);
+        c.env("M365_TEST_PW", "pw");
+        let o = env.run_with(c, b"Subject: null\n\nbody\n").await;
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{err}");
+        assert!(
+            err.contains("null sender") && err.contains("5.7.60"),
+            "{err}"
+        );
+        assert!(err.contains("app@contoso.com"), "{err}");
+        assert!(!err.contains("connector"), "{err}");
+    }
+    assert!(
+        server.connections().is_empty(),
+        "nothing reached the server"
+    );
+    assert_eq!(env.dead_letter().matches("Subject: null").count(), 2);
+
+    // Relay: the profile's sender stands in for it.
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = BinEnv::new();
+    let endpoint = BinEnv::endpoint(server.port(), Some(server.ca_file()));
+    env.write_profile(&format!(
+        "mode = \"relay\"\nsender = \"alerts@contoso.com\"\n{endpoint}"
+    ));
+    let o = env
+        .run(&["-f", "<>", "ops@contoso.com"], b"Subject: null\n\nbody\n")
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.accepted()[0].sender, "alerts@contoso.com");
+    // Relay without a sender: refused before connecting, saying what to set.
+    env.write_profile(&format!("mode = \"relay\"\n{endpoint}"));
+    let o = env
+        .run(&["-f", "<>", "ops@contoso.com"], b"Subject: null\n\nbody\n")
+        .await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(78), "{err}");
+    assert!(err.contains("Set `sender` in profile \"p\""), "{err}");
+    assert_eq!(
+        server.connections().len(),
+        1,
+        "only the first message connected"
+    );
+}
+
+/// A message over max_size said "more than <bytes read>" and was lost: now the limit and
+/// the size are named, and the whole message (cron's output) is in the dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_max_size_names_the_limit_and_is_kept_whole() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = BinEnv::new();
+    env.write_profile(&format!(
+        "mode = \"relay\"\nsender = \"alerts@contoso.com\"\nmax_size = 10000\n{}",
+        BinEnv::endpoint(server.port(), Some(server.ca_file()))
+    ));
+    let mut input = b"Subject: Cron <root@web1> backup\n\n".to_vec();
+    for i in 0..50_000 {
+        input.extend_from_slice(format!("file {i} copied\n").as_bytes());
+    }
+    let o = env.run(&["-i", "root@contoso.com"], &input).await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    let size = input.len() + input.iter().filter(|b| **b == b'\n').count();
+    assert!(
+        err.contains(&format!(
+            "message too large: it is {size} bytes, and the limit is 10000 bytes (`max_size` of profile \"p\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("saved to {}", env.dead.display())),
+        "{err}"
+    );
+    let dead = env.dead_letter();
+    assert!(dead.contains("Subject: Cron <root@web1> backup"), "kept");
+    assert!(dead.contains("file 0 copied\nfile 1 copied\n"));
+    assert!(dead.contains("file 49999 copied\n"), "kept whole");
+    assert!(server.connections().is_empty(), "nothing sent");
+}

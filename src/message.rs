@@ -2,7 +2,8 @@
 //!
 //! Owns: reading stdin as bytes (or composing with lettre for --subject/--body/--attach),
 //! CRLF normalisation, -i/-oi dot handling, -t recipient extraction (mail-parser), aliases and
-//! the default domain, Bcc removal, From/envelope sender policy (what the null sender becomes
+//! the default domain, duplicate recipients (without regard to case for Microsoft 365), Bcc
+//! removal, From/envelope sender policy (what the null sender becomes
 //! in each mode), Date and Message-ID, header injection checks, the size limit (a message over
 //! it is read to its end, up to [`KEEP_MAX`], and handed back for the dead letter), and the
 //! 8BITMIME/SMTPUTF8 flags. The body lives in a temporary spool file so a large message costs
@@ -448,6 +449,10 @@ impl Ctx<'_> {
             }
         }
         raw.extend(header_rcpts.iter().cloned());
+        // One recipient per mailbox: Microsoft 365 compares addresses without case, so
+        // `Bob@contoso.com` and `bob@contoso.com` are sent once (the first spelling); another
+        // server keeps RFC 5321's case-sensitive local parts (see route::goes_to_microsoft).
+        let fold_case = crate::route::goes_to_microsoft(self.profile, a.server.as_deref());
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for r in raw {
@@ -480,7 +485,7 @@ impl Ctx<'_> {
                         format!("recipient {q:?} {why}: refused before connecting"),
                     ));
                 }
-                if seen.insert(address::dedup_key(&q)) {
+                if seen.insert(address::dedup_key(&q, fold_case)) {
                     out.push(q);
                 }
             }

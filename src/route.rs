@@ -2,8 +2,9 @@
 //!
 //! Owns: the host/port/TLS/auth policy of each mode, the MX lookup for relay and direct
 //! (hickory-resolver; a configured DNS server for tests), the refusal of port 465 for
-//! submission, and the recipient/sender domain checks of direct send and relay.
-//! Must not: open SMTP connections.
+//! submission, the recipient/sender domain checks of direct send and relay, and whether a
+//! profile's mail goes to Microsoft 365 (`goes_to_microsoft`: Exchange compares addresses
+//! without case). Must not: open SMTP connections.
 //!
 //! One resolver: with `endpoint.dns_server` set (split DNS), the MX hosts' addresses (A, then
 //! AAAA, each in the order the server gave them) are asked of that same server, and the
@@ -248,6 +249,28 @@ pub async fn resolve(
         auth,
         source,
     })
+}
+
+/// Whether this profile's mail goes to Microsoft 365, whose Exchange compares addresses
+/// without regard to case (so `Bob@x` and `bob@x` are one recipient): yes for the mode's
+/// default host and for an MX lookup (relay and direct send go to the tenant's MX endpoint),
+/// and for a host given by a Microsoft name; no for another host given by `--server`,
+/// `endpoint.host` or `endpoint.mx_host` (an on-premises relay, a test server), where RFC 5321
+/// keeps local parts case-sensitive.
+pub fn goes_to_microsoft(profile: &Profile, server: Option<&str>) -> bool {
+    let ep = &profile.endpoint;
+    let given = match server {
+        Some(s) => Some(
+            parse_server(s, 25)
+                .map(|h| h.name)
+                .unwrap_or_else(|_| s.to_owned()),
+        ),
+        None => match profile.mode {
+            Mode::Relay | Mode::Direct => ep.mx_host.clone().or_else(|| ep.host.clone()),
+            Mode::Submit | Mode::Hve | Mode::Acs => ep.host.clone(),
+        },
+    };
+    given.is_none_or(|h| crate::smtp::is_microsoft_host(&h))
 }
 
 /// The default submission host of a mode in a cloud.

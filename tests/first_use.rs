@@ -311,3 +311,43 @@ async fn a_message_over_max_size_names_the_limit_and_is_kept_whole() {
     assert!(dead.contains("file 49999 copied\n"), "kept whole");
     assert!(server.connections().is_empty(), "nothing sent");
 }
+
+/// Recipients that differ only in the case of the local part are one mailbox to Microsoft
+/// 365 (Exchange compares addresses without case): the envelope has one of them. The fake
+/// server stands for the tenant's MX endpoint by its Microsoft name (stub DNS); given as a
+/// plain host it is "another server", where local parts stay case-sensitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_differing_in_case_are_sent_once_to_microsoft_365() {
+    const MX: &str = "contoso-com.mail.protection.outlook.com";
+    let server = FakeM365::start(FakeConfig::mx().cert_names(&[MX, "127.0.0.1"])).await;
+    let dns = start_stub_dns(vec![
+        ("contoso.com", Answer::Mx(vec![(0, MX.into())])),
+        (MX, Answer::Ip(vec!["127.0.0.1".parse().unwrap()])),
+    ]);
+    let env = BinEnv::new();
+    let tls = format!(
+        "\n[profiles.p.tls]\nca_file = \"{}\"\n",
+        server.ca_file().display()
+    );
+    env.write_profile(&format!(
+        "mode = \"relay\"\nsender = \"alerts@contoso.com\"\n\n[profiles.p.endpoint]\n\
+         dns_server = \"{dns}\"\nport = {}\n{tls}",
+        server.port()
+    ));
+    let msg = b"Subject: twice?\nTo: Bob@contoso.com, bob@contoso.com\nCc: BOB@CONTOSO.COM\n\nhi\n";
+    let o = env.run(&["-t", "-i"], msg).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.accepted()[0].recipients, vec!["Bob@contoso.com"]);
+
+    env.write_profile(&format!(
+        "mode = \"relay\"\nsender = \"alerts@contoso.com\"\n\n[profiles.p.endpoint]\n\
+         host = \"127.0.0.1\"\nport = {}\n{tls}",
+        server.port()
+    ));
+    let o = env.run(&["-t", "-i"], msg).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        server.accepted()[1].recipients,
+        vec!["Bob@contoso.com", "bob@contoso.com", "BOB@CONTOSO.COM"]
+    );
+}

@@ -224,6 +224,64 @@ fn default_domain_and_duplicates() {
     assert!(e.message.contains("default_domain"));
 }
 
+/// Exchange compares addresses without case: to Microsoft 365 `Bob@` and `bob@` are one
+/// recipient (the first spelling is kept). To another server, given by name, RFC 5321 keeps
+/// local parts case-sensitive.
+#[test]
+fn duplicates_differing_in_local_part_case_are_one_for_microsoft_365() {
+    let list = [
+        "Bob@contoso.com",
+        "bob@CONTOSO.com",
+        "Ops <BOB@contoso.com>",
+        "x@y.z",
+    ];
+    let m = prep(&rcpt(&list), &profile(), b"\nhi\n").unwrap();
+    assert_eq!(m.envelope.recipients, vec!["Bob@contoso.com", "x@y.z"]);
+    let mut p = profile();
+    p.mode = Mode::Relay;
+    p.endpoint.mx_host = Some("contoso-com.mail.protection.outlook.com".into());
+    let m = prep(&rcpt(&list), &p, b"\nhi\n").unwrap();
+    assert_eq!(m.envelope.recipients, vec!["Bob@contoso.com", "x@y.z"]);
+
+    // Another server: by --server, endpoint.host or endpoint.mx_host.
+    let all = vec![
+        "Bob@contoso.com",
+        "bob@CONTOSO.com",
+        "BOB@contoso.com",
+        "x@y.z",
+    ];
+    let args = SendArgs {
+        server: Some("127.0.0.1:2525".into()),
+        ..rcpt(&list)
+    };
+    assert_eq!(
+        prep(&args, &profile(), b"\nhi\n")
+            .unwrap()
+            .envelope
+            .recipients,
+        all
+    );
+    let mut p = profile();
+    p.endpoint.host = Some("mail.example.org".into());
+    assert_eq!(
+        prep(&rcpt(&list), &p, b"\nhi\n")
+            .unwrap()
+            .envelope
+            .recipients,
+        all
+    );
+    p.mode = Mode::Relay;
+    p.endpoint.host = None;
+    p.endpoint.mx_host = Some("10.0.0.25".into());
+    assert_eq!(
+        prep(&rcpt(&list), &p, b"\nhi\n")
+            .unwrap()
+            .envelope
+            .recipients,
+        all
+    );
+}
+
 #[test]
 fn no_recipients_is_usage() {
     let e = prep(&rcpt(&[]), &profile(), b"Subject: x\n\nhi\n").unwrap_err();

@@ -113,7 +113,5 @@ async fn closed_stdout_and_stderr_for_queue_list_explain_and_dry_run() {
         }
     }
     // The queued message is still there (the queue run could not connect, and kept it).
-    let o = env.run(&["queue", "list", "--json"], b"").await;
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["count"], 1);
+    assert_eq!(env.queue_count().await, 1);
 }

@@ -665,38 +665,50 @@ fn replies_new_users_met_are_explained() {
 #[test]
 fn any_other_535_is_explained_by_the_kind_of_login() {
     let r = reply("535 5.7.8 Error: authentication failed: authentication failure");
-    let mut c = ctx();
-    c.app_only = true;
-    c.client_id = Some("11111111-2222-3333-4444-555555555555");
-    let e = explain_reply(&r, &c).unwrap();
-    assert!(e.meaning.contains("app-only token") && e.meaning.contains("app@contoso.com"));
-    assert!(
-        e.advice
-            .contains("New-ServicePrincipal -AppId 11111111-2222-3333-4444-555555555555"),
-        "{}",
-        e.advice
-    );
-    assert!(
-        e.advice.contains("-Identity app@contoso.com"),
-        "{}",
-        e.advice
-    );
-    let mut c = ctx();
-    c.delegated = true;
-    let e = explain_reply(&r, &c).unwrap();
-    assert!(
-        e.advice.contains("m365send login --profile cron"),
-        "{}",
-        e.advice
-    );
-    let mut c = ctx();
-    c.basic_auth = true;
-    let e = explain_reply(&r, &c).unwrap();
-    assert!(e.meaning.contains("password"), "{}", e.meaning);
-    let mut c = ctx();
-    c.mode = Some(Mode::Acs);
-    let e = explain_reply(&r, &c).unwrap();
-    assert!(e.advice.contains("<resource name>"), "{}", e.advice);
+    // (how the profile logs in, what the explanation must say)
+    let app_only = Context {
+        app_only: true,
+        client_id: Some("11111111-2222-3333-4444-555555555555"),
+        ..ctx()
+    };
+    let cases = [
+        (
+            app_only.clone(),
+            "the app-only token was not accepted for mailbox app@contoso.com",
+        ),
+        (
+            app_only.clone(),
+            "New-ServicePrincipal -AppId 11111111-2222-3333-4444-555555555555",
+        ),
+        (app_only, "-Identity app@contoso.com"),
+        (
+            Context {
+                delegated: true,
+                ..ctx()
+            },
+            "m365send login --profile cron",
+        ),
+        (
+            Context {
+                basic_auth: true,
+                ..ctx()
+            },
+            "the password for mailbox app@contoso.com",
+        ),
+        (
+            Context {
+                mode: Some(Mode::Acs),
+                ..ctx()
+            },
+            "<resource name>",
+        ),
+    ];
+    for (c, needle) in cases {
+        let e = explain_reply(&r, &c).unwrap();
+        let all = format!("{} {}", e.meaning, e.advice);
+        assert!(all.contains(needle), "{all}");
+        assert_eq!(e.exit, Exit::NoPerm);
+    }
     // A bare 535, or with another enhanced code.
     let bare = Reply {
         code: 535,

@@ -178,9 +178,7 @@ async fn assert_permanent_and_named(port: u16, connections: &std::sync::atomic::
         1,
         "permanent: not tried again"
     );
-    let o = env.run(&["queue", "list", "--json"], b"").await;
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["count"], 0, "not queued: {v}");
+    assert_eq!(env.queue_count().await, 0, "not queued");
     assert!(env.dead_letter().contains("Subject: old TLS"));
 }
 

@@ -95,6 +95,14 @@ impl BinEnv {
         child.wait_with_output().await.unwrap()
     }
 
+    /// How many entries `queue list --json` shows.
+    pub async fn queue_count(&self) -> u64 {
+        let o = self.run(&["queue", "list", "--json"], b"").await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["count"].as_u64().unwrap()
+    }
+
     pub fn dead_letter(&self) -> String {
         std::fs::read_to_string(&self.dead).unwrap_or_default()
     }

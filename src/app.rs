@@ -671,9 +671,20 @@ fn graph_rows(
     ));
     rows.push((
         "token scope".into(),
-        crate::auth::graph_settings(profile)
-            .map(|s| s.scope)
-            .unwrap_or_else(|f| format!("— {}", f.message)),
+        if profile.auth.token.is_set() && profile.mode == Mode::Graph {
+            format!(
+                "none requested: auth.token is used as is (it must be a token for {})",
+                crate::auth::default_scope(
+                    profile.cloud,
+                    Mode::Graph,
+                    OAuthFlow::ClientCredentials
+                )
+            )
+        } else {
+            crate::auth::graph_settings(profile)
+                .map(|s| s.scope)
+                .unwrap_or_else(|f| format!("— {}", f.message))
+        },
     ));
     rows.push((
         "Sent Items".into(),

@@ -80,6 +80,8 @@ initial_delay_ms = 10
     }
 
     /// Run, and the child's own peak RSS in KiB (wait4: other tests' children do not count).
+    // The child is reaped with wait4 (for its rusage), not Child::wait.
+    #[allow(clippy::zombie_processes)]
     fn run_measured(&self, args: &[&str], stdin: &[u8]) -> (Output, i64) {
         let mut c = Command::new(BIN);
         c.args(args)
@@ -328,6 +330,11 @@ fn large_path(n: usize) -> i64 {
     );
     assert!(!mime.contains("dump.bin"));
     assert_eq!(server.drafts_left(), 0);
+    eprintln!(
+        "connections: {}, requests: {}",
+        server.connections(),
+        server.requests().len()
+    );
     rss
 }
 

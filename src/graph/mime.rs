@@ -525,10 +525,7 @@ fn body<R: BufRead>(
         }
         // Epilogue: up to a parent's delimiter.
         if closed {
-            loop {
-                let Some((at, line)) = lines.next()? else {
-                    break;
-                };
+            while let Some((at, line)) = lines.next()? {
                 if any_delimiter(&line, parents) {
                     lines.unread((at, line));
                     part.end = at.saturating_sub(last_eol_before(at, lines));

@@ -190,6 +190,7 @@ struct State {
     uploads: HashMap<String, (String, usize)>,
     fired: HashMap<usize, usize>,
     next: usize,
+    connections: usize,
 }
 
 pub struct FakeGraph {
@@ -271,6 +272,7 @@ impl FakeGraph {
                         let acceptor = acceptor.clone();
                         let st = st.clone();
                         let cfg = cfg.clone();
+                        st.lock().unwrap().connections += 1;
                         tokio::spawn(async move {
                             if let Ok(tls) = acceptor.accept(sock).await {
                                 let _ = serve(tls, st, cfg).await;
@@ -317,6 +319,10 @@ impl FakeGraph {
     }
     pub fn sent(&self) -> Vec<Sent> {
         self.state.lock().unwrap().sent.clone()
+    }
+    /// TCP connections accepted.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
     /// Drafts still in Drafts.
     pub fn drafts_left(&self) -> usize {

@@ -38,6 +38,8 @@
 //! declined or expired device login); 75 TEMPFAIL for the identity platform's own temporary
 //! failures.
 
+pub mod graph;
+
 use crate::config::Mode;
 use crate::exit::{Exit, Failure};
 use crate::status::{EnhancedCode, Reply};
@@ -521,6 +523,9 @@ pub fn exit_for(reply: &Reply) -> Exit {
     if reply.is_positive() {
         return Exit::Ok;
     }
+    if let Some(e) = graph::exit_for(reply) {
+        return e;
+    }
     if reply.is_transient() {
         return Exit::TempFail;
     }
@@ -607,7 +612,7 @@ impl Words<'_, '_> {
     /// The address Microsoft blocked: the mailbox for a login, else the sender.
     fn account(&self) -> String {
         match (self.ctx.mode, self.ctx.mailbox, self.ctx.sender) {
-            (Some(Mode::Submit | Mode::Hve | Mode::Acs), Some(m), _) => m.to_owned(),
+            (Some(mode), Some(m), _) if mode.sends_as_mailbox() => m.to_owned(),
             (_, _, Some(s)) if !s.is_empty() => s.to_owned(),
             (_, Some(m), _) => m.to_owned(),
             _ => "the sending account".to_owned(),
@@ -921,6 +926,9 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
 
 /// The explanation of a server reply, when the catalogue knows it.
 pub fn explain_reply(reply: &Reply, ctx: &Context<'_>) -> Option<Explanation> {
+    if crate::status::graph_error(reply).is_some() {
+        return graph::explain_reply(reply, ctx);
+    }
     let kind = classify_any(reply)?;
     let (meaning, advice) = words(kind, ctx);
     Some(Explanation {
@@ -1059,6 +1067,9 @@ pub fn explain_code(code: &str) -> Option<String> {
     let input = code.trim();
     if input.is_empty() {
         return None;
+    }
+    if let Some(text) = graph::explain_code(input) {
+        return Some(text);
     }
     if let Some(a) = aadsts_code(&input.to_ascii_uppercase()) {
         return explain_aadsts(&a, &Context::default()).map(|e| format_aadsts(&a, &e));

@@ -382,7 +382,7 @@ impl Ctx<'_> {
     }
 
     /// `-f '<>'` or an empty `-f`: the null sender, which no mode of Microsoft 365 takes as
-    /// it is. A mailbox login (submit, hve, acs) may send only as the mailbox or an address it
+    /// it is. A mailbox login (submit, hve, acs, graph) may send only as the mailbox or an address it
     /// has Send As on (else 5.7.60): refused, saying why. Relay and direct send are attributed
     /// by the sender's domain (a null sender through a connector is 5.7.64) and direct send
     /// takes only accepted-domain senders: the profile's `sender` stands in for it, and
@@ -396,7 +396,7 @@ impl Ctx<'_> {
         };
         let sender = p.sender.as_deref().map(str::trim).filter(|s| !s.is_empty());
         match p.mode {
-            Mode::Submit | Mode::Hve | Mode::Acs => {
+            m if m.sends_as_mailbox() => {
                 let who = p
                     .login_user()
                     .map(|m| format!("the mailbox {m}"))
@@ -410,7 +410,7 @@ impl Ctx<'_> {
                     p.name
                 )))
             }
-            Mode::Relay | Mode::Direct => match sender {
+            _ => match sender {
                 Some(s) => {
                     tracing::debug!(
                         sender = s,

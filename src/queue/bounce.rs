@@ -11,7 +11,7 @@
 //! but Microsoft 365 takes a message only from a sender it can attribute, so a bounce with
 //! `<>` would itself be refused and end in the dead letter, the sender never told:
 //!
-//! * mailbox logins (submit, hve, acs): Microsoft lets a mailbox send only as itself or as an
+//! * mailbox logins (submit, hve, acs, graph): Microsoft lets a mailbox send only as itself or as an
 //!   address it has Send As rights for; anything else, `<>` included, is 5.7.60. The bounce's
 //!   envelope sender and From are the mailbox that logs in (`auth.user`, else `mailbox`), which
 //!   can always send as itself; a profile without one falls back to `sender`.
@@ -32,7 +32,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use crate::config::{Mode, Profile};
+use crate::config::Profile;
 use crate::message::Ret;
 
 use super::runner::Problem;
@@ -71,11 +71,10 @@ pub fn bounce_sender(profile: &Profile) -> String {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
-    let found = match profile.mode {
-        Mode::Submit | Mode::Hve | Mode::Acs => {
-            nonempty(profile.login_user()).or_else(|| nonempty(profile.sender.as_deref()))
-        }
-        Mode::Relay | Mode::Direct => nonempty(profile.sender.as_deref()),
+    let found = if profile.mode.sends_as_mailbox() {
+        nonempty(profile.login_user()).or_else(|| nonempty(profile.sender.as_deref()))
+    } else {
+        nonempty(profile.sender.as_deref())
     };
     found.unwrap_or_default()
 }
@@ -259,6 +258,7 @@ pub fn build_bounce(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mode;
 
     fn profile(mode: Mode, sender: Option<&str>, mailbox: Option<&str>) -> Profile {
         Profile {
@@ -273,7 +273,7 @@ mod tests {
     fn a_bounce_comes_from_whom_microsoft_365_accepts_in_each_mode() {
         // A mailbox login: the mailbox (auth.user first), even when `sender` is another
         // address it may send as.
-        for mode in [Mode::Submit, Mode::Hve, Mode::Acs] {
+        for mode in [Mode::Submit, Mode::Hve, Mode::Acs, Mode::Graph] {
             let mut p = profile(mode, Some("alerts@contoso.com"), Some("app@contoso.com"));
             assert_eq!(bounce_sender(&p), "app@contoso.com", "{mode:?}");
             p.auth.user = Some("shared@contoso.com".into());

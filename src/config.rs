@@ -1,7 +1,7 @@
 //! Configuration: the TOML file, its profiles, and the choice of one profile.
 //!
 //! Owns: finding the file (`--config`/`-C`, `$M365SEND_CONFIG`, XDG, /etc), parsing it with
-//! errors that name file, line and key, refusing a group/other-readable file holding an inline
+//! errors that name file, line and key (and never any part of a value), refusing a group/other-readable file holding an inline
 //! secret, choosing a profile (`--profile`, else by envelope sender, else the default), and
 //! resolving secret sources (env, file, command). Must not: touch the network or the message.
 
@@ -637,21 +637,7 @@ impl Config {
     /// Parse and validate the text of a configuration file; `path` is used in messages and
     /// kept in `Config::path`. Does not look at the file's permissions (see `load_file`).
     pub fn parse(text: &str, path: &Path) -> Result<Config, Failure> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let mut place = path.display().to_string();
-            let mut key = None;
-            if let Some(span) = e.span() {
-                let (line, col) = line_col(text, span.start);
-                place = format!("{place}:{line}:{col}");
-                key = key_at(text, span.start).or_else(|| key_on_line(text, span.start));
-            }
-            let message = explain_parse_error(e.message().trim_end(), key.as_deref());
-            let message = message.as_str();
-            match key {
-                Some(key) => Failure::config(format!("{place}: {key}: {message}")),
-                None => Failure::config(format!("{place}: {message}")),
-            }
-        })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_failure(text, path, &e))?;
         config.path = Some(path.to_owned());
         for (name, profile) in config.profiles.iter_mut() {
             profile.name = name.clone();
@@ -1201,68 +1187,214 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The dotted key whose key or value covers `offset`, the deepest one.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    // Recoverable: a syntax error still yields the keys around it.
-    let (doc, _) = DeTable::parse_recoverable(text);
-    let mut best: Vec<String> = Vec::new();
-    fn walk(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
-        for (k, v) in table.iter() {
-            path.push(k.get_ref().to_string());
-            let covers =
-                |s: std::ops::Range<usize>| s.start <= offset && offset < s.end.max(s.start + 1);
-            if (covers(k.span()) || covers(v.span())) && path.len() > best.len() {
-                *best = path.clone();
+/// A parse error as the user reads it, built from the error's position, the key path and the
+/// parser's message with every value taken out. No part of any value may reach stderr, a log
+/// or a dead letter's failure header: the value may be a secret. Two traps are avoided: serde's
+/// messages quote the value (`invalid type: string "hunter2"`), and after a syntax error the
+/// recovering parser turns fragments of a broken string into "keys" (`value = "ab"cd"` yields
+/// a key `cd"`), so a key path is only built from keys written before the error.
+fn parse_failure(text: &str, path: &Path, e: &toml::de::Error) -> Failure {
+    let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    let syntax_ok = syntax_errors.is_empty();
+    let mut place = path.display().to_string();
+    let mut key = None;
+    let span = e.span();
+    if let Some(span) = &span {
+        let (line, col) = line_col(text, span.start);
+        place = format!("{place}:{line}:{col}");
+        key = key_at(text, doc.get_ref(), span.start, syntax_ok);
+    }
+    // Syntax messages are the parser's fixed texts; data messages may quote the value.
+    let raw = e.message().trim_end();
+    let mut raw = if syntax_ok {
+        without_values(raw)
+    } else {
+        raw.to_owned()
+    };
+    if let Some(span) = span
+        && quotes_a_value(&raw, text, doc.get_ref(), span)
+    {
+        raw = "this value is not valid here (it is not shown: it may be a secret)".into();
+    }
+    let message = explain_parse_error(&raw, key.as_deref());
+    match key {
+        Some(key) => Failure::config(format!("{place}: {key}: {message}")),
+        None => Failure::config(format!("{place}: {message}")),
+    }
+}
+
+/// serde's message with the offending value replaced by its kind: `invalid type: string
+/// "hunter2", expected u32` becomes `invalid type: a string, expected u32`, and `unknown
+/// variant `smtp`, expected one of ...` becomes `unknown value, expected one of ...`.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let kinds = [
+                ("string \"", "a string", '"'),
+                ("integer `", "an integer", '`'),
+                ("floating point `", "a number", '`'),
+                ("boolean `", "a boolean", '`'),
+                ("character `", "a character", '`'),
+            ];
+            for (start, kind, close) in kinds {
+                if let Some(quoted) = rest.strip_prefix(start) {
+                    // The string is Debug-quoted: skip escaped characters to its end.
+                    let mut escaped = false;
+                    let end = quoted.char_indices().find_map(|(i, c)| match c {
+                        _ if escaped => {
+                            escaped = false;
+                            None
+                        }
+                        '\\' if close == '"' => {
+                            escaped = true;
+                            None
+                        }
+                        c if c == close => Some(i + c.len_utf8()),
+                        _ => None,
+                    });
+                    return match end {
+                        Some(end) => format!("{prefix}{kind}{}", &quoted[end..]),
+                        None => format!("{prefix}{kind}"),
+                    };
+                }
             }
-            walk_value(v, offset, path, best);
+            return message.to_owned();
+        }
+    }
+    if message.starts_with("unknown variant `") {
+        // The accepted values come last, after the value itself (which may contain anything).
+        return match message.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("unknown value, expected {expected}"),
+            None => "unknown value".into(),
+        };
+    }
+    message.to_owned()
+}
+
+/// Whether `message` still holds the value the error points at, or any secret written in the
+/// file (the last guard: whatever the parser said, a secret is never repeated).
+fn quotes_a_value(
+    message: &str,
+    text: &str,
+    doc: &DeTable<'_>,
+    span: std::ops::Range<usize>,
+) -> bool {
+    let mut values: Vec<String> = Vec::new();
+    // The scalar at the error, as written (quotes and all) and without its quotes; for an
+    // unknown or duplicate field the error points at a key, which is shown.
+    let at_key = ["unknown field `", "duplicate"]
+        .iter()
+        .any(|p| message.contains(p));
+    if let Some(written) = text.get(span.clone()).filter(|_| !at_key) {
+        let written = written.trim();
+        if !written.starts_with(['{', '[']) {
+            values.push(written.to_owned());
+            values.push(written.trim_matches(['"', '\'']).to_owned());
+        }
+    }
+    fn secrets(table: &DeTable<'_>, under_secret: bool, out: &mut Vec<String>) {
+        for (k, v) in table.iter() {
+            let secret = under_secret
+                || [
+                    "password",
+                    "token",
+                    "client_secret",
+                    "refresh_token",
+                    "command",
+                    "value",
+                ]
+                .contains(&k.get_ref().as_ref());
+            collect(v.get_ref(), secret, out);
+        }
+    }
+    fn collect(v: &DeValue<'_>, secret: bool, out: &mut Vec<String>) {
+        match v {
+            DeValue::String(s) if secret => out.push(s.to_string()),
+            DeValue::Table(t) => secrets(t, secret, out),
+            DeValue::Array(a) => a.iter().for_each(|i| collect(i.get_ref(), secret, out)),
+            _ => {}
+        }
+    }
+    secrets(doc, false, &mut values);
+    values
+        .iter()
+        .filter(|v| v.chars().count() >= 3)
+        .any(|v| message.contains(v.as_str()))
+}
+
+/// The dotted key path at the error `offset`: the deepest key whose key or value covers it.
+/// After a syntax error (`syntax_ok` false) only keys written wholly before the error count,
+/// with their values ending before it when these are no table (what follows the error may be a broken string
+/// read as keys and values; a word with no value, such as a
+/// secret pasted alone on a line, is no key to the parser either), and a key on the error's
+/// line stands for it when nothing covers the offset (an unclosed inline table).
+fn key_at(text: &str, doc: &DeTable<'_>, offset: usize, syntax_ok: bool) -> Option<String> {
+    let error_line = line_col(text, offset).0;
+    let mut best: Vec<String> = Vec::new();
+    let mut best_covers = false;
+    struct Walk<'a> {
+        text: &'a str,
+        offset: usize,
+        error_line: usize,
+        syntax_ok: bool,
+    }
+    fn walk(
+        w: &Walk<'_>,
+        table: &DeTable<'_>,
+        path: &mut Vec<String>,
+        best: &mut Vec<String>,
+        best_covers: &mut bool,
+    ) {
+        for (k, v) in table.iter() {
+            let (ks, vs) = (k.span(), v.span());
+            let scalar = !matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_));
+            if !w.syntax_ok
+                && (ks.end > w.offset || (scalar && (vs.end >= w.offset || vs.is_empty())))
+            {
+                continue;
+            }
+            path.push(k.get_ref().to_string());
+            let covers = |s: &std::ops::Range<usize>| {
+                s.start <= w.offset && w.offset < s.end.max(s.start + 1)
+            };
+            let on_line = !w.syntax_ok && line_col(w.text, ks.start).0 == w.error_line;
+            let here = covers(&ks) || covers(&vs);
+            // A covering key beats one merely on the error's line; deeper beats shallower.
+            if (here || on_line)
+                && ((here && !*best_covers) || (here == *best_covers && path.len() > best.len()))
+            {
+                *best = path.clone();
+                *best_covers = here;
+            }
+            walk_value(w, v, path, best, best_covers);
             path.pop();
         }
     }
     fn walk_value(
+        w: &Walk<'_>,
         v: &Spanned<DeValue<'_>>,
-        offset: usize,
         path: &mut Vec<String>,
         best: &mut Vec<String>,
+        best_covers: &mut bool,
     ) {
         match v.get_ref() {
-            DeValue::Table(t) => walk(t, offset, path, best),
+            DeValue::Table(t) => walk(w, t, path, best, best_covers),
             DeValue::Array(a) => {
                 for item in a.iter() {
-                    walk_value(item, offset, path, best);
+                    walk_value(w, item, path, best, best_covers);
                 }
             }
             _ => {}
         }
     }
-    walk(doc.get_ref(), offset, &mut Vec::new(), &mut best);
-    (!best.is_empty()).then(|| best.join("."))
-}
-
-/// For a syntax error the parser could not attach to a key: the `key =` written on the
-/// error's line, under the nearest `[table]` header above it.
-fn key_on_line(text: &str, offset: usize) -> Option<String> {
-    let (line, _) = line_col(text, offset);
-    let lines: Vec<&str> = text.lines().collect();
-    let here = lines.get(line.checked_sub(1)?)?.trim_start();
-    let key = here.split_once('=')?.0.trim();
-    let plain = |k: &str| {
-        !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+    let w = Walk {
+        text,
+        offset,
+        error_line,
+        syntax_ok,
     };
-    if !plain(key) {
-        return None;
-    }
-    let table = lines[..line - 1]
-        .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
-    Some(match table {
-        Some(t) if !t.is_empty() => format!("{t}.{key}"),
-        _ => key.to_owned(),
-    })
+    walk(&w, doc, &mut Vec::new(), &mut best, &mut best_covers);
+    (!best.is_empty()).then(|| best.join("."))
 }
 
 /// The line on which the key `path` is written (falling back to its nearest written parent).
@@ -1516,6 +1648,67 @@ mod tests {
             e.message.contains(":3:") && e.message.contains("above the first [table] header"),
             "{}",
             e.message
+        );
+    }
+
+    /// No part of a value reaches a parse error: not serde's quoted value, not fragments of a
+    /// broken string that the recovering parser reads as keys.
+    #[test]
+    fn parse_errors_show_no_part_of_any_value() {
+        for text in [
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-abc\"LEAK-def\" }\n",
+            "[profiles.a.auth]\nclient_secret = { value = 's3cr3t-abc'LEAKx }\n",
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-abc\" \"LEAK-zzz\" }\n",
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-abc\", other = s3cr3t-LEAK }\n",
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-LEAK\\q\" }\n",
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-LEAK def }\n",
+            "[profiles.a.auth]\nclient_secret = { value = s3cr3t-LEAK }\n",
+            "[profiles.a]\nauth = \"s3cr3t-LEAK\"\n",
+            "[profiles.a]\nhelo = 123456789\n",
+            "[profiles.a]\nmode = \"LEAK-mode\"\n",
+            "[profiles.a]\ns3cr3t-LEAK-pasted-alone\n",
+            "[profiles.a]\nx = { a = 1 \"LEAK\" }\n",
+            "[profiles]\na = { auth = { password = { command = \"vault LEAK\" } }, \"LEAK2\" }\n",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.exit, crate::exit::Exit::Config);
+            for part in ["s3cr3t", "LEAK", "123456789"] {
+                assert!(
+                    !e.message.contains(part),
+                    "{part} in {:?}\nfrom {text:?}",
+                    e.message
+                );
+            }
+            assert!(
+                e.message.starts_with("/etc/m365send/config.toml:"),
+                "{}",
+                e.message
+            );
+        }
+        // What is left still says where and what.
+        let e = parse("[profiles.a]\nmode = \"smtp\"\n").unwrap_err();
+        assert!(
+            e.message
+                .ends_with("profiles.a.mode: unknown value, expected one of `submit`, `relay`, `direct`, `hve`, `acs`"),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a]\nhelo = 12\n").unwrap_err();
+        assert!(
+            e.message
+                .ends_with("profiles.a.helo: invalid type: an integer, expected a string"),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a.auth]\nclient_secret = { value = \"ab\"cd\" }\n").unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains(": profiles.a.auth.client_secret: "),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            without_values(r#"invalid type: string "a\"b, expected c", expected u32"#),
+            "invalid type: a string, expected u32"
         );
     }
 

@@ -194,3 +194,54 @@ fn profile_by_flag_then_sender_then_default() {
         e.message
     );
 }
+
+/// A broken inline secret: neither stderr nor the dead letter's failure header shows any part
+/// of it (the parser's own message quotes the line, and reads fragments of the broken string
+/// as keys).
+#[test]
+fn a_config_syntax_error_shows_no_part_of_a_secret() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "config.toml",
+        "[profiles.app]\nmailbox = \"app@contoso.com\"\n\
+         auth = { client_id = \"x\", client_secret = { value = \"s3cr3t-9f2\"tail-7c1d\" } }\n",
+        0o600,
+    );
+    let mut child = Process::new(BIN)
+        .args(["-C", file.to_str().unwrap(), "-i", "ops@contoso.com"])
+        .env_remove("M365SEND_CONFIG")
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: nightly\n\nbody\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("{}:3:", file.display())) && e.contains("profiles.app.auth"),
+        "{e}"
+    );
+    let dead = std::fs::read_to_string(dir.path().join("dead.letter")).unwrap();
+    let failure = dead
+        .lines()
+        .find(|l| l.starts_with("X-M365send-Failure:"))
+        .unwrap_or_default();
+    assert!(failure.contains("config.toml:3:"), "{dead}");
+    for part in ["s3cr3t", "9f2", "tail", "7c1d"] {
+        assert!(!e.contains(part), "{part} on stderr: {e}");
+        assert!(
+            !failure.contains(part),
+            "{part} in the dead letter: {failure}"
+        );
+    }
+}

@@ -260,7 +260,7 @@ pub enum OAuthFlow {
 
 /// A secret named by where it comes from. Inline values are allowed only in files that are not
 /// readable by group or others.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSource {
     /// Name of an environment variable holding the secret.
@@ -268,63 +268,33 @@ pub struct SecretSource {
     /// A file whose contents (trailing newline removed) are the secret.
     pub file: Option<PathBuf>,
     /// A command run with `sh -c`; its stdout (trailing newline removed) is the secret.
+    /// Messages name only its program (the line may hold a token).
     pub command: Option<String>,
+    /// Seconds the command may run before its whole process group is killed. Default 30.
+    pub timeout_secs: Option<u64>,
     /// The secret itself (discouraged).
     pub value: Option<Secret>,
 }
 
-/// How long a secret `command` may run before it is stopped: a hung vault client must not
-/// hang every cron job's mail behind it.
+/// Shows where a secret comes from, never the command line (it may hold a token).
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSource")
+            .field("env", &self.env)
+            .field("file", &self.file)
+            .field(
+                "command",
+                &self.command.as_deref().map(crate::secret::command_name),
+            )
+            .field("timeout_secs", &self.timeout_secs)
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+/// How long a secret `command` may run before it is stopped (unless `timeout_secs` says
+/// otherwise): a hung vault client must not hang every cron job's mail behind it.
 pub const SECRET_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-
-enum CommandError {
-    Spawn(std::io::Error),
-    TimedOut,
-}
-
-/// Run `sh -c cmd` with stdin and stderr closed (stderr could echo the secret), collecting
-/// stdout; kill it after `timeout`.
-fn run_secret_command(cmd: &str, timeout: Duration) -> Result<std::process::Output, CommandError> {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(CommandError::Spawn)?;
-    // Read stdout on a thread so a command that writes a lot cannot block on a full pipe.
-    let reader = child.stdout.take().map(|mut out| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = out.read_to_end(&mut buf);
-            buf
-        })
-    });
-    let deadline = std::time::Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(CommandError::TimedOut);
-            }
-            Err(e) => return Err(CommandError::Spawn(e)),
-        }
-    };
-    let stdout = reader.and_then(|r| r.join().ok()).unwrap_or_default();
-    Ok(std::process::Output {
-        status,
-        stdout,
-        stderr: Vec::new(),
-    })
-}
 
 impl SecretSource {
     pub fn is_set(&self) -> bool {
@@ -355,26 +325,36 @@ impl SecretSource {
             })?;
             trim(raw)
         } else if let Some(cmd) = &self.command {
-            let out = run_secret_command(cmd, SECRET_COMMAND_TIMEOUT).map_err(|e| match e {
+            use crate::secret::{COMMAND_OUTPUT_MAX, CommandError};
+            let name = crate::secret::command_name(cmd);
+            let timeout = self
+                .timeout_secs
+                .map_or(SECRET_COMMAND_TIMEOUT, Duration::from_secs);
+            let (status, out) = crate::secret::run_command(cmd, timeout).map_err(|e| match e {
                 CommandError::Spawn(e) => {
-                    Failure::config(format!("{key}: cannot run command: {e}"))
+                    Failure::config(format!("{key}: cannot run command `{name}`: {e}"))
                 }
                 CommandError::TimedOut => Failure::new(
                     crate::exit::Exit::TempFail,
                     format!(
-                        "{key}: command `{cmd}` did not finish within {} s and was stopped",
-                        SECRET_COMMAND_TIMEOUT.as_secs()
+                        "{key}: command `{name}` did not finish within {} s and was stopped \
+                             (with every process it started)",
+                        timeout.as_secs()
                     ),
                 ),
+                CommandError::TooLong => Failure::config(format!(
+                    "{key}: command `{name}` wrote more than {} KiB and was stopped; a \
+                         secret is a single line",
+                    COMMAND_OUTPUT_MAX / 1024
+                )),
             })?;
-            if !out.status.success() {
+            if !status.success() {
                 return Err(Failure::config(format!(
-                    "{key}: command `{cmd}` failed ({})",
-                    out.status
+                    "{key}: command `{name}` failed ({status})"
                 )));
             }
-            trim(String::from_utf8(out.stdout).map_err(|_| {
-                Failure::config(format!("{key}: command output is not valid UTF-8"))
+            trim(String::from_utf8(out).map_err(|_| {
+                Failure::config(format!("{key}: command `{name}` wrote no valid UTF-8"))
             })?)
         } else {
             return Err(Failure::config(format!(
@@ -814,6 +794,22 @@ impl Config {
                 }
                 if source.value.as_ref().is_some_and(Secret::is_empty) {
                     out.push((k(&["auth", field, "value"]), "is empty".into()));
+                }
+                if let Some(secs) = source.timeout_secs {
+                    if source.command.is_none() {
+                        out.push((
+                            k(&["auth", field, "timeout_secs"]),
+                            "applies to a `command` only".into(),
+                        ));
+                    } else if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                        out.push((
+                            k(&["auth", field, "timeout_secs"]),
+                            format!(
+                                "{secs} is not a timeout: give 1 to {MAX_TIMEOUT_SECS} seconds \
+                                 (default 30)"
+                            ),
+                        ));
+                    }
                 }
             }
             if p.auth.method == AuthMethod::Password && !p.auth.password.is_set() {
@@ -1427,33 +1423,57 @@ mod tests {
 
     const EXAMPLE: &str = include_str!("../config.example.toml");
 
+    /// A command's failure is named by its program: the command line (a vault token in an
+    /// argument or a variable) is not in the message, nor in Debug output.
     #[test]
-    fn secret_command_output_and_timeout() {
+    fn secret_command_messages_name_the_program_only() {
         let src = SecretSource {
             command: Some("printf 's3cret\\n'; echo noise >&2".into()),
             ..SecretSource::default()
         };
         assert_eq!(src.resolve("auth.password").unwrap().expose(), "s3cret");
 
-        let started = std::time::Instant::now();
-        let r = run_secret_command("sleep 20", Duration::from_millis(300));
-        assert!(matches!(r, Err(CommandError::TimedOut)));
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the hung command was not stopped"
-        );
-
         let failing = SecretSource {
-            command: Some("echo s3cret; exit 3".into()),
+            command: Some("VAULT_TOKEN=hvs.tok3n sh -c 'exit 3' vault-token-arg".into()),
             ..SecretSource::default()
         };
         let f = failing.resolve("auth.password").unwrap_err();
         assert_eq!(f.exit, crate::exit::Exit::Config);
         assert!(
-            f.message.contains("failed") && !f.message.contains("s3cret\n"),
+            f.message
+                .starts_with("auth.password: command `sh` failed (exit status: 3)"),
             "{}",
             f.message
         );
+        let shown = format!("{} {failing:?}", f.message);
+        assert!(
+            !shown.contains("tok3n") && !shown.contains("vault-token-arg"),
+            "{shown}"
+        );
+
+        let hung = SecretSource {
+            command: Some("sleep 20 # hvs.tok3n".into()),
+            timeout_secs: Some(1),
+            ..SecretSource::default()
+        };
+        let started = std::time::Instant::now();
+        let f = hung.resolve("auth.client_secret").unwrap_err();
+        assert_eq!(f.exit, crate::exit::Exit::TempFail);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            f.message
+                .contains("command `sleep` did not finish within 1 s"),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("tok3n"), "{}", f.message);
+
+        let big = SecretSource {
+            command: Some("head -c 100000 /dev/zero".into()),
+            ..SecretSource::default()
+        };
+        let f = big.resolve("auth.token").unwrap_err();
+        assert!(f.message.contains("more than 64 KiB"), "{}", f.message);
     }
 
     fn parse(text: &str) -> Result<Config, Failure> {
@@ -1534,6 +1554,7 @@ mod tests {
             "rate_per_minute",
             "env",
             "value",
+            "timeout_secs",
         ] {
             let written = EXAMPLE.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);

@@ -245,3 +245,126 @@ fn a_config_syntax_error_shows_no_part_of_a_secret() {
         );
     }
 }
+
+/// A profile whose password comes from `command`, sending to a closed local port (the secret
+/// is resolved before connecting), never queueing: the run ends on the secret.
+fn secret_command_config(dir: &Path, command: &str) -> PathBuf {
+    let toml = format!(
+        "dead_letter = \"{dead}\"\n\
+         [profiles.app]\nmode = \"submit\"\nmailbox = \"app@contoso.com\"\nqueue = \"never\"\n\
+         endpoint = {{ host = \"127.0.0.1\", port = 9 }}\n\
+         retry = {{ attempts = 1 }}\n\
+         auth = {{ method = \"password\", password = {{ command = {command:?}, timeout_secs = 1 }} }}\n",
+        dead = dir.join("dead.letter").display(),
+    );
+    write(dir, "config.toml", &toml, 0o600)
+}
+
+/// Run the binary on `config` with a message on stdin; the exit status, stderr, the wall time
+/// and the peak RSS of the process in KiB (wait4's rusage).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's Child cannot do
+fn run_measured(dir: &Path, config: &Path) -> (Option<i32>, String, std::time::Duration, i64) {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut child = Process::new(BIN)
+        .args(["-C", config.to_str().unwrap(), "-i", "ops@contoso.com"])
+        .env_remove("M365SEND_CONFIG")
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: t\n\nbody\n")
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data; the pid is our own unwaited child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, err, started.elapsed(), usage.ru_maxrss)
+}
+
+/// The shell exits at once but its child keeps stdout open: m365send stops waiting at the
+/// timeout (1 s here), kills the child with its process group, exits 75 and keeps the message.
+#[test]
+fn secret_command_whose_child_holds_stdout_is_stopped_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    let config = secret_command_config(
+        dir.path(),
+        &format!(
+            "sleep 600 & echo $! > {}; echo half-a-secret",
+            pidfile.display()
+        ),
+    );
+    let (code, err, took, _) = run_measured(dir.path(), &config);
+    assert_eq!(code, Some(75), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "took {took:?}: {err}"
+    );
+    assert!(
+        err.contains("auth.password: command `sleep` did not finish within 1 s"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("half-a-secret") && !err.contains("child.pid"),
+        "{err}"
+    );
+    let dead = std::fs::read_to_string(dir.path().join("dead.letter")).unwrap();
+    assert!(dead.contains("Subject: t"), "{dead}");
+    assert!(
+        !dead.contains("child.pid"),
+        "the command line reached the dead letter"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.trim_start().chars().next())
+            });
+        if matches!(state, None | Some('Z') | Some('X')) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command's child {pid} is still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// 300 MB of output is refused after 64 KiB: exit 78, and the process stays small.
+#[test]
+fn secret_command_output_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = secret_command_config(dir.path(), "head -c 300000000 /dev/zero");
+    let (code, err, took, max_rss_kib) = run_measured(dir.path(), &config);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("wrote more than 64 KiB"), "{err}");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert!(
+        max_rss_kib < 64 * 1024,
+        "peak RSS {max_rss_kib} KiB for a refused secret"
+    );
+}

@@ -39,6 +39,9 @@ pub struct Config {
     /// Where it was read from (None: built from command-line options only, for --dry-run).
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// The uid owning that file (as opened).
+    #[serde(skip)]
+    pub owner: Option<u32>,
     pub default_profile: Option<String>,
     /// File for final failures (mbox, appended). Default `~/dead.letter`.
     pub dead_letter: Option<PathBuf>,
@@ -320,10 +323,15 @@ impl SecretSource {
                 ))
             })?
         } else if let Some(path) = &self.file {
-            let raw = std::fs::read_to_string(path).map_err(|e| {
-                Failure::config(format!("{key}: cannot read {}: {e}", path.display()))
-            })?;
-            trim(raw)
+            // Checked as the configuration is: a secret file another user could write decides
+            // which credentials are used.
+            let raw = crate::trust::read_file(path, crate::secret::COMMAND_OUTPUT_MAX as u64)
+                .map_err(|e| {
+                    Failure::config(format!("{key}: cannot read {}: {e}", path.display()))
+                })?;
+            trim(String::from_utf8(raw).map_err(|_| {
+                Failure::config(format!("{key}: {} is not valid UTF-8", path.display()))
+            })?)
         } else if let Some(cmd) = &self.command {
             use crate::secret::{COMMAND_OUTPUT_MAX, CommandError};
             let name = crate::secret::command_name(cmd);
@@ -560,17 +568,34 @@ pub fn load_with_env(
     if let Some(path) = explicit {
         return load_file(path).map(Some);
     }
+    // Root reads a file named by the environment only when root owns it (as every file):
+    // `sudo -E`, `su -m` and services with Environment=HOME= hand root a user's environment.
+    let from_env = |mut f: Failure, how: &str| {
+        if f.message.starts_with(REFUSED) && crate::trust::euid() == 0 {
+            f.message = format!(
+                "{} (found through {how}; `sudo -E` and `su -m` keep the caller's environment: \
+                 root reads only files root owns, so send root's mail with root's own \
+                 environment, or use {SYSTEM_CONFIG})",
+                f.message
+            );
+        } else {
+            f.message = format!("{} (named by {how})", f.message);
+        }
+        f
+    };
     if let Some(path) = env(CONFIG_ENV).filter(|v| !v.is_empty()) {
         return load_file(Path::new(&path))
-            .map_err(|mut f| {
-                f.message = format!("{} (named by ${CONFIG_ENV})", f.message);
-                f
-            })
+            .map_err(|f| from_env(f, &format!("${CONFIG_ENV}")))
             .map(Some);
     }
     for path in search_paths(env) {
         match std::fs::metadata(&path) {
-            Ok(_) => return load_file(&path).map(Some),
+            Ok(_) if path == Path::new(SYSTEM_CONFIG) => return load_file(&path).map(Some),
+            Ok(_) => {
+                return load_file(&path)
+                    .map_err(|f| from_env(f, "$XDG_CONFIG_HOME or $HOME"))
+                    .map(Some);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             // Exists but cannot be looked at (a directory we may not enter): say so rather
             // than silently falling through to another file.
@@ -585,19 +610,61 @@ pub fn load_with_env(
     Ok(None)
 }
 
-/// Read, parse and check one configuration file, including the permission rule for inline
-/// secrets.
+/// How a refused configuration's message starts.
+const REFUSED: &str = "configuration refused: ";
+
+/// Largest configuration file read.
+const MAX_CONFIG_SIZE: u64 = 1024 * 1024;
+
+/// Read, parse and check one configuration file: the trust rule (owned by this user or root,
+/// not writable by others, nor any directory above it; see `trust`) and the permission rule
+/// for inline secrets.
 pub fn load_file(path: &Path) -> Result<Config, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            " (every user that sends mail, e.g. www-data for PHP, must be able to read it: \
-             chmod 644 it and keep secrets in separate files; or give another file with \
-             --config)"
-        } else {
-            ""
-        };
-        Failure::config(format!("cannot read {}: {e}{hint}", path.display()))
-    })?;
+    let euid = crate::trust::euid();
+    let file = match crate::trust::open_file(path, euid) {
+        Ok(Ok(file)) => file,
+        Ok(Err(untrusted)) => {
+            return Err(Failure::config(format!(
+                "{REFUSED}{untrusted}{}",
+                if euid == 0 {
+                    " (a `command` secret in it would run as root)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (every user that sends mail, e.g. www-data for PHP, must be able to read it: \
+                 chmod 644 it and keep secrets in separate files; or give another file with \
+                 --config)"
+            } else {
+                ""
+            };
+            return Err(Failure::config(format!(
+                "cannot read {}: {e}{hint}",
+                path.display()
+            )));
+        }
+    };
+    let owner = file.metadata().ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let mut bytes = Vec::new();
+    {
+        use std::io::Read;
+        file.take(MAX_CONFIG_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::config(format!("cannot read {}: {e}", path.display())))?;
+    }
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(Failure::config(format!(
+            "{} is larger than {} KiB: not a configuration file",
+            path.display(),
+            MAX_CONFIG_SIZE / 1024
+        )));
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
         let (line, col) = line_col(
             &String::from_utf8_lossy(e.as_bytes()),
@@ -608,7 +675,8 @@ pub fn load_file(path: &Path) -> Result<Config, Failure> {
             path.display()
         ))
     })?;
-    let config = Config::parse(&text, path)?;
+    let mut config = Config::parse(&text, path)?;
+    config.owner = owner;
     check_permissions(path, &config)?;
     Ok(config)
 }

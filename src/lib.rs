@@ -20,3 +20,4 @@ pub mod report;
 pub mod route;
 pub mod secret;
 pub mod smtp;
+pub mod trust;

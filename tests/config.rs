@@ -368,3 +368,161 @@ fn secret_command_output_is_bounded() {
         "peak RSS {max_rss_kib} KiB for a refused secret"
     );
 }
+
+// --- who may have written the files root reads ---------------------------------------------
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Root (the tests run as root) refuses a configuration another user owns, however it is
+/// found: XDG (as under `sudo -E`), $M365SEND_CONFIG, -C. The reason and the fix are given.
+#[test]
+fn root_refuses_a_configuration_another_user_owns() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("m365send")).unwrap();
+    let file = write(
+        dir.path(),
+        "m365send/config.toml",
+        "[profiles.only]\nmode = \"direct\"\n\
+         auth = { password = { command = \"touch /tmp/m365send-pwned\" } }\n",
+        0o644,
+    );
+    std::os::unix::fs::chown(&file, Some(NOBODY), None).unwrap();
+    let env_xdg = {
+        let d = dir.path().to_owned();
+        move |name: &str| (name == "XDG_CONFIG_HOME").then(|| d.clone().into_os_string())
+    };
+    let e = config::load_with_env(None, &env_xdg).unwrap_err();
+    assert_eq!(e.exit.code(), 78);
+    assert!(
+        e.message.starts_with(&format!(
+            "configuration refused: {} is owned by uid 65534",
+            file.display()
+        )),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("sudo -E"), "{}", e.message);
+    assert!(
+        e.message
+            .contains(&format!("`chown root {}`", file.display()))
+    );
+
+    // Through the binary: $XDG_CONFIG_HOME, $M365SEND_CONFIG, -C.
+    for (args, env) in [
+        (vec!["--profile", "only", "root"], vec![]),
+        (vec!["root"], vec![("M365SEND_CONFIG", file.as_path())]),
+        (vec!["-C", file.to_str().unwrap(), "root"], vec![]),
+    ] {
+        let o = run(dir.path(), &args, &env);
+        assert_eq!(o.status.code(), Some(78), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("configuration refused") && stderr(&o).contains("uid 65534"),
+            "{}",
+            stderr(&o)
+        );
+    }
+
+    // Root's own file, but group-writable, or below a directory others may write: refused.
+    std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let e = config::load(Some(&file)).unwrap_err();
+    assert!(e.message.contains("writable by its group"), "{}", e.message);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let parent = file.parent().unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = config::load(Some(&file)).unwrap_err();
+    assert!(
+        e.message
+            .contains(&format!("directory {} is writable by", parent.display())),
+        "{}",
+        e.message
+    );
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(config::load(Some(&file)).unwrap().is_some());
+}
+
+/// A secret file and an aliases file used by root follow the same rule.
+#[test]
+fn root_refuses_secret_and_aliases_files_another_user_owns() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write(dir.path(), "app.secret", "s3cr3t\n", 0o600);
+    let aliases = write(dir.path(), "aliases", "root: ops@contoso.com\n", 0o644);
+    let source = config::SecretSource {
+        file: Some(secret.clone()),
+        ..Default::default()
+    };
+    assert_eq!(source.resolve("auth.password").unwrap().expose(), "s3cr3t");
+    let mut profile = config::Profile {
+        aliases_file: Some(aliases.clone()),
+        ..Default::default()
+    };
+    assert!(m365send::aliases::Aliases::load(&profile).is_ok());
+
+    std::os::unix::fs::chown(&secret, Some(NOBODY), None).unwrap();
+    let e = source.resolve("auth.password").unwrap_err();
+    assert_eq!(e.exit.code(), 78);
+    assert!(
+        e.message.starts_with("auth.password: cannot read")
+            && e.message.contains("refused")
+            && e.message.contains("owned by uid 65534"),
+        "{}",
+        e.message
+    );
+    assert!(!e.message.contains("s3cr3t"));
+
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o646)).unwrap();
+    let e = m365send::aliases::Aliases::load(&profile).unwrap_err();
+    assert_eq!(e.exit.code(), 78);
+    assert!(e.message.contains("writable by others"), "{}", e.message);
+    profile.aliases_file = None;
+    assert!(m365send::aliases::Aliases::load(&profile).is_ok());
+}
+
+/// Another user (nobody, through setpriv) reads root's 0644 configuration, but not a file
+/// owned by yet another user.
+#[test]
+fn a_user_reads_roots_configuration_but_not_a_strangers() {
+    if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = write(
+        dir.path(),
+        "config.toml",
+        "[profiles.only]\nmode = \"direct\"\n",
+        0o644,
+    );
+    let as_nobody = |file: &Path| {
+        Process::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(["-C", file.to_str().unwrap(), "--profile", "nope", "root"])
+            .env_remove("M365SEND_CONFIG")
+            .env("HOME", "/nonexistent")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(&file);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(stderr(&o).contains("\"only\""), "{}", stderr(&o));
+    std::os::unix::fs::chown(&file, Some(4321), None).unwrap();
+    let o = as_nobody(&file);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not by uid 65534 (nobody) or root"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -22,6 +22,15 @@ pub fn main_with(args: Vec<OsString>) -> i32 {
         for option in &inv.ignored {
             tracing::debug!(%option, "option accepted for compatibility and ignored");
         }
+        let server_given = match &inv.command {
+            Command::Send(a) | Command::SmtpStdio(a) => a.server.is_some(),
+            _ => false,
+        };
+        config::check_command_line_overrides(
+            inv.personality == crate::cli::Personality::Sendmail,
+            inv.config.is_some(),
+            server_given,
+        )?;
         run(inv)
     });
     match outcome {

@@ -54,6 +54,10 @@ pub struct Config {
     pub queue_lifetime_days: Option<u32>,
     /// Token cache directory. Default: root /var/cache/m365send, users XDG cache dir.
     pub cache_dir: Option<PathBuf>,
+    /// Users (names or uids) who may give `-C`/`--config` and `--server` on the command line
+    /// when m365send is invoked as `sendmail` or they do not own this file. Default: none.
+    #[serde(default)]
+    pub trusted_users: Vec<String>,
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -610,6 +614,93 @@ pub fn load_with_env(
     Ok(None)
 }
 
+/// Whether `uid` is listed in `trusted_users` (by name or number).
+impl Config {
+    pub fn trusts(&self, uid: u32) -> bool {
+        let name = crate::trust::user_name(uid);
+        self.trusted_users
+            .iter()
+            .any(|u| u.parse::<u32>().ok() == Some(uid) || name.as_deref() == Some(u.as_str()))
+    }
+}
+
+/// Refuse `-C`/`--config` (`config_given`) and `--server` (`server_given`) to a caller that
+/// may be passing someone else's words (argument injection, as through PHP mail()'s fifth
+/// parameter, CVE-2016-10033): invoked as `sendmail` (`sendmail_name`), or by a user other
+/// than the owner of the configuration found without `-C` (its credentials would go to the
+/// server named, its `command` secrets be replaced by another file's). Allowed: root or the
+/// file's owner invoking `m365send`, anyone invoking `m365send` when there is no such file,
+/// and users listed in its `trusted_users`. The environment ($M365SEND_CONFIG) is not argv
+/// and stays allowed. Exit 77 with the reason.
+pub fn check_command_line_overrides(
+    sendmail_name: bool,
+    config_given: bool,
+    server_given: bool,
+) -> Result<(), Failure> {
+    if !config_given && !server_given {
+        return Ok(());
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if !sendmail_name && uid == 0 {
+        return Ok(());
+    }
+    let base = load(None);
+    let base = match base {
+        Ok(None) if !sendmail_name => return Ok(()),
+        Ok(Some(c)) if c.trusts(uid) => return Ok(()),
+        Ok(Some(c)) if !sendmail_name && c.owner == Some(uid) => return Ok(()),
+        other => other,
+    };
+    let flags = match (config_given, server_given) {
+        (true, true) => "-C/--config and --server are",
+        (true, false) => "-C/--config is",
+        _ => "--server is",
+    };
+    let who = crate::trust::describe_uid(uid);
+    let list_in = |c: &Config| {
+        format!(
+            "list {} in `trusted_users` in {}",
+            crate::trust::user_name(uid).unwrap_or_else(|| uid.to_string()),
+            c.file_name()
+        )
+    };
+    let why = if sendmail_name {
+        format!(
+            "{flags} refused when m365send is invoked as sendmail: the caller (a web \
+             application's mail(), a script) may be passing words it was given, and a \
+             configuration or server of theirs would get {who}'s credentials or run commands \
+             (Postfix refuses -C likewise)"
+        )
+    } else {
+        let file = match &base {
+            Ok(Some(c)) => c.file_name(),
+            _ => "the configuration".into(),
+        };
+        format!(
+            "{flags} refused: {who} does not own {file}, whose credentials and commands it \
+             would redirect"
+        )
+    };
+    let fix = match &base {
+        Ok(Some(c)) => format!(
+            "Name a configuration with $M365SEND_CONFIG (or use your own \
+             ~/.config/m365send/config.toml), or {}.",
+            list_in(c)
+        ),
+        Ok(None) => "Name a configuration with $M365SEND_CONFIG instead.".into(),
+        Err(f) => format!(
+            "Name a configuration with $M365SEND_CONFIG instead (the configuration that could \
+             allow it cannot be read: {})",
+            f.message
+        ),
+    };
+    Err(Failure::new(
+        crate::exit::Exit::NoPerm,
+        format!("{why}.\n  {fix}"),
+    ))
+}
+
 /// How a refused configuration's message starts.
 const REFUSED: &str = "configuration refused: ";
 
@@ -736,6 +827,18 @@ impl Config {
                      5); to never queue, set queue = \"never\" in the profile"
                 ),
             ));
+        }
+        for user in &self.trusted_users {
+            if user.is_empty()
+                || !user
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || "-_.$".contains(c))
+            {
+                out.push((
+                    key(&["trusted_users"]),
+                    format!("\"{user}\" is not a user name or uid"),
+                ));
+            }
         }
         for (name, p) in &self.profiles {
             let k = |rest: &[&str]| {
@@ -1162,6 +1265,7 @@ fn plausible_address(s: &str) -> bool {
 /// Settings that exist only at the top of the file.
 const TOP_LEVEL_ONLY: &[&str] = &[
     "default_profile",
+    "trusted_users",
     "spool_dir",
     "queue_lifetime_days",
     "cache_dir",
@@ -1570,6 +1674,7 @@ mod tests {
             "spool_dir",
             "queue_lifetime_days",
             "cache_dir",
+            "trusted_users",
             "profiles",
             "mode",
             "cloud",

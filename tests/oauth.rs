@@ -1453,3 +1453,45 @@ fn a_stuck_token_cache_lock_is_a_temporary_failure_not_a_hang() {
         "{took:?}"
     );
 }
+
+/// A token endpoint answering 307 to another host: the redirect is not followed (the client
+/// secret would be posted there), the error names the host and says why.
+#[test]
+fn token_request_does_not_follow_a_redirect() {
+    use std::io::{Read, Write};
+    let second = numbered_tokens(3600);
+    let target = format!(
+        "{}/contoso.onmicrosoft.com/oauth2/v2.0/token",
+        second.authority().replace("127.0.0.1", "localhost")
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let first = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 8192];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let f = err(block(auth::credentials(
+        &config(dir.path()),
+        &app_profile(&first),
+        false,
+    )));
+    assert_eq!(second.count(), 0, "the redirect was followed");
+    assert_eq!(f.exit, Exit::Config);
+    assert!(
+        f.message
+            .contains("answered HTTP 307, a redirect to localhost:")
+            && f.message.contains("does not follow redirects"),
+        "{}",
+        f.message
+    );
+    assert!(!f.message.contains(SECRET));
+}

@@ -225,6 +225,10 @@ pub struct EndpointConfig {
     pub mx_domain: Option<String>,
     /// DNS server `IP:PORT` for the MX lookup (default: the system resolver).
     pub dns_server: Option<SocketAddr>,
+    /// Use MX hosts outside Microsoft 365's MX domains too. Default false: DNS is not
+    /// authenticated, and relay/direct send are for Microsoft 365's endpoint only.
+    #[serde(default)]
+    pub allow_any_mx: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1693,6 +1697,7 @@ mod tests {
             "mx_host",
             "mx_domain",
             "dns_server",
+            "allow_any_mx",
             "tls",
             "min_version",
             "ca_file",

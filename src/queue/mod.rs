@@ -194,6 +194,10 @@ pub struct Entry {
     /// `--server HOST[:PORT]` given when the message was submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// Who wrote the entry: the uid owning its files as the runner found them (fstat), never a
+    /// field the writer chose. None for an entry not read from the spool.
+    #[serde(skip)]
+    pub owner: Option<u32>,
 }
 
 /// What `list` returns for each entry.
@@ -300,14 +304,87 @@ impl Spool {
                 let _ = sync_dir(parent);
             }
         }
+        spool.check()?;
         Ok(spool)
     }
 
     /// The spool for reading; it may not exist (an empty queue).
     pub(crate) fn existing(config: &Config) -> Result<Spool, Failure> {
-        Ok(Spool {
+        let spool = Spool {
             root: spool_dir(config)?,
-        })
+        };
+        if spool.root.exists() {
+            spool.check()?;
+        }
+        Ok(spool)
+    }
+
+    /// Refuse a spool another user could write: an entry there is delivered with this user's
+    /// credentials, so the spool and its directories must belong to this user (the effective
+    /// uid) and be writable by no one else, and every directory above it must pass the
+    /// `trust` rule. Exit 77 with the reason and the fix.
+    fn check(&self) -> Result<(), Failure> {
+        use std::os::unix::fs::MetadataExt;
+        let euid = crate::trust::euid();
+        let refuse = |why: String| {
+            Failure::new(
+                Exit::NoPerm,
+                format!(
+                    "the mail queue {} is not safe to use: {why}. Its entries are delivered \
+                     with {}'s credentials, so only that user may write it (see Security in \
+                     the README for a multi-user host)",
+                    self.root.display(),
+                    crate::trust::describe_uid(euid)
+                ),
+            )
+        };
+        let root = self
+            .root
+            .canonicalize()
+            .map_err(|e| refuse(format!("cannot check it: {e}")))?;
+        if let Some(parent) = root.parent() {
+            crate::trust::check_dir(parent, euid).map_err(|u| refuse(u.0))?;
+        }
+        for dir in [
+            root.clone(),
+            root.join("tmp"),
+            root.join("msg"),
+            root.join("meta"),
+            root.join("inflight"),
+            root.join("corrupt"),
+            root.join("failed"),
+        ] {
+            let meta = match fs::symlink_metadata(&dir) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(refuse(format!("cannot check {}: {e}", dir.display()))),
+            };
+            let shown = dir.display();
+            if !meta.is_dir() {
+                return Err(refuse(format!("{shown} is not a directory")));
+            }
+            if meta.uid() != euid {
+                return Err(refuse(format!(
+                    "{shown} is owned by {}, not by {}; `chown -R {} {}`",
+                    crate::trust::describe_uid(meta.uid()),
+                    crate::trust::describe_uid(euid),
+                    crate::trust::user_name(euid).unwrap_or_else(|| euid.to_string()),
+                    root.display()
+                )));
+            }
+            let mode = meta.mode() & 0o7777;
+            if mode & 0o022 != 0 {
+                return Err(refuse(format!(
+                    "{shown} is writable by {} (mode {mode:04o}); `chmod 700 {shown}`",
+                    if mode & 0o002 != 0 {
+                        "others"
+                    } else {
+                        "its group"
+                    }
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -502,6 +579,7 @@ pub fn enqueue_with(
         delivered: opts.delivered.clone(),
         mode: opts.mode.map(|m| m.as_str().to_owned()),
         server: opts.server.clone(),
+        owner: None,
     };
     commit_entry(&spool, entry, BodySource::File(prepared.body.path()))
 }
@@ -539,8 +617,23 @@ pub(crate) enum Loaded {
 }
 
 pub(crate) fn load_entry(spool: &Spool, id: &str) -> Loaded {
+    use std::os::unix::fs::MetadataExt;
     let meta_path = spool.meta_path(id);
-    let bytes = match fs::read(&meta_path) {
+    // Opened without following a link, its owner taken from the open file.
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&meta_path)
+        .and_then(|mut f| {
+            let m = f.metadata()?;
+            if !m.is_file() {
+                return Err(io::Error::other("not a regular file"));
+            }
+            let mut bytes = Vec::new();
+            (&mut f).take(16 * 1024 * 1024).read_to_end(&mut bytes)?;
+            Ok((m.uid(), bytes))
+        });
+    let (meta_owner, bytes) = match opened {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Gone,
         Err(e) => return Loaded::Corrupt(format!("cannot read {}: {e}", meta_path.display())),
@@ -556,7 +649,7 @@ pub(crate) fn load_entry(spool: &Spool, id: &str) -> Loaded {
             "entry {id} has metadata version {v}, written by a newer m365send"
         ));
     }
-    let entry: Entry = match serde_json::from_value(value) {
+    let mut entry: Entry = match serde_json::from_value(value) {
         Ok(e) => e,
         Err(e) => return Loaded::Corrupt(format!("metadata is incomplete: {e}")),
     };
@@ -566,8 +659,18 @@ pub(crate) fn load_entry(spool: &Spool, id: &str) -> Loaded {
             entry.id
         ));
     }
-    match fs::metadata(spool.body_path(id)) {
-        Ok(m) if m.len() == entry.size => Loaded::Ok(Box::new(entry)),
+    match fs::symlink_metadata(spool.body_path(id)) {
+        Ok(m) if !m.is_file() => Loaded::Corrupt("message file is not a regular file".into()),
+        Ok(m) if m.len() == entry.size => {
+            // Body and metadata written by different users: the entry is the other one's.
+            let euid = crate::trust::euid();
+            entry.owner = Some(if m.uid() != meta_owner && meta_owner == euid {
+                m.uid()
+            } else {
+                meta_owner
+            });
+            Loaded::Ok(Box::new(entry))
+        }
         Ok(m) => Loaded::Corrupt(format!(
             "message file has {} bytes, metadata says {}",
             m.len(),

@@ -156,6 +156,52 @@ pub fn check_dir(dir: &Path, euid: u32) -> Result<PathBuf, Untrusted> {
     Ok(canonical)
 }
 
+/// Check a directory that holds this user's private state (the spool, the token cache):
+/// it must be a real directory owned by `euid` and writable by no one else (no sticky
+/// exception), and the directories above it must pass the rule for `euid`. Returns the
+/// resolved path. `sub` names subdirectories checked the same way when they exist.
+pub fn check_private_dir(dir: &Path, sub: &[&str], euid: u32) -> Result<PathBuf, Untrusted> {
+    let canonical = dir
+        .canonicalize()
+        .map_err(|e| Untrusted(format!("cannot check {}: {e}", dir.display())))?;
+    if let Some(parent) = canonical.parent() {
+        check_ancestors(parent, euid)?;
+    }
+    let dirs = std::iter::once(canonical.clone()).chain(sub.iter().map(|s| canonical.join(s)));
+    for d in dirs {
+        let meta = match std::fs::symlink_metadata(&d) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Untrusted(format!("cannot check {}: {e}", d.display()))),
+        };
+        let shown = d.display();
+        if !meta.is_dir() {
+            return Err(Untrusted(format!("{shown} is not a directory")));
+        }
+        if meta.uid() != euid {
+            return Err(Untrusted(format!(
+                "{shown} is owned by {}, not by {}; `chown -R {} {}`",
+                describe_uid(meta.uid()),
+                describe_uid(euid),
+                describe_owner_arg(euid),
+                canonical.display()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(Untrusted(format!(
+                "{shown} is writable by {} (mode {mode:04o}); `chmod 700 {shown}`",
+                if mode & 0o002 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                }
+            )));
+        }
+    }
+    Ok(canonical)
+}
+
 /// Open `path` for reading after checking it and every directory above it for `euid`, and
 /// check the opened file again (fstat), so that what is read is what was checked. The last
 /// component is opened without following a symbolic link (the path is resolved before).

@@ -1495,3 +1495,35 @@ fn token_request_does_not_follow_a_redirect() {
     );
     assert!(!f.message.contains(SECRET));
 }
+
+/// A token cache another user could write (tokens planted or swapped) is refused before any
+/// token is read from it or asked for.
+#[test]
+fn a_token_cache_others_could_write_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let server = numbered_tokens(3600);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let p = app_profile(&server.authority());
+    block(token(&cfg, &p, false));
+    let cache = dir.path().join("cache");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let f = err(block(auth::credentials(&cfg, &p, false)));
+    assert_eq!(f.exit, Exit::NoPerm);
+    assert!(
+        f.message.starts_with(&format!(
+            "the token cache {} is not safe to use",
+            cache.display()
+        )) && f.message.contains("writable by others (mode 0777)"),
+        "{}",
+        f.message
+    );
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&cache, Some(65534), None).unwrap();
+    let f = err(block(auth::credentials(&cfg, &p, false)));
+    assert!(f.message.contains("owned by uid 65534"), "{}", f.message);
+    assert_eq!(server.count(), 1);
+}

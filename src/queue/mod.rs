@@ -324,66 +324,24 @@ impl Spool {
     /// uid) and be writable by no one else, and every directory above it must pass the
     /// `trust` rule. Exit 77 with the reason and the fix.
     fn check(&self) -> Result<(), Failure> {
-        use std::os::unix::fs::MetadataExt;
         let euid = crate::trust::euid();
-        let refuse = |why: String| {
+        crate::trust::check_private_dir(
+            &self.root,
+            &["tmp", "msg", "meta", "inflight", "corrupt", "failed"],
+            euid,
+        )
+        .map_err(|u| {
             Failure::new(
                 Exit::NoPerm,
                 format!(
-                    "the mail queue {} is not safe to use: {why}. Its entries are delivered \
+                    "the mail queue {} is not safe to use: {u}. Its entries are delivered \
                      with {}'s credentials, so only that user may write it (see Security in \
                      the README for a multi-user host)",
                     self.root.display(),
                     crate::trust::describe_uid(euid)
                 ),
             )
-        };
-        let root = self
-            .root
-            .canonicalize()
-            .map_err(|e| refuse(format!("cannot check it: {e}")))?;
-        if let Some(parent) = root.parent() {
-            crate::trust::check_dir(parent, euid).map_err(|u| refuse(u.0))?;
-        }
-        for dir in [
-            root.clone(),
-            root.join("tmp"),
-            root.join("msg"),
-            root.join("meta"),
-            root.join("inflight"),
-            root.join("corrupt"),
-            root.join("failed"),
-        ] {
-            let meta = match fs::symlink_metadata(&dir) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(refuse(format!("cannot check {}: {e}", dir.display()))),
-            };
-            let shown = dir.display();
-            if !meta.is_dir() {
-                return Err(refuse(format!("{shown} is not a directory")));
-            }
-            if meta.uid() != euid {
-                return Err(refuse(format!(
-                    "{shown} is owned by {}, not by {}; `chown -R {} {}`",
-                    crate::trust::describe_uid(meta.uid()),
-                    crate::trust::describe_uid(euid),
-                    crate::trust::user_name(euid).unwrap_or_else(|| euid.to_string()),
-                    root.display()
-                )));
-            }
-            let mode = meta.mode() & 0o7777;
-            if mode & 0o022 != 0 {
-                return Err(refuse(format!(
-                    "{shown} is writable by {} (mode {mode:04o}); `chmod 700 {shown}`",
-                    if mode & 0o002 != 0 {
-                        "others"
-                    } else {
-                        "its group"
-                    }
-                )));
-            }
-        }
+        })?;
         Ok(())
     }
 

@@ -532,16 +532,7 @@ fn sendmail_callers_may_not_name_a_configuration_or_server() {
     )
     .unwrap();
     let ours = dir.path().join("config.toml");
-    let write_ours = |trusted: &str| {
-        std::fs::write(
-            &ours,
-            format!(
-                "{trusted}\n[profiles.cron]\nmode = \"relay\"\nsender = \"alerts@contoso.com\"\n\
-                 endpoint = {{ mx_host = \"contoso-com.mail.protection.outlook.com\" }}\n"
-            ),
-        )
-        .unwrap();
-    };
+    let write_ours = |trusted: &str| std::fs::write(&ours, relay_config(trusted)).unwrap();
     write_ours("");
     let run = |name: &str, args: &[&str]| {
         Process::new(dir.path().join(name))
@@ -603,21 +594,17 @@ fn sendmail_callers_may_not_name_a_configuration_or_server() {
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
     }
     // Invoked as m365send by root (who owns the configuration): allowed.
-    let o = Process::new(BIN)
-        .args([
+    let o = run_as(
+        None,
+        &[
             "-C",
             theirs,
             "--server",
             "127.0.0.1:2525",
             "--dry-run",
             "root@contoso.com",
-        ])
-        .env_remove("M365SEND_CONFIG")
-        .env("HOME", dir.path())
-        .env("XDG_CONFIG_HOME", dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // Listed in trusted_users (root here, by name): allowed as sendmail too.
     write_ours("trusted_users = [\"root\"]");
@@ -646,14 +633,7 @@ fn a_user_may_not_redirect_roots_configuration() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let ours = dir.path().join("config.toml");
     let write_ours = |trusted: &str| {
-        std::fs::write(
-            &ours,
-            format!(
-                "{trusted}\n[profiles.cron]\nmode = \"relay\"\nsender = \"alerts@contoso.com\"\n\
-                 endpoint = {{ mx_host = \"contoso-com.mail.protection.outlook.com\" }}\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&ours, relay_config(trusted)).unwrap();
         std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o644)).unwrap();
     };
     let run = || {
@@ -682,6 +662,15 @@ fn a_user_may_not_redirect_roots_configuration() {
     write_ours("trusted_users = [\"nobody\"]");
     let o = run();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// A relay profile "cron" with no network needed for a dry run; `top` goes above it
+/// (`trusted_users = [...]`).
+fn relay_config(top: &str) -> String {
+    format!(
+        "{top}\n[profiles.cron]\nmode = \"relay\"\nsender = \"alerts@contoso.com\"\n\
+         endpoint = {{ mx_host = \"contoso-com.mail.protection.outlook.com\" }}\n"
+    )
 }
 
 fn unsafe_geteuid() -> u32 {

@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod exit;
 pub mod explain;
 pub mod fsutil;
+pub mod graph;
 pub mod message;
 pub mod queue;
 pub mod report;

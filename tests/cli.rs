@@ -562,6 +562,27 @@ fn sendmail_callers_may_not_name_a_configuration_or_server() {
         );
         assert!(e.contains("trusted_users"), "{e}");
     }
+    // The refused message is not lost: it is kept in the caller's dead letter.
+    let o = Process::new(dir.path().join("sendmail"))
+        .args(["-t", "-i", "-C", theirs])
+        .env("M365SEND_CONFIG", &ours)
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"To: ops@contoso.com\nSubject: injected\n\nbody\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
+    assert!(stderr(&o).contains("saved to"), "{}", stderr(&o));
+    let dead = std::fs::read_to_string(dir.path().join("dead.letter")).unwrap();
+    assert!(dead.contains("Subject: injected"), "{dead}");
     // The real callers' argv goes through (the dry run shows the route).
     for args in [
         &["-t", "-i", "-f", "alerts@contoso.com", "--dry-run"][..],

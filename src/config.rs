@@ -620,7 +620,7 @@ pub fn load_with_env(
                  environment, or use {SYSTEM_CONFIG})",
                 f.message
             );
-        } else {
+        } else if how.starts_with("$M365SEND") {
             f.message = format!("{} (named by {how})", f.message);
         }
         f

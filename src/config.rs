@@ -1,9 +1,12 @@
 //! Configuration: the TOML file, its profiles, and the choice of one profile.
 //!
-//! Owns: finding the file (`--config`/`-C`, `$M365SEND_CONFIG`, XDG, /etc), parsing it with
-//! errors that name file, line and key (and never any part of a value), refusing a group/other-readable file holding an inline
-//! secret, choosing a profile (`--profile`, else by envelope sender, else the default), and
-//! resolving secret sources (env, file, command). Must not: touch the network or the message.
+//! Owns: finding the file (`--config`/`-C`, `$M365SEND_CONFIG`, XDG, /etc) and reading it only
+//! when no other user could have written it (`trust`), parsing it with errors that name file,
+//! line and key (and never any part of a value), refusing a group/other-readable file holding
+//! an inline secret, deciding who may override it from the command line (`-C`, `--server`:
+//! `check_command_line_overrides`, `trusted_users`), choosing a profile (`--profile`, else by
+//! envelope sender, else the default), and resolving secret sources (env, file, command).
+//! Must not: touch the network or the message.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -30,6 +30,11 @@
 //! A runner holds an exclusive lock on the body file of the entry it is delivering; `delete`
 //! takes the same lock, so deleting an entry that is on the wire waits for the outcome.
 //!
+//! The spool belongs to one user: before use it is checked (`Spool::check`: it and its
+//! directories owned by the effective user and writable by no one else, the directories
+//! above it trusted), and each loaded entry carries its owner (`Entry::owner`, the uid of its
+//! files as opened, never a metadata field). The runner delivers only its own user's entries.
+//!
 //! # Wiring (done in `app`)
 //!
 //! - send path: `app::submit` / `app::submit_with` — on a transient failure after the

@@ -562,23 +562,26 @@ fn sendmail_callers_may_not_name_a_configuration_or_server() {
         );
         assert!(e.contains("trusted_users"), "{e}");
     }
+    // As sendmail with a message on stdin.
+    let send = |args: &[&str], subject: &str| {
+        Process::new(dir.path().join("sendmail"))
+            .args(args)
+            .env("M365SEND_CONFIG", &ours)
+            .env("HOME", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                let text = format!("To: ops@contoso.com\nSubject: {subject}\n\nbody\n");
+                c.stdin.take().unwrap().write_all(text.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap()
+    };
     // The refused message is not lost: it is kept in the caller's dead letter.
-    let o = Process::new(dir.path().join("sendmail"))
-        .args(["-t", "-i", "-C", theirs])
-        .env("M365SEND_CONFIG", &ours)
-        .env("HOME", dir.path())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(b"To: ops@contoso.com\nSubject: injected\n\nbody\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let o = send(&["-t", "-i", "-C", theirs], "injected");
     assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
     assert!(stderr(&o).contains("saved to"), "{}", stderr(&o));
     let dead = std::fs::read_to_string(dir.path().join("dead.letter")).unwrap();
@@ -595,23 +598,7 @@ fn sendmail_callers_may_not_name_a_configuration_or_server() {
             "root@contoso.com",
         ],
     ] {
-        let o = Process::new(dir.path().join("sendmail"))
-            .args(args)
-            .env("M365SEND_CONFIG", &ours)
-            .env("HOME", dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(b"To: ops@contoso.com\nSubject: x\n\nbody\n")?;
-                c.wait_with_output()
-            })
-            .unwrap();
+        let o = send(args, "x");
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
     }
     // Invoked as m365send by root (who owns the configuration): allowed.

@@ -22,7 +22,22 @@ pub fn main_with(args: Vec<OsString>) -> i32 {
         for option in &inv.ignored {
             tracing::debug!(%option, "option accepted for compatibility and ignored");
         }
-        run(inv)
+        let server_given = match &inv.command {
+            Command::Send(a) | Command::SmtpStdio(a) => a.server.is_some(),
+            _ => false,
+        };
+        let refused = config::check_command_line_overrides(
+            inv.personality == crate::cli::Personality::Sendmail,
+            inv.config.is_some(),
+            server_given,
+        )
+        .err();
+        match (refused, &inv.command) {
+            // A message refused for its argv is kept in the dead letter like any other.
+            (Some(f), Command::Send(args)) => Err(refused_before_reading(args, f)),
+            (Some(f), _) => Err(f),
+            (None, _) => run(inv),
+        }
     });
     match outcome {
         Ok(()) => Exit::Ok.code(),
@@ -173,27 +188,13 @@ fn send(
     args: &SendArgs,
 ) -> Result<(), Failure> {
     let stdin = io::stdin();
-    // With --body the message text is given; a composed message with nobody typing into a
-    // terminal has no text. Otherwise stdin is read (as sendmail does, even from a terminal).
-    let reads_stdin = !(args.body.is_some() || (args.composes() && stdin.is_terminal()));
+    let reads_stdin = reads_stdin(args);
     // A message refused before delivery (no configuration, an alias loop, a recipient
     // without a domain...) is kept in the dead letter instead of being lost: cron and PHP
     // have no copy of their own. prepare hands back what it read; what was not read yet is
     // read now, unless someone would have to type it.
     let keeps = reads_stdin && !args.dry_run;
-    let unread_input = || {
-        if !keeps || stdin.is_terminal() {
-            return None;
-        }
-        let mut copy = tempfile::Builder::new()
-            .prefix("m365send-in-")
-            .tempfile()
-            .ok()?;
-        // At most the default size limit: beyond it the copy is not kept.
-        let limit = Profile::default().max_size() + 1;
-        io::copy(&mut stdin.lock().take(limit), copy.as_file_mut()).ok()?;
-        Some(copy)
-    };
+    let unread_input = || unread_input(args);
     let (config, profile) = match configure(config_path, profile_name, args) {
         Ok(c) => c,
         Err(f) => return Err(keep_unsent(None, None, args, unread_input(), false, f)),
@@ -242,6 +243,35 @@ fn send(
             &config, &profile, &prepared, args, verbose, true,
         ))
         .map(|_| ())
+}
+
+/// With --body the message text is given; a composed message with nobody typing into a
+/// terminal has no text. Otherwise stdin is read (as sendmail does, even from a terminal).
+fn reads_stdin(args: &SendArgs) -> bool {
+    !(args.body.is_some() || (args.composes() && io::stdin().is_terminal()))
+}
+
+/// What stdin still holds, copied for the dead letter (at most the default size limit), or
+/// None when there is nothing to keep: a dry run, no message on stdin, or a terminal (someone
+/// would have to type it).
+fn unread_input(args: &SendArgs) -> Option<tempfile::NamedTempFile> {
+    let stdin = io::stdin();
+    if !reads_stdin(args) || args.dry_run || stdin.is_terminal() {
+        return None;
+    }
+    let mut copy = tempfile::Builder::new()
+        .prefix("m365send-in-")
+        .tempfile()
+        .ok()?;
+    // At most the default size limit: beyond it the copy is not kept.
+    let limit = Profile::default().max_size() + 1;
+    io::copy(&mut stdin.lock().take(limit), copy.as_file_mut()).ok()?;
+    Some(copy)
+}
+
+/// A message refused before its input was read (the caller's argv): keep what stdin holds.
+fn refused_before_reading(args: &SendArgs, f: Failure) -> Failure {
+    keep_unsent(None, None, args, unread_input(args), false, f)
 }
 
 /// A message refused before any delivery attempt: keep the caller's input in the dead letter

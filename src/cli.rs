@@ -45,6 +45,9 @@ pub struct Invocation {
     /// Options accepted for compatibility and ignored (`-oem`, `-B8BITMIME`, ...), in argv
     /// order, so that the app can log them once logging is set up.
     pub ignored: Vec<String>,
+    /// The name we were invoked by (the app refuses `-C`/`--server` to a `sendmail` caller
+    /// unless the configuration trusts it).
+    pub personality: Personality,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,9 +145,10 @@ impl SendArgs {
 }
 
 /// Who we are, by the basename of argv[0].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Personality {
     /// `m365send`: sendmail options, native options and subcommands.
+    #[default]
     M365send,
     /// `sendmail` or any other name: sendmail options and native options, no subcommands.
     Sendmail,
@@ -181,7 +185,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Failure> {
     let mut args = args.into_iter();
     let argv0 = args.next();
     let rest: Vec<OsString> = args.collect();
-    match Personality::of(argv0.as_deref()) {
+    let personality = Personality::of(argv0.as_deref());
+    let inv = match personality {
         Personality::Mailq => Ok(Invocation {
             command: Command::QueueList { json: false },
             ignored: lossy(&rest),
@@ -194,7 +199,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Failure> {
         }),
         Personality::M365send => parse_main(rest, true),
         Personality::Sendmail => parse_main(rest, false),
-    }
+    };
+    inv.map(|inv| Invocation { personality, ..inv })
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
@@ -706,6 +712,7 @@ fn parse_main(args: Vec<OsString>, subcommands: bool) -> Result<Invocation, Fail
         verbose,
         command,
         ignored: pre.ignored,
+        personality: Personality::default(),
     })
 }
 

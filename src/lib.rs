@@ -28,3 +28,4 @@ pub mod secret;
 pub mod smtp;
 pub mod status;
 pub mod transport;
+pub mod trust;

@@ -1,10 +1,11 @@
 //! Route: from a profile's mode to the endpoint to connect to.
 //!
 //! Owns: the host/port/TLS/auth policy of each mode, the MX lookup for relay and direct
-//! (hickory-resolver; a configured DNS server for tests), the refusal of port 465 for
-//! submission, the recipient/sender domain checks of direct send and relay, and whether a
-//! profile's mail goes to Microsoft 365 (`goes_to_microsoft`: Exchange compares addresses
-//! without case). Must not: open SMTP connections.
+//! (hickory-resolver; a configured DNS server for tests) keeping only Microsoft 365's MX hosts
+//! (unless `endpoint.allow_any_mx`), the refusal of port 465 for submission, the
+//! recipient/sender domain checks of direct send and relay, and whether a profile's mail goes
+//! to Microsoft 365 (`goes_to_microsoft`: Exchange compares addresses without case). Must not:
+//! open SMTP connections.
 //!
 //! One resolver: with `endpoint.dns_server` set (split DNS), the MX hosts' addresses (A, then
 //! AAAA, each in the order the server gave them) are asked of that same server, and the
@@ -207,6 +208,11 @@ pub async fn resolve(
                     };
                     let resolver = build_resolver(ep.dns_server)?;
                     let mx = lookup_mx_with(&resolver, &domain, ep.dns_server).await?;
+                    let mx = if ep.allow_any_mx {
+                        mx
+                    } else {
+                        microsoft_mx_only(mx, profile, &domain)?
+                    };
                     let mut hosts: Vec<Host> = mx
                         .into_iter()
                         .map(|(pref, name)| Host {
@@ -288,6 +294,67 @@ fn host_name_of(s: &str, default_port: u16) -> String {
     parse_server(s, default_port)
         .map(|h| h.name)
         .unwrap_or_else(|_| s.to_owned())
+}
+
+/// Host name suffixes of Microsoft 365's MX endpoints in a cloud: the tenant endpoints
+/// (`contoso-com.mail.protection.outlook.com`) and, in the global cloud, the newer
+/// `contoso-com.a-v1.mx.microsoft` names.
+pub fn microsoft_mx_suffixes(cloud: Cloud) -> &'static [&'static str] {
+    match cloud {
+        Cloud::Global => &[".mail.protection.outlook.com", ".mx.microsoft"],
+        Cloud::Usgov => &[".mail.protection.office365.us"],
+        Cloud::China => &[".mail.protection.partner.outlook.cn"],
+    }
+}
+
+/// Keep only the MX hosts under Microsoft 365's MX domains (case-insensitively): an MX record
+/// is an unauthenticated DNS answer, and relay and direct send hand a connector's certificate
+/// or the organisation's mail only to Microsoft 365. None left: refused (69) with what DNS
+/// said and the two ways out (`endpoint.mx_host`, `endpoint.allow_any_mx`).
+fn microsoft_mx_only(
+    mx: Vec<(u16, String)>,
+    profile: &Profile,
+    domain: &str,
+) -> Result<Vec<(u16, String)>, Failure> {
+    let suffixes = microsoft_mx_suffixes(profile.cloud);
+    let ours = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        suffixes
+            .iter()
+            .any(|s| name.ends_with(s) && name.len() > s.len())
+    };
+    let (kept, skipped): (Vec<_>, Vec<_>) = mx.into_iter().partition(|(_, h)| ours(h));
+    if !skipped.is_empty() {
+        tracing::debug!(
+            domain,
+            skipped = %skipped.iter().map(|(_, h)| h.as_str()).collect::<Vec<_>>().join(", "),
+            "MX hosts outside Microsoft 365 skipped"
+        );
+    }
+    if kept.is_empty() {
+        let seen: Vec<&str> = skipped.iter().map(|(_, h)| h.as_str()).collect();
+        let expected: Vec<String> = suffixes.iter().map(|s| format!("*{s}")).collect();
+        return Err(Failure::new(
+            Exit::Unavailable,
+            format!(
+                "the MX record of {domain} points at {}, not at Microsoft 365 ({}): {} goes \
+                 to the tenant's Microsoft 365 endpoint only, and a DNS answer is not \
+                 authenticated. If the domain's mail first passes another gateway, set \
+                 `endpoint.mx_host` in profile \"{}\" to the tenant's endpoint (e.g. \
+                 contoso-com.mail.protection.outlook.com); to use whatever DNS says, set \
+                 `endpoint.allow_any_mx = true`.",
+                seen.join(", "),
+                expected.join(" or "),
+                if profile.mode == Mode::Relay {
+                    "relay"
+                } else {
+                    "direct send"
+                },
+                profile.name
+            ),
+        ));
+    }
+    Ok(kept)
 }
 
 /// The Microsoft Graph host of a cloud (global, US Government GCC High, 21Vianet).

@@ -18,14 +18,16 @@ use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
 /// entry) is resolved there too, connected to by address, and checked by its name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mx_host_known_only_to_the_configured_dns_server_is_reached() {
-    let server = FakeM365::start(FakeConfig::mx().cert_names(&["mx1.split.test"])).await;
+    let server =
+        FakeM365::start(FakeConfig::mx().cert_names(&["contoso-com.mail.protection.outlook.com"]))
+            .await;
     let dns = start_stub_dns(vec![
         (
             "contoso.com",
-            Answer::Mx(vec![(0, "mx1.split.test".into())]),
+            Answer::Mx(vec![(0, "contoso-com.mail.protection.outlook.com".into())]),
         ),
         (
-            "mx1.split.test",
+            "contoso-com.mail.protection.outlook.com",
             Answer::Ip(vec!["127.0.0.1".parse().unwrap()]),
         ),
     ]);
@@ -45,7 +47,7 @@ async fn an_mx_host_known_only_to_the_configured_dns_server_is_reached() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stdout(&o).contains(&format!(
-            "mx1.split.test:{}  (MX preference 0)  at 127.0.0.1",
+            "contoso-com.mail.protection.outlook.com:{}  (MX preference 0)  at 127.0.0.1",
             server.port()
         )),
         "{}",
@@ -58,7 +60,7 @@ async fn an_mx_host_known_only_to_the_configured_dns_server_is_reached() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stderr(&o).contains(&format!(
-            "-- connected to mx1.split.test:{} (127.0.0.1:{})",
+            "-- connected to contoso-com.mail.protection.outlook.com:{} (127.0.0.1:{})",
             server.port(),
             server.port()
         )),

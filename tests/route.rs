@@ -130,6 +130,8 @@ fn mx_hosts_in_preference_order() {
     ]);
     let mut p = profile(Mode::Relay);
     p.endpoint.dns_server = Some(dns);
+    // Every MX host, Microsoft's or not (the default keeps only Microsoft's: see below).
+    p.endpoint.allow_any_mx = true;
     let ep = rt()
         .block_on(route::resolve(&p, &envelope(&["x@fabrikam.com"]), None))
         .unwrap();
@@ -173,6 +175,8 @@ fn mx_host_addresses_come_from_the_same_dns_server() {
     ]);
     let mut p = profile(Mode::Relay);
     p.endpoint.dns_server = Some(dns);
+    // The split-DNS names are not Microsoft's: this test is about addresses, not names.
+    p.endpoint.allow_any_mx = true;
     let ep = rt()
         .block_on(route::resolve(&p, &envelope(&["x@fabrikam.com"]), None))
         .unwrap();
@@ -422,4 +426,154 @@ fn hosts_display_for_dry_run() {
     assert_eq!(h.to_string(), "mx.contoso.com:25");
     assert_eq!(TlsPolicy::Required.as_str(), "STARTTLS required");
     assert_eq!(AuthKind::OAuth.as_str(), "OAuth2 (XOAUTH2)");
+}
+
+/// MX names come from unauthenticated DNS: relay and direct send use only Microsoft 365's MX
+/// hosts of the profile's cloud, and say what DNS said when none is left.
+#[test]
+fn only_microsoft_mx_hosts_are_used() {
+    let dns = start_stub_dns(vec![
+        (
+            "contoso.com",
+            Answer::Mx(vec![
+                (5, "evil.example.net".into()),
+                (10, "Contoso-com.MAIL.protection.outlook.com".into()),
+                (20, "contoso-com.b-v1.mx.microsoft".into()),
+                (30, "mail.protection.outlook.com.evil.example".into()),
+            ]),
+        ),
+        (
+            "fabrikam.com",
+            Answer::Mx(vec![
+                (10, "mx1.fabrikam-gateway.example".into()),
+                (
+                    20,
+                    "fabrikam-com.mail.protection.outlook.com.example".into(),
+                ),
+            ]),
+        ),
+        (
+            "gov.contoso.com",
+            Answer::Mx(vec![
+                (10, "gov-contoso-com.mail.protection.outlook.com".into()),
+                (20, "gov-contoso-com.mail.protection.office365.us".into()),
+            ]),
+        ),
+        // Every MX host has an address at the same server (one resolver): only the name decides.
+        ("evil.example.net", ip(&["192.0.2.66"])),
+        (
+            "contoso-com.mail.protection.outlook.com",
+            ip(&["192.0.2.10"]),
+        ),
+        ("contoso-com.b-v1.mx.microsoft", ip(&["192.0.2.20"])),
+        (
+            "mail.protection.outlook.com.evil.example",
+            ip(&["192.0.2.67"]),
+        ),
+        ("mx1.fabrikam-gateway.example", ip(&["192.0.2.68"])),
+        (
+            "fabrikam-com.mail.protection.outlook.com.example",
+            ip(&["192.0.2.69"]),
+        ),
+        (
+            "gov-contoso-com.mail.protection.outlook.com",
+            ip(&["192.0.2.30"]),
+        ),
+        (
+            "gov-contoso-com.mail.protection.office365.us",
+            ip(&["192.0.2.31"]),
+        ),
+    ]);
+    let rt = rt();
+    for mode in [Mode::Relay, Mode::Direct] {
+        let mut p = profile(mode);
+        p.endpoint.dns_server = Some(dns);
+        let ep = rt
+            .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+            .unwrap();
+        let names: Vec<&str> = ep.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "Contoso-com.MAIL.protection.outlook.com",
+                "contoso-com.b-v1.mx.microsoft"
+            ]
+        );
+
+        p.endpoint.mx_domain = Some("fabrikam.com".into());
+        let e = rt
+            .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+            .unwrap_err();
+        assert_eq!(e.exit, Exit::Unavailable);
+        assert!(
+            e.message.starts_with(
+                "the MX record of fabrikam.com points at mx1.fabrikam-gateway.example, \
+                 fabrikam-com.mail.protection.outlook.com.example, not at Microsoft 365 \
+                 (*.mail.protection.outlook.com or *.mx.microsoft)"
+            ),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("endpoint.mx_host"), "{}", e.message);
+        assert!(e.message.contains("allow_any_mx"), "{}", e.message);
+
+        // The documented way out: trust DNS.
+        p.endpoint.allow_any_mx = true;
+        let ep = rt
+            .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+            .unwrap();
+        assert_eq!(ep.hosts[0].name, "mx1.fabrikam-gateway.example");
+    }
+    // The US Government cloud has its own MX domain.
+    let mut p = profile(Mode::Relay);
+    p.cloud = Cloud::Usgov;
+    p.endpoint.dns_server = Some(dns);
+    p.endpoint.mx_domain = Some("gov.contoso.com".into());
+    let ep = rt
+        .block_on(route::resolve(&p, &envelope(&["x@contoso.com"]), None))
+        .unwrap();
+    let names: Vec<&str> = ep.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, vec!["gov-contoso-com.mail.protection.office365.us"]);
+}
+
+/// Through the binary: a dry run of a relay profile whose domain's MX points elsewhere ends
+/// with exit 69 and the MX seen.
+#[test]
+fn dry_run_says_when_the_mx_is_not_microsofts() {
+    let dns = start_stub_dns(vec![(
+        "contoso.com",
+        Answer::Mx(vec![(10, "mx.attacker.example".into())]),
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[profiles.cron]\nmode = \"relay\"\nsender = \"alerts@contoso.com\"\n\
+             endpoint = {{ dns_server = \"{dns}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_m365send"))
+        .args([
+            "-C",
+            cfg.to_str().unwrap(),
+            "--dry-run",
+            "--to",
+            "ops@contoso.com",
+        ])
+        .args(["--subject", "x", "--body", "y"])
+        .env_remove("M365SEND_CONFIG")
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(69), "{e}");
+    assert!(
+        e.contains(
+            "the MX record of contoso.com points at mx.attacker.example, not at Microsoft 365"
+        ),
+        "{e}"
+    );
 }

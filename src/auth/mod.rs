@@ -8,7 +8,9 @@
 //! Token requests are plain form posts with reqwest (rustls, ring) rather than the oauth2
 //! crate: one code path serves client secret, certificate assertion (which oauth2 5 has no
 //! type for), refresh token and device code, and keeps the raw status and error body, which
-//! the advice table needs (AADSTS code, 5xx vs 4xx).
+//! the advice table needs (AADSTS code, 5xx vs 4xx). They go only to the authority (the
+//! cloud's login host, or `auth.authority` when set) and never follow a redirect, which would
+//! carry the client's credentials to another host.
 
 pub mod assertion;
 pub mod cache;
@@ -294,6 +296,9 @@ impl OAuthSettings {
         reqwest::Client::builder()
             .use_rustls_tls()
             .https_only(!self.authority.starts_with("http://"))
+            // A redirect would carry the client secret, assertion or refresh token to another
+            // host: never followed (post_form reports it).
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
             .user_agent(concat!("m365send/", env!("CARGO_PKG_VERSION")))
@@ -392,6 +397,28 @@ async fn post_form<T: serde::de::DeserializeOwned>(
             ))
         })?;
     let status = resp.status().as_u16();
+    if (300..400).contains(&status) {
+        let target = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(match u.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| "an unnamed location".into());
+        return Err(PostError::Failed(Failure::config(format!(
+            "the token endpoint for profile \"{}\" ({url}) answered HTTP {status}, a redirect \
+             to {target}; m365send does not follow redirects on token requests (the request \
+             carries the client's credentials). Check auth.authority: it must name the \
+             identity platform itself",
+            s.profile
+        ))));
+    }
     let body = resp.bytes().await.map_err(|e| {
         PostError::Failed(Failure::new(
             Exit::TempFail,

@@ -12,6 +12,7 @@ pub mod bs;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod doctor;
 pub mod exit;
 pub mod explain;
 pub mod fsutil;

@@ -941,6 +941,9 @@ pub struct TokenClaims {
     /// Client id of the app the token was issued to.
     #[serde(default)]
     pub appid: Option<String>,
+    /// Client id of the app, in v2.0 tokens (which have no `appid`).
+    #[serde(default)]
+    pub azp: Option<String>,
     /// App-only permissions, e.g. SMTP.SendAsApp.
     #[serde(default)]
     pub roles: Vec<String>,

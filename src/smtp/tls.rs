@@ -25,7 +25,11 @@ pub struct TlsSettings {
 #[error("{0}")]
 pub struct TlsSetupError(pub String);
 
-fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+/// The certificates of a PEM file (`what` names it in errors: "client certificate").
+pub(crate) fn load_certs(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let iter = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsSetupError(format!("cannot read {what} {}: {e}", path.display())))?;
     let certs = iter

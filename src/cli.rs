@@ -388,6 +388,7 @@ Examples:
   sendmail -t -i < message.eml            (installed as /usr/sbin/sendmail)
   m365send --dry-run -f root root < /dev/null     (show the route without sending)
   m365send explain 5.7.60
+  m365send doctor --to ops@contoso.com    (check the setup step by step; sends nothing)
 
 Sendmail compatibility:
   -oi                 Same as -i.
@@ -416,6 +417,7 @@ m365send [OPTIONS] [--] [RECIPIENT]...  < message
        m365send [OPTIONS] --to ADDR --subject TEXT [--attach FILE]... [RECIPIENT]...
        m365send explain CODE | login | token status|clear
        m365send queue list [--json] | run | flush | show ID | delete ID
+       m365send doctor [--profile NAME | --all] [--to ADDR] [--json]
        sendmail -t -i  (installed as /usr/sbin/sendmail; also mailq, newaliases)";
 
 fn mode_values() -> PossibleValuesParser {

@@ -225,12 +225,13 @@ impl Report {
             }
             s.push('\n');
         }
+        let warnings = self.count(Status::Warning);
         let _ = write!(
             s,
-            "{} passed, {} failed, {} warnings, {} skipped. No message was sent.",
+            "{} passed, {} failed, {warnings} warning{}, {} skipped. No message was sent.",
             self.count(Status::Passed),
             self.count(Status::Failed),
-            self.count(Status::Warning),
+            if warnings == 1 { "" } else { "s" },
             self.count(Status::Skipped),
         );
         if let Some(f) = self.first_failure() {
@@ -308,7 +309,8 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The domain whose DNS records matter: `endpoint.mx_domain`, else the sender's.
+    /// The sender's domain, whose SPF, DKIM and DMARC records matter (`dns.mx` looks up
+    /// `endpoint.mx_domain` instead when it is set).
     pub fn domain(&self) -> Option<String> {
         self.sender
             .as_deref()
@@ -475,19 +477,22 @@ fn contacts(ctx: &Ctx<'_>) -> Vec<String> {
             s.token_endpoint()
         ));
     }
-    let endpoint = match (&p.endpoint.mx_host, &p.endpoint.host, p.mode) {
-        (Some(h), _, Mode::Relay | Mode::Direct) | (_, Some(h), _) => h.clone(),
-        (None, None, Mode::Relay | Mode::Direct) => "the MX host".to_owned(),
-        _ => crate::route::default_host(p.mode, p.cloud).to_owned(),
+    let relay_like = matches!(p.mode, Mode::Relay | Mode::Direct);
+    let port = p.endpoint.port.unwrap_or(if relay_like { 25 } else { 587 });
+    let endpoint = match (&p.endpoint.mx_host, &p.endpoint.host, relay_like) {
+        (Some(h), _, true) | (_, Some(h), _) => crate::route::Host {
+            name: h.clone(),
+            port,
+            preference: None,
+        }
+        .to_string(),
+        (None, None, true) => format!("the MX host of the sender domain, port {port}"),
+        _ => format!("{}:{port}", crate::route::default_host(p.mode, p.cloud)),
     };
     v.push(format!(
         "the mail server {endpoint} (TCP connect; then EHLO, STARTTLS, {}MAIL FROM, {}RSET, QUIT: \
          never DATA, no message is sent)",
-        if matches!(p.mode, Mode::Relay | Mode::Direct) {
-            ""
-        } else {
-            "AUTH, "
-        },
+        if relay_like { "" } else { "AUTH, " },
         if ctx.to.is_some() { "RCPT TO, " } else { "" },
     ));
     v

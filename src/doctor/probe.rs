@@ -115,7 +115,11 @@ async fn connect(ctx: &Ctx<'_>, endpoint: &Endpoint) -> (Check, Option<Host>) {
                 Ok(Ok(s)) => {
                     drop(s);
                     let ms = started.elapsed().as_millis();
-                    let mut evidence = format!("{host} ({addr}): connected in {ms} ms");
+                    let mut evidence = if addr.to_string() == host.to_string() {
+                        format!("{host}: connected in {ms} ms")
+                    } else {
+                        format!("{host} ({addr}): connected in {ms} ms")
+                    };
                     if !errors.is_empty() {
                         evidence.push_str(&format!(" (before: {})", errors.join("; ")));
                     }
@@ -384,12 +388,17 @@ async fn smtp(
             "smtp.mail_from",
             "the profile has no `sender` or `mailbox`: messages give their own (-f)",
         ));
+        checks.push(Check::skipped("smtp.rcpt_to", "no sender to ask with"));
         finish(session).await;
         return checks;
     };
     if !authed {
         checks.push(Check::skipped(
             "smtp.mail_from",
+            "not logged in (see smtp.auth)",
+        ));
+        checks.push(Check::skipped(
+            "smtp.rcpt_to",
             "not logged in (see smtp.auth)",
         ));
         finish(session).await;

@@ -66,9 +66,9 @@ async fn oauth(ctx: &Ctx<'_>) -> (Check, Option<Credentials>) {
     let p = ctx.profile;
     let fallback = "Check the OAuth settings of the profile (auth.client_id, the secret or \
                     certificate, the tenant).";
-    let (token, source) = if p.auth.token.is_set() {
+    let (token, source, cached) = if p.auth.token.is_set() {
         match p.auth.token.resolve("auth.token") {
-            Ok(t) => (t, "auth.token (used as is)".to_owned()),
+            Ok(t) => (t, "auth.token (used as is)".to_owned(), false),
             Err(f) => return (Check::from_failure(NAME, &f, fallback), None),
         }
     } else {
@@ -76,18 +76,24 @@ async fn oauth(ctx: &Ctx<'_>) -> (Check, Option<Credentials>) {
             .map(|s| s.token_endpoint())
             .unwrap_or_default();
         match auth::access_token(ctx.config, p, false).await {
-            Ok(t) if t.from_cache => (t.token, "from the cache".to_owned()),
-            Ok(t) => (t.token, format!("acquired from {endpoint}")),
+            Ok(t) if t.from_cache => (t.token, "from the cache".to_owned(), true),
+            Ok(t) => (t.token, format!("acquired from {endpoint}"), false),
             Err(f) => return (Check::from_failure(NAME, &f, fallback), None),
         }
     };
     let check = judge(ctx, &token, &source);
-    // The same credentials the sending path builds (the token is now in the cache).
+    // The same credentials the sending path builds (the token is now in the cache). A token
+    // acquired just now is not "from the cache": a 535 5.7.3 is not answered with another.
     let creds = match auth::credentials(ctx.config, p, false).await {
-        Ok(c) => Some(c),
+        Ok(Credentials::XOAuth2 { user, token, .. }) => Credentials::XOAuth2 {
+            user,
+            token,
+            from_cache: cached,
+        },
+        Ok(c) => c,
         Err(f) => return (Check::from_failure(NAME, &f, fallback), None),
     };
-    (check, creds)
+    (check, Some(creds))
 }
 
 /// The resources an SMTP token may be for, by mode and cloud: (host names, application id).

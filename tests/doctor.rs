@@ -1003,6 +1003,38 @@ async fn spf_without_microsoft() {
 }
 
 #[tokio::test]
+async fn spf_includes_are_followed() {
+    let tok = good_token();
+    let records = with(
+        healthy_dns(),
+        "contoso.com",
+        Answer::Txt(vec!["v=spf1 include:_spf.contoso.com -all".into()]),
+    );
+    let mut records = records;
+    records.push((
+        "_spf.contoso.com",
+        Answer::Txt(vec![
+            "v=spf1 ip4:192.0.2.0/24 include:spf.protection.outlook.com -all".into(),
+        ]),
+    ));
+    let (smtp, _tokens, env) =
+        submit_setup(Reply::token(&tok, 3600, None), &tok, vec![], records).await;
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_check(
+        &doc,
+        "dns.spf",
+        "passed",
+        &[
+            "\"v=spf1 include:_spf.contoso.com -all\"",
+            "includes spf.protection.outlook.com",
+        ],
+        &[],
+    );
+    assert_nothing_sent(&smtp);
+}
+
+#[tokio::test]
 async fn relay_by_ip_needs_the_public_ip_in_spf() {
     let smtp = FakeM365::start(FakeConfig::mx()).await;
     let dns = start_stub_dns(healthy_dns());

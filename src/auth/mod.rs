@@ -993,7 +993,7 @@ impl TokenClaims {
         if let Some(u) = &self.upn {
             parts.push(format!("upn={u}"));
         }
-        if let Some(a) = &self.appid {
+        if let Some(a) = self.appid.as_ref().or(self.azp.as_ref()) {
             parts.push(format!("appid={a}"));
         }
         if let Some(t) = &self.tid {

@@ -329,17 +329,8 @@ async fn tls_failure(
 fn reply_fix(reply: &Reply, ectx: &explain::Context<'_>) -> (Option<String>, Exit) {
     let exit = explain::exit_for(reply);
     let fix = explain::explain_reply(reply, ectx)
-        .map(|e| format!("{} {}", sentence(&e.meaning), e.advice));
+        .map(|e| format!("{} {}", auth::errors::sentence(&e.meaning), e.advice));
     (fix, exit)
-}
-
-/// "mailbox x may not ..." → "Mailbox x may not ...".
-fn sentence(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
 }
 
 /// `smtp.ehlo`, `smtp.auth`, `smtp.mail_from`, `smtp.rcpt_to` on the open session, then QUIT.

@@ -171,25 +171,7 @@ fn judge(ctx: &Ctx<'_>, token: &Secret, source: &str) -> Check {
     };
     let now = chrono::Utc::now().timestamp();
     let app = c.appid.as_deref().or(c.azp.as_deref());
-    let mut facts = vec![source.to_owned()];
-    if let Some(a) = &c.aud {
-        facts.push(format!("aud={a}"));
-    }
-    if let Some(t) = &c.tid {
-        facts.push(format!("tid={t}"));
-    }
-    if let Some(a) = app {
-        facts.push(format!("app={a}"));
-    }
-    if !c.roles.is_empty() {
-        facts.push(format!("roles={}", c.roles.join(",")));
-    }
-    if let Some(s) = &c.scp {
-        facts.push(format!("scp={s}"));
-    }
-    if let Some(u) = &c.upn {
-        facts.push(format!("upn={u}"));
-    }
+    let mut facts = vec![source.to_owned(), c.summary()];
     if let Some(e) = c.exp {
         facts.push(minutes(e - now));
     }

@@ -1,7 +1,8 @@
 //! The SMTP transport: the seam's implementation over our own `smtp::Session`.
 //!
 //! Owns: building the session settings from the profile and endpoint (timeouts, TLS, EHLO
-//! name, CHUNKING), credentials once per connector, the 5.7.3 re-authentication with a
+//! name, CHUNKING: [`session_config`], [`tls_config`], which `doctor` probes with too),
+//! credentials once per connector, the 5.7.3 re-authentication with a
 //! replacement token (once per connector), the basic-auth warning, and turning session
 //! errors into the seam's [`Problem`]. Must not: retry, queue, decide exit codes beyond the
 //! class of a failure, or word explanations (explain does).

@@ -1243,6 +1243,12 @@ async fn all_profiles_are_checked_and_the_first_failure_decides() {
     // --all with --profile is a usage error.
     let o = env.doctor(&["--all", "--profile", "app"]).await;
     assert_eq!(o.status.code(), Some(64), "{}", stdout(&o));
+    // So is a recipient that is not an address, or that would smuggle a command.
+    for bad in ["ops", "a@b.c>\r\nDATA", "a b@c.d"] {
+        let o = env.doctor(&["--to", bad]).await;
+        assert_eq!(o.status.code(), Some(64), "{bad:?}: {}", stdout(&o));
+        assert!(stderr(&o).contains("doctor --to"), "{}", stderr(&o));
+    }
     assert_nothing_sent(&smtp);
 }
 

@@ -329,6 +329,18 @@ impl Ctx<'_> {
 /// `m365send doctor`: run the checks, print them (text or JSON), and return the exit code of
 /// the first failure as the error (its message says which check; the report is on stdout).
 pub fn run(opts: &Options<'_>, out: &mut dyn Write) -> Result<(), Failure> {
+    if let Some(to) = &opts.to {
+        let why = if to.contains('@') {
+            crate::address::path_problem(to)
+        } else {
+            Some("has no domain (give a whole address, local@domain)")
+        };
+        if let Some(why) = why {
+            return Err(Failure::usage(format!(
+                "doctor --to {to:?}: the address {why}"
+            )));
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -383,6 +383,17 @@ async fn smtp(
         finish(session).await;
         return checks;
     };
+    if let Some(why) = crate::address::path_problem(sender) {
+        checks.push(Check::failed(
+            "smtp.mail_from",
+            Exit::Config,
+            format!("the sender {sender:?} {why}"),
+            "Fix `sender` (or `mailbox`) in the profile: a whole address, local@domain.",
+        ));
+        checks.push(Check::skipped("smtp.rcpt_to", "no usable sender"));
+        finish(session).await;
+        return checks;
+    }
     if !authed {
         checks.push(Check::skipped(
             "smtp.mail_from",

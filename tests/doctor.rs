@@ -691,6 +691,110 @@ async fn token_without_the_role() {
 }
 
 #[tokio::test]
+async fn token_from_another_tenant() {
+    let other = jwt(json!({
+        "aud": "https://outlook.office365.com",
+        "tid": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+        "appid": CLIENT,
+        "roles": ["SMTP.SendAsApp"],
+        "exp": chrono_now() + 3600,
+    }));
+    let (smtp, _tokens, env) = submit_setup(
+        Reply::token(&other, 3600, None),
+        &other,
+        vec![],
+        healthy_dns(),
+    )
+    .await;
+    // The profile names its tenant by id.
+    let cfg = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("tenant = \"{TENANT}\""),
+        &format!("tenant = \"{TENANT_ID}\""),
+    );
+    std::fs::write(&env.config, cfg).unwrap();
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(78), "{doc:#}");
+    assert_eq!(first_failure(&doc), "token");
+    assert_check(
+        &doc,
+        "token",
+        "failed",
+        &[&format!(
+            "issued by tenant aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee, but the profile's tenant is {TENANT_ID}"
+        )],
+        &["Check auth.client_id and the tenant in profile \"app\""],
+    );
+    assert_nothing_sent(&smtp);
+}
+
+#[tokio::test]
+async fn queue_dead_letter_and_token_cache_are_reported() {
+    let tok = good_token();
+    let (smtp, _tokens, env) =
+        submit_setup(Reply::token(&tok, 3600, None), &tok, vec![], healthy_dns()).await;
+    // One message queued without connecting, made to look two hours old.
+    let o = tokio::process::Command::new(BIN)
+        .arg("-C")
+        .arg(&env.config)
+        .args(["-odq", "-i", RCPT])
+        .env("HOME", env.dir.path())
+        .env_remove("M365SEND_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = o.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let meta_dir = env.path("spool/meta");
+    let meta = std::fs::read_dir(&meta_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut entry: Value = serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    entry["created"] = json!(chrono_now() - 7200);
+    std::fs::write(&meta, entry.to_string()).unwrap();
+    std::fs::write(env.path("dead.letter"), "From x\nSubject: lost\n\nbody\n").unwrap();
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(0), "warnings only: {doc:#}");
+    assert_check(
+        &doc,
+        "files.queue",
+        "warning",
+        &[
+            "1 message waiting (1 of profile \"app\")",
+            "waits for 2h 0m after 0 attempts",
+        ],
+        &[
+            "m365send queue run",
+            "systemctl list-timers m365send-queue.timer",
+        ],
+    );
+    assert_check(
+        &doc,
+        "files.dead_letter",
+        "warning",
+        &["dead.letter: 27 bytes of undelivered mail"],
+        &["send again what matters"],
+    );
+    assert_check(&doc, "files.spool", "passed", &["spool writable"], &[]);
+    // A token cache others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.path("cache"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (doc, _) = env.json(&[]).await;
+    assert_check(
+        &doc,
+        "files.token_cache",
+        "warning",
+        &["cache (mode 0755)"],
+        &["Other users could read the tokens: chmod 700"],
+    );
+    assert_nothing_sent(&smtp);
+}
+
+#[tokio::test]
 async fn smtp_auth_disabled() {
     let tok = good_token();
     let (smtp, _tokens, env) = submit_setup(

@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod exit;
 pub mod explain;
 pub mod fsutil;
+pub mod graph;
 pub mod message;
 pub mod queue;
 pub mod report;

@@ -8,6 +8,8 @@
 
 #[path = "support/dns.rs"]
 mod dns;
+#[path = "support/fake_graph.rs"]
+mod fake_graph;
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
 #[path = "support/token_server.rs"]
@@ -150,6 +152,10 @@ impl Env {
             .env("XDG_STATE_HOME", self.dir.path())
             .env_remove("M365SEND_CONFIG")
             .env_remove("M365SEND_LOG")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1495,4 +1501,155 @@ async fn a_tls_1_1_only_server_is_named_as_such() {
             "upgrade that server or proxy to TLS 1.2",
         ],
     );
+}
+
+// ---- mode = "graph" ---------------------------------------------------------------------
+
+/// A token for Microsoft Graph with these roles.
+fn graph_token(roles: &[&str]) -> String {
+    jwt(json!({
+        "aud": "https://graph.microsoft.com",
+        "tid": TENANT_ID,
+        "appid": CLIENT,
+        "roles": roles,
+        "exp": chrono_now() + 3600,
+    }))
+}
+
+/// A graph profile against the fake Graph, with its token endpoint handing out `token`.
+fn graph_setup(
+    token: &str,
+    rules: Vec<fake_graph::Rule>,
+) -> (fake_graph::FakeGraph, TokenServer, Env) {
+    let graph = fake_graph::FakeGraph::start(fake_graph::Accept::Token(token.to_owned()), rules);
+    let tokens = TokenServer::scripted(vec![Reply::token(token, 3600, None)]);
+    let dns = start_stub_dns(healthy_dns());
+    let env = Env::new(
+        "g",
+        &format!(
+            "mode = \"graph\"\nmailbox = \"{MAILBOX}\"\ntenant = \"{TENANT}\"\n\
+             endpoint = {{ host = \"127.0.0.1\", port = {port}, dns_server = \"{dns}\" }}\n\
+             tls = {{ ca_file = \"{ca}\" }}\n\
+             timeouts = {{ connect = 5, command = 5, data_end = 5 }}\n\
+             auth = {{ method = \"oauth\", authority = \"{authority}\", client_id = \"{CLIENT}\", \
+             client_secret = {{ env = \"{SECRET_ENV}\" }} }}\n",
+            port = graph.port(),
+            ca = graph.ca_file().display(),
+            authority = tokens.authority(),
+        ),
+    );
+    (graph, tokens, env)
+}
+
+/// Graph got exactly the probe: one sendMail, JSON, and sent nothing.
+fn assert_graph_probe_only(graph: &fake_graph::FakeGraph) {
+    assert_eq!(
+        graph.shorts(),
+        vec!["POST sendMail"],
+        "{:?}",
+        graph.shorts()
+    );
+    let r = &graph.requests()[0];
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json"))
+    );
+    let body: Value = serde_json::from_slice(&r.small_body).unwrap();
+    assert_eq!(body["message"]["toRecipients"], json!([]));
+    assert_eq!(body["saveToSentItems"], false);
+    assert!(graph.sent().is_empty(), "Graph sent a message");
+}
+
+#[tokio::test]
+async fn a_healthy_graph_profile_passes_every_check() {
+    let tok = graph_token(&["Mail.Send"]);
+    let (graph, _tokens, env) = graph_setup(&tok, vec![]);
+    let o = env.doctor(&["--to", RCPT]).await;
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert_clean(&o, &[&tok]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("contacts: Microsoft Graph 127.0.0.1:"),
+        "{out}"
+    );
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(0), "{doc:#}");
+    for c in doc["checks"].as_array().unwrap() {
+        assert!(c["status"] == "passed", "{c:#}");
+    }
+    assert_check(
+        &doc,
+        "tls.https",
+        "passed",
+        &["TLS 1.3", "valid for 127.0.0.1 (verified)"],
+        &[],
+    );
+    assert_check(
+        &doc,
+        "token",
+        "passed",
+        &["aud=https://graph.microsoft.com", "roles=Mail.Send"],
+        &[],
+    );
+    assert_check(
+        &doc,
+        "graph.sendmail",
+        "passed",
+        &[
+            "POST /v1.0/users/app@contoso.com/sendMail without recipients → HTTP 400 ErrorInvalidRecipients",
+            "nothing was sent",
+        ],
+        &[],
+    );
+    assert!(graph.sent().is_empty());
+    assert!(
+        graph.shorts().iter().all(|s| s == "POST sendMail"),
+        "{:?}",
+        graph.shorts()
+    );
+}
+
+#[tokio::test]
+async fn graph_access_denied() {
+    let tok = graph_token(&["Mail.Send"]);
+    let (graph, _tokens, env) = graph_setup(
+        &tok,
+        vec![fake_graph::Rule::error(
+            "POST sendMail",
+            403,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+        )],
+    );
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(77), "{doc:#}");
+    assert_eq!(first_failure(&doc), "graph.sendmail");
+    assert_check(
+        &doc,
+        "graph.sendmail",
+        "failed",
+        &["HTTP 403 ErrorAccessDenied: Access is denied. Check credentials and try again."],
+        &["Mail.Send"],
+    );
+    assert_graph_probe_only(&graph);
+}
+
+#[tokio::test]
+async fn graph_token_without_mail_send() {
+    let tok = graph_token(&["User.Read.All"]);
+    let (graph, _tokens, env) = graph_setup(&tok, vec![]);
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(77), "{doc:#}");
+    assert_eq!(first_failure(&doc), "token");
+    assert_check(
+        &doc,
+        "token",
+        "failed",
+        &["roles=User.Read.All", "no Mail.Send role or scope"],
+        &[
+            "add the Microsoft Graph permission Mail.Send",
+            "admin consent",
+        ],
+    );
+    assert!(graph.sent().is_empty());
 }

@@ -27,6 +27,7 @@
 mod cert;
 mod dns;
 mod files;
+mod graph;
 mod legacy_tls;
 mod probe;
 mod setup;
@@ -488,6 +489,16 @@ fn contacts(ctx: &Ctx<'_>) -> Vec<String> {
             "the token endpoint {} (only when no valid token is cached)",
             s.token_endpoint()
         ));
+    }
+    if p.mode == Mode::Graph {
+        let host = crate::route::graph_host(p)
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_else(|_| "the Graph host".to_owned());
+        v.push(format!(
+            "Microsoft Graph {host} (TCP connect, a TLS handshake, then POST sendMail with a \
+             message without recipients, which Graph refuses: nothing is sent)"
+        ));
+        return v;
     }
     let relay_like = matches!(p.mode, Mode::Relay | Mode::Direct);
     let port = p.endpoint.port.unwrap_or(if relay_like { 25 } else { 587 });

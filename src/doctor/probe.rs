@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{Check, Ctx, cert, legacy_tls, token};
+use super::{Check, Ctx, cert, graph, legacy_tls, token};
 use crate::auth::{self, Credentials};
 use crate::config::Mode;
 use crate::exit::Exit;
 use crate::explain;
 use crate::route::{AuthKind, Endpoint, Host};
-use crate::smtp::{EnhancedCode, Reply, Session, SessionError, Sink, Step, TlsFailure};
+use crate::smtp::{EnhancedCode, Reply, Session, SessionError, Sink, Step, TlsFailure, TlsInfo};
 use crate::transport::Problem;
 use crate::transport::smtp::{session_config, tls_config};
 
@@ -35,12 +35,23 @@ pub async fn checks(ctx: &Ctx<'_>) -> Vec<Check> {
                 "no endpoint (see network.route)",
             ));
             checks.push(token::check(ctx, None, None).await.0);
-            checks.push(Check::skipped("smtp", "no endpoint (see network.route)"));
+            checks.push(Check::skipped(
+                if ctx.profile.mode == Mode::Graph {
+                    "graph.sendmail"
+                } else {
+                    "smtp"
+                },
+                "no endpoint (see network.route)",
+            ));
             return checks;
         }
     };
     let (connect, host) = connect(ctx, &endpoint).await;
     checks.push(connect);
+    if endpoint.mode == Mode::Graph {
+        checks.extend(graph::checks(ctx, &endpoint, host.as_ref()).await);
+        return checks;
+    }
     let Some(host) = host else {
         checks.push(Check::skipped(
             "tls.starttls",
@@ -78,6 +89,9 @@ fn blocked_port_advice(port: u16) -> String {
             .to_owned(),
         587 => "Port 587 is blocked on the way (a local firewall, the network, some ISPs): open \
                 outbound 587 to the host, or send through Microsoft Graph over HTTPS (port 443)."
+            .to_owned(),
+        443 => "Port 443 (HTTPS) is blocked on the way: open outbound HTTPS to the host, or set \
+                HTTPS_PROXY to a proxy that may reach it (the Graph client honours it)."
             .to_owned(),
         p => format!(
             "Check that the host listens on port {p} and that no firewall blocks it on the way."
@@ -144,6 +158,21 @@ async fn connect(ctx: &Ctx<'_>, endpoint: &Endpoint) -> (Check, Option<Host>) {
                 .to_owned(),
         )
     };
+    if endpoint.mode == Mode::Graph
+        && let Some(var) = graph::proxy()
+    {
+        return (
+            Check::warning(
+                NAME,
+                format!("{} (a direct connection; {var} is set)", errors.join("; ")),
+                format!(
+                    "Graph requests go through the proxy in {var}, so this may not matter: \
+                     graph.sendmail below says whether Graph answers through it."
+                ),
+            ),
+            None,
+        );
+    }
     (Check::failed(NAME, exit, errors.join("; "), fix), None)
 }
 
@@ -188,11 +217,14 @@ fn tls_check(host: &Host, s: &Session) -> Check {
              something on the way (SMTP inspection in a firewall) removes STARTTLS.",
         );
     };
-    let mut evidence = format!(
-        "STARTTLS offered; {}, {}",
-        version_words(&info.version),
-        info.cipher
-    );
+    tls_evidence(NAME, "STARTTLS offered".to_owned(), &info, host)
+}
+
+/// A check for a TLS connection that worked: `lead`, the version and cipher, the server's
+/// certificate (verified for `host` by the handshake) and its expiry; a warning when it
+/// expires within two weeks.
+pub(super) fn tls_evidence(name: &'static str, lead: String, info: &TlsInfo, host: &Host) -> Check {
+    let mut evidence = format!("{lead}; {}, {}", version_words(&info.version), info.cipher);
     let leaf = info
         .peer_certificates
         .first()
@@ -209,7 +241,7 @@ fn tls_check(host: &Host, s: &Session) -> Check {
             ));
             if cert::days_until(f.not_after, now) < 14 {
                 return Check::warning(
-                    NAME,
+                    name,
                     evidence,
                     "The server's certificate expires within two weeks; when it does, every \
                      connection fails. Microsoft renews its own; for another server, tell its \
@@ -220,7 +252,7 @@ fn tls_check(host: &Host, s: &Session) -> Check {
         Some(Err(e)) => evidence.push_str(&format!("; server certificate: {e}")),
         None => {}
     }
-    Check::passed(NAME, evidence)
+    Check::passed(name, evidence)
 }
 
 /// `tls.starttls` (or an earlier step of the session) failed: say what, and why.

@@ -75,13 +75,30 @@ async fn oauth(ctx: &Ctx<'_>) -> (Check, Option<Credentials>) {
         let endpoint = auth::OAuthSettings::from_profile(p)
             .map(|s| s.token_endpoint())
             .unwrap_or_default();
-        match auth::access_token(ctx.config, p, false).await {
+        let acquired = if p.mode == Mode::Graph {
+            auth::graph_token(ctx.config, p, None).await
+        } else {
+            auth::access_token(ctx.config, p, false).await
+        };
+        match acquired {
             Ok(t) if t.from_cache => (t.token, "from the cache".to_owned(), true),
             Ok(t) => (t.token, format!("acquired from {endpoint}"), false),
             Err(f) => return (Check::from_failure(NAME, &f, fallback), None),
         }
     };
     let check = judge(ctx, &token, &source);
+    if p.mode == Mode::Graph {
+        // Graph takes the token itself, no SASL login: the user is the mailbox it sends as.
+        let user = p.mailbox.clone().unwrap_or_default();
+        return (
+            check,
+            Some(Credentials::XOAuth2 {
+                user,
+                token,
+                from_cache: cached,
+            }),
+        );
+    }
     // The same credentials the sending path builds (the token is now in the cache). A token
     // acquired just now is not "from the cache": a 535 5.7.3 is not answered with another.
     let creds = match auth::credentials(ctx.config, p, false).await {
@@ -100,7 +117,24 @@ async fn oauth(ctx: &Ctx<'_>) -> (Check, Option<Credentials>) {
 fn expected(mode: Mode, cloud: Cloud) -> (&'static [&'static str], &'static str, &'static str) {
     // Exchange Online's application id stands for it in v2.0 tokens.
     const EXO: &str = "00000002-0000-0ff1-ce00-000000000000";
+    // Microsoft Graph's application id.
+    const GRAPH: &str = "00000003-0000-0000-c000-000000000000";
     match (mode, cloud) {
+        (Mode::Graph, Cloud::Global) => (
+            &["graph.microsoft.com"],
+            GRAPH,
+            "https://graph.microsoft.com",
+        ),
+        (Mode::Graph, Cloud::Usgov) => (
+            &["graph.microsoft.us", "dod-graph.microsoft.us"],
+            GRAPH,
+            "https://graph.microsoft.us",
+        ),
+        (Mode::Graph, Cloud::China) => (
+            &["microsoftgraph.chinacloudapi.cn"],
+            GRAPH,
+            "https://microsoftgraph.chinacloudapi.cn",
+        ),
         (Mode::Acs, _) => (
             &["communication.azure.com"],
             "",
@@ -193,7 +227,21 @@ fn judge(ctx: &Ctx<'_>, token: &Secret, source: &str) -> Check {
             );
         }
     }
-    if p.mode != Mode::Acs
+    let may_send_mail = c.roles.iter().any(|r| r == "Mail.Send")
+        || c.scp
+            .as_deref()
+            .is_some_and(|s| s.split(' ').any(|x| x == "Mail.Send"));
+    if p.mode == Mode::Graph && !may_send_mail {
+        return Check::failed(
+            NAME,
+            Exit::NoPerm,
+            format!("{evidence}: no Mail.Send role or scope"),
+            "The token carries no Graph permission to send mail: add the Microsoft Graph \
+             permission Mail.Send (an application permission for app-only, delegated for a \
+             signed-in user) to the app registration and grant admin consent.",
+        );
+    }
+    if !matches!(p.mode, Mode::Acs | Mode::Graph)
         && !c.allows_smtp()
         && let Some(note) = auth::token_permission_note(token)
     {

@@ -127,21 +127,7 @@ async fn https(ctx: &Ctx<'_>, host: &Host, tls: Arc<rustls::ClientConfig>) -> Ch
     .await
     {
         Ok(Ok(stream)) => {
-            let (_, conn) = stream.get_ref();
-            let info = TlsInfo {
-                version: conn
-                    .protocol_version()
-                    .map(|v| format!("{v:?}"))
-                    .unwrap_or_default(),
-                cipher: conn
-                    .negotiated_cipher_suite()
-                    .map(|c| format!("{:?}", c.suite()))
-                    .unwrap_or_default(),
-                peer_certificates: conn
-                    .peer_certificates()
-                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                    .unwrap_or_default(),
-            };
+            let info = TlsInfo::of(stream.get_ref().1);
             tls_evidence(
                 NAME,
                 format!("{host}: handshake in {} ms", started.elapsed().as_millis()),

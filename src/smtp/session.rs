@@ -982,6 +982,26 @@ pub struct TlsInfo {
     pub peer_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
+impl TlsInfo {
+    /// What a rustls client connection negotiated.
+    pub fn of(conn: &rustls::ClientConnection) -> TlsInfo {
+        TlsInfo {
+            version: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map(|c| format!("{:?}", c.suite()))
+                .unwrap_or_default(),
+            peer_certificates: conn
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// The replies to a probe that sends no message (see [`Session::probe`]).
 #[derive(Debug, Clone)]
 pub struct ProbeReplies {
@@ -999,21 +1019,7 @@ impl Session {
         let Stream::Tls(s) = &self.stream else {
             return None;
         };
-        let (_, conn) = s.get_ref();
-        Some(TlsInfo {
-            version: conn
-                .protocol_version()
-                .map(|v| format!("{v:?}"))
-                .unwrap_or_default(),
-            cipher: conn
-                .negotiated_cipher_suite()
-                .map(|c| format!("{:?}", c.suite()))
-                .unwrap_or_default(),
-            peer_certificates: conn
-                .peer_certificates()
-                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_default(),
-        })
+        Some(TlsInfo::of(s.get_ref().1))
     }
 
     /// Ask the server about a sender, and a recipient, without sending a message: `MAIL

@@ -507,6 +507,7 @@ fn contacts(ctx: &Ctx<'_>) -> Vec<String> {
             name: h.clone(),
             port,
             preference: None,
+            addrs: Vec::new(),
         }
         .to_string(),
         (None, None, true) => format!("the MX host of the sender domain, port {port}"),

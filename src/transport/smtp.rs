@@ -85,6 +85,7 @@ pub fn session_config(
     SessionConfig {
         host: host.name.clone(),
         port: host.port,
+        addrs: host.addrs.clone(),
         helo,
         tls: endpoint.tls,
         tls_config: tls,

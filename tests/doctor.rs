@@ -932,7 +932,10 @@ async fn relay_recipient_refused_unable_to_relay() {
         "smtp.rcpt_to",
         "failed",
         &["550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain"],
-        &["relay"],
+        &[
+            "The server does not relay for this host to the recipient",
+            "Ms-Exch-SMTP-Accept-Any-Recipient",
+        ],
     );
     assert_nothing_sent(&smtp);
 }

@@ -933,7 +933,7 @@ async fn relay_recipient_refused_unable_to_relay() {
         "failed",
         &["550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain"],
         &[
-            "The server does not relay for this host to the recipient",
+            "The server does not relay for this host to someone@fabrikam.com",
             "Ms-Exch-SMTP-Accept-Any-Recipient",
         ],
     );

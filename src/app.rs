@@ -119,6 +119,17 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             crate::auth::token_status(&config, &profile, &mut crate::console::Stdout)
         }
+        Command::Doctor { all, to, json } => crate::doctor::run(
+            &crate::doctor::Options {
+                config: config_path,
+                profile: profile_name,
+                all,
+                to,
+                json,
+                verbose: inv.verbose,
+            },
+            &mut io::stdout(),
+        ),
         Command::TokenClear => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             crate::auth::token_clear(&config, &profile)?;
@@ -647,7 +658,8 @@ fn configure(
     }
 }
 
-fn no_config() -> Failure {
+/// The failure when no configuration file exists (also `doctor`'s first check).
+pub(crate) fn no_config() -> Failure {
     let mut looked = vec![format!("${}", config::CONFIG_ENV)];
     looked.extend(
         config::search_paths(&|name| std::env::var_os(name))

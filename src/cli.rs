@@ -15,9 +15,9 @@
 //! 2. clap parses what is left: sendmail's ordinary short options (`-t -i -f -r -F -N -R -V -C
 //!    -v`), the native long options, the recipients and, for `m365send` only, the subcommands.
 //!
-//! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`) only when
-//! the program is invoked as `m365send` AND the word is the first argument that is neither an
-//! option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
+//! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`,
+//! `doctor`) only when the program is invoked as `m365send` AND the word is the first argument
+//! that is neither an option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
 //! name but `mailq`/`newaliases`) there are no subcommands at all, so `sendmail queue` mails
 //! the local user "queue", exactly as sendmail would. `m365send -- queue` does too.
 
@@ -82,6 +82,12 @@ pub enum Command {
     TokenStatus,
     /// `m365send token clear`.
     TokenClear,
+    /// `m365send doctor [--all] [--to ADDR] [--json]`: check a profile without sending.
+    Doctor {
+        all: bool,
+        to: Option<String>,
+        json: bool,
+    },
     /// `--help`, `--version`: print this text on stdout and exit 0.
     Help {
         text: String,
@@ -178,7 +184,7 @@ impl Personality {
 }
 
 /// The subcommand words (only for the `m365send` personality; see the module comment).
-const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue"];
+const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue", "doctor"];
 
 /// Parse argv (argv[0] included).
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Failure> {
@@ -388,6 +394,7 @@ Examples:
   sendmail -t -i < message.eml            (installed as /usr/sbin/sendmail)
   m365send --dry-run -f root root < /dev/null     (show the route without sending)
   m365send explain 5.7.60
+  m365send doctor --to ops@contoso.com    (check the setup step by step; sends nothing)
 
 Sendmail compatibility:
   -oi                 Same as -i.
@@ -416,6 +423,7 @@ m365send [OPTIONS] [--] [RECIPIENT]...  < message
        m365send [OPTIONS] --to ADDR --subject TEXT [--attach FILE]... [RECIPIENT]...
        m365send explain CODE | login | token status|clear
        m365send queue list [--json] | run | flush | show ID | delete ID
+       m365send doctor [--profile NAME | --all] [--to ADDR] [--json]
        sendmail -t -i  (installed as /usr/sbin/sendmail; also mailq, newaliases)";
 
 fn mode_values() -> PossibleValuesParser {
@@ -578,6 +586,18 @@ enum Sub {
         #[command(subcommand)]
         action: Option<QueueAction>,
     },
+    /// Check a profile's setup, step by step, without sending a message.
+    Doctor {
+        /// Check every profile.
+        #[arg(long)]
+        all: bool,
+        /// Also ask the server about this recipient (RCPT TO, then RSET; nothing is sent).
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+        /// Print the checks as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -690,6 +710,7 @@ fn parse_main(args: Vec<OsString>, subcommands: bool) -> Result<Invocation, Fail
                 Sub::Token {
                     action: TokenAction::Clear,
                 } => Command::TokenClear,
+                Sub::Doctor { all, to, json } => Command::Doctor { all, to, json },
                 Sub::Queue { action } => match action {
                     None => Command::QueueList { json: false },
                     Some(QueueAction::List { json }) => Command::QueueList { json },

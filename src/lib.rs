@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod deliver;
+pub mod doctor;
 pub mod exit;
 pub mod explain;
 pub mod fsutil;

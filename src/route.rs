@@ -634,7 +634,9 @@ async fn resolve_addresses(
     Ok(out)
 }
 
-fn build_resolver(dns_server: Option<SocketAddr>) -> Result<TokioResolver, Failure> {
+/// The resolver for a profile: `dns_server` (UDP) when configured, else the system's
+/// (/etc/resolv.conf). Also used by `doctor` for its TXT and CNAME lookups.
+pub fn build_resolver(dns_server: Option<SocketAddr>) -> Result<TokioResolver, Failure> {
     let mut builder = match dns_server {
         Some(addr) => {
             let mut ns = NameServerConfig::udp(addr.ip());

@@ -1056,6 +1056,9 @@ pub struct TokenClaims {
     /// Client id of the app the token was issued to.
     #[serde(default)]
     pub appid: Option<String>,
+    /// Client id of the app, in v2.0 tokens (which have no `appid`).
+    #[serde(default)]
+    pub azp: Option<String>,
     /// App-only permissions, e.g. SMTP.SendAsApp.
     #[serde(default)]
     pub roles: Vec<String>,
@@ -1105,7 +1108,7 @@ impl TokenClaims {
         if let Some(u) = &self.upn {
             parts.push(format!("upn={u}"));
         }
-        if let Some(a) = &self.appid {
+        if let Some(a) = self.appid.as_ref().or(self.azp.as_ref()) {
             parts.push(format!("appid={a}"));
         }
         if let Some(t) = &self.tid {

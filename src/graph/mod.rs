@@ -427,6 +427,33 @@ impl Client {
         }
     }
 
+    /// Ask Graph whether this mailbox may send, without sending anything (for `doctor`):
+    /// `POST sendMail` with a message that has no recipient and no copy to keep. Graph
+    /// checks the token, the mailbox and the right to send from it before the message, so
+    /// `400 ErrorInvalidRecipients` ("At least one recipient is required") is the healthy
+    /// answer; 401, 403 and 404 say what is wrong. A message without a recipient cannot be
+    /// delivered to anyone.
+    pub async fn probe(&mut self, token: &str) -> Result<u16, GraphError> {
+        let body = serde_json::json!({
+            "message": {
+                "subject": "m365send doctor probe (no recipient: never delivered)",
+                "body": {"contentType": "Text", "content": ""},
+                "toRecipients": [],
+            },
+            "saveToSentItems": false,
+        });
+        self.request(
+            token,
+            reqwest::Method::POST,
+            self.url(&["sendMail"]),
+            "POST sendMail (probe without recipients)",
+            Payload::Json(body),
+            false,
+        )
+        .await
+        .map(|(status, _)| status)
+    }
+
     /// Attach the extracted parts, mark the draft, send it. The final status.
     async fn finish_draft(
         &mut self,

@@ -986,6 +986,87 @@ impl Session {
     }
 }
 
+/// What a TLS connection negotiated (for `doctor`).
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The protocol version as rustls names it, e.g. "TLSv1_3".
+    pub version: String,
+    /// The cipher suite as rustls names it, e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+    /// The server's certificate chain, leaf first (DER).
+    pub peer_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl TlsInfo {
+    /// What a rustls client connection negotiated.
+    pub fn of(conn: &rustls::ClientConnection) -> TlsInfo {
+        TlsInfo {
+            version: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map(|c| format!("{:?}", c.suite()))
+                .unwrap_or_default(),
+            peer_certificates: conn
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The replies to a probe that sends no message (see [`Session::probe`]).
+#[derive(Debug, Clone)]
+pub struct ProbeReplies {
+    pub mail: Reply,
+    /// None when no recipient was given or the sender was refused.
+    pub rcpt: Option<Reply>,
+    /// The reply to the closing RSET; None when it could not be sent (the server hung up).
+    pub rset: Option<Reply>,
+}
+
+/// Accessors and the no-message probe, for `doctor`.
+impl Session {
+    /// The negotiated TLS version, cipher suite and server certificates (None without TLS).
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        let Stream::Tls(s) = &self.stream else {
+            return None;
+        };
+        Some(TlsInfo::of(s.get_ref().1))
+    }
+
+    /// Ask the server about a sender, and a recipient, without sending a message: `MAIL
+    /// FROM:<sender>`, then `RCPT TO:<rcpt>` when one is given and the sender was accepted,
+    /// then RSET. Never DATA or BDAT; one command per write. `Err` means the session failed.
+    pub async fn probe(
+        &mut self,
+        sender: &str,
+        rcpt: Option<&str>,
+    ) -> Result<ProbeReplies, SessionError> {
+        if self.dirty {
+            self.rset().await?;
+        }
+        self.dirty = true;
+        let mail = self
+            .command(Line::plain(format!("MAIL FROM:<{sender}>")), Step::Mail)
+            .await
+            .and_then(|r| final_reply(Step::Mail, r))?;
+        let rcpt = match rcpt {
+            Some(r) if mail.is_positive() => Some(
+                self.command(Line::plain(format!("RCPT TO:<{r}>")), Step::Rcpt)
+                    .await
+                    .and_then(|r| final_reply(Step::Rcpt, r))?,
+            ),
+            _ => None,
+        };
+        // A server may hang up after a refusal: the refusal is the news, not the lost RSET.
+        let rset = self.rset().await.ok();
+        Ok(ProbeReplies { mail, rcpt, rset })
+    }
+}
+
 impl Session {
     /// A read/write error. After TLS 1.3 the server's verdict on our client certificate
     /// arrives as an alert on the first read: report it as a TLS failure, not a broken

@@ -33,7 +33,11 @@ fn read_checked(path: &Path, what: &str) -> Result<Vec<u8>, TlsSetupError> {
         .map_err(|e| TlsSetupError(format!("cannot read {what} {}: {e}", path.display())))
 }
 
-fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+/// The certificates of a PEM file (`what` names it in errors: "client certificate").
+pub(crate) fn load_certs(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let pem = read_checked(path, what)?;
     let iter = CertificateDer::pem_slice_iter(&pem);
     let certs = iter

@@ -90,7 +90,8 @@ impl<'a> GraphConnector<'a> {
         Ok(t)
     }
 
-    fn settings(&self, host: &Host) -> graph::Settings {
+    /// The Graph client settings for `host` (also `doctor`'s, which probes with them).
+    pub fn settings(&self, host: &Host) -> graph::Settings {
         let t = &self.profile.timeouts;
         let log: Option<graph::Log> = self.opts.transcript().map(|sink| {
             let l: graph::Log = Arc::new(move |line: &str| sink.line(line));

@@ -4,7 +4,8 @@
 //!
 //! What it does, like Graph (see src/graph/mod.rs for the sources):
 //! - `POST /v1.0/users/{m}/sendMail` with a `text/plain` base64 MIME body → 202, the message
-//!   "sent" to the To/Cc/Bcc of its headers;
+//!   "sent" to the To/Cc/Bcc of its headers; with a JSON message without any recipient →
+//!   400 ErrorInvalidRecipients (what doctor's probe expects);
 //! - `POST .../messages` (MIME) → 201 `{"id": ...}` (a draft); `PATCH .../messages/{id}` →
 //!   200; `POST .../messages/{id}/attachments` → 201; `.../attachments/createUploadSession` →
 //!   201 `{"uploadUrl": "https://127.0.0.1:PORT/upload/ID?authtoken=..."}` (refused under
@@ -561,6 +562,23 @@ fn carry_out(req: &Request, body: &[u8], s: &mut State, cfg: &Config) -> Answer 
     let segs: Vec<&str> = seg.iter().map(String::as_str).collect();
     match (req.method.as_str(), segs.as_slice()) {
         ("POST", ["v1.0", "users", _, "sendMail"]) => {
+            // A JSON message without any recipient (doctor's probe): refused, as Graph does.
+            if req
+                .header("content-type")
+                .is_some_and(|c| c.starts_with("application/json"))
+            {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                let none = ["toRecipients", "ccRecipients", "bccRecipients"]
+                    .iter()
+                    .all(|k| v["message"][k].as_array().is_none_or(|a| a.is_empty()));
+                if none {
+                    return error(
+                        400,
+                        "ErrorInvalidRecipients",
+                        "At least one recipient is required, but none were found.",
+                    );
+                }
+            }
             if !req
                 .header("content-type")
                 .is_some_and(|c| c.starts_with("text/plain"))

@@ -493,6 +493,52 @@ fn throttled_with_retry_after_waits_then_succeeds() {
     assert_eq!(server.sent().len(), 1);
 }
 
+/// An upload `PUT` answered 503 with Retry-After is sent again, with the same bytes (the
+/// retry shares the chunk; it is not read or copied again).
+#[test]
+fn a_throttled_upload_chunk_is_sent_again_with_the_same_bytes() {
+    let server = FakeGraph::start(
+        Accept::Token(TOKEN.into()),
+        vec![
+            Rule::error(
+                "PUT upload",
+                503,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable.",
+            )
+            .retry_after(1)
+            .times(1),
+        ],
+    );
+    let env = Env::new(&server, "");
+    let mut msg = Vec::new();
+    let sha = write_big_message(&mut msg, 4 * 1024 * 1024);
+    let o = env.run(&["-v", "-i", "ops@contoso.com"], &msg);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("graph: HTTP 503; waiting 1 s as Retry-After asks"),
+        "{}",
+        stderr(&o)
+    );
+    assert_no_secret(&o);
+    let shorts = server.shorts();
+    assert_eq!(
+        shorts.iter().filter(|s| *s == "PUT upload").count(),
+        3,
+        "{shorts:?}"
+    );
+    let ranges: Vec<String> = server
+        .requests()
+        .iter()
+        .filter(|r| r.short() == "PUT upload")
+        .map(|r| r.header("content-range").unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ranges[0], ranges[1], "the throttled range is sent again");
+    let sent = server.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].attachments[0].sha256, sha);
+}
+
 #[test]
 fn unavailable_is_queued_then_delivered_once_by_queue_run() {
     let server = FakeGraph::start(

@@ -352,21 +352,6 @@ enum PostError {
     Failed(Failure),
 }
 
-/// The error chain of a transport error, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
-}
-
 /// POST a form to an identity endpoint and parse a JSON answer of type T.
 async fn post_form<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
@@ -390,7 +375,7 @@ async fn post_form<T: serde::de::DeserializeOwned>(
                          (a temporary failure)",
                         s.profile,
                         url,
-                        chain(&e.without_url())
+                        crate::graph::error_chain(e)
                     ),
                     secrets,
                 ),
@@ -425,7 +410,7 @@ async fn post_form<T: serde::de::DeserializeOwned>(
             format!(
                 "the token endpoint for profile \"{}\" ({url}) broke off its answer: {}",
                 s.profile,
-                chain(&e.without_url())
+                crate::graph::error_chain(e)
             ),
         ))
     })?;

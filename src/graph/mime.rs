@@ -756,6 +756,18 @@ fn copy_range(file: &mut File, from: u64, to: u64, out: &mut dyn Write) -> io::R
     Ok(())
 }
 
+/// The bytes base64 content is made of: the alphabet and '='.
+static BASE64_CONTENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=';
+        b += 1;
+    }
+    t
+};
+
 /// Decode a part's body, calling `sink` with pieces of at most 64 KiB.
 pub fn decode(
     path: &Path,
@@ -780,7 +792,12 @@ pub fn decode(
         Encoding::Base64 => {
             let mut r = r;
             let mut buf = vec![0u8; 64 * 1024];
-            let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024 + 4);
+            // The base64 content not decoded yet: up to 3 bytes left over, and one read's.
+            let mut pending = vec![0u8; 3 + buf.len()];
+            let mut len = 0;
+            let mut decoded = vec![0u8; pending.len() / 4 * 3 + 3];
+            // Where the first '=' is in `pending`.
+            let mut pad: Option<usize> = None;
             // Lenient: mail software pads and ends base64 in every way.
             let engine = base64::engine::GeneralPurpose::new(
                 &base64::alphabet::STANDARD,
@@ -790,34 +807,39 @@ pub fn decode(
             );
             loop {
                 let n = r.read(&mut buf)?;
-                pending.extend(
-                    buf[..n]
-                        .iter()
-                        .copied()
-                        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')),
-                );
-                let whole = if n == 0 {
-                    pending.len()
-                } else {
-                    pending.len() / 4 * 4
-                };
-                // Stop at padding: what follows it is not content.
-                let upto = pending[..whole]
-                    .iter()
-                    .position(|b| *b == b'=')
-                    .map_or(whole, |p| p.div_ceil(4) * 4)
-                    .min(pending.len());
-                if upto > 0 {
-                    let chunk = &pending[..upto];
-                    let decoded = engine
-                        .decode(chunk)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    sink(&decoded)?;
+                // Keep the alphabet and '=' (line ends and stray bytes are not content): an
+                // indexed loop into buffers of fixed size, several times faster than
+                // iterator chains and growing vectors in a debug build, where the tests send
+                // 100 MB through it.
+                let mut i = 0;
+                while i < n {
+                    let b = buf[i];
+                    if BASE64_CONTENT[b as usize] {
+                        if b == b'=' && pad.is_none() {
+                            pad = Some(len);
+                        }
+                        pending[len] = b;
+                        len += 1;
+                    }
+                    i += 1;
                 }
-                if n == 0 || upto < whole {
+                let whole = if n == 0 { len } else { len / 4 * 4 };
+                // Stop at padding: what follows it is not content.
+                let padded = pad.filter(|p| *p < whole);
+                let upto = padded.map_or(whole, |p| p.div_ceil(4) * 4).min(len);
+                if upto > 0 {
+                    let d = engine
+                        .decode_slice(&pending[..upto], &mut decoded)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    sink(&decoded[..d])?;
+                }
+                if n == 0 || padded.is_some() {
                     return Ok(());
                 }
-                pending.drain(..upto);
+                pending.copy_within(upto..len, 0);
+                len -= upto;
+                // Not in the decoded quads (that would have been the end): after them.
+                pad = pad.map(|p| p - upto);
             }
         }
         Encoding::QuotedPrintable => {
@@ -984,6 +1006,57 @@ mod tests {
         assert!(
             sk.ends_with("pre\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XX--\r\n"),
             "{sk}"
+        );
+    }
+
+    /// Decode a single-part base64 message whose body is `body`.
+    fn decode_body(body: &str) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.eml");
+        let msg = format!(
+            "From: a@b.c\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n{body}"
+        );
+        std::fs::write(&p, msg).unwrap();
+        let root = scan(&p).unwrap();
+        let mut got = Vec::new();
+        decode(&p, &root, &mut |b| {
+            got.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        got
+    }
+
+    #[test]
+    fn base64_stops_at_padding_wherever_the_reads_fall() {
+        let engine = base64::engine::general_purpose::STANDARD;
+        // Stray bytes and line ends are skipped; what follows the padding is not content.
+        assert_eq!(decode_body("QU\r\nJD RA=\r\n=\r\nWFla\r\n"), b"ABCD");
+        // Padding in the last quad of the first 64 KiB read, more base64 in the next: the
+        // same. (Before, the next read's base64 was decoded too.)
+        let data: Vec<u8> = (0..49_151u32).map(|i| (i % 253) as u8).collect();
+        let first = engine.encode(&data);
+        assert_eq!((first.len(), first.ends_with('=')), (65_536, true));
+        let got = decode_body(&format!("{first}QUJD\r\n"));
+        assert!(
+            got == data,
+            "{} bytes decoded, not {}",
+            got.len(),
+            data.len()
+        );
+        // No padding: everything, across reads.
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
+        let mut body = String::new();
+        for line in engine.encode(&data).as_bytes().chunks(76) {
+            body.push_str(std::str::from_utf8(line).unwrap());
+            body.push_str("\r\n");
+        }
+        let got = decode_body(&body);
+        assert!(
+            got == data,
+            "{} bytes decoded, not {}",
+            got.len(),
+            data.len()
         );
     }
 }

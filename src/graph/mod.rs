@@ -1,15 +1,19 @@
 //! Microsoft Graph sendMail: the HTTP mechanics of sending one prepared message as a mailbox.
 //!
 //! Owns: the HTTPS client (rustls with the trust the caller hands over; `HTTPS_PROXY`,
-//! `NO_PROXY` honoured by reqwest), the requests — `POST /users/{mailbox}/sendMail` with the
-//! MIME message base64-encoded as `text/plain` when it fits one request (Graph takes at most
-//! 4 MB per request) and a copy in Sent Items is wanted; otherwise a draft created from MIME
-//! (`POST /users/{mailbox}/messages`), its large parts attached (a `POST` on `attachments`
-//! under 3 MiB, an upload session of `PUT`s of at most 3.2 MB each from 3 MiB), optionally
-//! marked not to be kept (PR_DELETE_AFTER_SUBMIT), then `POST .../send` — Retry-After on 429
-//! and 503, Graph's error bodies, and the duplicate check after an ambiguous send (a 504 or a
-//! lost answer on the draft's `send`: the draft is deleted; if it is already gone, Exchange
-//! took it, and the message counts as sent). The recipients are the envelope's: see `mime`.
+//! `NO_PROXY` honoured by reqwest) and the one-line wording of its errors, without the URL
+//! ([`error_chain`], which auth's token requests use too); the requests — `POST
+//! /users/{mailbox}/sendMail` with the MIME message base64-encoded as `text/plain` when it
+//! fits one request (Graph takes at most 4 MB per request) and a copy in Sent Items is
+//! wanted; otherwise a draft created from MIME (`POST /users/{mailbox}/messages`), its large
+//! parts attached (a `POST` on `attachments` under 3 MiB, an upload session of `PUT`s of at
+//! most 3.2 MB each from 3 MiB, decoded from the spool file while the previous one uploads),
+//! optionally marked not to be kept (PR_DELETE_AFTER_SUBMIT), then `POST .../send`;
+//! Retry-After on 429 and 503 (one retry loop for every request, resending the same body,
+//! never a copy of it), Graph's error bodies, and the duplicate check after an ambiguous
+//! send (a 504 or a lost answer on the draft's `send`: the draft is deleted; if it is
+//! already gone, Exchange took it, and the message counts as sent). The recipients are the
+//! envelope's: see `mime`.
 //! Must not: read argv or the configuration file (it takes [`Settings`]), acquire tokens
 //! (it is handed one), decide exit codes or word explanations, or log a token or an upload
 //! URL (which carries a credential).
@@ -214,17 +218,19 @@ pub struct Client {
     requests: u32,
 }
 
-/// The error chain of a reqwest error, one line, without the URL (an upload URL carries a
-/// credential).
-fn chain(e: &reqwest::Error) -> String {
+/// An HTTP client error as one line, without its URL (an upload URL carries a credential;
+/// so may a token endpoint's query): what failed, then each cause not already said. The
+/// token requests of `auth` use it too.
+pub fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut s = if e.is_timeout() {
         "timed out".to_owned()
     } else if e.is_connect() {
         "cannot connect".to_owned()
     } else {
-        "the connection failed".to_owned()
+        e.to_string()
     };
-    let mut src = std::error::Error::source(e);
+    let mut src = std::error::Error::source(&e);
     while let Some(c) = src {
         let t = c.to_string();
         if !s.contains(&t) {
@@ -579,14 +585,15 @@ impl Client {
                 "the upload URL Graph gave is not https".into(),
             ));
         }
-        // The part is decoded on a blocking thread into chunks of UPLOAD_CHUNK bytes, at
-        // most two waiting: memory stays bounded whatever the part's size.
+        // The part is decoded on a blocking thread into chunks of UPLOAD_CHUNK bytes while
+        // the previous one uploads: one being filled, one waiting, one in flight (its body
+        // shared by the retries of `exchange`), whatever the part's size.
         let mut offset = 0u64;
         let total = e.size;
         let mut err: Option<GraphError> = None;
         let path_owned = path.to_path_buf();
         let part = e.part.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
         let reader = tokio::task::spawn_blocking(move || {
             let mut buf: Vec<u8> = Vec::with_capacity(UPLOAD_CHUNK);
             let r = mime::decode(&path_owned, &part, &mut |b| {
@@ -659,44 +666,20 @@ impl Client {
         range: &str,
         data: Vec<u8>,
     ) -> Result<(), GraphError> {
-        let what = format!("PUT upload session {range}");
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            self.requests += 1;
-            self.log(&format!("graph> PUT <upload URL> Content-Range: {range}"));
-            let resp = self
-                .http
-                .put(url.clone())
-                .header(reqwest::header::CONTENT_RANGE, range)
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(data.clone())
-                .send()
-                .await
-                .map_err(|e| GraphError::Transport {
-                    what: chain(&e.without_url()),
-                    request: what.clone(),
-                    maybe_sent: false,
-                })?;
-            let status = resp.status().as_u16();
-            let retry_after = retry_after(resp.headers());
-            let body = resp.bytes().await.unwrap_or_default();
-            self.log(&format!("graph< {status}"));
-            if (200..300).contains(&status) {
-                return Ok(());
-            }
-            let e = error_of(status, &body, retry_after, &what, false);
-            match throttle_wait(&e, attempt) {
-                Some(wait) => {
-                    self.log(&format!(
-                        "graph: HTTP {status}; waiting {} s as Retry-After asks",
-                        wait.as_secs()
-                    ));
-                    tokio::time::sleep(wait).await;
-                }
-                None => return Err(e),
-            }
-        }
+        let req = self
+            .http
+            .put(url.clone())
+            .header(reqwest::header::CONTENT_RANGE, range)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(data);
+        self.exchange(
+            req,
+            &format!("PUT upload session {range}"),
+            &format!("graph> PUT <upload URL> Content-Range: {range}"),
+            false,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// DELETE the draft; the status, or None when there was no answer.
@@ -718,9 +701,8 @@ impl Client {
         }
     }
 
-    /// One Graph request with the bearer token; 429/503 with a Retry-After up to
-    /// [`MAX_RETRY_AFTER`] are waited out and retried. `last`: the request that sends (a
-    /// 504 or a lost answer may mean it was carried out).
+    /// One Graph request with the bearer token (see [`Client::exchange`]). `last`: the
+    /// request that sends (a 504 or a lost answer may mean it was carried out).
     async fn request(
         &mut self,
         token: &str,
@@ -730,46 +712,71 @@ impl Client {
         payload: Payload,
         last: bool,
     ) -> Result<(u16, Vec<u8>), GraphError> {
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .bearer_auth(token)
+            .header(reqwest::header::ACCEPT, "application/json");
+        let described = match payload {
+            Payload::None => {
+                req = req.header(reqwest::header::CONTENT_LENGTH, "0");
+                String::new()
+            }
+            Payload::Text(b) => {
+                let n = b.len();
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                    .body(b);
+                format!(" (text/plain, {n} bytes of base64 MIME)")
+            }
+            Payload::Json(v) => {
+                let b = serde_json::to_vec(&v).unwrap_or_default();
+                let n = b.len();
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b);
+                format!(" (application/json, {n} bytes)")
+            }
+        };
+        let line = format!(
+            "graph> {method} {}{described} Authorization: Bearer <redacted>",
+            url.path()
+        );
+        self.exchange(req, what, &line, last).await
+    }
+
+    /// Send `req` (logged as `line`) and read the answer; after a 429/503 whose Retry-After
+    /// is at most [`MAX_RETRY_AFTER`], wait and send it again, up to [`THROTTLE_RETRIES`]
+    /// times. Every attempt sends the same body: it is shared, never copied, so an upload
+    /// chunk is in memory once however often it is retried. `what` names the request in
+    /// errors; `last`: the request that sends (a 504 or a lost answer may mean it was
+    /// carried out). The status and body of a 2xx answer.
+    async fn exchange(
+        &mut self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        line: &str,
+        last: bool,
+    ) -> Result<(u16, Vec<u8>), GraphError> {
+        let req = req
+            .build()
+            .map_err(|e| GraphError::Setup(format!("{what}: {}", error_chain(e))))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.requests += 1;
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .bearer_auth(token)
-                .header(reqwest::header::ACCEPT, "application/json");
-            let described = match &payload {
-                Payload::None => {
-                    req = req.header(reqwest::header::CONTENT_LENGTH, "0");
-                    String::new()
-                }
-                Payload::Text(b) => {
-                    req = req
-                        .header(reqwest::header::CONTENT_TYPE, "text/plain")
-                        .body(b.clone());
-                    format!(" (text/plain, {} bytes of base64 MIME)", b.len())
-                }
-                Payload::Json(v) => {
-                    let b = serde_json::to_vec(v).unwrap_or_default();
-                    let n = b.len();
-                    req = req
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(b);
-                    format!(" (application/json, {n} bytes)")
-                }
-            };
-            self.log(&format!(
-                "graph> {method} {}{described} Authorization: Bearer <redacted>",
-                url.path()
-            ));
-            let resp = match req.send().await {
+            // A body of bytes always clones (a reference count, not a copy).
+            let this = req.try_clone().ok_or_else(|| {
+                GraphError::Setup(format!("{what}: the request body cannot be sent again"))
+            })?;
+            self.log(line);
+            let resp = match self.http.execute(this).await {
                 Ok(r) => r,
                 Err(e) => {
                     // A request whose body went out and whose answer did not come back may
                     // have been carried out.
                     let maybe_sent = last && !e.is_connect();
-                    let what_failed = chain(&e.without_url());
+                    let what_failed = error_chain(e);
                     self.log(&format!("graph< no answer: {what_failed}"));
                     return Err(GraphError::Transport {
                         what: what_failed,

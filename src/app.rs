@@ -879,7 +879,7 @@ fn smtp_stdio(
                 Ok(Disposition::Queued(_)) => crate::bs::BsOutcome::Queued,
                 Err(f) => {
                     tracing::debug!(exit = f.exit.code(), "-bs message not delivered");
-                    stdio_failure(&f)
+                    crate::bs::BsOutcome::from_failure(&f)
                 }
             }
         };
@@ -925,28 +925,6 @@ fn stdio_message(
         verbose,
         false,
     ))
-}
-
-/// The reply a `-bs` client gets for a message we could not deliver: the class follows the
-/// exit code, the text is the first line of what the user would have read on stderr.
-fn stdio_failure(f: &Failure) -> crate::bs::BsOutcome {
-    use crate::smtp::{EnhancedCode, Reply};
-    let (code, enhanced) = match f.exit {
-        Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
-        Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),
-        Exit::NoPerm => (550, EnhancedCode::new(5, 7, 1)),
-        Exit::DataErr => (554, EnhancedCode::new(5, 6, 0)),
-        Exit::NoHost => (550, EnhancedCode::new(5, 4, 4)),
-        _ => (554, EnhancedCode::new(5, 3, 0)),
-    };
-    let first = f.message.lines().next().unwrap_or("delivery failed");
-    // A reply line must stay a line: no control characters from a server's text.
-    let first: String = first.chars().filter(|c| !c.is_control()).collect();
-    crate::bs::BsOutcome::Failed(Reply {
-        code,
-        enhanced: Some(enhanced),
-        lines: vec![format!("{enhanced} {first}")],
-    })
 }
 
 #[cfg(test)]

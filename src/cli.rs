@@ -15,7 +15,7 @@
 //! 2. clap parses what is left: sendmail's ordinary short options (`-t -i -f -r -F -N -R -V -C
 //!    -v`), the native long options, the recipients and, for `m365send` only, the subcommands.
 //!
-//! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`) only when
+//! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`, `serve`) only when
 //! the program is invoked as `m365send` AND the word is the first argument that is neither an
 //! option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
 //! name but `mailq`/`newaliases`) there are no subcommands at all, so `sendmail queue` mails
@@ -79,6 +79,8 @@ pub enum Command {
     TokenStatus,
     /// `m365send token clear`.
     TokenClear,
+    /// `m365send serve`: the SMTP listener for devices and applications.
+    Serve,
     /// `--help`, `--version`: print this text on stdout and exit 0.
     Help {
         text: String,
@@ -174,7 +176,7 @@ impl Personality {
 }
 
 /// The subcommand words (only for the `m365send` personality; see the module comment).
-const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue"];
+const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue", "serve"];
 
 /// Parse argv (argv[0] included).
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Failure> {
@@ -410,6 +412,7 @@ m365send [OPTIONS] [--] [RECIPIENT]...  < message
        m365send [OPTIONS] --to ADDR --subject TEXT [--attach FILE]... [RECIPIENT]...
        m365send explain CODE | login | token status|clear
        m365send queue list [--json] | run | flush | show ID | delete ID
+       m365send serve  (SMTP listener for devices and applications, see [serve])
        sendmail -t -i  (installed as /usr/sbin/sendmail; also mailq, newaliases)";
 
 fn mode_values() -> PossibleValuesParser {
@@ -572,6 +575,9 @@ enum Sub {
         #[command(subcommand)]
         action: Option<QueueAction>,
     },
+    /// Accept mail from devices and applications over SMTP (`[serve]` in the configuration)
+    /// and deliver it through the queue.
+    Serve,
 }
 
 #[derive(Debug, Subcommand)]
@@ -692,6 +698,7 @@ fn parse_main(args: Vec<OsString>, subcommands: bool) -> Result<Invocation, Fail
                     Some(QueueAction::Show { id }) => Command::QueueShow { id },
                     Some(QueueAction::Delete { id }) => Command::QueueDelete { id },
                 },
+                Sub::Serve => Command::Serve,
             }
         }
         (None, Some(Special::SmtpStdio)) => Command::SmtpStdio(send),

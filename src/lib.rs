@@ -19,4 +19,5 @@ pub mod queue;
 pub mod report;
 pub mod route;
 pub mod secret;
+pub mod serve;
 pub mod smtp;

@@ -1655,6 +1655,28 @@ mod tests {
             "rate_per_minute",
             "env",
             "value",
+            "serve",
+            "listen",
+            "networks",
+            "hostname",
+            "tls_cert",
+            "tls_key",
+            "plaintext_auth",
+            "require_auth",
+            "senders",
+            "profile",
+            "max_connections",
+            "max_message_size",
+            "max_recipients",
+            "client_rate_per_minute",
+            "auth_failures",
+            "lockout_minutes",
+            "idle_timeout",
+            "queue_interval",
+            "shutdown_timeout",
+            "users",
+            "password_hash",
+            "password_hash_file",
         ] {
             let written = EXAMPLE.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
@@ -1666,6 +1688,68 @@ mod tests {
             });
             assert!(written, "config.example.toml does not document `{key}`");
         }
+    }
+
+    #[test]
+    fn serve_section_is_checked() {
+        let base = "[profiles.a]\nmode = \"relay\"\n";
+        let ok = parse(&format!(
+            "{base}[serve]\nnetworks = [\"10.0.0.0/8\", \"192.0.2.7\"]\n"
+        ))
+        .unwrap();
+        let nets = ok.serve.networks();
+        assert_eq!(nets.len(), 2);
+        assert!(nets[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(
+            ok.serve.listen(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+        );
+        for (serve, needle) in [
+            (
+                "[serve]\nnetworks = [\"10.0.0.0/33\"]\n",
+                ":4: serve.networks: \"10.0.0.0/33\" is not a network",
+            ),
+            (
+                "[serve]\ntls_cert = \"/x\"\n",
+                "serve.tls_cert: a certificate needs its key",
+            ),
+            (
+                "[serve]\nprofile = \"nope\"\n",
+                "serve.profile: there is no such profile",
+            ),
+            (
+                "[serve]\nlisten = []\n",
+                "serve.listen: no address to listen on",
+            ),
+            (
+                "[serve]\nmax_connections = 0\n",
+                "serve.max_connections: 0 is out of range",
+            ),
+            (
+                "[serve]\nsenders = [\"a b\"]\n",
+                "serve.senders: \"a b\" is not an address",
+            ),
+            (
+                "[serve.users.u]\nsenders = [\"*\"]\n",
+                "serve.users.u.password_hash: the user needs password_hash",
+            ),
+            (
+                "[serve.users.u]\npassword_hash = \"$6$x$y\"\n",
+                "serve.users.u.senders: list the envelope senders",
+            ),
+            (
+                "[serve.users.u]\npassword = \"x\"\n",
+                "unknown field `password`",
+            ),
+        ] {
+            let e = parse(&format!("{base}{serve}")).unwrap_err();
+            assert!(e.message.contains(needle), "{serve}: {}", e.message);
+        }
+        assert!(sender_matches("*", "a@b"));
+        assert!(sender_matches("*@Contoso.com", "x@contoso.COM"));
+        assert!(!sender_matches("*@contoso.com", "x@evil.com"));
+        assert!(sender_matches("A@contoso.com", "a@contoso.com"));
+        assert!(!sender_matches("a@contoso.com", ""));
     }
 
     #[test]

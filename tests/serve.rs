@@ -161,10 +161,13 @@ struct Serve {
 
 impl Serve {
     async fn start(env: &Env) -> Serve {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&env.config)
-            .arg("serve")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&env.config).arg("serve");
+        Serve::spawn(cmd).await
+    }
+
+    async fn spawn(mut cmd: Command) -> Serve {
+        let mut child = cmd
             .env_remove("M365SEND_LOG")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS")
@@ -898,4 +901,111 @@ async fn sighup_reloads_and_sigterm_finishes_the_open_transaction() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0), "{}", serve.log());
+}
+
+/// Socket activation: a listening socket passed as descriptor 3 with LISTEN_PID/LISTEN_FDS (as
+/// systemd does) is used instead of `[serve] listen`.
+#[tokio::test]
+async fn socket_activation_uses_the_inherited_socket() {
+    use std::os::fd::AsRawFd;
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(server.port(), server.ca_file(), "");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fd = listener.as_raw_fd();
+    // `exec` keeps the shell's pid, so $$ is the pid serve runs as.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\" serve")
+        .arg(BIN)
+        .arg(&env.config);
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let serve = Serve::spawn(cmd).await;
+    drop(listener);
+    assert_eq!(serve.port, port, "{}", serve.log());
+    assert!(serve.log().contains("(from systemd)"), "{}", serve.log());
+    let mut c = Raw::connect(port).await;
+    assert!(c.reply().await.starts_with("220 "));
+    c.cmd("HELO t").await;
+    c.cmd("MAIL FROM:<alerts@contoso.com>").await;
+    c.cmd("RCPT TO:<ops@contoso.com>").await;
+    c.cmd("DATA").await;
+    let r = c.cmd("Subject: activated\r\n\r\nhi\r\n.").await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let got = delivered(&server, 1, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1, "{}", serve.log());
+}
+
+/// Commands pipelined after STARTTLS were sent in the clear: they are dropped, not run inside
+/// the TLS session (the STARTTLS command injection attack), and the session starts afresh.
+#[tokio::test]
+async fn commands_pipelined_after_starttls_are_dropped() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = Env::new();
+    let (tls_lines, ca) = env.server_cert();
+    env.write(server.port(), server.ca_file(), &tls_lines);
+    let serve = Serve::start(&env).await;
+    let mut s = TcpStream::connect(("127.0.0.1", serve.port)).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
+    s.write_all(b"EHLO c\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("250 HELP\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("250-STARTTLS\r\n"));
+    s.write_all(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"220 2.0.0 Ready to start TLS\r\n");
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    use rustls::pki_types::pem::PemObject as _;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, s).await.unwrap();
+    let (r, mut w) = tokio::io::split(tls);
+    let mut r = BufReader::new(r);
+    // The injected MAIL was not run: the first thing we read is the answer to our RCPT,
+    // which has no transaction (503), not a 250 for a MAIL nobody sent over TLS.
+    w.write_all(b"RCPT TO:<ops@contoso.com>\r\n").await.unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "503 5.5.1 Error: need MAIL command\r\n");
+    w.write_all(b"EHLO c\r\n").await.unwrap();
+    let mut ehlo = String::new();
+    while !ehlo.ends_with("250 HELP\r\n") {
+        let mut l = String::new();
+        assert!(r.read_line(&mut l).await.unwrap() > 0);
+        ehlo.push_str(&l);
+    }
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
 }

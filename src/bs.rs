@@ -62,7 +62,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use crate::exit::{Exit, Failure};
 use crate::message::{Body, Envelope};
 use crate::secret::Secret;
-use crate::smtp::{EnhancedCode, Reply};
+use crate::status::{EnhancedCode, Reply};
 
 /// Limits for one session.
 #[derive(Debug, Clone)]

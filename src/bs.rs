@@ -502,8 +502,22 @@ fn parse_path_arg<'a>(arg: &'a str, keyword: &str) -> Option<(String, Vec<&'a st
     Some((addr.to_owned(), params.split_whitespace().collect()))
 }
 
+/// `fut`, failing with `io::ErrorKind::TimedOut` after `timeout` (None: no limit, and no
+/// timer: the blocking driver has no runtime).
+async fn limited<T>(
+    timeout: Option<Duration>,
+    fut: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match timeout {
+        None => fut.await,
+        Some(d) => tokio::time::timeout(d, fut)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+    }
+}
+
 /// Wait until the watched flag is true (never, when the sender is gone).
-async fn flagged(rx: &mut tokio::sync::watch::Receiver<bool>) {
+pub async fn flagged(rx: &mut tokio::sync::watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;
@@ -520,12 +534,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
     async fn fill(&mut self) -> io::Result<usize> {
         let io = &mut self.io;
         let read = async { io.fill_buf().await.map(|b| b.len()) };
-        match self.options.idle_timeout {
-            None => read.await,
-            Some(d) => tokio::time::timeout(d, read)
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        }
+        limited(self.options.idle_timeout, read).await
     }
 
     /// Before a command: wait for input; true when the server is stopping and the client is
@@ -545,14 +554,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
         }
         let io = &mut self.io;
         let read = async { io.fill_buf().await.map(|b| b.len()) };
-        let read = async {
-            match self.options.idle_timeout {
-                None => read.await,
-                Some(d) => tokio::time::timeout(d, read)
-                    .await
-                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-            }
-        };
+        let read = limited(self.options.idle_timeout, read);
         tokio::select! {
             r = read => r.map(|_| false),
             () = flagged(rx) => Ok(true),
@@ -594,12 +596,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
             out.write_all(bytes).await?;
             out.flush().await
         };
-        match self.options.idle_timeout {
-            None => write.await,
-            Some(d) => tokio::time::timeout(d, write)
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        }
+        limited(self.options.idle_timeout, write).await
     }
 
     async fn reply(&mut self, code: u16, text: &str) -> io::Result<()> {
@@ -800,12 +797,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
             return Ok(Next::Close);
         };
         let handshake = acceptor.accept(plain);
-        let stream = match self.options.idle_timeout {
-            None => handshake.await,
-            Some(d) => tokio::time::timeout(d, handshake)
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        };
+        let stream = limited(self.options.idle_timeout, handshake).await;
         match stream {
             Ok(tls) => {
                 self.io = BufReader::with_capacity(IO_BUFFER, Conn::Tls(Box::new(tls)));

@@ -38,7 +38,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::bs::{self, AuthOffer, BsOutcome, Verdict, reply};
+use crate::bs::{self, AuthOffer, BsOutcome, Verdict, flagged, reply};
 use crate::config::{self, Config, PlaintextAuth};
 use crate::exit::{Exit, Failure};
 use crate::message::{Body, Envelope};
@@ -420,17 +420,6 @@ async fn accept_loop(
                 note(&format!("accept failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        }
-    }
-}
-
-async fn flagged(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }

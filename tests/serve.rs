@@ -237,6 +237,30 @@ async fn swaks(port: u16, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// swaks logging in as `user` with `mechanism`, sending from `from`, plus `extra`.
+async fn swaks_auth(
+    port: u16,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    from: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
+        "--from",
+        from,
+        "--auth",
+        mechanism,
+        "--auth-user",
+        user,
+        "--auth-password",
+        password,
+    ];
+    args.extend_from_slice(extra);
+    let o = swaks(port, &args).await;
+    text(&o.stdout)
+}
+
 /// Run a Python script with smtplib; `PORT` is in the environment.
 async fn python(port: u16, script: &str, env: &[(&str, &str)]) -> Output {
     let o = Command::new("python3")
@@ -465,25 +489,15 @@ senders = ["*@copiers.contoso.com"]
     assert!(out.contains("250-AUTH PLAIN LOGIN"), "{out}");
 
     // Wrong password.
-    let o = swaks(
+    let out = swaks_auth(
         serve.port,
-        &[
-            &[
-                "--from",
-                "scanner@contoso.com",
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                "scanner",
-                "--auth-password",
-                "wrong",
-            ],
-            &common[..],
-        ]
-        .concat(),
+        "PLAIN",
+        "scanner",
+        "wrong",
+        "scanner@contoso.com",
+        &common,
     )
     .await;
-    let out = text(&o.stdout);
     assert!(
         out.contains("<** 535 5.7.8 Authentication credentials invalid"),
         "{out}"
@@ -491,25 +505,15 @@ senders = ["*@copiers.contoso.com"]
     assert!(!serve.log().contains("wrong"), "the password was logged");
 
     // Right password, a sender the user may not use.
-    let o = swaks(
+    let out = swaks_auth(
         serve.port,
-        &[
-            &[
-                "--from",
-                "ceo@contoso.com",
-                "--auth",
-                "LOGIN",
-                "--auth-user",
-                "scanner",
-                "--auth-password",
-                "secret",
-            ],
-            &common[..],
-        ]
-        .concat(),
+        "LOGIN",
+        "scanner",
+        "secret",
+        "ceo@contoso.com",
+        &common,
     )
     .await;
-    let out = text(&o.stdout);
     assert!(
         out.contains("<-  235 2.7.0 Authentication successful"),
         "{out}"
@@ -522,47 +526,32 @@ senders = ["*@copiers.contoso.com"]
     // Right password, allowed sender: delivered through the user's profile (`scan`
     // rewrites the sender and From to scans@contoso.com; no profile answers to the
     // address itself, so the sender alone would have chosen `relay`).
-    let o = swaks(
+    let extra = [
+        &common[..],
+        &["--header", "From: Scanner <scanner@lab.local>"],
+    ]
+    .concat();
+    let out = swaks_auth(
         serve.port,
-        &[
-            &[
-                "--from",
-                "scanner@contoso.com",
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                "scanner",
-                "--auth-password",
-                "secret",
-                "--header",
-                "From: Scanner <scanner@lab.local>",
-            ],
-            &common[..],
-        ]
-        .concat(),
+        "PLAIN",
+        "scanner",
+        "secret",
+        "scanner@contoso.com",
+        &extra,
     )
     .await;
-    let out = text(&o.stdout);
     assert!(out.contains("<-  250 2.0.0 Ok: queued as"), "{out}");
 
     // The second user, hash from a file, wildcard sender.
-    let o = swaks(
+    let out = swaks_auth(
         serve.port,
-        &[
-            &[
-                "--from",
-                "floor3@copiers.contoso.com",
-                "--auth-user",
-                "copier",
-                "--auth-password",
-                "secret",
-            ],
-            &common[..],
-        ]
-        .concat(),
+        "LOGIN",
+        "copier",
+        "secret",
+        "floor3@copiers.contoso.com",
+        &common,
     )
     .await;
-    let out = text(&o.stdout);
     assert!(out.contains("<-  250 2.0.0 Ok: queued as"), "{out}");
 
     let got = delivered(&server, 2, Duration::from_secs(20)).await;

@@ -303,6 +303,15 @@ fn message_id(data: &[u8]) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
+/// The fake server, a configuration with this `[serve]` body, and serve running on it.
+async fn started(serve: &str) -> (FakeM365, Env, Serve) {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(server.port(), server.ca_file(), serve);
+    let running = Serve::start(&env).await;
+    (server, env, running)
+}
+
 /// A minimal line client for exact replies.
 struct Raw {
     r: BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -357,10 +366,7 @@ async fn accepted_and_delivered_through_fake_m365() {
     if !have("swaks") {
         return;
     }
-    let server = FakeM365::start(FakeConfig::mx()).await;
-    let env = Env::new();
-    env.write(server.port(), server.ca_file(), "");
-    let serve = Serve::start(&env).await;
+    let (server, env, serve) = started("").await;
     let o = swaks(
         serve.port,
         &[
@@ -581,10 +587,7 @@ async fn fifty_clients_twenty_messages_each_delivered_once() {
     if !have("python3") {
         return;
     }
-    let server = FakeM365::start(FakeConfig::mx()).await;
-    let env = Env::new();
-    env.write(server.port(), server.ca_file(), "");
-    let serve = Serve::start(&env).await;
+    let (server, env, serve) = started("").await;
     let started = Instant::now();
     let o = python(
         serve.port,
@@ -837,10 +840,7 @@ senders = ["*"]
 /// open transaction finish with its 250, closes idle sessions with 421, and exits 0.
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_finishes_the_open_transaction() {
-    let server = FakeM365::start(FakeConfig::mx()).await;
-    let env = Env::new();
-    env.write(server.port(), server.ca_file(), "");
-    let mut serve = Serve::start(&env).await;
+    let (server, env, mut serve) = started("").await;
 
     env.write(
         server.port(),

@@ -998,3 +998,68 @@ async fn commands_pipelined_after_starttls_are_dropped() {
     }
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
 }
+
+/// The limits of `[serve]`: connections (421 4.7.0 at connect), message size (SIZE= and
+/// counted: 552 5.3.4) and recipients per message (452 4.5.3); an idle client is closed
+/// with 421 4.4.2.
+#[tokio::test]
+async fn connection_size_recipient_and_idle_limits() {
+    let (server, _env, serve) = started(
+        "max_connections = 1\nmax_message_size = 200\nmax_recipients = 2\nidle_timeout = 1\n",
+    )
+    .await;
+    let mut first = Raw::connect(serve.port).await;
+    assert!(first.reply().await.starts_with("220 "));
+    let mut second = Raw::connect(serve.port).await;
+    assert_eq!(
+        second.reply().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    assert!(second.closed().await);
+
+    let ehlo = first.cmd("EHLO t").await;
+    assert!(ehlo.contains("250-SIZE 200\r\n"), "{ehlo}");
+    assert_eq!(
+        first.cmd("MAIL FROM:<a@contoso.com> SIZE=201").await,
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    assert!(
+        first
+            .cmd("MAIL FROM:<a@contoso.com>")
+            .await
+            .starts_with("250 ")
+    );
+    assert!(
+        first
+            .cmd("RCPT TO:<a@contoso.com>")
+            .await
+            .starts_with("250 ")
+    );
+    assert!(
+        first
+            .cmd("RCPT TO:<b@contoso.com>")
+            .await
+            .starts_with("250 ")
+    );
+    assert_eq!(
+        first.cmd("RCPT TO:<c@contoso.com>").await,
+        "452 4.5.3 Too many recipients\r\n"
+    );
+    assert!(first.cmd("DATA").await.starts_with("354"));
+    let big = "x".repeat(300);
+    assert_eq!(
+        first.cmd(&format!("Subject: big\r\n\r\n{big}\r\n.")).await,
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    // Silent for longer than idle_timeout.
+    assert_eq!(
+        first.reply().await,
+        "421 4.4.2 Timeout, closing connection\r\n"
+    );
+    assert!(first.closed().await);
+    // The slot is free again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = Raw::connect(serve.port).await;
+    assert!(third.reply().await.starts_with("220 "));
+    assert!(server.messages().is_empty());
+}

@@ -15,9 +15,9 @@
 //! 2. clap parses what is left: sendmail's ordinary short options (`-t -i -f -r -F -N -R -V -C
 //!    -v`), the native long options, the recipients and, for `m365send` only, the subcommands.
 //!
-//! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`, `serve`) only when
-//! the program is invoked as `m365send` AND the word is the first argument that is neither an
-//! option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
+//! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`, `serve`)
+//! only when the program is invoked as `m365send` AND the word is the first argument that is
+//! neither an option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
 //! name but `mailq`/`newaliases`) there are no subcommands at all, so `sendmail queue` mails
 //! the local user "queue", exactly as sendmail would. `m365send -- queue` does too.
 

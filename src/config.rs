@@ -1137,6 +1137,14 @@ impl Config {
                 ));
             }
         }
+        if sv.require_auth && sv.users.is_empty() {
+            out.push((
+                k(&["require_auth"]),
+                "nobody could send: define at least one [serve.users.NAME] or set \
+                 require_auth = false"
+                    .into(),
+            ));
+        }
         for (name, u) in &sv.users {
             let ku = |field: &str| k(&["users", name, field]);
             if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {

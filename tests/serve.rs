@@ -1063,3 +1063,65 @@ async fn connection_size_recipient_and_idle_limits() {
     assert!(third.reply().await.starts_with("220 "));
     assert!(server.messages().is_empty());
 }
+
+/// A configuration serve cannot work with stops it at once with exit 78 and the key: a hash
+/// that is no hash (never echoed), a certificate that cannot be read, a port in use.
+#[tokio::test]
+async fn bad_configurations_stop_serve_at_start() {
+    let env = Env::new();
+    let ca = env.dir.path().join("ca.pem");
+    std::fs::write(&ca, &env.pki.ca_pem).unwrap();
+    let run = || async {
+        let o = Command::new(BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        (o.status.code(), text(&o.stderr))
+    };
+    env.write(
+        1,
+        &ca,
+        "[serve.users.u]\npassword_hash = \"plaintext-password\"\nsenders = [\"*\"]\n",
+    );
+    let (code, err) = run().await;
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("serve.users.u.password_hash: not a password hash"),
+        "{err}"
+    );
+    assert!(!err.contains("plaintext-password"), "{err}");
+
+    env.write(
+        1,
+        &ca,
+        "tls_cert = \"/nonexistent.crt\"\ntls_key = \"/nonexistent.key\"\n",
+    );
+    let (code, err) = run().await;
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("serve.tls_cert: cannot read server certificate /nonexistent.crt"),
+        "{err}"
+    );
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(
+            "tls_cert = \"/nonexistent.crt\"\ntls_key = \"/nonexistent.key\"\n",
+            "",
+        )
+        .replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"{addr}\"]"),
+        );
+    std::fs::write(&env.config, text).unwrap();
+    let (code, err) = run().await;
+    assert_eq!(code, Some(71), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.contains("another program listens there"), "{err}");
+}

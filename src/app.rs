@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Read};
 use std::path::Path;
 
 use crate::cli::{Command, DeliveryMode, Invocation, SendArgs};
@@ -28,7 +28,7 @@ pub fn main_with(args: Vec<OsString>) -> i32 {
     match outcome {
         Ok(()) => Exit::Ok.code(),
         Err(f) => {
-            eprintln!("m365send: {}", f.message);
+            crate::console::err_line(&format!("m365send: {}", f.message));
             f.exit.code()
         }
     }
@@ -45,8 +45,11 @@ fn init_tracing(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("M365SEND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // try_init: a second call (tests) keeps the first subscriber instead of panicking.
+    // A closed stderr must not panic: the builder's default reports a failed write with
+    // `eprintln!`, which panics on that same closed stderr.
     let _ = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
+        .with_writer(|| crate::console::Stderr)
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(io::stderr().is_terminal())
@@ -59,16 +62,15 @@ fn run(inv: Invocation) -> Result<(), Failure> {
     let profile_name = inv.profile.as_deref();
     match inv.command {
         Command::Help { text } => {
-            let mut out = io::stdout().lock();
-            // A closed stdout (`m365send --help | head -1`) is not an error worth reporting.
-            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            // A stdout that cannot be written (`m365send --help >&-`) is not worth reporting.
+            let _ = crate::console::out(&text);
             Ok(())
         }
         Command::Send(args) => send(config_path, profile_name, inv.verbose, &args),
         Command::Newaliases => {
-            eprintln!(
+            crate::console::err_line(
                 "m365send: newaliases: nothing to do; aliases are read from the profile's \
-                 `aliases`/`aliases_file` on every message"
+                 `aliases`/`aliases_file` on every message",
             );
             Ok(())
         }
@@ -79,15 +81,16 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             let config = config_or_default(config_path)?;
             let (entry, headers) = crate::queue::show(&config, &id)?;
             let explanation = crate::queue::explain_last_reply(&config, &entry);
-            print!(
-                "{}",
-                crate::queue::format_show(&entry, &headers, explanation.as_deref())
-            );
-            Ok(())
+            crate::console::out(&crate::queue::format_show(
+                &entry,
+                &headers,
+                explanation.as_deref(),
+            ))
+            .map_err(|e| Failure::io(format!("cannot write the queue entry: {e}")))
         }
         Command::QueueDelete { id } => {
             crate::queue::delete(&config_or_default(config_path)?, &id)?;
-            eprintln!("m365send: {id} deleted from the queue");
+            crate::console::err_line(&format!("m365send: {id} deleted from the queue"));
             Ok(())
         }
         Command::Explain { code } => explain(&code),
@@ -95,21 +98,21 @@ fn run(inv: Invocation) -> Result<(), Failure> {
         Command::Login => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             let runtime = runtime()?;
-            let mut out = io::stdout();
+            let mut out = crate::console::Stdout;
             runtime.block_on(crate::auth::login(&config, &profile, &mut out))
         }
         Command::TokenStatus => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
-            crate::auth::token_status(&config, &profile, &mut io::stdout())
+            crate::auth::token_status(&config, &profile, &mut crate::console::Stdout)
         }
         Command::Serve => serve(config_path),
         Command::TokenClear => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             crate::auth::token_clear(&config, &profile)?;
-            eprintln!(
+            crate::console::err_line(&format!(
                 "m365send: cached tokens of profile \"{}\" removed",
                 profile.name
-            );
+            ));
             Ok(())
         }
     }
@@ -124,19 +127,15 @@ fn queue_list(config: &Config, json: bool) -> Result<(), Failure> {
     } else {
         crate::queue::format_list(&entries, &explain)
     };
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
+    crate::console::out(&text)
         .map_err(|e| Failure::io(format!("cannot write the queue listing: {e}")))
 }
 
 /// `m365send explain CODE`: the catalogue's explanation of a reply code or AADSTS error.
 fn explain(code: &str) -> Result<(), Failure> {
     match crate::explain::explain_code(code) {
-        Some(text) => {
-            println!("{}", text.trim_end());
-            Ok(())
-        }
+        Some(text) => crate::console::out(&format!("{}\n", text.trim_end()))
+            .map_err(|e| Failure::io(format!("cannot write the explanation: {e}"))),
         None => Err(Failure::usage(format!(
             "explain: no explanation for \"{code}\" (give an SMTP reply such as 550, an \
              enhanced code such as 5.7.60, or an identity platform code such as AADSTS700082)"
@@ -199,7 +198,7 @@ fn send(
     };
     let (config, profile) = match configure(config_path, profile_name, args) {
         Ok(c) => c,
-        Err(f) => return Err(keep_unsent(None, None, args, unread_input(), f)),
+        Err(f) => return Err(keep_unsent(None, None, args, unread_input(), false, f)),
     };
     tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
 
@@ -212,15 +211,18 @@ fn send(
         Ok(p) => p,
         Err(refused) => {
             drop(input);
-            let copy = match refused.input {
-                Some(copy) if keeps => Some(copy),
-                _ => unread_input(),
+            // What prepare read is the caller's whole message (also one over max_size, read
+            // to its end for this); otherwise read what is left now.
+            let (copy, whole) = match refused.input {
+                Some(copy) if keeps => (Some(copy), true),
+                _ => (unread_input(), false),
             };
             return Err(keep_unsent(
                 Some(&config),
                 Some(&profile),
                 args,
                 copy,
+                whole,
                 refused.failure,
             ));
         }
@@ -234,10 +236,7 @@ fn send(
             &prepared.envelope,
             args.server.as_deref(),
         ))?;
-        let mut out = io::stdout().lock();
-        return out
-            .write_all(dry_run_report(&config, &profile, &endpoint, &prepared).as_bytes())
-            .and_then(|()| out.flush())
+        return crate::console::out(&dry_run_report(&config, &profile, &endpoint, &prepared))
             .map_err(|e| Failure::io(format!("cannot write the dry-run report: {e}")));
     }
     runtime
@@ -248,26 +247,31 @@ fn send(
 }
 
 /// A message refused before any delivery attempt: keep the caller's input in the dead letter
-/// (as sendmail keeps it in dead.letter) and say where. Not for a message refused as data
-/// (65: too large, a header injection) or a missing input file: what was read may be partial
-/// and the caller can send again.
+/// (as sendmail keeps it in dead.letter) and say where. `whole`: `copy` is the message as
+/// prepare read it to its end (an envelope refusal, or a message over `max_size`: large cron
+/// output is kept, not lost), kept whatever the refusal. Otherwise `copy` is what was left
+/// unread, kept only up to the default size limit and not for a refusal of the data itself
+/// (65: a header injection) or of a missing input file, where the caller can send again.
 fn keep_unsent(
     config: Option<&Config>,
     profile: Option<&Profile>,
     args: &SendArgs,
     copy: Option<tempfile::NamedTempFile>,
+    whole: bool,
     mut f: Failure,
 ) -> Failure {
-    if matches!(
-        f.exit,
-        Exit::DataErr | Exit::NoInput | Exit::IoErr | Exit::CantCreat
-    ) {
+    if !whole
+        && matches!(
+            f.exit,
+            Exit::DataErr | Exit::NoInput | Exit::IoErr | Exit::CantCreat
+        )
+    {
         return f;
     }
     let Some(copy) = copy else { return f };
     let size = copy.as_file().metadata().map(|m| m.len()).unwrap_or(0);
     let limit = profile.unwrap_or(&Profile::default()).max_size();
-    if size == 0 || size > limit {
+    if size == 0 || (size > limit && !whole) {
         return f;
     }
     let default_config = Config::default();
@@ -578,10 +582,10 @@ fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
     if verbose > 0 {
         if report.skipped_locked {
             for w in &report.warnings {
-                eprintln!("m365send: {w}");
+                crate::console::err_line(&format!("m365send: {w}"));
             }
         }
-        eprintln!("m365send: {}", report.summary());
+        crate::console::err_line(&format!("m365send: {}", report.summary()));
     }
     Ok(())
 }
@@ -818,7 +822,14 @@ pub fn dry_run_report(
         } else {
             "host".into()
         };
-        rows.push((label, format!("{}:{}{pref}", h.name, h.port)));
+        // Addresses the route resolved (an MX host asked of endpoint.dns_server).
+        let addrs = if h.addrs.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = h.addrs.iter().map(|a| a.to_string()).collect();
+            format!("  at {}", list.join(", "))
+        };
+        rows.push((label, format!("{}:{}{pref}{addrs}", h.name, h.port)));
     }
     let min = match endpoint.tls_min {
         TlsVersion::V1_2 => "TLS 1.2 or 1.3",
@@ -1152,11 +1163,13 @@ mod tests {
                     name: "contoso-com.mail.protection.outlook.com".into(),
                     port: 25,
                     preference: Some(0),
+                    addrs: Vec::new(),
                 },
                 Host {
                     name: "backup.contoso.com".into(),
                     port: 25,
                     preference: Some(10),
+                    addrs: Vec::new(),
                 },
             ],
             tls: TlsPolicy::Required,
@@ -1209,6 +1222,7 @@ mod tests {
                 name: "smtp.office365.com".into(),
                 port: 587,
                 preference: None,
+                addrs: Vec::new(),
             }],
             tls: TlsPolicy::Required,
             tls_min: TlsVersion::V1_3,

@@ -365,7 +365,8 @@ pub struct EndpointConfig {
     pub mx_host: Option<String>,
     /// Domain whose MX is looked up for relay/direct (default: the sender's domain).
     pub mx_domain: Option<String>,
-    /// DNS server `IP:PORT` for the MX lookup (default: the system resolver).
+    /// DNS server `IP:PORT` for the MX lookup and the MX hosts' addresses (default: the
+    /// system resolver).
     pub dns_server: Option<SocketAddr>,
 }
 

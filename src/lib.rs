@@ -4,6 +4,9 @@
 //! deliver (→ queue). `status` holds the leaf reply/step types every layer shares.
 //! See each module's top comment for what it owns.
 
+// A closed stderr or stdout must never panic: every write goes through `console`.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod address;
 pub mod aliases;
 pub mod app;
@@ -11,6 +14,7 @@ pub mod auth;
 pub mod bs;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod deliver;
 pub mod exit;
 pub mod explain;

@@ -26,6 +26,10 @@ fn envelope(rcpts: &[&str]) -> Envelope {
     }
 }
 
+fn ip(list: &[&str]) -> Answer {
+    Answer::Ip(list.iter().map(|a| a.parse().unwrap()).collect())
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -50,7 +54,8 @@ fn submit_defaults_per_cloud() {
             vec![Host {
                 name: host.into(),
                 port: 587,
-                preference: None
+                preference: None,
+                addrs: Vec::new()
             }]
         );
         assert_eq!(ep.tls, TlsPolicy::Required);
@@ -107,14 +112,22 @@ fn port_465_by_server_or_relay_profile_is_refused_too() {
 
 #[test]
 fn mx_hosts_in_preference_order() {
-    let dns = start_stub_dns(vec![(
-        "contoso.com",
-        Answer::Mx(vec![
-            (20, "backup.contoso.com".into()),
-            (5, "contoso-com.mail.protection.outlook.com".into()),
-            (10, "second.contoso.com".into()),
-        ]),
-    )]);
+    let dns = start_stub_dns(vec![
+        (
+            "contoso.com",
+            Answer::Mx(vec![
+                (20, "backup.contoso.com".into()),
+                (5, "contoso-com.mail.protection.outlook.com".into()),
+                (10, "second.contoso.com".into()),
+            ]),
+        ),
+        ("backup.contoso.com", ip(&["192.0.2.20"])),
+        (
+            "contoso-com.mail.protection.outlook.com",
+            ip(&["192.0.2.5"]),
+        ),
+        ("second.contoso.com", ip(&["192.0.2.10"])),
+    ]);
     let mut p = profile(Mode::Relay);
     p.endpoint.dns_server = Some(dns);
     let ep = rt()
@@ -138,12 +151,77 @@ fn mx_hosts_in_preference_order() {
     assert_eq!(ep.source, "MX of contoso.com");
 }
 
+/// One resolver: the MX hosts' addresses come from the DNS server that gave the MX record
+/// (split DNS), A then AAAA, all of them; a host without any is left out.
+#[test]
+fn mx_host_addresses_come_from_the_same_dns_server() {
+    let dns = start_stub_dns(vec![
+        (
+            "contoso.com",
+            Answer::Mx(vec![
+                (0, "mx1.split.test".into()),
+                (5, "gone.split.test".into()),
+                (10, "mx2.split.test".into()),
+            ]),
+        ),
+        (
+            "mx1.split.test",
+            ip(&["2001:db8::1", "192.0.2.1", "192.0.2.2", "2001:db8::2"]),
+        ),
+        ("gone.split.test", Answer::NxDomain),
+        ("mx2.split.test", ip(&["2001:db8::3"])),
+    ]);
+    let mut p = profile(Mode::Relay);
+    p.endpoint.dns_server = Some(dns);
+    let ep = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@fabrikam.com"]), None))
+        .unwrap();
+    let hosts: Vec<(&str, Vec<String>)> = ep
+        .hosts
+        .iter()
+        .map(|h| {
+            (
+                h.name.as_str(),
+                h.addrs.iter().map(|a| a.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hosts,
+        vec![
+            (
+                "mx1.split.test",
+                ["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"]
+                    .map(String::from)
+                    .to_vec()
+            ),
+            ("mx2.split.test", vec!["2001:db8::3".to_owned()]),
+        ]
+    );
+
+    // No MX host has an address at that server: 68, naming the server and the hosts.
+    let dns = start_stub_dns(vec![(
+        "contoso.com",
+        Answer::Mx(vec![(0, "gone.split.test".into())]),
+    )]);
+    p.endpoint.dns_server = Some(dns);
+    let e = rt()
+        .block_on(route::resolve(&p, &envelope(&["x@fabrikam.com"]), None))
+        .unwrap_err();
+    assert_eq!(e.exit, Exit::NoHost, "{}", e.message);
+    assert!(e.message.contains("gone.split.test"), "{}", e.message);
+    assert!(e.message.contains(&dns.to_string()), "{}", e.message);
+}
+
 #[test]
 fn mx_domain_and_port_override_and_direct_is_opportunistic() {
-    let dns = start_stub_dns(vec![(
-        "fabrikam.net",
-        Answer::Mx(vec![(0, "fabrikam-net.a-v1.mx.microsoft".into())]),
-    )]);
+    let dns = start_stub_dns(vec![
+        (
+            "fabrikam.net",
+            Answer::Mx(vec![(0, "fabrikam-net.a-v1.mx.microsoft".into())]),
+        ),
+        ("fabrikam-net.a-v1.mx.microsoft", ip(&["192.0.2.1"])),
+    ]);
     let mut p = profile(Mode::Direct);
     p.endpoint.dns_server = Some(dns);
     p.endpoint.mx_domain = Some("fabrikam.net".into());
@@ -339,6 +417,7 @@ fn hosts_display_for_dry_run() {
         name: "mx.contoso.com".into(),
         port: 25,
         preference: Some(10),
+        addrs: Vec::new(),
     };
     assert_eq!(h.to_string(), "mx.contoso.com:25");
     assert_eq!(TlsPolicy::Required.as_str(), "STARTTLS required");

@@ -671,12 +671,12 @@ pub(crate) fn load_all(spool: &Spool, warnings: &mut Vec<String>) -> Result<Vec<
             Loaded::Gone => {}
             Loaded::Corrupt(why) => {
                 let w = move_aside(spool, &id, &why);
-                eprintln!("m365send: warning: {w}");
+                crate::console::err_line(&format!("m365send: warning: {w}"));
                 warnings.push(w);
             }
             Loaded::Unsupported(why) => {
                 let w = format!("{why}; left alone");
-                eprintln!("m365send: warning: {w}");
+                crate::console::err_line(&format!("m365send: warning: {w}"));
                 warnings.push(w);
             }
         }
@@ -805,6 +805,7 @@ pub fn explain_last_reply(config: &Config, entry: &Entry) -> Option<String> {
         mailbox: profile.and_then(|p| p.mailbox.as_deref()),
         sender: Some(&entry.envelope.sender),
         recipient: entry.envelope.recipients.first().map(String::as_str),
+        retried_by_queue: Some(true),
         ..Default::default()
     };
     crate::explain::explain_reply(&reply, &ctx).map(|x| format!("{} {}", x.meaning, x.advice))

@@ -240,7 +240,7 @@ impl RunReport {
     }
 
     fn warn(&mut self, w: String) {
-        eprintln!("m365send: warning: {w}");
+        crate::console::err_line(&format!("m365send: warning: {w}"));
         self.warnings.push(w);
     }
 }
@@ -487,7 +487,7 @@ impl Runner<'_> {
 
     fn log(&self, line: String) {
         if self.opts.verbose {
-            eprintln!("m365send: {line}");
+            crate::console::err_line(&format!("m365send: {line}"));
         }
     }
 
@@ -817,15 +817,23 @@ impl Runner<'_> {
         )
         .map_err(|err| Failure::io(format!("cannot build the bounce: {err}")))?;
         let now = now_unix();
+        // From whom Microsoft 365 accepts it in this mode (bounce::bounce_sender). A bounce
+        // with a real sender asks for no notice of its own: `is_bounce` below is what keeps
+        // it from ever being bounced by us.
+        let sender = bounce::bounce_sender(profile);
+        let dsn = crate::message::Dsn {
+            notify: (!sender.is_empty()).then(|| "NEVER".to_owned()),
+            ..Default::default()
+        };
         let entry = Entry {
             version: FORMAT_VERSION,
             id: String::new(),
             created: now,
             profile: e.profile.clone(),
             envelope: Envelope {
-                sender: String::new(),
+                sender,
                 recipients: vec![e.envelope.sender.clone()],
-                dsn: Default::default(),
+                dsn,
             },
             size: 0,
             eight_bit: !bytes.is_ascii(),

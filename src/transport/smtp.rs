@@ -121,6 +121,7 @@ impl<'a> SmtpConnector<'a> {
         let cfg = SessionConfig {
             host: host.name.clone(),
             port: host.port,
+            addrs: host.addrs.clone(),
             helo: self.helo.clone(),
             tls: self.endpoint.tls,
             tls_config: self.tls.clone(),

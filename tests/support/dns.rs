@@ -3,11 +3,11 @@
 //! `#[path = "support/dns.rs"] mod dns;` and point `endpoint.dns_server` at the address.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::thread;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{MX, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// What the stub answers for one name.
@@ -17,6 +17,8 @@ pub enum Answer {
     Mx(Vec<(u16, String)>),
     /// TXT records.
     Txt(Vec<String>),
+    /// Addresses: the IPv4 ones answer A queries, the IPv6 ones AAAA, each in the order given.
+    Ip(Vec<IpAddr>),
     /// The name exists but has no record of the asked type (NOERROR, no answers).
     NoData,
     /// The name does not exist.
@@ -94,6 +96,21 @@ fn answer(query: &Message, table: &[(String, Answer)]) -> Option<Message> {
                     300,
                     RData::MX(MX::new(*pref, exch)),
                 ));
+            }
+        }
+        Some(Answer::Ip(list))
+            if matches!(qtype, RecordType::A | RecordType::AAAA)
+                && list
+                    .iter()
+                    .any(|ip| ip.is_ipv4() == (qtype == RecordType::A)) =>
+        {
+            for ip in list {
+                let rdata = match ip {
+                    IpAddr::V4(v4) if qtype == RecordType::A => RData::A(A(*v4)),
+                    IpAddr::V6(v6) if qtype == RecordType::AAAA => RData::AAAA(AAAA(*v6)),
+                    _ => continue,
+                };
+                resp.add_answer(Record::from_rdata(name.clone(), 300, rdata));
             }
         }
         Some(Answer::Txt(list)) if qtype == RecordType::TXT => {

@@ -162,7 +162,7 @@ impl Shared {
 
 /// Say something on stderr (the journal under systemd).
 fn note(text: &str) {
-    eprintln!("m365send: serve: {text}");
+    crate::console::err_line(&format!("m365send: serve: {text}"));
 }
 
 /// Run the server until SIGTERM or SIGINT. `config_path`: `--config`, re-read on SIGHUP.

@@ -1,7 +1,8 @@
 //! The program: from an `Invocation` to an exit code, calling each step in turn.
 //!
 //! Owns: the order of the steps (cli → config → message → route → deliver), logging set-up,
-//! and what is printed for --dry-run. Must not: hold any step's logic itself.
+//! and what is printed for --dry-run; for `serve`, the steps each accepted message takes
+//! (`serve_accept`) and the queue run (`serve_drain`) that `serve` calls. Must not: hold any step's logic itself.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -130,6 +131,7 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             },
             &mut io::stdout(),
         ),
+        Command::Serve => serve(config_path),
         Command::TokenClear => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             crate::auth::token_clear(&config, &profile)?;
@@ -398,25 +400,8 @@ async fn route_and_submit(
     // -odq, or a profile that always queues: into the spool without connecting (no DNS
     // either); the queue runner resolves the route.
     if args.delivery == DeliveryMode::Queue || profile.queue == QueuePolicy::Always {
-        // Check what can be checked without the network (port 465, accepted domains, an
-        // outside recipient for direct send), so a broken submission fails now, not in the
-        // queue days later. An MX lookup is left to the queue runner.
-        let ep = &profile.endpoint;
-        let needs_dns = matches!(profile.mode, Mode::Relay | Mode::Direct)
-            && args.server.is_none()
-            && ep.host.is_none()
-            && ep.mx_host.is_none();
-        if !needs_dns {
-            crate::route::resolve(profile, &prepared.envelope, args.server.as_deref())
-                .await
-                .map_err(refused)?;
-        }
-        let why = if args.delivery == DeliveryMode::Queue {
-            "queued on request (-odq)"
-        } else {
-            "the profile queues every message (queue = \"always\")"
-        };
-        return queue_message(config, profile, prepared, None, why, &enqueue, &opts)
+        return queue_at_once(config, profile, prepared, args, &opts, &refused)
+            .await
             .map(Disposition::Queued);
     }
     let endpoint =
@@ -439,6 +424,41 @@ async fn route_and_submit(
             Err(f) => return Err(refused(f)),
         };
     submit_with(config, profile, prepared, &endpoint, &opts, &enqueue).await
+}
+
+/// Into the queue without connecting (`-odq`, `queue = "always"`, and every message of
+/// `serve`), after the checks that need no network: port 465, accepted domains, an outside
+/// recipient for direct send. So a broken submission fails now, not in the queue days later;
+/// an MX lookup is left to the queue runner. `refused` words a refusal of the route.
+async fn queue_at_once(
+    config: &Config,
+    profile: &Profile,
+    prepared: &Prepared,
+    args: &SendArgs,
+    opts: &crate::deliver::Options,
+    refused: &dyn Fn(Failure) -> Failure,
+) -> Result<EntryId, Failure> {
+    let enqueue = EnqueueOptions {
+        mode: args.mode,
+        server: args.server.clone(),
+        delivered: Vec::new(),
+    };
+    let ep = &profile.endpoint;
+    let needs_dns = matches!(profile.mode, Mode::Relay | Mode::Direct)
+        && args.server.is_none()
+        && ep.host.is_none()
+        && ep.mx_host.is_none();
+    if !needs_dns {
+        crate::route::resolve(profile, &prepared.envelope, args.server.as_deref())
+            .await
+            .map_err(refused)?;
+    }
+    let why = if args.delivery == DeliveryMode::Queue {
+        "queued on request (-odq)"
+    } else {
+        "the profile queues every message (queue = \"always\")"
+    };
+    queue_message(config, profile, prepared, None, why, &enqueue, opts)
 }
 
 /// What became of a submitted message.
@@ -599,18 +619,7 @@ fn queue_lifetime(config: &Config) -> std::time::Duration {
 /// `m365send queue run` / `sendmail -q` (due entries) and `queue flush` (all entries).
 fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
     let runtime = runtime()?;
-    let dead_letter =
-        |c: &Config, p: &Profile, m: &Prepared, r: &str| crate::report::dead_letter(c, p, m, r);
-    let opts = RunOptions {
-        flush,
-        lifetime: queue_lifetime(config),
-        dead_letter: Some(&dead_letter),
-        verbose: verbose > 0,
-        ..Default::default()
-    };
-    // -v: one line per entry and the summary; -vv: the SMTP transcript too.
-    let mut deliverer = TransportDeliverer::new(verbose.saturating_sub(1));
-    let report = runtime.block_on(crate::queue::run(config, opts, &mut deliverer))?;
+    let report = runtime.block_on(drain_queue(config, flush, verbose))?;
     if verbose > 0 {
         if report.skipped_locked {
             for w in &report.warnings {
@@ -620,6 +629,26 @@ fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
         crate::console::err_line(&format!("m365send: {}", report.summary()));
     }
     Ok(())
+}
+
+/// One queue run with the product's wiring: the lifetime, the dead letter, and at -v one line
+/// per entry (-vv: the SMTP transcript too). For `queue run`/`flush` and `serve`.
+async fn drain_queue(
+    config: &Config,
+    flush: bool,
+    verbose: u8,
+) -> Result<crate::queue::RunReport, Failure> {
+    let dead_letter =
+        |c: &Config, p: &Profile, m: &Prepared, r: &str| crate::report::dead_letter(c, p, m, r);
+    let opts = RunOptions {
+        flush,
+        lifetime: queue_lifetime(config),
+        dead_letter: Some(&dead_letter),
+        verbose: verbose > 0,
+        ..Default::default()
+    };
+    let mut deliverer = TransportDeliverer::new(verbose.saturating_sub(1));
+    crate::queue::run(config, opts, &mut deliverer).await
 }
 
 /// The configuration and the profile for this message. Without a configuration file, only
@@ -1037,7 +1066,7 @@ fn smtp_stdio(
                 Ok(Disposition::Queued(_)) => crate::bs::BsOutcome::Queued,
                 Err(f) => {
                     tracing::debug!(exit = f.exit.code(), "-bs message not delivered");
-                    stdio_failure(&f)
+                    crate::bs::BsOutcome::from_failure(&f)
                 }
             }
         };
@@ -1057,8 +1086,29 @@ fn stdio_message(
     envelope: crate::message::Envelope,
     body: crate::message::Body,
 ) -> Result<Disposition, Failure> {
-    // The client's envelope replaces argv recipients and sender; the data is a whole message
-    // whose dots the SMTP layer already removed.
+    let (message_args, profile, prepared) =
+        session_message(config, profile_name, args, envelope, body)?;
+    runtime.block_on(route_and_submit(
+        config,
+        &profile,
+        &prepared,
+        &message_args,
+        verbose,
+        false,
+    ))
+}
+
+/// A message an SMTP client handed over (`-bs`, `serve`) through the same steps as one read
+/// from stdin: the client's envelope replaces argv's recipients and sender, the profile is
+/// chosen by that sender (unless named), and the data is a whole message whose dots the SMTP
+/// layer already removed.
+fn session_message(
+    config: &Config,
+    profile_name: Option<&str>,
+    args: &SendArgs,
+    envelope: crate::message::Envelope,
+    body: crate::message::Body,
+) -> Result<(SendArgs, Profile, Prepared), Failure> {
     let mut message_args = args.clone();
     message_args.recipients = envelope.recipients;
     message_args.envelope_from = Some(if envelope.sender.is_empty() {
@@ -1073,38 +1123,44 @@ fn stdio_message(
         .with_mode(args.mode);
     let mut input = body
         .open()
-        .map_err(|e| Failure::io(format!("-bs: cannot read the message back: {e}")))?;
+        .map_err(|e| Failure::io(format!("cannot read the message back: {e}")))?;
     let prepared = crate::message::prepare(&message_args, &profile, &mut input)?;
-    runtime.block_on(route_and_submit(
-        config,
-        &profile,
-        &prepared,
-        &message_args,
-        verbose,
-        false,
-    ))
+    Ok((message_args, profile, prepared))
 }
 
-/// The reply a `-bs` client gets for a message we could not deliver: the class follows the
-/// exit code, the text is the first line of what the user would have read on stderr.
-fn stdio_failure(f: &Failure) -> crate::bs::BsOutcome {
-    use crate::status::{EnhancedCode, Reply};
-    let (code, enhanced) = match f.exit {
-        Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
-        Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),
-        Exit::NoPerm => (550, EnhancedCode::new(5, 7, 1)),
-        Exit::DataErr => (554, EnhancedCode::new(5, 6, 0)),
-        Exit::NoHost => (550, EnhancedCode::new(5, 4, 4)),
-        _ => (554, EnhancedCode::new(5, 3, 0)),
-    };
-    let first = f.message.lines().next().unwrap_or("delivery failed");
-    // A reply line must stay a line: no control characters from a server's text.
-    let first: String = first.chars().filter(|c| !c.is_control()).collect();
-    crate::bs::BsOutcome::Failed(Reply {
-        code,
-        enhanced: Some(enhanced),
-        lines: vec![format!("{enhanced} {first}")],
+/// `m365send serve`: the SMTP listener. Each message goes through [`serve_accept`]; the
+/// queue is drained in the same process by [`serve_drain`].
+fn serve(config_path: Option<&Path>) -> Result<(), Failure> {
+    crate::serve::run(
+        config_path.map(Path::to_path_buf),
+        crate::serve::Steps {
+            accept: serve_accept,
+            drain: serve_drain,
+        },
+    )
+}
+
+/// A message `serve` accepted: prepared like one from stdin, then into the queue at once
+/// (durably: the client hears 250 only after this returns the id). Not kept in a dead letter
+/// when refused: the client hears the refusal and keeps its copy.
+fn serve_accept(m: crate::serve::Accepted) -> crate::serve::LocalFuture<Result<EntryId, Failure>> {
+    Box::pin(async move {
+        let args = SendArgs {
+            delivery: DeliveryMode::Queue,
+            ..SendArgs::default()
+        };
+        let (message_args, profile, prepared) =
+            session_message(&m.config, m.profile.as_deref(), &args, m.envelope, m.body)?;
+        let opts = crate::deliver::Options::default();
+        queue_at_once(&m.config, &profile, &prepared, &message_args, &opts, &|f| f).await
     })
+}
+
+/// One queue run for `serve`, as `m365send queue run` does it.
+fn serve_drain(
+    config: std::sync::Arc<Config>,
+) -> crate::serve::LocalFuture<Result<crate::queue::RunReport, Failure>> {
+    Box::pin(async move { drain_queue(&config, false, 0).await })
 }
 
 #[cfg(test)]

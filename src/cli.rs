@@ -16,8 +16,8 @@
 //!    -v`), the native long options, the recipients and, for `m365send` only, the subcommands.
 //!
 //! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`,
-//! `doctor`) only when the program is invoked as `m365send` AND the word is the first argument
-//! that is neither an option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
+//! `doctor`, `serve`) only when the program is invoked as `m365send` AND the word is the first
+//! argument that is neither an option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
 //! name but `mailq`/`newaliases`) there are no subcommands at all, so `sendmail queue` mails
 //! the local user "queue", exactly as sendmail would. `m365send -- queue` does too.
 
@@ -88,6 +88,8 @@ pub enum Command {
         to: Option<String>,
         json: bool,
     },
+    /// `m365send serve`: the SMTP listener for devices and applications.
+    Serve,
     /// `--help`, `--version`: print this text on stdout and exit 0.
     Help {
         text: String,
@@ -184,7 +186,7 @@ impl Personality {
 }
 
 /// The subcommand words (only for the `m365send` personality; see the module comment).
-const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue", "doctor"];
+const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue", "doctor", "serve"];
 
 /// Parse argv (argv[0] included).
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Failure> {
@@ -424,6 +426,7 @@ m365send [OPTIONS] [--] [RECIPIENT]...  < message
        m365send explain CODE | login | token status|clear
        m365send queue list [--json] | run | flush | show ID | delete ID
        m365send doctor [--profile NAME | --all] [--to ADDR] [--json]
+       m365send serve  (SMTP listener for devices and applications, see [serve])
        sendmail -t -i  (installed as /usr/sbin/sendmail; also mailq, newaliases)";
 
 fn mode_values() -> PossibleValuesParser {
@@ -598,6 +601,9 @@ enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// Accept mail from devices and applications over SMTP (`[serve]` in the configuration)
+    /// and deliver it through the queue.
+    Serve,
 }
 
 #[derive(Debug, Subcommand)]
@@ -719,6 +725,7 @@ fn parse_main(args: Vec<OsString>, subcommands: bool) -> Result<Invocation, Fail
                     Some(QueueAction::Show { id }) => Command::QueueShow { id },
                     Some(QueueAction::Delete { id }) => Command::QueueDelete { id },
                 },
+                Sub::Serve => Command::Serve,
             }
         }
         (None, Some(Special::SmtpStdio)) => Command::SmtpStdio(send),

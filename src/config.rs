@@ -63,6 +63,126 @@ pub struct Config {
     pub trusted_users: Vec<String>,
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+    /// `m365send serve`: the SMTP listener for devices and applications.
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: the local SMTP listener (`m365send serve`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Addresses to listen on, `IP:PORT`. Default `["127.0.0.1:2525"]`.
+    pub listen: Option<Vec<SocketAddr>>,
+    /// Client networks allowed to connect (CIDR, or a single address). Default loopback only.
+    pub networks: Option<Vec<String>>,
+    /// Name in the greeting and EHLO reply. Default: the host name.
+    pub hostname: Option<String>,
+    /// Server certificate chain (PEM) for STARTTLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Whether AUTH may be used before STARTTLS: "loopback" (default: only on a loopback
+    /// connection) or "never".
+    #[serde(default)]
+    pub plaintext_auth: PlaintextAuth,
+    /// Refuse MAIL without AUTH. Default false.
+    #[serde(default)]
+    pub require_auth: bool,
+    /// Envelope senders a client that did not log in may use (an address, *@domain or *).
+    /// Default: any.
+    pub senders: Option<Vec<String>>,
+    /// The profile for clients that did not log in. Default: chosen by envelope sender, as
+    /// for the sendmail interface.
+    pub profile: Option<String>,
+    /// Most simultaneous connections. Default 100.
+    pub max_connections: Option<usize>,
+    /// Largest message, bytes. Default: the default profile's `max_size` (35 MB).
+    pub max_message_size: Option<u64>,
+    /// Most recipients per message. Default 500.
+    pub max_recipients: Option<usize>,
+    /// Messages per minute from one client address (0 = no limit). Default 0.
+    pub client_rate_per_minute: Option<u32>,
+    /// Failed AUTH attempts from one address before it is locked out. Default 5.
+    pub auth_failures: Option<u32>,
+    /// Minutes a locked-out address waits. Default 15.
+    pub lockout_minutes: Option<u64>,
+    /// Seconds a client may stay silent. Default 300.
+    pub idle_timeout: Option<u64>,
+    /// Seconds between queue runs when nothing new arrives. Default 60.
+    pub queue_interval: Option<u64>,
+    /// Seconds to let open transactions finish on SIGTERM. Default 30.
+    pub shutdown_timeout: Option<u64>,
+    /// Local users who log in with AUTH.
+    #[serde(default)]
+    pub users: BTreeMap<String, ServeUser>,
+}
+
+/// When AUTH is offered before STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaintextAuth {
+    /// On connections to a loopback address (the password never leaves the host).
+    #[default]
+    Loopback,
+    /// Never: always STARTTLS first.
+    Never,
+}
+
+/// `[serve.users.NAME]`: one local user of `m365send serve`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeUser {
+    /// The password hash: argon2 (`$argon2id$...`) or SHA-512-crypt (`$6$...`).
+    pub password_hash: Option<String>,
+    /// A file holding the hash (first line).
+    pub password_hash_file: Option<PathBuf>,
+    /// Envelope senders this user may use (an address, *@domain or *). Default: none.
+    #[serde(default)]
+    pub senders: Vec<String>,
+    /// The profile this user's mail goes through. Default: chosen by envelope sender.
+    pub profile: Option<String>,
+}
+
+impl ServeConfig {
+    /// Listen addresses.
+    pub fn listen(&self) -> Vec<SocketAddr> {
+        self.listen
+            .clone()
+            .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 2525))])
+    }
+    /// Allowed client networks (the valid ones: `problems` reports the others).
+    pub fn networks(&self) -> Vec<ipnet::IpNet> {
+        match &self.networks {
+            Some(list) => list.iter().filter_map(|n| parse_network(n)).collect(),
+            None => ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| parse_network(n))
+                .collect(),
+        }
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.7` is `192.0.2.7/32`).
+pub fn parse_network(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// Whether `address` matches `pattern`: an address or `*@domain` (any case).
+fn address_matches(pattern: &str, address: &str) -> bool {
+    match pattern.strip_prefix("*@") {
+        Some(domain) => address
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+        None => pattern.eq_ignore_ascii_case(address),
+    }
+}
+
+/// Whether `address` matches a sender pattern of `[serve]`: `*`, `*@domain` or an address.
+pub fn sender_matches(pattern: &str, address: &str) -> bool {
+    pattern == "*" || address_matches(pattern, address)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -882,6 +1002,7 @@ impl Config {
                 ));
             }
         }
+        self.serve_problems(&mut out);
         for (name, p) in &self.profiles {
             let k = |rest: &[&str]| {
                 let mut v = vec!["profiles".to_string(), name.clone()];
@@ -1088,6 +1209,151 @@ impl Config {
         out
     }
 
+    /// What is wrong in `[serve]`.
+    fn serve_problems(&self, out: &mut Vec<(Vec<String>, String)>) {
+        let sv = &self.serve;
+        let k = |rest: &[&str]| {
+            let mut v = vec!["serve".to_string()];
+            v.extend(rest.iter().map(|s| s.to_string()));
+            v
+        };
+        if sv.listen.as_ref().is_some_and(Vec::is_empty) {
+            out.push((
+                k(&["listen"]),
+                "no address to listen on: give at least one, e.g. [\"127.0.0.1:2525\"]".into(),
+            ));
+        }
+        for n in sv.networks.iter().flatten() {
+            if parse_network(n).is_none() {
+                out.push((
+                    k(&["networks"]),
+                    format!("\"{n}\" is not a network: give CIDR (192.168.10.0/24) or an address"),
+                ));
+            }
+        }
+        match (&sv.tls_cert, &sv.tls_key) {
+            (Some(_), None) => out.push((
+                k(&["tls_cert"]),
+                "a certificate needs its key: set tls_key too".into(),
+            )),
+            (None, Some(_)) => out.push((
+                k(&["tls_key"]),
+                "a key needs its certificate: set tls_cert too".into(),
+            )),
+            _ => {}
+        }
+        let pattern_ok = |p: &str| {
+            p == "*" || plausible_address(p) || p.strip_prefix("*@").is_some_and(plausible_domain)
+        };
+        for p in sv.senders.iter().flatten() {
+            if !pattern_ok(p) {
+                out.push((
+                    k(&["senders"]),
+                    format!("\"{p}\" is not an address, *@domain or *"),
+                ));
+            }
+        }
+        let profile_ok =
+            |name: &Option<String>| name.as_ref().is_none_or(|n| self.profiles.contains_key(n));
+        if !profile_ok(&sv.profile) {
+            out.push((
+                k(&["profile"]),
+                format!(
+                    "there is no such profile; defined: {}",
+                    self.profile_names()
+                ),
+            ));
+        }
+        if let Some(h) = &sv.hostname
+            && !plausible_domain(h)
+        {
+            out.push((k(&["hostname"]), format!("\"{h}\" is not a host name")));
+        }
+        for (field, value, min, max) in [
+            (
+                "max_connections",
+                sv.max_connections.map(|n| n as u64),
+                1,
+                100_000,
+            ),
+            ("max_message_size", sv.max_message_size, 1, u64::MAX),
+            (
+                "max_recipients",
+                sv.max_recipients.map(|n| n as u64),
+                1,
+                100_000,
+            ),
+            ("auth_failures", sv.auth_failures.map(u64::from), 1, 1000),
+            ("lockout_minutes", sv.lockout_minutes, 1, 7 * 24 * 60),
+            ("idle_timeout", sv.idle_timeout, 1, MAX_TIMEOUT_SECS),
+            ("queue_interval", sv.queue_interval, 1, MAX_TIMEOUT_SECS),
+            ("shutdown_timeout", sv.shutdown_timeout, 0, 3600),
+        ] {
+            if let Some(v) = value
+                && !(min..=max).contains(&v)
+            {
+                out.push((
+                    k(&[field]),
+                    format!("{v} is out of range: give {min} to {max}"),
+                ));
+            }
+        }
+        if sv.require_auth && sv.users.is_empty() {
+            out.push((
+                k(&["require_auth"]),
+                "nobody could send: define at least one [serve.users.NAME] or set \
+                 require_auth = false"
+                    .into(),
+            ));
+        }
+        for (name, u) in &sv.users {
+            let ku = |field: &str| k(&["users", name, field]);
+            if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                out.push((
+                    k(&["users", name]),
+                    "a user name may not be empty or hold spaces".into(),
+                ));
+            }
+            match (&u.password_hash, &u.password_hash_file) {
+                (None, None) => out.push((
+                    ku("password_hash"),
+                    "the user needs password_hash or password_hash_file (an argon2 or \
+                     SHA-512-crypt hash, never the password itself)"
+                        .into(),
+                )),
+                (Some(_), Some(_)) => out.push((
+                    ku("password_hash"),
+                    "give only one of password_hash and password_hash_file".into(),
+                )),
+                _ => {}
+            }
+            if u.senders.is_empty() {
+                out.push((
+                    ku("senders"),
+                    "list the envelope senders this user may use (an address, *@domain or *)"
+                        .into(),
+                ));
+            }
+            for p in &u.senders {
+                if !pattern_ok(p) {
+                    out.push((
+                        ku("senders"),
+                        format!("\"{p}\" is not an address, *@domain or *"),
+                    ));
+                }
+            }
+            if !profile_ok(&u.profile) {
+                out.push((
+                    ku("profile"),
+                    format!(
+                        "there is no such profile; defined: {}",
+                        self.profile_names()
+                    ),
+                ));
+            }
+        }
+    }
+
     /// The profile names, for messages: `"app", "cron"`.
     pub fn profile_names(&self) -> String {
         if self.profiles.is_empty() {
@@ -1239,12 +1505,7 @@ impl Profile {
 
     /// Whether `address` (bare, as given to -f) selects this profile.
     pub fn answers_to(&self, address: &str) -> bool {
-        let matches = |pattern: &str| match pattern.strip_prefix("*@") {
-            Some(domain) => address
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
-            None => pattern.eq_ignore_ascii_case(address),
-        };
+        let matches = |pattern: &str| address_matches(pattern, address);
         self.sender.as_deref().is_some_and(matches)
             || self.mailbox.as_deref().is_some_and(matches)
             || self.addresses.iter().any(|a| matches(a))
@@ -1820,6 +2081,28 @@ mod tests {
             "env",
             "value",
             "timeout_secs",
+            "serve",
+            "listen",
+            "networks",
+            "hostname",
+            "tls_cert",
+            "tls_key",
+            "plaintext_auth",
+            "require_auth",
+            "senders",
+            "profile",
+            "max_connections",
+            "max_message_size",
+            "max_recipients",
+            "client_rate_per_minute",
+            "auth_failures",
+            "lockout_minutes",
+            "idle_timeout",
+            "queue_interval",
+            "shutdown_timeout",
+            "users",
+            "password_hash",
+            "password_hash_file",
         ] {
             let written = EXAMPLE.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
@@ -1831,6 +2114,68 @@ mod tests {
             });
             assert!(written, "config.example.toml does not document `{key}`");
         }
+    }
+
+    #[test]
+    fn serve_section_is_checked() {
+        let base = "[profiles.a]\nmode = \"relay\"\n";
+        let ok = parse(&format!(
+            "{base}[serve]\nnetworks = [\"10.0.0.0/8\", \"192.0.2.7\"]\n"
+        ))
+        .unwrap();
+        let nets = ok.serve.networks();
+        assert_eq!(nets.len(), 2);
+        assert!(nets[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(
+            ok.serve.listen(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+        );
+        for (serve, needle) in [
+            (
+                "[serve]\nnetworks = [\"10.0.0.0/33\"]\n",
+                ":4: serve.networks: \"10.0.0.0/33\" is not a network",
+            ),
+            (
+                "[serve]\ntls_cert = \"/x\"\n",
+                "serve.tls_cert: a certificate needs its key",
+            ),
+            (
+                "[serve]\nprofile = \"nope\"\n",
+                "serve.profile: there is no such profile",
+            ),
+            (
+                "[serve]\nlisten = []\n",
+                "serve.listen: no address to listen on",
+            ),
+            (
+                "[serve]\nmax_connections = 0\n",
+                "serve.max_connections: 0 is out of range",
+            ),
+            (
+                "[serve]\nsenders = [\"a b\"]\n",
+                "serve.senders: \"a b\" is not an address",
+            ),
+            (
+                "[serve.users.u]\nsenders = [\"*\"]\n",
+                "serve.users.u.password_hash: the user needs password_hash",
+            ),
+            (
+                "[serve.users.u]\npassword_hash = \"$6$x$y\"\n",
+                "serve.users.u.senders: list the envelope senders",
+            ),
+            (
+                "[serve.users.u]\npassword = \"x\"\n",
+                "unknown field `password`",
+            ),
+        ] {
+            let e = parse(&format!("{base}{serve}")).unwrap_err();
+            assert!(e.message.contains(needle), "{serve}: {}", e.message);
+        }
+        assert!(sender_matches("*", "a@b"));
+        assert!(sender_matches("*@Contoso.com", "x@contoso.COM"));
+        assert!(!sender_matches("*@contoso.com", "x@evil.com"));
+        assert!(sender_matches("A@contoso.com", "a@contoso.com"));
+        assert!(!sender_matches("a@contoso.com", ""));
     }
 
     #[test]

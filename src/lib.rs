@@ -26,6 +26,7 @@ pub mod queue;
 pub mod report;
 pub mod route;
 pub mod secret;
+pub mod serve;
 pub mod smtp;
 pub mod status;
 pub mod transport;

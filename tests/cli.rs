@@ -148,6 +148,15 @@ fn names() {
         parse(argv("m365send", &["queue"])).unwrap().command,
         Command::QueueList { json: false }
     );
+    // Likewise `serve`: a subcommand of m365send only.
+    assert_eq!(
+        parse(argv("m365send", &["serve"])).unwrap().command,
+        Command::Serve
+    );
+    assert_eq!(
+        send(parse(argv("sendmail", &["serve"])).unwrap()).recipients,
+        strings(&["serve"])
+    );
 }
 
 // --- the binary -------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-//! TLS client configuration: rustls with the ring provider, TLS 1.2 minimum (1.3 on request),
-//! the system roots plus an optional extra CA file, and an optional client certificate.
+//! TLS configuration: the client (rustls with the ring provider, TLS 1.2 minimum, 1.3 on
+//! request, the system roots plus an optional extra CA file, and an optional client
+//! certificate), and the server side of `m365send serve` (a certificate and key from PEM files).
 //! There is deliberately no way to turn certificate verification off. The CA file, the client
-//! certificate and its key are read only when no other user could have written them (`trust`).
+//! certificate and its key, and serve's certificate and key are read only when no other user
+//! could have written them (`trust`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,6 +114,33 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError
             })?
         }
     };
+    Ok(Arc::new(config))
+}
+
+/// The server side of STARTTLS (`m365send serve`): this certificate chain and key, TLS 1.2 and
+/// 1.3, no client certificates.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = load_certs(cert, "server certificate")?;
+    let key_pem = read_checked(key, "server key")?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        TlsSetupError(format!(
+            "server key {}: no usable RSA, EC or PKCS#8 private key: {e}",
+            key.display()
+        ))
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            TlsSetupError(format!(
+                "server certificate {} and key {} do not work together: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
     Ok(Arc::new(config))
 }
 

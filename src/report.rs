@@ -154,7 +154,7 @@ fn write_dead_letter(
 /// [`append_dead_letter`], with its note (if any) on stderr.
 fn append_and_note(path: &Path, message: &Prepared, reason: &str) -> Result<(), Failure> {
     if let Some(note) = append_dead_letter(path, message, reason)? {
-        eprintln!("m365send: note: {note}");
+        crate::console::err_line(&format!("m365send: note: {note}"));
     }
     Ok(())
 }
@@ -463,14 +463,14 @@ pub fn log_line(config: &Config, verbose: bool, rec: &LogRecord) {
         let res = open_private_append(&path, false)
             .and_then(|mut f| f.file.write_all(stamped.as_bytes()));
         if let Err(e) = res {
-            eprintln!(
+            crate::console::err_line(&format!(
                 "m365send: cannot write the log file {}: {e}",
                 path.display()
-            );
+            ));
         }
     }
     if !config.log.syslog && config.log.file.is_none() && verbose {
-        eprintln!("m365send: {line}");
+        crate::console::err_line(&format!("m365send: {line}"));
     }
 }
 
@@ -808,7 +808,9 @@ ok@contoso.com mailsize="
             std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
             out.push(("another uid", other.clone(), other, "belongs to uid 65534"));
         } else {
-            eprintln!("not root: the file-of-another-uid case needs chown (CI runs as root)");
+            crate::console::err_line(
+                "not root: the file-of-another-uid case needs chown (CI runs as root)",
+            );
         }
         out
     }

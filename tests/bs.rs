@@ -179,7 +179,7 @@ RCPT TO:<victim@fabrikam.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n",
         BsOutcome::Delivered
     };
     let reader = BufReader::with_capacity(1, Cursor::new(input.to_vec()));
-    serve(reader, &mut Vec::new(), &limits(), &mut handler).unwrap();
+    serve(reader, Vec::new(), &limits(), &mut handler).unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1, b"a\r\n.\r\nb\r\n");
 }

@@ -8,7 +8,8 @@
 //!
 //! Use: build a `SessionConfig` (TLS config from `tls::client_config`), `Session::connect`,
 //! `authenticate`, then `send_message` once per message (`rset` after a failed one is
-//! automatic), and `quit`.
+//! automatic), and `quit`. `doctor` uses `tls_info` and `probe` (MAIL FROM, RCPT TO, RSET:
+//! never DATA) instead of `send_message`.
 
 pub mod caps;
 pub mod data;
@@ -20,8 +21,8 @@ pub mod transcript;
 pub use caps::Capabilities;
 pub use reply::{EnhancedCode, Reply};
 pub use session::{
-    MessageFlags, MessageResult, Session, SessionConfig, SessionError, Step, TlsFailure,
-    hello_name, is_microsoft_host,
+    MessageFlags, MessageResult, ProbeReplies, Session, SessionConfig, SessionError, Step,
+    TlsFailure, TlsInfo, hello_name, is_microsoft_host,
 };
 pub use tls::{TlsSettings, TlsSetupError, client_config};
 pub use transcript::{MemoryBuffer, Sink};

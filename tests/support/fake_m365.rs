@@ -168,6 +168,9 @@ pub struct FakeConfig {
     pub ehlo_before_tls: Option<Vec<String>>,
     pub ehlo_after_tls: Option<Vec<String>>,
     pub rules: Vec<Rule>,
+    /// After AUTH, accept only the authenticated user as the sender (the null sender
+    /// included): anything else is `550 5.7.60`, as Microsoft 365 answers a mailbox login.
+    pub send_as_only: bool,
 }
 
 impl FakeConfig {
@@ -183,6 +186,7 @@ impl FakeConfig {
             ehlo_before_tls: None,
             ehlo_after_tls: None,
             rules: Vec::new(),
+            send_as_only: false,
         }
     }
     pub fn mx() -> FakeConfig {
@@ -197,6 +201,10 @@ impl FakeConfig {
     }
     pub fn rule(mut self, rule: Rule) -> Self {
         self.rules.push(rule);
+        self
+    }
+    pub fn send_as_only(mut self) -> Self {
+        self.send_as_only = true;
         self
     }
     pub fn no_starttls(mut self) -> Self {
@@ -826,6 +834,12 @@ impl Conn {
                     }
                     let default = if self.cfg.flavour == Flavour::Submission && authed.is_none() {
                         "530 5.7.57 Client not authenticated to send mail. Error: 530 5.7.57 Client was not authenticated to send anonymous mail during MAIL FROM"
+                    } else if self.cfg.send_as_only
+                        && authed
+                            .as_deref()
+                            .is_some_and(|u| !u.eq_ignore_ascii_case(&addr))
+                    {
+                        "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
                     } else {
                         "250 2.1.0 Sender OK"
                     };

@@ -1,108 +1,37 @@
 //! Security hardening end to end (issue 10): the real `m365send` binary against the fake
 //! Microsoft 365 server on 127.0.0.1, as an attacker on a multi-user host would use it.
 
+#[path = "support/bin_env.rs"]
+mod bin_env;
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
+use bin_env::{BinEnv, stderr, stdout};
 use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
 use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_m365send");
-
-/// A temporary directory with a configuration file whose one relay profile points at the
-/// fake server.
-struct Site {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    spool: PathBuf,
-    home: PathBuf,
+/// The binary's environment with its relay profile pointed at the fake server; `extra` is
+/// written after the profile (a `[log]` table...).
+fn site(server: &FakeM365, extra: &str) -> BinEnv {
+    let env = BinEnv::new();
+    env.write_profile(&format!(
+        "mode = \"relay\"\n{}{extra}",
+        BinEnv::endpoint(server.port(), Some(server.ca_file()))
+    ));
+    env
 }
 
-impl Site {
-    /// `top`: lines at the top of the configuration (dead_letter, log…).
-    fn new(server: &FakeM365, top: &str) -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        let spool = dir.path().join("spool");
-        let home = dir.path().join("home");
-        std::fs::create_dir(&home).unwrap();
-        let text = format!(
-            r#"default_profile = "relay"
-spool_dir = "{spool}"
-{top}
-
-[profiles.relay]
-mode = "relay"
-rate_per_minute = 0
-
-[profiles.relay.endpoint]
-host = "127.0.0.1"
-port = {port}
-
-[profiles.relay.tls]
-ca_file = "{ca}"
-
-[profiles.relay.retry]
-attempts = 1
-"#,
-            spool = spool.display(),
-            port = server.port(),
-            ca = server.ca_file().display(),
-        );
-        std::fs::write(&config, text).unwrap();
-        Site {
-            dir,
-            config,
-            spool,
-            home,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("M365SEND_CONFIG", &self.config)
-            .env("HOME", &self.home)
-            .env_remove("M365SEND_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn run(&self, args: &[&str], input: &[u8]) -> Output {
-        self.run_with(self.command(args), input).await
-    }
-
-    async fn run_with(&self, mut command: Command, input: &[u8]) -> Output {
-        let mut child = command.spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).await.unwrap();
-        drop(stdin);
-        child.wait_with_output().await.unwrap()
-    }
-
-    fn files_in(&self, sub: &str) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = match std::fs::read_dir(self.spool.join(sub)) {
-            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
-            Err(_) => Vec::new(),
-        };
-        v.sort();
-        v
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// The files in a spool subdirectory (meta, failed...), sorted.
+fn files_in(env: &BinEnv, sub: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match std::fs::read_dir(env.spool.join(sub)) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
 }
 
 /// Finding 1: each SMTP smuggling variant in a `-bs` dialogue. Exactly one message reaches
@@ -116,7 +45,7 @@ async fn bs_smuggling_sends_one_message_and_never_the_smuggled_mail_from() {
         ("<CR><LF>.<LF>", "\r\n.\n"),
     ] {
         let server = FakeM365::start(FakeConfig::mx()).await;
-        let site = Site::new(&server, "");
+        let site = site(&server, "");
         let dialogue = format!(
             "EHLO app.example\r\nMAIL FROM:<alerts@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\n\
 DATA\r\nFrom: alerts@contoso.com\r\nSubject: report\r\n\r\nuser text{end}\
@@ -159,7 +88,14 @@ async fn runner_keeps_an_undeliverable_entry_in_failed_when_the_dead_letter_cann
     let server =
         FakeM365::start(FakeConfig::mx().rule(Rule::reply(Phase::Rcpt, "550 5.1.10 No such user")))
             .await;
-    let site = Site::new(&server, "");
+    let site = site(&server, "");
+    // No dead_letter configured: the default, $HOME/dead.letter.
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    let text: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("dead_letter"))
+        .collect();
+    std::fs::write(&site.config, text.join("\n")).unwrap();
     let message = b"From: alerts@contoso.com\nSubject: keep me\n\nthe only copy\n";
     let o = site
         .run(
@@ -175,7 +111,7 @@ async fn runner_keeps_an_undeliverable_entry_in_failed_when_the_dead_letter_cann
         )
         .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(site.files_in("meta").len(), 1);
+    assert_eq!(files_in(&site, "meta").len(), 1);
 
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -192,7 +128,7 @@ async fn runner_keeps_an_undeliverable_entry_in_failed_when_the_dead_letter_cann
     assert!(err.contains("kept in failed/"), "{err}");
     assert!(err.contains("cannot write the dead letter"), "{err}");
 
-    let failed = site.files_in("failed");
+    let failed = files_in(&site, "failed");
     assert_eq!(failed.len(), 2, "{failed:?}");
     let eml = failed
         .iter()
@@ -203,7 +139,7 @@ async fn runner_keeps_an_undeliverable_entry_in_failed_when_the_dead_letter_cann
     for f in &failed {
         assert_eq!(mode(f), 0o600, "{}", f.display());
     }
-    assert!(site.files_in("meta").is_empty(), "removed only once kept");
+    assert!(files_in(&site, "meta").is_empty(), "removed only once kept");
     assert_eq!(
         std::fs::metadata(&var_tmp).map(|m| m.len()).ok(),
         before,
@@ -254,16 +190,16 @@ async fn huge_replies_are_capped_in_errors_logs_and_queue_metadata() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let log_file = dir.path().join("m365send.log");
-    let dead = dir.path().join("dead.letter");
-    let site = Site::new(
+    let site = site(
         &server,
-        &format!(
-            "dead_letter = \"{}\"\n[log]\nfile = \"{}\"",
-            dead.display(),
-            log_file.display()
-        ),
+        &format!("\n[log]\nfile = \"{}\"\n", log_file.display()),
     );
-    let mut child = site.command(&["-bs"]).spawn().unwrap();
+    let dead = site.dead.clone();
+    let mut child = site
+        .command(&["-bs"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut replies = BufReader::new(child.stdout.take().unwrap()).lines();
     stdin
@@ -304,7 +240,7 @@ MAIL FROM:<temp@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\nSubject: tw
     );
     assert!(err.len() < 12_000, "stderr is {} bytes", err.len());
 
-    let metas = site.files_in("meta");
+    let metas = files_in(&site, "meta");
     assert_eq!(metas.len(), 1);
     let meta = std::fs::read_to_string(&metas[0]).unwrap();
     assert!(meta.len() < 12_000, "metadata is {} bytes", meta.len());
@@ -346,7 +282,7 @@ MAIL FROM:<temp@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\nSubject: tw
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_and_queue_show_escape_terminal_control_characters() {
     let server = FakeM365::start(FakeConfig::mx()).await;
-    let site = Site::new(&server, "");
+    let site = site(&server, "");
     let message = "From: alerts@contoso.com\nSubject: \x1b]0;owned\x07\x1b[2J hi\u{9b}31m\n\
 X-Folded: a\n\tb\n\nbody\n";
     let args = ["-f", "alerts@contoso.com", "ops@contoso.com"];
@@ -374,7 +310,7 @@ X-Folded: a\n\tb\n\nbody\n";
     queued.extend_from_slice(&args);
     let o = site.run(&queued, message.as_bytes()).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let meta = site.files_in("meta");
+    let meta = files_in(&site, "meta");
     let id = meta[0].file_stem().unwrap().to_str().unwrap();
     let o = site.run(&["queue", "show", id], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -400,7 +336,7 @@ fn assert_no_controls(out: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_and_header_options_refuse_control_characters() {
     let server = FakeM365::start(FakeConfig::mx()).await;
-    let site = Site::new(&server, "");
+    let site = site(&server, "");
     let base = [
         "--from",
         "alerts@contoso.com",

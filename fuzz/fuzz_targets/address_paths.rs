@@ -51,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
         if address::path_problem(&a).is_none() && a.contains('@') {
             assert_safe_path(&a);
         }
-        let _ = address::dedup_key(&a);
+        let _ = address::dedup_key(&a, false);
+        let _ = address::dedup_key(&a, true);
         let _ = address::qualify(&a, Some("contoso.com"));
     }
     for (_, a) in address::parse_mailboxes(&s) {

@@ -8,7 +8,8 @@
 //! not checked, nor short ones (under 6 characters, such as "relay", which errors name as
 //! words of their own). After a successful parse, validation messages may quote an address,
 //! domain or host the user got wrong; inline secrets (`value = "..."`) are checked there too.
-//! The part of an error after "expected" (the accepted values) is not searched.
+//! The part of an error after "expected" (the accepted values) is not searched, nor the path;
+//! a match that stays when the value's letters are changed is the message's own wording.
 #![no_main]
 
 use std::path::Path;
@@ -71,19 +72,31 @@ fn outside_quotes(text: &str, v: &str) -> bool {
     rest.contains(v)
 }
 
+const PATH: &str = "/etc/m365send/config.toml";
+
+fn parse_error(text: &str) -> Option<String> {
+    Config::parse(text, Path::new(PATH))
+        .err()
+        .map(|e| e.message)
+}
+
 fn assert_absent(error: &str, text: &str, candidates: &[String]) {
     // What follows "expected" lists the accepted values (program constants, such as
-    // `client-credentials`), which the file may well contain elsewhere.
+    // `client-credentials`), which the file may well contain elsewhere; the path is ours.
     let error = error.split("expected").next().unwrap_or(error);
+    let error = error.replace(PATH, "");
     for v in candidates {
         let v = v.trim();
-        if v.chars().count() < MIN || outside_quotes(text, v) {
+        if v.chars().count() < MIN || outside_quotes(text, v) || !error.contains(v) {
             continue;
         }
-        assert!(
-            !error.contains(v),
-            "the error quotes the value {v:?}:\n{error}\n--- from ---\n{text}"
-        );
+        // Ours or the file's? The same file with that value's letters changed: when the error
+        // still says it, it is the message's own wording ("inline table"), not the value.
+        let masked = text.replace(v, &v.replace(|c: char| c.is_alphanumeric(), "Z"));
+        if parse_error(&masked).is_some_and(|e2| e2.contains(v)) {
+            continue;
+        }
+        panic!("the error quotes the value {v:?}:\n{error}\n--- from ---\n{text}");
     }
 }
 
@@ -91,15 +104,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Err(e) = Config::parse(text, Path::new("/etc/m365send/config.toml")) else {
+    let Some(error) = parse_error(text) else {
         return;
     };
     let (all, secrets) = values(text);
     if toml::from_str::<Config>(text).is_err() {
         // A parse error: no value at all.
-        assert_absent(&e.message, text, &all);
+        assert_absent(&error, text, &all);
     } else {
         // Validation: inline secrets never.
-        assert_absent(&e.message, text, &secrets);
+        assert_absent(&error, text, &secrets);
     }
 });

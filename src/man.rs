@@ -176,7 +176,7 @@ const FILES: &[(&str, &str)] = &[
         "Links to m365send in the Debian package; the name it is run by selects what it does.",
     ),
     (
-        "/lib/systemd/system/m365send-queue.service, m365send-queue.timer",
+        "/usr/lib/systemd/system/m365send-queue.service, m365send-queue.timer",
         "Runs m365send queue run every 5 minutes, once enabled with \
          systemctl enable --now m365send-queue.timer.",
     ),

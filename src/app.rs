@@ -12,7 +12,7 @@ use crate::cli::{Command, DeliveryMode, Invocation, SendArgs};
 use crate::config::{self, Config, Mode, OAuthFlow, Profile, QueuePolicy, TlsVersion};
 use crate::exit::{Exit, Failure};
 use crate::message::{Prepared, Ret};
-use crate::queue::{EnqueueOptions, EntryId, RunOptions, SmtpDeliverer};
+use crate::queue::{EnqueueOptions, EntryId, RunOptions, TransportDeliverer};
 use crate::route::{AuthKind, Endpoint, TlsPolicy};
 
 /// Run with the given argv (argv[0] included) and return the process exit code.
@@ -574,7 +574,7 @@ fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
         ..Default::default()
     };
     // -v: one line per entry and the summary; -vv: the SMTP transcript too.
-    let mut deliverer = SmtpDeliverer::new(verbose.saturating_sub(1));
+    let mut deliverer = TransportDeliverer::new(verbose.saturating_sub(1));
     let report = runtime.block_on(crate::queue::run(config, opts, &mut deliverer))?;
     if verbose > 0 {
         if report.skipped_locked {
@@ -647,7 +647,81 @@ fn mode_title(mode: Mode) -> &'static str {
         Mode::Direct => "direct send (internal recipients only)",
         Mode::Hve => "High Volume Email (internal recipients only)",
         Mode::Acs => "Azure Communication Services Email",
+        Mode::Graph => "Microsoft Graph sendMail over HTTPS",
     }
+}
+
+/// The dry run's Graph rows: the endpoint, mailbox, token scope, Sent Items and the size path
+/// (one sendMail request, or a draft with parts uploaded).
+fn graph_rows(
+    profile: &Profile,
+    host: &crate::route::Host,
+    prepared: &Prepared,
+) -> Vec<(String, String)> {
+    let mailbox = profile
+        .mailbox
+        .clone()
+        .or_else(|| profile.auth.user.clone());
+    let mut rows = vec![(
+        "Graph endpoint".to_owned(),
+        format!(
+            "https://{}{}/v1.0/users/{}/sendMail",
+            host.name,
+            if host.port == 443 {
+                String::new()
+            } else {
+                format!(":{}", host.port)
+            },
+            mailbox.as_deref().unwrap_or("<mailbox>")
+        ),
+    )];
+    rows.push((
+        "mailbox".into(),
+        mailbox.unwrap_or_else(|| "— none: set `mailbox`".into()),
+    ));
+    rows.push((
+        "token scope".into(),
+        if profile.auth.token.is_set() && profile.mode == Mode::Graph {
+            format!(
+                "none requested: auth.token is used as is (it must be a token for {})",
+                crate::auth::default_scope(
+                    profile.cloud,
+                    Mode::Graph,
+                    OAuthFlow::ClientCredentials
+                )
+            )
+        } else {
+            crate::auth::graph_settings(profile)
+                .map(|s| s.scope)
+                .unwrap_or_else(|f| format!("— {}", f.message))
+        },
+    ));
+    rows.push((
+        "Sent Items".into(),
+        if profile.save_to_sent_items() {
+            "a copy is kept (save_to_sent_items = true)".into()
+        } else {
+            "no copy (save_to_sent_items = false; needs Mail.ReadWrite)".into()
+        },
+    ));
+    rows.push((
+        "size path".into(),
+        match crate::graph::Client::plan(
+            prepared.body.path(),
+            &prepared.envelope.recipients,
+            profile.save_to_sent_items(),
+        ) {
+            Ok((h, route, _)) => format!(
+                "{}; {} To, {} Cc, {} Bcc",
+                route.describe(),
+                h.recipients.to.len(),
+                h.recipients.cc.len(),
+                h.recipients.bcc.len()
+            ),
+            Err(e) => format!("— {e}"),
+        },
+    ));
+    rows
 }
 
 /// `1234 bytes`, `36700160 bytes (35.0 MiB)`.
@@ -731,62 +805,93 @@ pub fn dry_run_report(
         TlsVersion::V1_2 => "TLS 1.2 or 1.3",
         TlsVersion::V1_3 => "TLS 1.3 only",
     };
-    rows.push((
-        "TLS".into(),
-        match endpoint.tls {
-            TlsPolicy::Required => format!("STARTTLS required, {min}"),
-            TlsPolicy::Opportunistic => format!("STARTTLS when offered, {min}"),
-        },
-    ));
-    rows.push((
-        "CA certificates".into(),
-        match &endpoint.ca_file {
-            Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
-            None => "system roots".into(),
-        },
-    ));
-    rows.push((
-        "client certificate".into(),
-        match &endpoint.client_cert {
-            Some(c) => format!(
-                "{}{} (key {}{})",
-                c.cert.display(),
-                unreadable(&c.cert),
-                c.key.display(),
-                unreadable(&c.key)
-            ),
-            None => "none".into(),
-        },
-    ));
-    let user = match profile.login_user() {
-        Some(u) => format!("as {u}"),
-        None => "— no login name: set `mailbox` or `auth.user`".into(),
-    };
-    rows.push((
-        "authentication".into(),
-        match endpoint.auth {
-            AuthKind::OAuth => {
-                let flow = match profile.auth.flow {
-                    OAuthFlow::ClientCredentials if profile.auth.token.is_set() => {
-                        "token from auth.token"
-                    }
-                    OAuthFlow::ClientCredentials => "app-only",
-                    OAuthFlow::Delegated => "delegated",
-                };
-                format!("OAuth2 XOAUTH2 ({flow}) {user}")
-            }
-            AuthKind::Password => format!("password (AUTH LOGIN) {user}"),
-            AuthKind::None => match (endpoint.mode, &endpoint.client_cert) {
-                (Mode::Relay, Some(_)) => {
-                    "none: the connector recognises the client certificate".into()
-                }
-                (Mode::Relay, None) => "none: the connector must know this host's public IP".into(),
-                _ => "none".into(),
+    if endpoint.mode == Mode::Graph {
+        if let Some(h) = endpoint.hosts.first() {
+            rows.extend(graph_rows(profile, h, prepared));
+        }
+        rows.push((
+            "CA certificates".into(),
+            match &endpoint.ca_file {
+                Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
+                None => "system roots".into(),
             },
-        },
-    ));
-    s.push('\n');
-    section(&mut s, "Endpoint", rows);
+        ));
+        s.push('\n');
+        section(&mut s, "Endpoint", rows);
+        rows = Vec::new();
+    }
+    if endpoint.mode == Mode::Submit && profile.fallback == config::Fallback::Graph {
+        rows.push((
+            "fallback".into(),
+            match crate::route::graph_host(profile) {
+                Ok((h, _)) => format!(
+                    "Microsoft Graph at {}:{} when SMTP AUTH is disabled (535 5.7.139)",
+                    h.name, h.port
+                ),
+                Err(f) => format!("— {}", f.message),
+            },
+        ));
+    }
+    if endpoint.mode != Mode::Graph {
+        rows.push((
+            "TLS".into(),
+            match endpoint.tls {
+                TlsPolicy::Required => format!("STARTTLS required, {min}"),
+                TlsPolicy::Opportunistic => format!("STARTTLS when offered, {min}"),
+            },
+        ));
+        rows.push((
+            "CA certificates".into(),
+            match &endpoint.ca_file {
+                Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
+                None => "system roots".into(),
+            },
+        ));
+        rows.push((
+            "client certificate".into(),
+            match &endpoint.client_cert {
+                Some(c) => format!(
+                    "{}{} (key {}{})",
+                    c.cert.display(),
+                    unreadable(&c.cert),
+                    c.key.display(),
+                    unreadable(&c.key)
+                ),
+                None => "none".into(),
+            },
+        ));
+        let user = match profile.login_user() {
+            Some(u) => format!("as {u}"),
+            None => "— no login name: set `mailbox` or `auth.user`".into(),
+        };
+        rows.push((
+            "authentication".into(),
+            match endpoint.auth {
+                AuthKind::OAuth => {
+                    let flow = match profile.auth.flow {
+                        OAuthFlow::ClientCredentials if profile.auth.token.is_set() => {
+                            "token from auth.token"
+                        }
+                        OAuthFlow::ClientCredentials => "app-only",
+                        OAuthFlow::Delegated => "delegated",
+                    };
+                    format!("OAuth2 XOAUTH2 ({flow}) {user}")
+                }
+                AuthKind::Password => format!("password (AUTH LOGIN) {user}"),
+                AuthKind::None => match (endpoint.mode, &endpoint.client_cert) {
+                    (Mode::Relay, Some(_)) => {
+                        "none: the connector recognises the client certificate".into()
+                    }
+                    (Mode::Relay, None) => {
+                        "none: the connector must know this host's public IP".into()
+                    }
+                    _ => "none".into(),
+                },
+            },
+        ));
+        s.push('\n');
+        section(&mut s, "Endpoint", rows);
+    }
 
     // Envelope
     let env = &prepared.envelope;
@@ -940,7 +1045,7 @@ fn stdio_message(
 /// The reply a `-bs` client gets for a message we could not deliver: the class follows the
 /// exit code, the text is the first line of what the user would have read on stderr.
 fn stdio_failure(f: &Failure) -> crate::bs::BsOutcome {
-    use crate::smtp::{EnhancedCode, Reply};
+    use crate::status::{EnhancedCode, Reply};
     let (code, enhanced) = match f.exit {
         Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
         Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),

@@ -803,7 +803,7 @@ fn send_args(opts: SendOpts, delivery: DeliveryMode) -> Result<Box<SendArgs>, Fa
         None => None,
         Some(m) => Some(Mode::parse(m).ok_or_else(|| {
             Failure::usage(format!(
-                "--mode {m}: expected submit, relay, direct, hve or acs"
+                "--mode {m}: expected submit, relay, direct, hve, acs or graph"
             ))
         })?),
     };

@@ -79,6 +79,8 @@ pub enum Mode {
     Hve,
     /// Azure Communication Services Email: smtp.azurecomm.net:587.
     Acs,
+    /// Microsoft Graph sendMail over HTTPS (graph.microsoft.com:443), as the profile's mailbox.
+    Graph,
 }
 
 impl Mode {
@@ -89,7 +91,13 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::Hve => "hve",
             Mode::Acs => "acs",
+            Mode::Graph => "graph",
         }
+    }
+    /// The mode sends as the profile's own mailbox (a bounce must come from it, not from
+    /// MAILER-DAEMON): client submission, HVE, ACS and Graph.
+    pub fn sends_as_mailbox(self) -> bool {
+        matches!(self, Mode::Submit | Mode::Hve | Mode::Acs | Mode::Graph)
     }
     pub fn parse(s: &str) -> Option<Mode> {
         Some(match s {
@@ -98,6 +106,7 @@ impl Mode {
             "direct" => Mode::Direct,
             "hve" => Mode::Hve,
             "acs" => Mode::Acs,
+            "graph" => Mode::Graph,
             _ => return None,
         })
     }
@@ -123,6 +132,18 @@ pub enum Cloud {
     Usgov,
     /// 21Vianet.
     China,
+}
+
+/// What a submit profile does when Microsoft 365 refuses client submission because SMTP AUTH
+/// is off for the mailbox or tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Report the refusal (default).
+    #[default]
+    None,
+    /// Send the same prepared message through Microsoft Graph with the same app registration.
+    Graph,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -203,6 +224,14 @@ pub struct Profile {
     pub rate_per_minute: Option<u32>,
     /// Overrides the top-level `dead_letter` for this profile.
     pub dead_letter: Option<PathBuf>,
+    /// Graph: keep a copy in the mailbox's Sent Items. Default true.
+    pub save_to_sent_items: Option<bool>,
+    /// Graph host (`host` or `host:port`) for mode "graph" and the Graph fallback; default by
+    /// cloud. For mode "graph", `endpoint.host` and `--server` take precedence.
+    pub graph_host: Option<String>,
+    /// Submit profiles: what to do when SMTP AUTH is disabled (`"graph"`). Default none.
+    #[serde(default)]
+    pub fallback: Fallback,
 }
 
 /// Where to connect, overriding what the mode implies.
@@ -523,6 +552,7 @@ impl Profile {
     pub fn auth_method(&self) -> AuthMethod {
         match self.auth.method {
             AuthMethod::Auto => match self.mode {
+                Mode::Graph => AuthMethod::OAuth,
                 Mode::Submit | Mode::Hve | Mode::Acs => {
                     if self.auth.password.is_set() && self.auth.client_id.is_none() {
                         AuthMethod::Password
@@ -534,6 +564,10 @@ impl Profile {
             },
             m => m,
         }
+    }
+    /// Graph: keep a copy in Sent Items (default true, as Graph and client submission do).
+    pub fn save_to_sent_items(&self) -> bool {
+        self.save_to_sent_items.unwrap_or(true)
     }
     /// Login name for AUTH: `auth.user`, else the mailbox.
     pub fn login_user(&self) -> Option<&str> {
@@ -888,6 +922,7 @@ impl Config {
             {
                 out.push((k(&["helo"]), format!("\"{h}\" is not a host name")));
             }
+            out.extend(graph_problems(p).into_iter().map(|(f, m)| (k(&[f]), m)));
         }
         out
     }
@@ -976,6 +1011,51 @@ impl Config {
             }
         )))
     }
+}
+
+/// What is wrong with a profile's Graph settings: (key, message).
+fn graph_problems(p: &Profile) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if p.fallback == Fallback::Graph && p.mode != Mode::Submit {
+        out.push((
+            "fallback",
+            format!(
+                "fallback = \"graph\" is for mode \"submit\" (this profile is mode \"{}\")",
+                p.mode.as_str()
+            ),
+        ));
+    }
+    if p.mode == Mode::Graph || p.fallback == Fallback::Graph {
+        if matches!(p.auth.method, AuthMethod::Password | AuthMethod::None) {
+            out.push((
+                "auth",
+                "Microsoft Graph takes only OAuth: remove auth.method or set it to \"oauth\""
+                    .into(),
+            ));
+        }
+        if p.mailbox.is_none() {
+            out.push((
+                "mailbox",
+                "Microsoft Graph sends as a mailbox: set `mailbox` (e.g. app@contoso.com)".into(),
+            ));
+        }
+    }
+    if let Some(h) = &p.graph_host {
+        let name = h.rsplit_once(':').map_or(h.as_str(), |(n, port)| {
+            if port.parse::<u16>().is_ok_and(|p| p != 0) {
+                n
+            } else {
+                h
+            }
+        });
+        if !plausible_domain(name) && name.parse::<std::net::IpAddr>().is_err() {
+            out.push((
+                "graph_host",
+                format!("\"{h}\" is not a host name (HOST or HOST:PORT, no https://)"),
+            ));
+        }
+    }
+    out
 }
 
 impl Profile {
@@ -1388,6 +1468,9 @@ mod tests {
             "scope",
             "refresh_window_secs",
             "assertion_alg",
+            "save_to_sent_items",
+            "graph_host",
+            "fallback",
             "helo",
             "max_size",
             "timeouts",

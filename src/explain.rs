@@ -36,9 +36,11 @@
 //! declined or expired device login); 75 TEMPFAIL for the identity platform's own temporary
 //! failures.
 
+pub mod graph;
+
 use crate::config::Mode;
 use crate::exit::{Exit, Failure};
-use crate::smtp::{EnhancedCode, Reply};
+use crate::status::{EnhancedCode, Reply};
 
 /// What the explanation may mention about this user's situation.
 #[derive(Debug, Clone, Default)]
@@ -397,6 +399,9 @@ pub fn exit_for(reply: &Reply) -> Exit {
     if reply.is_positive() {
         return Exit::Ok;
     }
+    if let Some(e) = graph::exit_for(reply) {
+        return e;
+    }
     if reply.is_transient() {
         return Exit::TempFail;
     }
@@ -710,6 +715,9 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
 
 /// The explanation of a server reply, when the catalogue knows it.
 pub fn explain_reply(reply: &Reply, ctx: &Context<'_>) -> Option<Explanation> {
+    if crate::status::graph_error(reply).is_some() {
+        return graph::explain_reply(reply, ctx);
+    }
     let kind = classify(reply)?;
     let (meaning, advice) = words(kind, ctx);
     Some(Explanation {
@@ -841,6 +849,9 @@ pub fn explain_code(code: &str) -> Option<String> {
     let input = code.trim();
     if input.is_empty() {
         return None;
+    }
+    if let Some(text) = graph::explain_code(input) {
+        return Some(text);
     }
     if let Some(a) = aadsts_code(&input.to_ascii_uppercase()) {
         return explain_aadsts(&a, &Context::default()).map(|e| format_aadsts(&a, &e));

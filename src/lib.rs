@@ -1,6 +1,7 @@
 //! m365send: a sendmail-compatible mail submission tool for Microsoft 365.
 //!
-//! A message flows one way: cli → config → message → route → auth → smtp → deliver (→ queue).
+//! A message flows one way: cli → config → message → route → auth → transport (smtp) →
+//! deliver (→ queue). `status` holds the leaf reply/step types every layer shares.
 //! See each module's top comment for what it owns.
 
 pub mod address;
@@ -15,6 +16,7 @@ pub mod deliver;
 pub mod exit;
 pub mod explain;
 pub mod fsutil;
+pub mod graph;
 pub mod man;
 pub mod message;
 pub mod queue;
@@ -22,3 +24,5 @@ pub mod report;
 pub mod route;
 pub mod secret;
 pub mod smtp;
+pub mod status;
+pub mod transport;

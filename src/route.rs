@@ -110,12 +110,13 @@ pub async fn resolve(
     let default_port = match mode {
         Mode::Submit | Mode::Hve | Mode::Acs => 587,
         Mode::Relay | Mode::Direct => 25,
+        Mode::Graph => 443,
     };
     let (hosts, source) = if let Some(s) = server {
         let host = parse_server(s, default_port)?;
         // m365send speaks STARTTLS only: on 465 the server waits for a TLS handshake while
         // we wait for its greeting, and the user would see nothing but a timeout.
-        if host.port == 465 {
+        if host.port == 465 && mode != Mode::Graph {
             return Err(Failure::usage(format!(
                 "--server {s}: port 465 is implicit TLS, which Microsoft 365 does not offer for \
                  client submission and m365send does not speak; use port 587 (STARTTLS) or 25"
@@ -124,6 +125,10 @@ pub async fn resolve(
         (vec![host], "--server".to_owned())
     } else {
         match mode {
+            Mode::Graph => {
+                let (host, source) = graph_host(profile)?;
+                (vec![host], source)
+            }
             Mode::Submit | Mode::Hve | Mode::Acs => {
                 let port = ep.port.unwrap_or(587);
                 if port == 465 {
@@ -233,9 +238,53 @@ pub async fn resolve(
     })
 }
 
+/// The Microsoft Graph host of a cloud (global, US Government GCC High, 21Vianet).
+pub fn default_graph_host(cloud: Cloud) -> &'static str {
+    match cloud {
+        Cloud::Global => "graph.microsoft.com",
+        Cloud::Usgov => "graph.microsoft.us",
+        Cloud::China => "microsoftgraph.chinacloudapi.cn",
+    }
+}
+
+/// The Graph host of a profile and where it came from: `endpoint.host` (mode "graph" only;
+/// `--server` and the queue's `--server` land there), else `graph_host`, else by cloud.
+pub fn graph_host(profile: &Profile) -> Result<(Host, String), Failure> {
+    let ep = &profile.endpoint;
+    if profile.mode == Mode::Graph
+        && let Some(h) = &ep.host
+    {
+        let host = Host {
+            name: h.clone(),
+            port: ep.port.unwrap_or(443),
+            preference: None,
+        };
+        return Ok((host, "profile endpoint.host".to_owned()));
+    }
+    if let Some(h) = &profile.graph_host {
+        let host = parse_server(h, 443).map_err(|_| {
+            Failure::config(format!(
+                "profile \"{}\": graph_host \"{h}\" is not HOST or HOST:PORT",
+                profile.name
+            ))
+        })?;
+        return Ok((host, "profile graph_host".to_owned()));
+    }
+    let host = Host {
+        name: default_graph_host(profile.cloud).to_owned(),
+        port: 443,
+        preference: None,
+    };
+    Ok((
+        host,
+        format!("default for graph ({:?} cloud)", profile.cloud).to_lowercase(),
+    ))
+}
+
 /// The default submission host of a mode in a cloud.
 pub fn default_host(mode: Mode, cloud: Cloud) -> &'static str {
     match (mode, cloud) {
+        (Mode::Graph, c) => default_graph_host(c),
         (Mode::Hve, _) => "smtp.hve.mx.microsoft",
         (Mode::Acs, _) => "smtp.azurecomm.net",
         (_, Cloud::Global) => "smtp.office365.com",

@@ -125,6 +125,10 @@ pub struct OAuthSettings {
     /// Space-separated scopes.
     pub scope: String,
     pub refresh_window_secs: u64,
+    /// The cache file (and lock) the tokens live in: the profile's name, or
+    /// `NAME+graph` for the Graph tokens of a submit profile's fallback, so that a token
+    /// for Outlook and one for Graph never replace (or stand in for) each other.
+    pub cache_slot: String,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -141,6 +145,13 @@ pub fn default_authority(cloud: Cloud) -> &'static str {
 /// Default scope by cloud, mode and flow. China scopes are UNCONFIRMED: override with
 /// auth.scope when Microsoft documents otherwise.
 pub fn default_scope(cloud: Cloud, mode: Mode, flow: OAuthFlow) -> String {
+    if mode == Mode::Graph {
+        let resource = format!("https://{}", crate::route::default_graph_host(cloud));
+        return match flow {
+            OAuthFlow::ClientCredentials => format!("{resource}/.default"),
+            OAuthFlow::Delegated => format!("{resource}/Mail.Send offline_access"),
+        };
+    }
     let resource = match (mode, cloud) {
         (Mode::Acs, _) => "https://communication.azure.com",
         (_, Cloud::Global) => match flow {
@@ -236,6 +247,7 @@ impl OAuthSettings {
             authority,
             scope,
             refresh_window_secs: a.refresh_window_secs.unwrap_or(300),
+            cache_slot: p.clone(),
             connect_timeout: profile.timeouts.connect(),
             request_timeout: profile.timeouts.command(),
         })
@@ -260,7 +272,7 @@ impl OAuthSettings {
 
     fn key(&self) -> CacheKey {
         CacheKey {
-            profile: self.profile.clone(),
+            profile: self.cache_slot.clone(),
             tenant: self.tenant.clone(),
             client_id: self.client_id.clone(),
             scope: self.scope.clone(),
@@ -542,7 +554,72 @@ async fn acquire(
     profile: &Profile,
     reject: Reject<'_>,
 ) -> Result<AccessToken, Failure> {
-    let s = OAuthSettings::from_profile(profile)?;
+    acquire_with(
+        config,
+        profile,
+        OAuthSettings::from_profile(profile)?,
+        reject,
+    )
+    .await
+}
+
+/// The cache slot of a profile's Graph fallback tokens.
+fn graph_slot(profile: &Profile) -> String {
+    format!("{}+graph", profile.name)
+}
+
+/// The OAuth settings for a Microsoft Graph token of this profile: its own for mode
+/// "graph"; for a submit profile's Graph fallback, the same app registration with the Graph
+/// scope (auth.scope, which names the SMTP scope there, is ignored) in a cache slot of its own.
+pub fn graph_settings(profile: &Profile) -> Result<OAuthSettings, Failure> {
+    if profile.mode == Mode::Graph {
+        return OAuthSettings::from_profile(profile);
+    }
+    let mut p = profile.clone();
+    p.mode = Mode::Graph;
+    p.auth.scope = None;
+    let mut s = OAuthSettings::from_profile(&p)?;
+    s.cache_slot = graph_slot(profile);
+    Ok(s)
+}
+
+/// An access token for Microsoft Graph (audience graph.microsoft.com, or the cloud's Graph
+/// host): from the cache, or acquired. `rejected`: a token Graph refused as invalid or
+/// expired (401), never to be handed out again. A fixed `auth.token` is used as is on a
+/// mode "graph" profile; a submit profile's fixed token is for SMTP and cannot serve Graph.
+pub async fn graph_token(
+    config: &Config,
+    profile: &Profile,
+    rejected: Option<&Secret>,
+) -> Result<AccessToken, Failure> {
+    if profile.auth.token.is_set() {
+        if profile.mode != Mode::Graph {
+            return Err(Failure::config(format!(
+                "profile \"{}\": the Graph fallback needs a token for Microsoft Graph, but \
+                 auth.token is a fixed token (for SMTP); give auth.client_secret or \
+                 auth.certificate instead",
+                profile.name
+            )));
+        }
+        return Ok(AccessToken {
+            token: profile.auth.token.resolve("auth.token")?,
+            expires_at: 0,
+            from_cache: false,
+        });
+    }
+    let reject = match rejected {
+        Some(t) => Reject::Token(t),
+        None => Reject::Nothing,
+    };
+    acquire_with(config, profile, graph_settings(profile)?, reject).await
+}
+
+async fn acquire_with(
+    config: &Config,
+    profile: &Profile,
+    s: OAuthSettings,
+    reject: Reject<'_>,
+) -> Result<AccessToken, Failure> {
     let dir = cache::dir(config)?;
     let key = s.key();
     let cached = |e: &Entry| {
@@ -561,7 +638,7 @@ async fn acquire(
     // Another process may be asking for a token right now: wait as long as one request may
     // take (connect, answer, one retry's worth), then give up with a temporary failure.
     let wait = s.connect_timeout + s.request_timeout * 2 + Duration::from_secs(5);
-    let _lock = cache::lock_within(&dir, &s.profile, wait).await?;
+    let _lock = cache::lock_within(&dir, &s.cache_slot, wait).await?;
     let mut entry = cache::read(&dir, &key);
     if let Some(t) = entry.as_ref().and_then(cached) {
         tracing::debug!(
@@ -587,7 +664,14 @@ async fn acquire(
             (token_request(&client, &s, profile, &form).await?, None)
         }
         OAuthFlow::Delegated => {
-            let (rt, seed) = match &entry.refresh_token {
+            // The Graph fallback of a delegated submit profile starts from the refresh token
+            // `m365send login` stored for the profile: Microsoft redeems it for Graph too
+            // when the app has Mail.Send (delegated) consented.
+            let signed_in = (s.cache_slot != profile.name)
+                .then(|| cache::read_any(&dir, &profile.name))
+                .flatten()
+                .and_then(|e| e.refresh_token);
+            let (rt, seed) = match entry.refresh_token.as_ref().or(signed_in.as_ref()) {
                 Some(rt) => (Secret::new(rt.clone()), None),
                 None if profile.auth.refresh_token.is_set() => {
                     let rt = profile.auth.refresh_token.resolve("auth.refresh_token")?;
@@ -736,7 +820,7 @@ pub async fn login(config: &Config, profile: &Profile, out: &mut dyn Write) -> R
     }
     let started = now();
     {
-        let _lock = cache::lock(&dir, &s.profile).await?;
+        let _lock = cache::lock(&dir, &s.cache_slot).await?;
         let mut entry = Entry::new(s.key());
         store(&mut entry, &resp, started, None);
         cache::write(&dir, &entry)?;
@@ -745,7 +829,7 @@ pub async fn login(config: &Config, profile: &Profile, out: &mut dyn Write) -> R
         out,
         "Logged in. The refresh token for profile \"{}\" is stored in {}.",
         s.profile,
-        cache::file_path(&dir, &s.profile).display()
+        cache::file_path(&dir, &s.cache_slot).display()
     )
     .map_err(out_err)?;
     Ok(())
@@ -831,7 +915,7 @@ pub fn token_status(
     }
     let s = OAuthSettings::from_profile(profile)?;
     let dir = cache::dir(config)?;
-    let path = cache::file_path(&dir, &s.profile);
+    let path = cache::file_path(&dir, &s.cache_slot);
     let a = &profile.auth;
     let credential = if profile.auth.token.is_set() {
         "fixed access token (auth.token)".to_string()
@@ -896,7 +980,7 @@ pub fn token_status(
             });
         }
         None => {
-            if cache::read_any(&dir, &s.profile).is_some() {
+            if cache::read_any(&dir, &s.cache_slot).is_some() {
                 lines.push(
                     "access token:   none (the cache holds a token for other settings; it will \
                      be replaced)"
@@ -925,6 +1009,10 @@ pub fn token_clear(config: &Config, profile: &Profile) -> Result<(), Failure> {
     }
     let _lock = cache::lock_blocking(&dir, &profile.name)?;
     cache::remove(&dir, &profile.name)?;
+    // The Graph fallback's tokens, if any.
+    let graph = graph_slot(profile);
+    let _lock = cache::lock_blocking(&dir, &graph)?;
+    cache::remove(&dir, &graph)?;
     Ok(())
 }
 
@@ -1048,9 +1136,9 @@ pub fn smtp_535_advice(profile: &Profile, token: Option<&Secret>) -> String {
         out.push_str("\n  ");
         out.push_str(&note);
     }
-    let reply = crate::smtp::Reply {
+    let reply = crate::status::Reply {
         code: 535,
-        enhanced: Some(crate::smtp::EnhancedCode::new(5, 7, 3)),
+        enhanced: Some(crate::status::EnhancedCode::new(5, 7, 3)),
         lines: vec!["5.7.3 Authentication unsuccessful".to_string()],
     };
     if let Some(e) = crate::explain::explain_reply(&reply, &explain_context(profile)) {

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use crate::config::{Mode, Profile};
+use crate::config::Profile;
 use crate::message::Ret;
 
 use super::runner::Problem;
@@ -47,7 +47,7 @@ fn bounce_from(profile: &Profile, original_sender: &str) -> String {
     let own = profile.sender.as_deref().or(profile.mailbox.as_deref());
     match profile.mode {
         // Submission sends only as the mailbox (or one it may send as).
-        Mode::Submit | Mode::Hve | Mode::Acs if own.is_some() => own.unwrap_or_default().into(),
+        m if m.sends_as_mailbox() && own.is_some() => own.unwrap_or_default().into(),
         _ => {
             let domain = own
                 .and_then(domain_of)

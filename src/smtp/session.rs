@@ -27,6 +27,7 @@ use super::transcript::Sink;
 use crate::auth::Credentials;
 use crate::message::{Body, Envelope, Prepared, Ret};
 use crate::route::TlsPolicy;
+pub use crate::status::{MessageResult, Step};
 
 /// Bytes read from the body file per write (DATA and BDAT).
 pub const BODY_PIECE: usize = 64 * 1024;
@@ -66,43 +67,6 @@ impl fmt::Debug for SessionConfig {
             .field("tls", &self.tls)
             .field("chunking", &self.chunking)
             .finish_non_exhaustive()
-    }
-}
-
-/// The protocol step something happened in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Step {
-    Connect,
-    Greeting,
-    Ehlo,
-    StartTls,
-    TlsHandshake,
-    Auth,
-    Mail,
-    Rcpt,
-    Data,
-    /// The reply after the message content (end of DATA, or the last BDAT chunk).
-    DataEnd,
-    Rset,
-    Quit,
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Step::Connect => "connect",
-            Step::Greeting => "greeting",
-            Step::Ehlo => "EHLO",
-            Step::StartTls => "STARTTLS",
-            Step::TlsHandshake => "TLS handshake",
-            Step::Auth => "AUTH",
-            Step::Mail => "MAIL FROM",
-            Step::Rcpt => "RCPT TO",
-            Step::Data => "DATA",
-            Step::DataEnd => "end of data",
-            Step::Rset => "RSET",
-            Step::Quit => "QUIT",
-        })
     }
 }
 
@@ -216,65 +180,6 @@ impl From<&Prepared> for MessageFlags {
         MessageFlags {
             eight_bit: p.eight_bit,
             smtputf8: p.smtputf8,
-        }
-    }
-}
-
-/// The server's answers for one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageResult {
-    /// Reply to MAIL FROM.
-    pub mail: Reply,
-    /// Each recipient with its RCPT reply, in envelope order. Meaningless (usually 503)
-    /// when MAIL was refused.
-    pub recipients: Vec<(String, Reply)>,
-    /// The reply that decided the content: to end of data / the last BDAT chunk (step
-    /// DataEnd), or a refusal of DATA/BDAT itself (step Data). None when no data was sent
-    /// because MAIL or every recipient was refused.
-    pub data: Option<(Step, Reply)>,
-}
-
-impl MessageResult {
-    /// The server took responsibility for the message (for the accepted recipients).
-    pub fn delivered(&self) -> bool {
-        self.mail.is_positive()
-            && matches!(&self.data, Some((Step::DataEnd, r)) if r.is_positive())
-            && self.recipients.iter().any(|(_, r)| r.is_positive())
-    }
-    /// Recipients that got the message.
-    pub fn accepted(&self) -> Vec<&str> {
-        if !self.delivered() {
-            return Vec::new();
-        }
-        self.recipients
-            .iter()
-            .filter(|(_, r)| r.is_positive())
-            .map(|(a, _)| a.as_str())
-            .collect()
-    }
-    /// Recipients refused at RCPT (only when MAIL was accepted).
-    pub fn refused(&self) -> Vec<(&str, &Reply)> {
-        if !self.mail.is_positive() {
-            return Vec::new();
-        }
-        self.recipients
-            .iter()
-            .filter(|(_, r)| !r.is_positive())
-            .map(|(a, r)| (a.as_str(), r))
-            .collect()
-    }
-    /// A refusal of the whole message (MAIL, DATA or the content), if any. Refusals of
-    /// every recipient are not reported here: see `refused`.
-    pub fn message_failure(&self) -> Option<(Step, &Reply)> {
-        if !self.mail.is_positive() {
-            return Some((Step::Mail, &self.mail));
-        }
-        if !self.recipients.iter().any(|(_, r)| r.is_positive()) {
-            return None;
-        }
-        match &self.data {
-            Some((step, r)) if !r.is_positive() => Some((*step, r)),
-            _ => None,
         }
     }
 }

@@ -285,3 +285,36 @@ fn completion_scripts_name_the_commands() {
         .expect("run");
     assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
+
+/// A `# key = value` line documents a key of the table it is written in (the manual lists it
+/// there): uncommented on its own, it is a known key there (other complaints, such as a
+/// certificate without its key, are about the example's values, not its layout).
+#[test]
+fn every_commented_key_of_the_example_is_valid_where_written() {
+    let text = include_str!("../config.example.toml");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut tried = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let Some(code) = line.strip_prefix("# ") else {
+            continue;
+        };
+        if !code.starts_with(|c: char| c.is_ascii_lowercase())
+            || toml::from_str::<toml::Table>(code).is_err()
+        {
+            continue;
+        }
+        let mut edited = lines.clone();
+        edited[i] = code;
+        let edited = edited.join("\n");
+        if let Err(e) = m365send::config::Config::parse(&edited, Path::new("config.example.toml"))
+            && e.message.contains("unknown field")
+        {
+            panic!(
+                "config.example.toml line {}: `{code}` uncommented: {e}",
+                i + 1
+            );
+        }
+        tried += 1;
+    }
+    assert!(tried > 20, "only {tried} commented keys");
+}

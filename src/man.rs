@@ -519,19 +519,10 @@ pub fn parse_example(text: &str) -> ExampleDoc {
                 // `# key = value`: a key left at its default.
                 if let Some(code) = comment.strip_prefix(' ')
                     && !code.starts_with(' ')
+                    && let Some(added) = add_key(&mut doc, &mut index, &table, &mut pending, code)
                 {
-                    let (code, trailing) = split_comment(code);
-                    if let Some((key, source, value)) = key_line(code) {
-                        last_key = add_key(
-                            &mut doc,
-                            &mut index,
-                            &table,
-                            &mut pending,
-                            (&key, &source, &value),
-                            trailing,
-                        );
-                        continue;
-                    }
+                    last_key = added;
+                    continue;
                 }
             }
             last_key = None;
@@ -549,16 +540,8 @@ pub fn parse_example(text: &str) -> ExampleDoc {
             last_key = None;
             continue;
         }
-        let (code, trailing) = split_comment(line);
-        if let Some((key, source, value)) = key_line(code) {
-            last_key = add_key(
-                &mut doc,
-                &mut index,
-                &table,
-                &mut pending,
-                (&key, &source, &value),
-                trailing,
-            );
+        if let Some(added) = add_key(&mut doc, &mut index, &table, &mut pending, line) {
+            last_key = added;
         } else {
             // Not a line this reader understands (a value over several lines): the test in
             // tests/man.rs finds the keys it hides.
@@ -579,14 +562,20 @@ fn push_more(text: &mut Vec<String>, more: &str) {
     }
 }
 
+/// Record the key of a `key = value  # comment` line (`None`: not such a line), described by
+/// the pending comments and its own; `Some(None)` for a table of keys, which adds its keys.
+/// The index of the entry it added comes back so that a comment continued on the next line
+/// can join it.
 fn add_key(
     doc: &mut ExampleDoc,
     index: &mut HashMap<String, usize>,
     table: &[String],
     pending: &mut Vec<String>,
-    (key, source, value): (&str, &str, &toml::Value),
-    trailing: Option<&str>,
-) -> Option<usize> {
+    line: &str,
+) -> Option<Option<usize>> {
+    let (code, trailing) = split_comment(line);
+    let (key, source, value) = key_line(code)?;
+    let (key, value) = (key.as_str(), &value);
     let mut segments: Vec<&str> = table.iter().map(String::as_str).collect();
     let table_path = generalise(&segments);
     segments.push(key);
@@ -597,7 +586,7 @@ fn add_key(
     }
     if is_table_of_keys(&path, value) {
         doc.add_inline(index, &path, value);
-        return None;
+        return Some(None);
     }
     doc.add(
         index,
@@ -608,7 +597,7 @@ fn add_key(
             text,
         },
     );
-    index.get(&path).copied()
+    Some(index.get(&path).copied())
 }
 
 /// Comment lines as roff: ordinary lines fill a paragraph, indented ones stay as they are

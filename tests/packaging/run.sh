@@ -70,11 +70,13 @@ STARTED=$SECONDS
 if [[ -z $DEB ]]; then
     note "building the package (scripts/build-deb.sh)"
     t0=$SECONDS
-    bash scripts/build-deb.sh >/tmp/m365send-build-deb.log 2>&1 || {
-        tail -30 /tmp/m365send-build-deb.log >&2
-        pkg_die "scripts/build-deb.sh failed"
+    build_log=$(mktemp /tmp/m365send-build-deb.XXXXXX)
+    bash scripts/build-deb.sh >"$build_log" 2>&1 || {
+        tail -30 "$build_log" >&2
+        pkg_die "scripts/build-deb.sh failed (log: $build_log)"
     }
-    DEB=$(tail -1 /tmp/m365send-build-deb.log)
+    DEB=$(tail -1 "$build_log")
+    rm -f "$build_log"
     note "built $DEB in $((SECONDS - t0))s"
 fi
 [[ -f $DEB ]] || pkg_die "no package: $DEB"

@@ -401,12 +401,12 @@ fn profile_for(config: &Config, entry: &Entry) -> Option<Profile> {
         p.name = name.to_owned();
     }
     p = p.with_mode(entry.mode.as_deref().and_then(Mode::parse));
-    if let Some(server) = &entry.server {
-        if let Ok(host) = crate::route::parse_server(server, crate::route::default_port(p.mode)) {
-            p.endpoint.host = Some(host.name);
-            p.endpoint.port = Some(host.port);
-            p.endpoint.mx_host = None;
-        }
+    if let Some(server) = &entry.server
+        && let Ok(host) = crate::route::parse_server(server, crate::route::default_port(p.mode))
+    {
+        p.endpoint.host = Some(host.name);
+        p.endpoint.port = Some(host.port);
+        p.endpoint.mx_host = None;
     }
     Some(p)
 }

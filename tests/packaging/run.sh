@@ -313,6 +313,8 @@ unconfigured() {
     }
 }
 check "unconfigured: exit 78, kept, nothing sent" unconfigured
+mailq_empty() { in_root /usr/bin/mailq | grep -q 'empty'; }
+check "unconfigured: mailq lists an empty queue" mailq_empty
 
 # ---------------------------------------------------------------------------------------------
 # Configured as root's cron mail through the certificate connector: Postfix B.

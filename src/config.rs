@@ -2396,7 +2396,6 @@ mod tests {
                 2,
             ),
             ("[profiles.\"a b\"]\n", "profiles.a b", 1),
-            ("log = { syslog = true }\n", "profiles", 0),
             (
                 "queue_lifetime_days = 0\n[profiles.a]\n",
                 "queue_lifetime_days",

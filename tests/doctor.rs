@@ -12,6 +12,8 @@ mod dns;
 mod fake_graph;
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
+#[path = "support/legacy_tls.rs"]
+mod legacy_tls;
 #[path = "support/token_server.rs"]
 mod token_server;
 
@@ -23,6 +25,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use dns::{Answer, start_stub_dns};
 use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
+use legacy_tls::{AfterStartTls, StartTlsFront, openssl_tls11, skipped};
 use serde_json::{Value, json};
 use token_server::{Reply, TokenServer};
 
@@ -1367,120 +1370,13 @@ async fn all_profiles_are_checked_and_the_first_failure_decides() {
 
 // ---- a server that speaks only TLS 1.1 --------------------------------------------------
 
-/// `openssl s_server` limited to TLS 1.1 on a free port, behind a tiny STARTTLS front
-/// (greeting, EHLO with STARTTLS, 220, then the bytes go to s_server). None when openssl is
-/// not installed.
-struct Tls11 {
-    front: u16,
-    _server: tokio::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-async fn tls11_server() -> Option<Tls11> {
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let cert = p.self_signed(&key).unwrap();
-    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = tokio::process::Command::new("openssl")
-        .args([
-            "s_server",
-            "-quiet",
-            "-tls1_1",
-            "-cipher",
-            "DEFAULT:@SECLEVEL=0",
-        ])
-        .arg("-accept")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-cert")
-        .arg(&c)
-        .arg("-key")
-        .arg(&k)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
-    // Wait until it listens.
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "openssl s_server did not start");
-    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let front_port = front.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = front.accept().await {
-            tokio::spawn(starttls_front(sock, port));
-        }
-    });
-    Some(Tls11 {
-        front: front_port,
-        _server: server,
-        _dir: dir,
-    })
-}
-
-async fn starttls_front(sock: tokio::net::TcpStream, backend: u16) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut sock = BufReader::new(sock);
-    sock.get_mut()
-        .write_all(b"220 old.example.net ESMTP\r\n")
-        .await?;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if sock.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let verb = line.trim().to_ascii_uppercase();
-        if verb.starts_with("EHLO") {
-            sock.get_mut()
-                .write_all(b"250-old.example.net\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n")
-                .await?;
-        } else if verb == "STARTTLS" {
-            sock.get_mut()
-                .write_all(b"220 2.0.0 Ready to start TLS\r\n")
-                .await?;
-            break;
-        } else {
-            sock.get_mut().write_all(b"502 5.5.2 no\r\n").await?;
-        }
-    }
-    let mut plain = sock.into_inner();
-    let mut tls = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await?;
-    let _ = tokio::io::copy_bidirectional(&mut plain, &mut tls).await;
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_tls_1_1_only_server_is_named_as_such() {
-    let Some(old) = tls11_server().await else {
-        eprintln!("SKIPPED: openssl is not installed (apt-get install openssl; .ci/run does)");
+    let Some(openssl) = openssl_tls11().await else {
+        skipped("a_tls_1_1_only_server_is_named_as_such");
         return;
     };
+    let front = StartTlsFront::start(AfterStartTls::Proxy(openssl.addr)).await;
     let dns = start_stub_dns(healthy_dns());
     let env = Env::new(
         "lab",
@@ -1488,7 +1384,7 @@ async fn a_tls_1_1_only_server_is_named_as_such() {
             "mode = \"relay\"\nsender = \"alerts@contoso.com\"\naccepted_domains = [\"contoso.com\"]\n\
              endpoint = {{ mx_host = \"127.0.0.1\", port = {}, dns_server = \"{dns}\" }}\n\
              timeouts = {{ connect = 5, command = 5 }}\n",
-            old.front
+            front.port
         ),
     );
     let (doc, code) = env.json(&[]).await;

@@ -2,140 +2,47 @@
 //! temporary directory, and the fake Microsoft 365 server on 127.0.0.1 (or nothing listening,
 //! for "Microsoft is down"). Proves the reliability list of the queue issue.
 
+#[path = "support/bin_env.rs"]
+mod bin_env;
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bin_env::{BinEnv, stderr, stdout};
 use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_m365send");
 const SENDER: &str = "alerts@contoso.com";
 const RCPT: &str = "ops@contoso.com";
 
-/// A configuration directory: spool, dead letter, and one relay profile pointing at `port`.
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    spool: PathBuf,
-    dead: PathBuf,
+/// The queue tests' words for the binary's environment (tests/support/bin_env.rs).
+trait QueueEnv {
+    /// Point the relay profile at `port` (nothing listening, or the fake server with its
+    /// CA); `keys` are more keys of the profile.
+    fn write(&self, port: u16, ca: Option<&Path>, keys: &str);
+    /// Send one message through the sendmail interface.
+    async fn send(&self, extra_args: &[&str], subject: &str) -> Output;
 }
 
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        let spool = dir.path().join("spool");
-        let dead = dir.path().join("dead.letter");
-        Env {
-            dir,
-            config,
-            spool,
-            dead,
-        }
+impl QueueEnv for BinEnv {
+    fn write(&self, port: u16, ca: Option<&Path>, keys: &str) {
+        self.write_profile(&format!(
+            "mode = \"relay\"\n{keys}\n{}",
+            BinEnv::endpoint(port, ca)
+        ));
     }
 
-    /// Point the profile at `port` (nothing listening, or the fake server with its CA).
-    fn write(&self, port: u16, ca: Option<&Path>, extra: &str) {
-        let ca = ca
-            .map(|c| format!("ca_file = \"{}\"", c.display()))
-            .unwrap_or_default();
-        let text = format!(
-            r#"default_profile = "relay"
-spool_dir = "{spool}"
-dead_letter = "{dead}"
-
-[profiles.relay]
-mode = "relay"
-rate_per_minute = 0
-{extra}
-
-[profiles.relay.endpoint]
-host = "127.0.0.1"
-port = {port}
-
-[profiles.relay.tls]
-{ca}
-
-[profiles.relay.timeouts]
-connect = 5
-command = 5
-data_end = 3
-
-[profiles.relay.retry]
-attempts = 1
-initial_delay_ms = 10
-"#,
-            spool = self.spool.display(),
-            dead = self.dead.display(),
-        );
-        std::fs::write(&self.config, text).unwrap();
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("M365SEND_CONFIG", &self.config)
-            .env("HOME", self.dir.path())
-            .env_remove("M365SEND_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().await.unwrap()
-    }
-
-    /// Send one message through the sendmail interface.
     async fn send(&self, extra_args: &[&str], subject: &str) -> Output {
         let mut args = vec!["-f", SENDER];
         args.extend_from_slice(extra_args);
         args.push(RCPT);
-        let mut child = self.command(&args).stdin(Stdio::piped()).spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
         let text = format!("From: {SENDER}\nTo: {RCPT}\nSubject: {subject}\n\nbody of {subject}\n");
-        stdin.write_all(text.as_bytes()).await.unwrap();
-        drop(stdin);
-        child.wait_with_output().await.unwrap()
+        self.run(&args, text.as_bytes()).await
     }
-
-    async fn list(&self) -> serde_json::Value {
-        let o = self.run(&["queue", "list", "--json"]).await;
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
-
-    async fn count(&self) -> u64 {
-        self.list().await["count"].as_u64().unwrap()
-    }
-
-    /// Time travel: make every entry due now (the first queued retry waits a minute).
-    fn make_due(&self) {
-        for de in std::fs::read_dir(self.spool.join("meta")).unwrap() {
-            let p = de.unwrap().path();
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-            v["next_attempt"] = 0.into();
-            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
-        }
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A port with nothing listening on it.
@@ -153,13 +60,9 @@ fn subject_of(data: &[u8]) -> String {
         .to_owned()
 }
 
-async fn start(cfg: FakeConfig) -> FakeM365 {
-    FakeM365::start(cfg).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
-    let env = Env::new();
+    let env = BinEnv::new();
     env.write(dead_port(), None, "");
     let o = env.send(&[], "down").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -168,7 +71,7 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
         "",
         "quiet without -v (cron must not mail errors)"
     );
-    let list = env.list().await;
+    let list = env.queue_list().await;
     assert_eq!(list["count"], 1);
     let e = &list["entries"][0];
     assert_eq!(e["sender"], SENDER);
@@ -184,18 +87,18 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(env.count().await, 2);
+    assert_eq!(env.queue_count().await, 2);
 
     // The server comes back; the entries wait for their backoff first.
-    let server = start(FakeConfig::mx()).await;
+    let server = FakeM365::start(FakeConfig::mx()).await;
     env.write(server.port(), Some(server.ca_file()), "");
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 not due yet"), "{}", stderr(&o));
     assert!(server.accepted().is_empty());
 
     env.make_due();
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 delivered"), "{}", stderr(&o));
     let got = server.accepted();
@@ -214,10 +117,10 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
         cmds.iter().any(|c| c.eq_ignore_ascii_case("RSET")),
         "{cmds:?}"
     );
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
 
     // Nothing left: a second run sends nothing again; sendmail -q is the same command.
-    let o = env.run(&["-q"]).await;
+    let o = env.run(&["-q"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stderr(&o), "");
     assert_eq!(server.accepted().len(), 2, "exactly once");
@@ -225,7 +128,7 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_replies_stay_queued_with_the_reply_shown_in_mailq() {
-    let server = start(
+    let server = FakeM365::start(
         FakeConfig::mx()
             .rule(Rule::reply(
                 Phase::DataEnd,
@@ -240,32 +143,29 @@ async fn transient_replies_stay_queued_with_the_reply_shown_in_mailq() {
             ),
     )
     .await;
-    let env = Env::new();
+    let env = BinEnv::new();
     env.write(server.port(), Some(server.ca_file()), "");
 
     // 451 at the end of data during the in-process attempt: queued, exit 0.
     let o = env.send(&[], "four-five-one").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let o = env.run(&["-bp"]).await;
+    let o = env.run(&["-bp"], b"").await;
     let text = stdout(&o);
     assert!(text.contains("451 4.7.500 Access denied"), "{text}");
     assert!(text.contains("-- 1 Kbytes in 1 Request."), "{text}");
 
     // 432 4.3.2 while queued (the queue runner meets it): still queued, reply in mailq.
-    let mut args = vec!["-odq", "-f", "throttled@contoso.com", RCPT];
-    let o = {
-        let mut c = env.command(&args).stdin(Stdio::piped()).spawn().unwrap();
-        let mut i = c.stdin.take().unwrap();
-        i.write_all(b"Subject: throttled\n\nx\n").await.unwrap();
-        drop(i);
-        c.wait_with_output().await.unwrap()
-    };
+    let o = env
+        .run(
+            &["-odq", "-f", "throttled@contoso.com", RCPT],
+            b"Subject: throttled\n\nx\n",
+        )
+        .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    args.clear();
-    let o = env.run(&["queue", "flush", "-v"]).await;
+    let o = env.run(&["queue", "flush", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 deferred"), "{}", stderr(&o));
-    let list = env.list().await;
+    let list = env.queue_list().await;
     assert_eq!(list["count"], 2);
     let by_sender = |s: &str| {
         list["entries"]
@@ -283,7 +183,7 @@ async fn transient_replies_stay_queued_with_the_reply_shown_in_mailq() {
     let f = by_sender(SENDER);
     assert_eq!(f["last_reply"]["code"], 451);
     assert_eq!(f["attempts"], 2);
-    let o = env.run(&["queue", "list"]).await;
+    let o = env.run(&["queue", "list"], b"").await;
     assert!(
         stdout(&o).contains("432 4.3.2 STOREDRV.ClientSubmit"),
         "{}",
@@ -294,7 +194,7 @@ async fn transient_replies_stay_queued_with_the_reply_shown_in_mailq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_while_queued_bounces_to_the_sender_and_removes_the_entry() {
-    let server = start(
+    let server = FakeM365::start(
         FakeConfig::mx().rule(
             Rule::reply(
                 Phase::DataEnd,
@@ -304,14 +204,14 @@ async fn permanent_failure_while_queued_bounces_to_the_sender_and_removes_the_en
         ),
     )
     .await;
-    let env = Env::new();
+    let env = BinEnv::new();
     env.write(server.port(), Some(server.ca_file()), "");
     let o = env.send(&["-odq"], "doomed").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("1 bounced"), "{}", stderr(&o));
-    assert_eq!(env.count().await, 0, "entry and bounce both gone");
+    assert_eq!(env.queue_count().await, 0, "entry and bounce both gone");
     // The bounce went out with the null sender (MAIL FROM:<>) to the original sender.
     let got = server.accepted();
     assert_eq!(got.len(), 1, "{:?}", server.messages());
@@ -335,32 +235,32 @@ async fn permanent_failure_while_queued_bounces_to_the_sender_and_removes_the_en
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_mid_data_is_retried_and_delivered_once() {
-    let server = start(FakeConfig::mx().rule(Rule::drop(Phase::MidData).times(1))).await;
-    let env = Env::new();
+    let server = FakeM365::start(FakeConfig::mx().rule(Rule::drop(Phase::MidData).times(1))).await;
+    let env = BinEnv::new();
     env.write(server.port(), Some(server.ca_file()), "");
     let o = env.send(&[], "dropped").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(env.count().await, 1, "queued after the drop");
+    assert_eq!(env.queue_count().await, 1, "queued after the drop");
     assert!(server.accepted().is_empty());
     env.make_due();
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let got = server.accepted();
     assert_eq!(got.len(), 1);
     assert_eq!(subject_of(&got[0].data), "dropped");
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odq_queues_without_connecting_and_never_policy_keeps_exit_75() {
-    let server = start(FakeConfig::mx()).await;
-    let env = Env::new();
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = BinEnv::new();
     env.write(server.port(), Some(server.ca_file()), "");
     let o = env.send(&["-odq", "-v"], "later").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("queued as"), "{}", stderr(&o));
     assert!(server.connections().is_empty(), "-odq must not connect");
-    let list = env.list().await;
+    let list = env.queue_list().await;
     assert_eq!(list["count"], 1);
     assert_eq!(list["entries"][0]["attempts"], 0, "due at once");
 
@@ -369,8 +269,8 @@ async fn odq_queues_without_connecting_and_never_policy_keeps_exit_75() {
     let o = env.send(&[], "always").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(server.connections().is_empty());
-    assert_eq!(env.count().await, 2);
-    let o = env.run(&["queue", "run"]).await;
+    assert_eq!(env.queue_count().await, 2);
+    let o = env.run(&["queue", "run"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(server.accepted().len(), 2);
 
@@ -379,7 +279,7 @@ async fn odq_queues_without_connecting_and_never_policy_keeps_exit_75() {
     let o = env.send(&[], "never").await;
     assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
     assert!(stderr(&o).contains("message saved to"), "{}", stderr(&o));
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
     assert!(
         std::fs::read_to_string(&env.dead)
             .unwrap()
@@ -389,7 +289,7 @@ async fn odq_queues_without_connecting_and_never_policy_keeps_exit_75() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_not_writable_exits_73_and_keeps_the_message_in_the_dead_letter() {
-    let env = Env::new();
+    let env = BinEnv::new();
     // The spool directory would live under a regular file: not creatable, even for root.
     let file = env.dir.path().join("not-a-dir");
     std::fs::write(&file, "x").unwrap();
@@ -417,7 +317,7 @@ async fn spool_not_writable_exits_73_and_keeps_the_message_in_the_dead_letter() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delivers_all() {
     const N: usize = 200;
-    let env = Arc::new(Env::new());
+    let env = Arc::new(BinEnv::new());
     env.write(dead_port(), None, "");
     let started = Instant::now();
     // All 200 processes are spawned; at most 50 run at once (2 cores shared).
@@ -436,7 +336,7 @@ async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delive
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
     eprintln!("{N} senders took {:?}", started.elapsed());
-    let list = env.list().await;
+    let list = env.queue_list().await;
     assert_eq!(list["count"], N as u64);
     assert!(!env.spool.join("corrupt").exists());
     let ids: BTreeSet<&str> = list["entries"]
@@ -447,10 +347,10 @@ async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delive
         .collect();
     assert_eq!(ids.len(), N, "unique ids");
 
-    let server = start(FakeConfig::mx()).await;
+    let server = FakeM365::start(FakeConfig::mx()).await;
     env.write(server.port(), Some(server.ca_file()), "");
     let t = Instant::now();
-    let o = env.run(&["queue", "flush", "-v"]).await;
+    let o = env.run(&["queue", "flush", "-v"], b"").await;
     eprintln!("one queue run took {:?}", t.elapsed());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
@@ -467,26 +367,25 @@ async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delive
         "one connection reused: {}",
         server.connections().len()
     );
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
     const N: usize = 5;
     // The third message's end of data never gets an answer.
-    let server = start(
+    let server = FakeM365::start(
         FakeConfig::mx()
             .rule(Rule::reply(Phase::DataEnd, "250 2.0.0 OK Queued mail for delivery").times(2))
             .rule(Rule::hang(Phase::DataEnd).times(1)),
     )
     .await;
-    let env = Env::new();
-    env.write(server.port(), Some(server.ca_file()), "");
+    let env = BinEnv::new();
     // The hung runner must still be waiting when it is killed, however slow the machine.
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("data_end = 3", "data_end = 120");
-    std::fs::write(&env.config, text).unwrap();
+    env.write_profile(&format!(
+        "mode = \"relay\"\n{}\n[profiles.p.timeouts]\nconnect = 5\ncommand = 5\ndata_end = 120\n",
+        BinEnv::endpoint(server.port(), Some(server.ca_file()))
+    ));
     for i in 0..N {
         let o = env.send(&["-odq"], &format!("batch {i}")).await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -502,14 +401,14 @@ async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
     }
 
     // A second runner meanwhile: exit 0 at once, a note at -v, silence without.
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("another queue runner"),
         "{}",
         stderr(&o)
     );
-    let o = env.run(&["-q"]).await;
+    let o = env.run(&["-q"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stderr(&o), "");
 
@@ -517,9 +416,9 @@ async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
     first.start_kill().unwrap();
     let _ = first.wait().await;
     assert_eq!(server.accepted().len(), 2);
-    assert_eq!(env.count().await, (N - 2) as u64, "nothing lost");
+    assert_eq!(env.queue_count().await, (N - 2) as u64, "nothing lost");
 
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("may arrive twice"), "{e}");
@@ -533,14 +432,14 @@ async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
     // duplicate, and it was reported above.
     let seen = server.messages().len();
     assert!(seen - N <= 1, "{seen} transmissions for {N} messages");
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
     assert!(!env.spool.join("corrupt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_entry_is_moved_aside_with_a_warning_and_the_run_goes_on() {
-    let server = start(FakeConfig::mx()).await;
-    let env = Env::new();
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = BinEnv::new();
     env.write(server.port(), Some(server.ca_file()), "");
     for s in ["first", "second"] {
         let o = env.send(&["-odq"], s).await;
@@ -555,7 +454,7 @@ async fn a_corrupt_entry_is_moved_aside_with_a_warning_and_the_run_goes_on() {
         .path();
     let text = std::fs::read(&meta).unwrap();
     std::fs::write(&meta, &text[..text.len() / 2]).unwrap();
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
@@ -564,7 +463,7 @@ async fn a_corrupt_entry_is_moved_aside_with_a_warning_and_the_run_goes_on() {
     );
     assert!(e.contains("1 delivered"), "{e}");
     assert_eq!(server.accepted().len(), 1);
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
     assert_eq!(
         std::fs::read_dir(env.spool.join("corrupt"))
             .unwrap()
@@ -576,7 +475,7 @@ async fn a_corrupt_entry_is_moved_aside_with_a_warning_and_the_run_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_with_oauth_queues_only_pending_recipients_and_logs_each_delivery() {
-    let server = start(
+    let server = FakeM365::start(
         FakeConfig::submission()
             .user("app@contoso.com", "tok-123")
             .rule(
@@ -589,7 +488,7 @@ async fn submission_with_oauth_queues_only_pending_recipients_and_logs_each_deli
             ),
     )
     .await;
-    let env = Env::new();
+    let env = BinEnv::new();
     let token = env.dir.path().join("token");
     std::fs::write(&token, "tok-123\n").unwrap();
     let log = env.dir.path().join("m365send.log");
@@ -630,20 +529,14 @@ attempts = 1
     std::fs::write(&env.config, text).unwrap();
 
     // ops@ gets it at once; later@ is refused for now: only later@ is queued.
-    let mut child = env
-        .command(&["-f", "app@contoso.com", RCPT, "later@contoso.com"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"Subject: partial\n\nhello\n")
-        .await
-        .unwrap();
-    drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
+    let o = env
+        .run(
+            &["-f", "app@contoso.com", RCPT, "later@contoso.com"],
+            b"Subject: partial\n\nhello\n",
+        )
+        .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let list = env.list().await;
+    let list = env.queue_list().await;
     assert_eq!(list["count"], 1);
     let e = &list["entries"][0];
     assert_eq!(e["recipients"], serde_json::json!(["later@contoso.com"]));
@@ -653,7 +546,7 @@ attempts = 1
 
     // The runner logs in with XOAUTH2 and delivers to later@ only.
     env.make_due();
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let got = server.accepted();
     assert_eq!(got.len(), 2);
@@ -661,7 +554,7 @@ attempts = 1
     assert_eq!(got[1].sender, "app@contoso.com");
     let conn = &server.connections()[got[1].connection];
     assert_eq!(conn.authenticated.as_deref(), Some("app@contoso.com"));
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
     let text = std::fs::read_to_string(&log).unwrap();
     let last = text.lines().last().unwrap();
     assert!(
@@ -676,49 +569,46 @@ attempts = 1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odq_still_refuses_what_can_be_checked_offline() {
-    let env = Env::new();
+    let env = BinEnv::new();
     env.write(dead_port(), None, "accepted_domains = [\"contoso.com\"]");
-    let mut child = env
-        .command(&["-odq", "-f", "root@fabrikam.com", RCPT])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"Subject: outside\n\nx\n").await.unwrap();
-    drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
+    let o = env
+        .run(
+            &["-odq", "-f", "root@fabrikam.com", RCPT],
+            b"Subject: outside\n\nx\n",
+        )
+        .await;
     assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("outside the accepted domains"),
         "{}",
         stderr(&o)
     );
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_line_server_and_mode_are_kept_with_the_entry() {
-    let server = start(FakeConfig::mx()).await;
-    let env = Env::new();
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = BinEnv::new();
     // The profile points nowhere; --server names the fake server and is remembered.
     env.write(dead_port(), Some(server.ca_file()), "");
     let addr = format!("127.0.0.1:{}", server.port());
     let o = env.send(&["-odq", "--server", &addr], "elsewhere").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let id = env.list().await["entries"][0]["id"]
+    let id = env.queue_list().await["entries"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let o = env.run(&["queue", "show", &id]).await;
+    let o = env.run(&["queue", "show", &id], b"").await;
     assert!(
         stdout(&o).contains(&format!("server:       {addr}")),
         "{}",
         stdout(&o)
     );
-    let o = env.run(&["queue", "run"]).await;
+    let o = env.run(&["queue", "run"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(server.accepted().len(), 1);
-    assert_eq!(env.count().await, 0);
+    assert_eq!(env.queue_count().await, 0);
 }
 
 /// A queued message whose route is refused when the queue runs (here: its sender's domain was
@@ -726,8 +616,8 @@ async fn command_line_server_and_mode_are_kept_with_the_entry() {
 /// whose sender is fine, is delivered, not bounced with the other message's reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
-    let server = start(FakeConfig::mx()).await;
-    let env = Env::new();
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = BinEnv::new();
     env.write(
         server.port(),
         Some(server.ca_file()),
@@ -737,18 +627,12 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         ("alerts@fabrikam.com", "from fabrikam"),
         ("alerts@contoso.com", "from contoso"),
     ] {
-        let mut child = env
-            .command(&["-odq", "-f", sender, RCPT])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(format!("Subject: {subject}\n\nx\n").as_bytes())
-            .await
-            .unwrap();
-        drop(stdin);
-        let o = child.wait_with_output().await.unwrap();
+        let o = env
+            .run(
+                &["-odq", "-f", sender, RCPT],
+                format!("Subject: {subject}\n\nx\n").as_bytes(),
+            )
+            .await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         // Distinct creation seconds keep the order: fabrikam's entry is the group's first.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -758,7 +642,7 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         Some(server.ca_file()),
         "accepted_domains = [\"contoso.com\"]",
     );
-    let o = env.run(&["queue", "run", "-v"]).await;
+    let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let got = server.accepted();
     let subjects: Vec<String> = got
@@ -775,7 +659,7 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         !got.iter().any(|m| subject_of(&m.data) == "from fabrikam"),
         "{err}"
     );
-    assert_eq!(env.count().await, 0, "{err}");
+    assert_eq!(env.queue_count().await, 0, "{err}");
 }
 
 /// A shared spool: an entry another user (nobody) wrote, naming a server of theirs, is not
@@ -787,7 +671,7 @@ async fn root_runner_never_sends_another_users_entry() {
     if unsafe { libc::geteuid() } != 0 {
         return;
     }
-    let env = Env::new();
+    let env = BinEnv::new();
     env.write(dead_port(), None, "");
     let attacker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     attacker.set_nonblocking(true).unwrap();
@@ -799,7 +683,7 @@ async fn root_runner_never_sends_another_users_entry() {
             std::os::unix::fs::chown(de.unwrap().path(), Some(65534), None).unwrap();
         }
     }
-    let o = env.run(&["-v", "queue", "run"]).await;
+    let o = env.run(&["-v", "queue", "run"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("was written by uid 65534"), "{e}");
@@ -808,7 +692,7 @@ async fn root_runner_never_sends_another_users_entry() {
         attacker.accept().is_err(),
         "the runner connected to the other user's server"
     );
-    assert_eq!(env.count().await, 1);
+    assert_eq!(env.queue_count().await, 1);
 
     // A spool others may write: refused with the reason; the message goes to the dead letter.
     use std::os::unix::fs::PermissionsExt;
@@ -825,6 +709,6 @@ async fn root_runner_never_sends_another_users_entry() {
             .unwrap()
             .contains("Subject: loose")
     );
-    let o = env.run(&["queue", "run"]).await;
+    let o = env.run(&["queue", "run"], b"").await;
     assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
 }

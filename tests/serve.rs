@@ -3,6 +3,8 @@
 //! Microsoft 365 server behind it. What a client hears, what reaches the server (counted by
 //! Message-ID), and what the spool holds.
 
+#[path = "support/bin_env.rs"]
+mod bin_env;
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
 
@@ -12,12 +14,11 @@ use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bin_env::BIN;
 use fake_m365::{FakeConfig, FakeM365, Pki};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_m365send");
 
 /// `openssl passwd -6 -salt saltsalt secret`
 const SECRET_HASH: &str = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
@@ -138,13 +139,7 @@ queue_interval = 1
 
     /// Make every queued entry due now (the first retry waits a minute).
     fn make_due(&self) {
-        for de in std::fs::read_dir(self.spool.join("meta")).unwrap() {
-            let p = de.unwrap().path();
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-            v["next_attempt"] = 0.into();
-            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
-        }
+        bin_env::make_due(&self.spool);
     }
 }
 

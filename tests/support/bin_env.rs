@@ -4,7 +4,7 @@
 //!
 //! ```ignore
 //! let env = BinEnv::new();
-//! env.write_profile("relay", &format!("mode = \"relay\"\n[profiles.p.endpoint]\nhost = \"127.0.0.1\"\nport = {port}\n"));
+//! env.write_profile(&format!("mode = \"relay\"\n{}", BinEnv::endpoint(port, Some(ca))));
 //! let out = env.run(&["-f", "a@contoso.com", "b@contoso.com"], b"Subject: x\n\nbody\n").await;
 //! ```
 //!
@@ -95,12 +95,21 @@ impl BinEnv {
         child.wait_with_output().await.unwrap()
     }
 
-    /// How many entries `queue list --json` shows.
-    pub async fn queue_count(&self) -> u64 {
+    /// What `queue list --json` shows.
+    pub async fn queue_list(&self) -> serde_json::Value {
         let o = self.run(&["queue", "list", "--json"], b"").await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["count"].as_u64().unwrap()
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// How many entries `queue list --json` shows.
+    pub async fn queue_count(&self) -> u64 {
+        self.queue_list().await["count"].as_u64().unwrap()
+    }
+
+    /// Time travel: make every queued entry due now (the first retry waits a minute).
+    pub fn make_due(&self) {
+        make_due(&self.spool);
     }
 
     pub fn dead_letter(&self) -> String {
@@ -114,6 +123,16 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Make every entry of the spool at `spool` due now.
+pub fn make_due(spool: &Path) {
+    for de in std::fs::read_dir(spool.join("meta")).unwrap() {
+        let p = de.unwrap().path();
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["next_attempt"] = 0.into();
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
 }
 
 /// A pipe whose reading end is already closed: writing to it fails with EPIPE, as for a

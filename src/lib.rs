@@ -18,6 +18,7 @@ pub mod config;
 pub mod console;
 pub mod deliver;
 pub mod doctor;
+pub mod dry_run;
 pub mod exit;
 pub mod explain;
 pub mod fsutil;

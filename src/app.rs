@@ -199,7 +199,7 @@ fn config_and_profile(
     path: Option<&Path>,
     profile_name: Option<&str>,
 ) -> Result<(Config, Profile), Failure> {
-    let config = config::load(path)?.ok_or_else(no_config)?;
+    let config = config::load(path)?.ok_or_else(config::not_found)?;
     let profile = config.select_profile(profile_name, None)?;
     Ok((config, profile))
 }
@@ -698,27 +698,9 @@ fn configure(
                 }
                 Ok((Config::default(), profile))
             }
-            _ => Err(no_config()),
+            _ => Err(config::not_found()),
         },
     }
-}
-
-/// The failure when no configuration file exists (also `doctor`'s first check).
-pub(crate) fn no_config() -> Failure {
-    let mut looked = vec![format!("${}", config::CONFIG_ENV)];
-    looked.extend(
-        config::search_paths(&|name| std::env::var_os(name))
-            .iter()
-            .map(|p| p.display().to_string()),
-    );
-    Failure::config(format!(
-        "no configuration file found (looked at {}).\n  \
-         Copy config.example.toml (in the m365send sources and documentation) to {} and \
-         edit a profile,\n  or give one with --config FILE. To try without one: \
-         m365send --dry-run --mode submit --from me@example.com --to you@example.com --subject test --body hello",
-        looked.join(", "),
-        config::SYSTEM_CONFIG,
-    ))
 }
 
 /// `sendmail -bs`: an SMTP dialogue on stdin/stdout. Each message the client hands over goes
@@ -731,7 +713,7 @@ fn smtp_stdio(
     verbose: u8,
     args: &SendArgs,
 ) -> Result<(), Failure> {
-    let config = config::load(config_path)?.ok_or_else(no_config)?;
+    let config = config::load(config_path)?.ok_or_else(config::not_found)?;
     // The limits come from the profile the session would use without a sender to go by.
     let limits = crate::bs::Limits::for_profile(&config.select_profile(profile_name, None)?);
     let runtime = runtime()?;
@@ -846,16 +828,4 @@ fn serve_drain(
     config: std::sync::Arc<Config>,
 ) -> crate::serve::LocalFuture<Result<crate::queue::RunReport, Failure>> {
     Box::pin(async move { drain_queue(&config, false, 0).await })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn no_config_points_to_example() {
-        let f = no_config();
-        assert_eq!(f.exit, Exit::Config);
-        assert!(f.message.contains("config.example.toml"));
-    }
 }

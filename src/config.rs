@@ -726,6 +726,24 @@ pub fn load(explicit: Option<&Path>) -> Result<Option<Config>, Failure> {
     load_with_env(explicit, &|name| std::env::var_os(name))
 }
 
+/// The failure when [`load`] finds no configuration file (also `doctor`'s first check).
+pub fn not_found() -> Failure {
+    let mut looked = vec![format!("${}", CONFIG_ENV)];
+    looked.extend(
+        search_paths(&|name| std::env::var_os(name))
+            .iter()
+            .map(|p| p.display().to_string()),
+    );
+    Failure::config(format!(
+        "no configuration file found (looked at {}).\n  \
+         Copy config.example.toml (in the m365send sources and documentation) to {} and \
+         edit a profile,\n  or give one with --config FILE. To try without one: \
+         m365send --dry-run --mode submit --from me@example.com --to you@example.com --subject test --body hello",
+        looked.join(", "),
+        SYSTEM_CONFIG,
+    ))
+}
+
 /// `load` with the environment given (for tests).
 pub fn load_with_env(
     explicit: Option<&Path>,
@@ -1956,6 +1974,13 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../config.example.toml");
+
+    #[test]
+    fn not_found_points_to_the_example() {
+        let f = not_found();
+        assert_eq!(f.exit, crate::exit::Exit::Config);
+        assert!(f.message.contains("config.example.toml"));
+    }
 
     /// A command's failure is named by its program: the command line (a vault token in an
     /// argument or a variable) is not in the message, nor in Debug output.

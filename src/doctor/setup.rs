@@ -23,7 +23,7 @@ pub fn config_file(explicit: Option<&Path>) -> Result<(Config, Check), Check> {
         Ok(None) => {
             return Err(Check::from_failure(
                 "config.file",
-                &crate::app::no_config(),
+                &config::not_found(),
                 fix,
             ));
         }

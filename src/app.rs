@@ -1,20 +1,23 @@
 //! The program: from an `Invocation` to an exit code, calling each step in turn.
 //!
-//! Owns: the order of the steps (cli → config → message → route → deliver), logging set-up,
-//! and printing the --dry-run report (worded by `dry_run`); for `serve`, the steps each
-//! accepted message takes (`serve_accept`) and the queue run (`serve_drain`) that `serve`
-//! calls. Must not: hold any step's logic itself.
+//! Owns: the order of the steps (cli → config → message → route → submit), logging set-up,
+//! each subcommand's call into the module that does it, keeping the caller's input in the
+//! dead letter when a message is refused before it was prepared, and turning an SMTP
+//! client's envelope and data (`-bs`, `serve`) into a prepared message; for `serve`, the
+//! steps each accepted message takes (`serve_accept`) and the queue run (`serve_drain`).
+//! Must not: hold any step's logic itself (the --dry-run report is `dry_run`, the choice
+//! between delivering and queueing is `submit`).
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Read};
 use std::path::Path;
 
 use crate::cli::{Command, DeliveryMode, Invocation, SendArgs};
-use crate::config::{self, Config, Mode, Profile, QueuePolicy};
+use crate::config::{self, Config, Mode, Profile};
 use crate::exit::{Exit, Failure};
 use crate::message::Prepared;
-use crate::queue::{EnqueueOptions, EntryId, RunOptions, TransportDeliverer};
-use crate::route::Endpoint;
+use crate::queue::{EntryId, RunOptions, TransportDeliverer};
+use crate::submit::Disposition;
 
 /// Run with the given argv (argv[0] included) and return the process exit code.
 pub fn main_with(args: Vec<OsString>) -> i32 {
@@ -264,11 +267,29 @@ fn send(
         ))
         .map_err(|e| Failure::io(format!("cannot write the dry-run report: {e}")));
     }
+    let opts = crate::deliver::Options {
+        verbose,
+        ..Default::default()
+    };
     runtime
-        .block_on(route_and_submit(
-            &config, &profile, &prepared, args, verbose, true,
+        .block_on(crate::submit::message(
+            &config,
+            &profile,
+            &prepared,
+            &request(args),
+            &opts,
+            true,
         ))
         .map(|_| ())
+}
+
+/// The command line's say in where a message goes.
+fn request(args: &SendArgs) -> crate::submit::Request {
+    crate::submit::Request {
+        queue_only: args.delivery == DeliveryMode::Queue,
+        mode: args.mode,
+        server: args.server.clone(),
+    }
 }
 
 /// With --body the message text is given; a composed message with nobody typing into a
@@ -368,259 +389,6 @@ fn keep_unsent(
         }
     }
     f
-}
-
-/// From a prepared message to its disposition: the queue at once (`-odq`, `queue =
-/// "always"`), else the route and [`submit_with`]. Shared by the stdin path and `-bs`.
-/// `keep`: a message the route refuses before any connection (direct send to an outside
-/// recipient, no MX record, port 465) goes to the dead letter, as a delivery failure does.
-/// Not for `-bs`, whose client keeps its own copy and hears the refusal.
-async fn route_and_submit(
-    config: &Config,
-    profile: &Profile,
-    prepared: &Prepared,
-    args: &SendArgs,
-    verbose: u8,
-    keep: bool,
-) -> Result<Disposition, Failure> {
-    let refused = |mut f: Failure| {
-        if !keep {
-            return f;
-        }
-        let reason = f.message.lines().next().unwrap_or("not sent").to_owned();
-        let note = match crate::report::dead_letter(config, profile, prepared, &reason) {
-            Ok(path) => format!(
-                "The message was not sent; it was saved to {}.",
-                path.display()
-            ),
-            Err(e) => format!(
-                "The message was not sent and could not be saved: {}",
-                e.message
-            ),
-        };
-        f.message = format!("{}\n  {note}", f.message);
-        f
-    };
-    let enqueue = EnqueueOptions {
-        mode: args.mode,
-        server: args.server.clone(),
-        delivered: Vec::new(),
-    };
-    let opts = crate::deliver::Options {
-        verbose,
-        ..Default::default()
-    };
-    // -odq, or a profile that always queues: into the spool without connecting (no DNS
-    // either); the queue runner resolves the route.
-    if args.delivery == DeliveryMode::Queue || profile.queue == QueuePolicy::Always {
-        return queue_at_once(config, profile, prepared, args, &opts, &refused)
-            .await
-            .map(Disposition::Queued);
-    }
-    let endpoint =
-        match crate::route::resolve(profile, &prepared.envelope, args.server.as_deref()).await {
-            Ok(e) => e,
-            // A DNS lookup that may work later: the queue runner tries again.
-            Err(f) if f.exit == Exit::TempFail && profile.queue == QueuePolicy::Auto => {
-                let reason = crate::queue::Reason::Text(&f.message);
-                return queue_message(
-                    config,
-                    profile,
-                    prepared,
-                    Some(reason),
-                    &f.message,
-                    &enqueue,
-                    &opts,
-                )
-                .map(Disposition::Queued);
-            }
-            Err(f) => return Err(refused(f)),
-        };
-    submit_with(config, profile, prepared, &endpoint, &opts, &enqueue).await
-}
-
-/// Into the queue without connecting (`-odq`, `queue = "always"`, and every message of
-/// `serve`), after the checks that need no network: port 465, accepted domains, an outside
-/// recipient for direct send. So a broken submission fails now, not in the queue days later;
-/// an MX lookup is left to the queue runner. `refused` words a refusal of the route.
-async fn queue_at_once(
-    config: &Config,
-    profile: &Profile,
-    prepared: &Prepared,
-    args: &SendArgs,
-    opts: &crate::deliver::Options,
-    refused: &dyn Fn(Failure) -> Failure,
-) -> Result<EntryId, Failure> {
-    let enqueue = EnqueueOptions {
-        mode: args.mode,
-        server: args.server.clone(),
-        delivered: Vec::new(),
-    };
-    let ep = &profile.endpoint;
-    let needs_dns = matches!(profile.mode, Mode::Relay | Mode::Direct)
-        && args.server.is_none()
-        && ep.host.is_none()
-        && ep.mx_host.is_none();
-    if !needs_dns {
-        crate::route::resolve(profile, &prepared.envelope, args.server.as_deref())
-            .await
-            .map_err(refused)?;
-    }
-    let why = if args.delivery == DeliveryMode::Queue {
-        "queued on request (-odq)"
-    } else {
-        "the profile queues every message (queue = \"always\")"
-    };
-    queue_message(config, profile, prepared, None, why, &enqueue, opts)
-}
-
-/// What became of a submitted message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
-    /// Every recipient accepted it.
-    Delivered,
-    /// In the queue (all recipients, or those still pending after a temporary failure);
-    /// the queue runner delivers it.
-    Queued(EntryId),
-}
-
-/// Submit one message as the profile's queue policy says: `queue = "always"` → into the
-/// queue without connecting; otherwise deliver with in-process retries, and on a temporary
-/// failure (policy `auto`) queue the recipients still pending. Errors are the user-facing
-/// report: a permanent failure (exit code of the reply, explanation, dead letter written),
-/// a temporary one with `queue = "never"` (75, dead letter), or a queue that cannot be
-/// written (73, dead letter). Prints "queued as ID" at -v, nothing else but the transcript.
-/// For the sendmail path and the `-bs` server.
-pub async fn submit(
-    config: &Config,
-    profile: &Profile,
-    prepared: &Prepared,
-    endpoint: &Endpoint,
-    opts: &crate::deliver::Options,
-) -> Result<Disposition, Failure> {
-    submit_with(
-        config,
-        profile,
-        prepared,
-        endpoint,
-        opts,
-        &EnqueueOptions::default(),
-    )
-    .await
-}
-
-/// [`submit`] recording the command line's `--mode`/`--server` in a queue entry.
-pub async fn submit_with(
-    config: &Config,
-    profile: &Profile,
-    prepared: &Prepared,
-    endpoint: &Endpoint,
-    opts: &crate::deliver::Options,
-    enqueue: &EnqueueOptions,
-) -> Result<Disposition, Failure> {
-    if profile.queue == QueuePolicy::Always {
-        let why = "the profile queues every message (queue = \"always\")";
-        return queue_message(config, profile, prepared, None, why, enqueue, opts)
-            .map(Disposition::Queued);
-    }
-    let outcome = crate::deliver::attempt(config, profile, prepared, endpoint, opts).await;
-    crate::deliver::log_outcome(
-        config,
-        profile,
-        prepared,
-        &outcome,
-        outcome.exit(),
-        opts.verbose > 0,
-    );
-    if outcome.is_success() {
-        return Ok(Disposition::Delivered);
-    }
-    if outcome.is_transient() && profile.queue == QueuePolicy::Auto {
-        // Queue only the recipients still pending; remember who already has it.
-        let pending = Prepared {
-            envelope: crate::message::Envelope {
-                recipients: outcome.pending.clone(),
-                ..prepared.envelope.clone()
-            },
-            body: crate::message::Body::at(prepared.body.path()),
-            size: prepared.size,
-            eight_bit: prepared.eight_bit,
-            smtputf8: prepared.smtputf8,
-            header_block: prepared.header_block.clone(),
-        };
-        let mut enqueue = enqueue.clone();
-        enqueue.delivered.extend(outcome.delivered.iter().cloned());
-        let summary = outcome.summary_line();
-        let reason = match outcome.problem.as_ref().and_then(|p| p.reply.as_ref()) {
-            Some(r) => crate::queue::Reason::Reply(r),
-            None => crate::queue::Reason::Text(&summary),
-        };
-        let id = match queue_message(
-            config,
-            profile,
-            &pending,
-            Some(reason),
-            &summary,
-            &enqueue,
-            opts,
-        ) {
-            Ok(id) => id,
-            Err(mut f) => {
-                f.message = format!("{}\n  {}", outcome.report(profile, prepared), f.message);
-                return Err(f);
-            }
-        };
-        if let Some((_, reply)) = outcome.refused.first() {
-            // Some recipients were refused for good: the caller must hear about them.
-            return Err(Failure::new(
-                crate::explain::exit_for(reply),
-                format!(
-                    "{}\n  queued as {id} for: {}",
-                    outcome.report(profile, prepared),
-                    outcome.pending.join(", ")
-                ),
-            ));
-        }
-        return Ok(Disposition::Queued(id));
-    }
-    // Permanent, or temporary with `queue = "never"`: report it and keep a copy.
-    Err(crate::deliver::failure(config, profile, prepared, &outcome))
-}
-
-/// Put the message in the queue; say so at -v ("m365send: queued as ID (why)", as sendmail
-/// does). When the queue cannot be written: the dead letter, and exit 73 with both reasons.
-fn queue_message(
-    config: &Config,
-    profile: &Profile,
-    prepared: &Prepared,
-    reason: Option<crate::queue::Reason<'_>>,
-    why: &str,
-    enqueue: &EnqueueOptions,
-    opts: &crate::deliver::Options,
-) -> Result<EntryId, Failure> {
-    match crate::queue::enqueue_with(config, &profile.name, prepared, reason, enqueue) {
-        Ok(id) => {
-            if opts.verbose > 0 {
-                let sink = opts
-                    .stderr
-                    .clone()
-                    .unwrap_or_else(crate::smtp::Sink::stderr);
-                sink.line(&format!("m365send: queued as {id} ({why})"));
-            }
-            Ok(id)
-        }
-        Err(f) => {
-            let reason = format!("not queued: {}; {why}", f.message);
-            let saved = match crate::report::dead_letter(config, profile, prepared, &reason) {
-                Ok(path) => format!("message saved to {}", path.display()),
-                Err(e) => format!("could not save the message either: {}", e.message),
-            };
-            Err(Failure::new(
-                Exit::CantCreat,
-                format!("{}\n  {saved}", f.message),
-            ))
-        }
-    }
 }
 
 /// The queue's lifetime: `queue_lifetime_days`, default 5 days.
@@ -753,14 +521,17 @@ fn stdio_message(
     envelope: crate::message::Envelope,
     body: crate::message::Body,
 ) -> Result<Disposition, Failure> {
-    let (message_args, profile, prepared) =
-        session_message(config, profile_name, args, envelope, body)?;
-    runtime.block_on(route_and_submit(
+    let (profile, prepared) = session_message(config, profile_name, args, envelope, body)?;
+    let opts = crate::deliver::Options {
+        verbose,
+        ..Default::default()
+    };
+    runtime.block_on(crate::submit::message(
         config,
         &profile,
         &prepared,
-        &message_args,
-        verbose,
+        &request(args),
+        &opts,
         false,
     ))
 }
@@ -775,7 +546,7 @@ fn session_message(
     args: &SendArgs,
     envelope: crate::message::Envelope,
     body: crate::message::Body,
-) -> Result<(SendArgs, Profile, Prepared), Failure> {
+) -> Result<(Profile, Prepared), Failure> {
     let mut message_args = args.clone();
     message_args.recipients = envelope.recipients;
     message_args.envelope_from = Some(if envelope.sender.is_empty() {
@@ -792,7 +563,7 @@ fn session_message(
         .open()
         .map_err(|e| Failure::io(format!("cannot read the message back: {e}")))?;
     let prepared = crate::message::prepare(&message_args, &profile, &mut input)?;
-    Ok((message_args, profile, prepared))
+    Ok((profile, prepared))
 }
 
 /// `m365send serve`: the SMTP listener. Each message goes through [`serve_accept`]; the
@@ -812,14 +583,15 @@ fn serve(config_path: Option<&Path>) -> Result<(), Failure> {
 /// when refused: the client hears the refusal and keeps its copy.
 fn serve_accept(m: crate::serve::Accepted) -> crate::serve::LocalFuture<Result<EntryId, Failure>> {
     Box::pin(async move {
-        let args = SendArgs {
-            delivery: DeliveryMode::Queue,
-            ..SendArgs::default()
-        };
-        let (message_args, profile, prepared) =
+        let args = SendArgs::default();
+        let (profile, prepared) =
             session_message(&m.config, m.profile.as_deref(), &args, m.envelope, m.body)?;
+        let request = crate::submit::Request {
+            queue_only: true,
+            ..request(&args)
+        };
         let opts = crate::deliver::Options::default();
-        queue_at_once(&m.config, &profile, &prepared, &message_args, &opts, &|f| f).await
+        crate::submit::queue_at_once(&m.config, &profile, &prepared, &request, &opts, false).await
     })
 }
 

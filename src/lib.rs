@@ -1,7 +1,8 @@
 //! m365send: a sendmail-compatible mail submission tool for Microsoft 365.
 //!
-//! A message flows one way: cli → config → message → route → auth → transport (smtp) →
-//! deliver (→ queue). `status` holds the leaf reply/step types every layer shares.
+//! A message flows one way: cli → config → message → route → submit → deliver (auth,
+//! transport: smtp or graph) or the queue. `status` holds the leaf reply/step types every
+//! layer shares.
 //! See each module's top comment for what it owns.
 
 // A closed stderr or stdout must never panic: every write goes through `console`.
@@ -33,5 +34,6 @@ pub mod secret;
 pub mod serve;
 pub mod smtp;
 pub mod status;
+pub mod submit;
 pub mod transport;
 pub mod trust;

@@ -5,8 +5,8 @@
 //! reports), `mailq`-style listing, `queue show` and `queue delete`, and [`TransportDeliverer`],
 //! the real delivery engine over the transport seam (`transport::connector`). Must not: speak
 //! a protocol (the runner sees only [`Deliverer`]; transports live in `transport`), word
-//! explanations (from
-//! `explain`), or write the dead-letter file itself (injected through [`DeadLetterFn`]).
+//! explanations (they come from `explain`), or write the dead-letter file itself (injected
+//! through [`DeadLetterFn`]).
 //!
 //! # Spool layout
 //!
@@ -38,11 +38,11 @@
 //! above it trusted), and each loaded entry carries its owner (`Entry::owner`, the uid of its
 //! files as opened, never a metadata field). The runner delivers only its own user's entries.
 //!
-//! # Wiring (done in `app`)
+//! # Wiring (done in `submit` and `app`)
 //!
-//! - send path: `app::submit` / `app::submit_with` — on a transient failure after the
-//!   in-process retries (policy `auto`), with `-odq`, or with `queue = "always"`:
-//!   `enqueue_with(&config, &profile.name, &prepared, reason, &EnqueueOptions { mode,
+//! - send path, `-bs` and `serve`: `submit::message` / `submit::queue_at_once` — on a
+//!   transient failure after the in-process retries (policy `auto`), with `-odq`, with
+//!   `queue = "always"`, and for every message of `serve`: `enqueue_with(&config, &profile.name, &prepared, reason, &EnqueueOptions { mode,
 //!   server, delivered })` (only the pending recipients); Ok → `Disposition::Queued(id)`,
 //!   exit 0 ("queued as ID" at -v); Err (73) → the dead letter, exit 73.
 //! - `queue run` / `sendmail -q` / `queue flush`: `run(&config, RunOptions { flush,

@@ -333,7 +333,7 @@ fn keep_unsent(
     args: &SendArgs,
     copy: Option<tempfile::NamedTempFile>,
     whole: bool,
-    mut f: Failure,
+    f: Failure,
 ) -> Failure {
     if !whole
         && matches!(
@@ -367,28 +367,12 @@ fn keep_unsent(
         smtputf8: false,
         header_block: String::new(),
     };
-    let reason = f.message.lines().next().unwrap_or("not sent").to_owned();
-    match crate::report::dead_letter(
+    crate::report::keep_refused(
         config.unwrap_or(&default_config),
         profile.unwrap_or(&default_profile),
         &message,
-        &reason,
-    ) {
-        Ok(path) => {
-            f.message = format!(
-                "{}\n  The message was not sent; it was saved to {}.",
-                f.message,
-                path.display()
-            );
-        }
-        Err(e) => {
-            f.message = format!(
-                "{}\n  The message was not sent and could not be saved: {}",
-                f.message, e.message
-            );
-        }
-    }
-    f
+        f,
+    )
 }
 
 /// The queue's lifetime: `queue_lifetime_days`, default 5 days.

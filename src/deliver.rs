@@ -402,19 +402,16 @@ pub fn failure(
             }
         });
         match (
-            crate::report::dead_letter(config, profile, message, &reason),
+            crate::report::keep(config, profile, message, &reason),
             not_queued,
         ) {
-            (Ok(path), Some(nq)) => text.push_str(&format!(
-                "\n  {nq}message saved to {}: send it again later",
-                path.display()
-            )),
-            (Ok(path), None) => text.push_str(&format!("\n  message saved to {}", path.display())),
-            (Err(e), nq) => text.push_str(&format!(
-                "\n  {}could not save the message: {}",
-                nq.unwrap_or_default(),
-                e.message
-            )),
+            (Ok(saved), Some(nq)) => {
+                text.push_str(&format!("\n  {nq}{saved}: send it again later"));
+            }
+            (Ok(saved), None) => text.push_str(&format!("\n  {saved}")),
+            (Err(unsaved), nq) => {
+                text.push_str(&format!("\n  {}{unsaved}", nq.unwrap_or_default()));
+            }
         }
     }
     Failure::new(outcome.exit(), text)

@@ -99,6 +99,35 @@ pub fn dead_letter(
     write_dead_letter(config, profile, message, reason, true)
 }
 
+/// Keep a message that was not sent in the dead letter and say so in the words every report
+/// uses: Ok(`message saved to PATH`), or Err(`could not save the message: WHY`).
+pub fn keep(
+    config: &Config,
+    profile: &Profile,
+    message: &Prepared,
+    reason: &str,
+) -> Result<String, String> {
+    match dead_letter(config, profile, message, reason) {
+        Ok(path) => Ok(format!("message saved to {}", path.display())),
+        Err(e) => Err(format!("could not save the message: {}", e.message)),
+    }
+}
+
+/// A message refused before any delivery attempt, kept: the failure's first line is the
+/// reason written with it, and its last line says `not sent; message saved to PATH` (or why
+/// it could not be saved).
+pub fn keep_refused(
+    config: &Config,
+    profile: &Profile,
+    message: &Prepared,
+    mut f: Failure,
+) -> Failure {
+    let reason = f.message.lines().next().unwrap_or("not sent").to_owned();
+    let note = keep(config, profile, message, &reason).unwrap_or_else(|e| e);
+    f.message = format!("{}\n  not sent; {note}", f.message);
+    f
+}
+
 /// [`dead_letter`] without the `/var/tmp` fallback, for the queue runner: when the configured
 /// or default (`$HOME/dead.letter`) file cannot be written, the error says why and the caller
 /// keeps the message itself (the runner: in `SPOOL/failed/`).

@@ -98,24 +98,13 @@ fn refused(
     profile: &Profile,
     prepared: &Prepared,
     keep: bool,
-    mut f: Failure,
+    f: Failure,
 ) -> Failure {
-    if !keep {
-        return f;
+    if keep {
+        crate::report::keep_refused(config, profile, prepared, f)
+    } else {
+        f
     }
-    let reason = f.message.lines().next().unwrap_or("not sent").to_owned();
-    let note = match crate::report::dead_letter(config, profile, prepared, &reason) {
-        Ok(path) => format!(
-            "The message was not sent; it was saved to {}.",
-            path.display()
-        ),
-        Err(e) => format!(
-            "The message was not sent and could not be saved: {}",
-            e.message
-        ),
-    };
-    f.message = format!("{}\n  {note}", f.message);
-    f
 }
 
 /// Into the queue without connecting (`-odq`, `queue = "always"`, and every message of
@@ -248,10 +237,8 @@ fn queue_message(
         }
         Err(f) => {
             let reason = format!("not queued: {}; {why}", f.message);
-            let saved = match crate::report::dead_letter(config, profile, prepared, &reason) {
-                Ok(path) => format!("message saved to {}", path.display()),
-                Err(e) => format!("could not save the message either: {}", e.message),
-            };
+            let saved =
+                crate::report::keep(config, profile, prepared, &reason).unwrap_or_else(|e| e);
             Err(Failure::new(
                 Exit::CantCreat,
                 format!("{}\n  {saved}", f.message),

@@ -375,12 +375,6 @@ fn keep_unsent(
     )
 }
 
-/// The queue's lifetime: `queue_lifetime_days`, default 5 days.
-fn queue_lifetime(config: &Config) -> std::time::Duration {
-    let days = u64::from(config.queue_lifetime_days.unwrap_or(5));
-    std::time::Duration::from_secs(days * 24 * 3600)
-}
-
 /// `m365send queue run` / `sendmail -q` (due entries) and `queue flush` (all entries).
 fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
     let runtime = runtime()?;
@@ -410,7 +404,7 @@ async fn drain_queue(
     };
     let opts = RunOptions {
         flush,
-        lifetime: queue_lifetime(config),
+        lifetime: config.queue_lifetime(),
         dead_letter: Some(&dead_letter),
         verbose: verbose > 0,
         ..Default::default()

@@ -794,13 +794,19 @@ pub fn load_with_env(
     Ok(None)
 }
 
-/// Whether `uid` is listed in `trusted_users` (by name or number).
 impl Config {
+    /// Whether `uid` is listed in `trusted_users` (by name or number).
     pub fn trusts(&self, uid: u32) -> bool {
         let name = crate::trust::user_name(uid);
         self.trusted_users
             .iter()
             .any(|u| u.parse::<u32>().ok() == Some(uid) || name.as_deref() == Some(u.as_str()))
+    }
+
+    /// How long a message may wait in the queue: `queue_lifetime_days`, default 5 days.
+    pub fn queue_lifetime(&self) -> Duration {
+        let days = u64::from(self.queue_lifetime_days.unwrap_or(5));
+        Duration::from_secs(days * 24 * 3600)
     }
 }
 

@@ -137,6 +137,44 @@ pub enum QueuePolicy {
     Never,
 }
 
+/// Whether the message content goes with BDAT (CHUNKING, RFC 3030) or DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Chunking {
+    /// BDAT when the server offers CHUNKING (default).
+    #[default]
+    Auto,
+    /// `true`: the same as auto (BDAT can only be used where the server offers it).
+    On,
+    /// `false`: always DATA.
+    Off,
+}
+
+impl Chunking {
+    /// Use BDAT where the server offers CHUNKING.
+    pub fn enabled(self) -> bool {
+        self != Chunking::Off
+    }
+}
+
+impl<'de> Deserialize<'de> for Chunking {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "\"auto\", true or false")]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Chunking::On),
+            Raw::Bool(false) => Ok(Chunking::Off),
+            Raw::Text(t) if t.eq_ignore_ascii_case("auto") => Ok(Chunking::Auto),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "invalid value \"{t}\": expected \"auto\", true or false"
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
 pub enum TlsVersion {
     #[default]
@@ -193,9 +231,14 @@ pub struct Profile {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub retry: RetryConfig,
-    /// Use BDAT (CHUNKING) when the server offers it. Default false (DATA).
+    /// BDAT (CHUNKING) or DATA: "auto" (default: BDAT when the server offers it), true, or
+    /// false (always DATA).
     #[serde(default)]
-    pub chunking: bool,
+    pub chunking: Chunking,
+    /// Most recipients in one SMTP transaction; a message with more goes in several
+    /// transactions. Default: 500 for Microsoft 365 hosts, 1000 for others; 0: no limit of
+    /// our own. A server that defers recipients (452) teaches a lower limit.
+    pub max_recipients: Option<usize>,
     #[serde(default)]
     pub queue: QueuePolicy,
     /// Queue runner pacing, messages per minute (0 = no pacing). Default: 30 for submit,
@@ -1398,6 +1441,7 @@ mod tests {
             "attempts",
             "initial_delay_ms",
             "chunking",
+            "max_recipients",
             "queue",
             "rate_per_minute",
             "env",

@@ -469,7 +469,7 @@ impl<'a> Connector<'a> {
             connect_timeout: t.connect(),
             command_timeout: t.command(),
             data_end_timeout: t.data_end(),
-            chunking: self.profile.chunking,
+            chunking: self.profile.chunking.enabled(),
             transcript: self.opts.transcript(),
         };
         if !self.warned

@@ -799,7 +799,7 @@ async fn bdat_large_message_goes_in_chunks() {
     let mut cfg = session_config(&server, TlsPolicy::Required, settings(&server));
     cfg.chunking = true;
     let mut s = Session::connect(cfg).await.unwrap();
-    let chunk = m365send::smtp::session::BDAT_CHUNK as usize;
+    let chunk = m365send::smtp::transaction::BDAT_CHUNK as usize;
     let mut data = b"Subject: big\r\n\r\n".to_vec();
     while data.len() < chunk + 1000 {
         data.extend_from_slice(

@@ -15,13 +15,14 @@ pub mod data;
 pub mod reply;
 pub mod session;
 pub mod tls;
+pub mod transaction;
 pub mod transcript;
 
 pub use caps::Capabilities;
 pub use reply::{EnhancedCode, Reply};
 pub use session::{
-    MessageFlags, MessageResult, Session, SessionConfig, SessionError, Step, TlsFailure,
-    hello_name, is_microsoft_host,
+    Session, SessionConfig, SessionError, Step, TlsFailure, hello_name, is_microsoft_host,
 };
 pub use tls::{TlsSettings, TlsSetupError, client_config};
+pub use transaction::{MessageFlags, MessageResult};
 pub use transcript::{MemoryBuffer, Sink};

@@ -1460,6 +1460,27 @@ mod tests {
     }
 
     #[test]
+    fn chunking_is_auto_true_or_false() {
+        let chunking = |v: &str| {
+            parse(&format!("[profiles.a]\nmode = \"relay\"\n{v}\n"))
+                .map(|c| c.profiles["a"].chunking)
+        };
+        assert_eq!(chunking("").unwrap(), Chunking::Auto);
+        assert_eq!(chunking("chunking = \"auto\"").unwrap(), Chunking::Auto);
+        assert_eq!(chunking("chunking = true").unwrap(), Chunking::On);
+        assert_eq!(chunking("chunking = false").unwrap(), Chunking::Off);
+        assert!(Chunking::Auto.enabled() && Chunking::On.enabled());
+        assert!(!Chunking::Off.enabled());
+        let e = chunking("chunking = \"yes\"").unwrap_err();
+        assert!(
+            e.message.contains("profiles.a.chunking")
+                && e.message.contains("\"auto\", true or false"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn parse_error_names_file_line_and_key() {
         let text = "default_profile = \"a\"\n\n[profiles.a]\nmode = \"relay\"\ntsl = {}\n";
         let e = parse(text).unwrap_err();

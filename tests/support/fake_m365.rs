@@ -340,6 +340,8 @@ pub struct ConnRecord {
     pub flights: Vec<Vec<u8>>,
     /// Index into `reads` of the first read after the TLS handshake (None: no TLS).
     pub tls_from_read: Option<usize>,
+    /// Index into `flights` of the first flight after the TLS handshake.
+    pub tls_from_flight: Option<usize>,
     pub tls_version: Option<String>,
     /// The TLS handshake failed (reason).
     pub tls_error: Option<String>,
@@ -365,9 +367,9 @@ impl ConnRecord {
             .map(|r| String::from_utf8_lossy(r).into_owned())
             .find(|r| r.contains(needle))
     }
-    /// The flights after the TLS handshake, as text.
-    pub fn flights_text(&self) -> Vec<String> {
-        self.flights
+    /// The flights after the TLS handshake (all without TLS), as text.
+    pub fn flights_after_tls(&self) -> Vec<String> {
+        self.flights[self.tls_from_flight.unwrap_or(0)..]
             .iter()
             .map(|r| String::from_utf8_lossy(r).into_owned())
             .collect()
@@ -779,11 +781,11 @@ impl Conn {
                                 .peer_certificates()
                                 .and_then(|cs| cs.first())
                                 .map(|c| c.as_ref().to_vec());
-                            let n = self.rec(|r| r.reads.len());
                             self.rec(|r| {
                                 r.tls_version = version;
                                 r.client_cert = cert;
-                                r.tls_from_read = Some(n);
+                                r.tls_from_read = Some(r.reads.len());
+                                r.tls_from_flight = Some(r.flights.len());
                             });
                             self.io = Io::Tls(Box::new(s));
                             self.buf.clear();

@@ -1,5 +1,5 @@
 //! Benchmark (not a test): drain N queued messages with pacing off and report messages per
-//! second, through the REAL delivery engine (`queue::SmtpDeliverer`: our SMTP session, route,
+//! second, through the REAL delivery engine (`queue::TransportDeliverer`: our SMTP session, route,
 //! connector), in three ways:
 //!
 //! * "reuse": the queue runner, one SMTP session for the whole batch, RSET between messages;
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use m365send::config::{Config, Mode, Profile};
 use m365send::message::{Body, Envelope, Prepared};
 use m365send::queue::{
-    self, BoxFuture, Deliverer, MessageOutcome, Problem, RunOptions, SmtpDeliverer,
+    self, BoxFuture, Deliverer, MessageOutcome, Problem, RunOptions, TransportDeliverer,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -47,15 +47,15 @@ fn make_deliverer(server: SocketAddr, reuse: bool, mini: bool) -> Box<dyn Delive
     if mini {
         Box::new(MiniSmtp::new(server, reuse))
     } else if reuse {
-        Box::new(SmtpDeliverer::new(0))
+        Box::new(TransportDeliverer::new(0))
     } else {
-        Box::new(OnePerMessage(SmtpDeliverer::new(0)))
+        Box::new(OnePerMessage(TransportDeliverer::new(0)))
     }
 }
 
 /// The real deliverer, but reconnecting for every message (the runner reconnects when
 /// `reset` fails).
-struct OnePerMessage(SmtpDeliverer);
+struct OnePerMessage(TransportDeliverer);
 
 impl Deliverer for OnePerMessage {
     fn open<'a>(

@@ -12,7 +12,7 @@ use crate::cli::{Command, DeliveryMode, Invocation, SendArgs};
 use crate::config::{self, Config, Mode, OAuthFlow, Profile, QueuePolicy, TlsVersion};
 use crate::exit::{Exit, Failure};
 use crate::message::{Prepared, Ret};
-use crate::queue::{EnqueueOptions, EntryId, RunOptions, SmtpDeliverer};
+use crate::queue::{EnqueueOptions, EntryId, RunOptions, TransportDeliverer};
 use crate::route::{AuthKind, Endpoint, TlsPolicy};
 
 /// Run with the given argv (argv[0] included) and return the process exit code.
@@ -564,7 +564,7 @@ fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
         ..Default::default()
     };
     // -v: one line per entry and the summary; -vv: the SMTP transcript too.
-    let mut deliverer = SmtpDeliverer::new(verbose.saturating_sub(1));
+    let mut deliverer = TransportDeliverer::new(verbose.saturating_sub(1));
     let report = runtime.block_on(crate::queue::run(config, opts, &mut deliverer))?;
     if verbose > 0 {
         if report.skipped_locked {
@@ -930,7 +930,7 @@ fn stdio_message(
 /// The reply a `-bs` client gets for a message we could not deliver: the class follows the
 /// exit code, the text is the first line of what the user would have read on stderr.
 fn stdio_failure(f: &Failure) -> crate::bs::BsOutcome {
-    use crate::smtp::{EnhancedCode, Reply};
+    use crate::status::{EnhancedCode, Reply};
     let (code, enhanced) = match f.exit {
         Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
         Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),

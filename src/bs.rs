@@ -36,7 +36,7 @@ use std::path::PathBuf;
 
 use crate::exit::Exit;
 use crate::message::{Body, Envelope};
-use crate::smtp::{EnhancedCode, Reply};
+use crate::status::{EnhancedCode, Reply};
 
 /// Limits for one `-bs` session.
 #[derive(Debug, Clone)]

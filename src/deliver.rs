@@ -1,9 +1,10 @@
 //! Delivery: from a prepared message and an endpoint to an outcome the user can act on.
 //!
-//! Owns: trying hosts in order, in-process retries with backoff and jitter, the 5.7.3
-//! re-authentication with a replacement token (once per connector), per-recipient results, the exit code, the
-//! explanation printed on stderr, the dead letter and the per-message log line (through
-//! `report`). Must not: parse replies itself (smtp does) or word explanations (explain does).
+//! Owns: trying hosts in order, in-process retries with backoff and jitter, per-recipient
+//! results, the exit code, the explanation printed on stderr, the dead letter and the
+//! per-message log line (through `report`). Knows no transport by name: it opens connections
+//! through the seam (`transport::connector`). Must not: parse replies itself (smtp does),
+//! word explanations (explain does), or speak a protocol.
 //!
 //! # API for callers
 //!
@@ -16,169 +17,29 @@
 //!   caller of `attempt` that decides the final outcome itself (queueing a temporary failure,
 //!   the queue runner) calls it once per message with the exit code it reports.
 //! * `attempt(config, profile, message, endpoint, opts) -> Outcome` — the same delivery with
-//!   in-process retries, but nothing printed (except the `-v` transcript and the basic-auth
-//!   warning) and nothing written. The queue runner and the `-bs` server use it:
-//!   `outcome.is_success()`, `outcome.is_transient()` (→ keep it in the queue instead of a
-//!   dead letter), `outcome.exit()`, `outcome.report(..)`, `outcome.final_reply()` (the
-//!   real server reply to relay to an SMTP client).
-//! * `Connector` — opens authenticated sessions (hosts in order, credentials, and after
-//!   535 5.7.3 on a cached token one replacement through `auth::credentials_replacing`, so
-//!   many processes refused at once make one token request) so the queue runner can reuse
-//!   one `smtp::Session` for several messages: `c.last_session()` gives TLS and the AUTH
-//!   mechanism for the log line (`outcome.tls`, `outcome.auth`);
-//!   `let mut c = Connector::new(config, profile, endpoint, opts).await?;`
-//!   `let (mut session, host) = c.open_any().await?;` then for each message
-//!   `let r = session.send_message(&envelope, &body, flags).await;` and
-//!   `outcome.apply(&result, &host)` on `Ok(result)`, `outcome.fail(Problem::session(&e,
-//!   &host))` on `Err(e)` (then drop the session and reconnect), finally `session.quit()`.
-//!   `Outcome::new(&envelope.recipients)` starts one; `outcome.pending` says who is left.
+//!   in-process retries, but nothing printed (except the `-v` transcript and warnings) and
+//!   nothing written. The queue runner and the `-bs` server use it: `outcome.is_success()`,
+//!   `outcome.is_transient()` (→ keep it in the queue instead of a dead letter),
+//!   `outcome.exit()`, `outcome.report(..)`, `outcome.final_reply()` (the real server reply to
+//!   relay to an SMTP client).
+//! * `Outcome::new(&envelope.recipients)` starts one; `outcome.apply(&result, host)` merges a
+//!   transport's `MessageResult`, `outcome.fail(problem)` a failure of the whole try;
+//!   `outcome.pending` says who is left.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt as _;
 
-use crate::auth::{self, Credentials};
+use crate::auth;
 use crate::config::{Config, Profile};
 use crate::exit::{Exit, Failure};
 use crate::explain::{self, Context};
 use crate::message::Prepared;
-use crate::route::{AuthKind, Endpoint, Host};
-use crate::smtp::{
-    MessageFlags, MessageResult, Reply, Session, SessionConfig, SessionError, Sink, Step,
-    TlsFailure, TlsSettings, client_config, hello_name, is_microsoft_host,
-};
+use crate::route::Endpoint;
+use crate::status::{MessageResult, Reply, Step};
+use crate::transport::{self, server_name};
 
-/// Options for one delivery.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// -v: print the (redacted) SMTP transcript.
-    pub verbose: u8,
-    /// Where the transcript and warnings go (None: stderr). Tests capture them here.
-    pub stderr: Option<Sink>,
-}
-
-impl Options {
-    fn sink(&self) -> Sink {
-        self.stderr.clone().unwrap_or_else(Sink::stderr)
-    }
-    fn transcript(&self) -> Option<Sink> {
-        (self.verbose > 0).then(|| self.sink())
-    }
-}
-
-/// Something that stopped the message (not a single recipient) from being delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Worth retrying (connection trouble, timeout, 4xx).
-    pub transient: bool,
-    /// The exit code this problem means when it is final.
-    pub exit: Exit,
-    /// Where in the dialogue it happened.
-    pub step: Option<Step>,
-    /// The host involved.
-    pub host: Option<String>,
-    /// The server's reply, when there was one.
-    pub reply: Option<Reply>,
-    /// One line for the user (without the "m365send: " prefix), quoting the reply.
-    pub what: String,
-    /// A line shown after the explanation, e.g. what a refused OAuth token says about its
-    /// permissions. Never a secret.
-    pub note: Option<String>,
-}
-
-impl Problem {
-    /// A local failure (credentials, configuration).
-    pub fn local(f: Failure) -> Problem {
-        Problem {
-            transient: f.exit == Exit::TempFail,
-            exit: f.exit,
-            step: None,
-            host: None,
-            reply: None,
-            what: f.message,
-            note: None,
-        }
-    }
-
-    /// A server reply refusing `step` (for a recipient: `subject` is the address).
-    pub fn reply(step: Step, reply: &Reply, host: &str, subject: Option<&str>) -> Problem {
-        let transient = reply.is_transient();
-        let what = match step {
-            Step::Mail => format!(
-                "the sender{}",
-                subject.map(|s| format!(" <{s}>")).unwrap_or_default()
-            ),
-            Step::Rcpt => format!(
-                "recipient{}",
-                subject.map(|s| format!(" <{s}>")).unwrap_or_default()
-            ),
-            Step::Auth => "the login".to_owned(),
-            Step::Data | Step::DataEnd => "the message".to_owned(),
-            Step::Greeting | Step::Ehlo | Step::Connect => "the connection".to_owned(),
-            other => other.to_string(),
-        };
-        let verb = if transient {
-            "temporarily refused"
-        } else {
-            "refused"
-        };
-        Problem {
-            transient,
-            exit: explain::exit_for(reply),
-            step: Some(step),
-            host: Some(host.to_owned()),
-            reply: Some(reply.clone()),
-            what: format!("{} {verb} {what} ({reply})", server_name(host)),
-            note: None,
-        }
-    }
-
-    /// A session failure on `host`.
-    pub fn session(e: &SessionError, host: &str) -> Problem {
-        if let SessionError::Rejected { step, reply } = e {
-            return Problem::reply(*step, reply, host, None);
-        }
-        let exit = match e {
-            SessionError::Resolve { .. } => Exit::NoHost,
-            _ if e.is_transient() => Exit::TempFail,
-            SessionError::StartTlsNotOffered => Exit::Unavailable,
-            SessionError::Tls { kind, .. } => match kind {
-                TlsFailure::Io => Exit::TempFail,
-                TlsFailure::Certificate | TlsFailure::Protocol => Exit::Unavailable,
-            },
-            SessionError::AuthNotOffered { .. } | SessionError::AuthWithoutTls => Exit::Config,
-            SessionError::Smtputf8NotOffered | SessionError::TooLarge { .. } => Exit::DataErr,
-            SessionError::Body(_) => Exit::IoErr,
-            _ => Exit::Unavailable,
-        };
-        // A DNS "try again" is transient; "no such host" is not.
-        let transient = match e {
-            SessionError::Resolve { reason, .. } => {
-                reason.contains("Temporary failure") || reason.contains("timed out")
-            }
-            _ => e.is_transient(),
-        };
-        let exit = if transient { Exit::TempFail } else { exit };
-        Problem {
-            transient,
-            exit,
-            step: e.step(),
-            host: Some(host.to_owned()),
-            reply: None,
-            what: format!("{host}: {e}"),
-            note: None,
-        }
-    }
-}
-
-fn server_name(host: &str) -> String {
-    if is_microsoft_host(host) {
-        "Microsoft 365".to_owned()
-    } else {
-        format!("the server {host}")
-    }
-}
+pub use crate::transport::{Options, Problem};
 
 /// The result of delivering one message (possibly after several tries).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -401,184 +262,6 @@ fn context<'c>(profile: &'c Profile, message: &'c Prepared, host: Option<&'c str
     }
 }
 
-/// Opens authenticated sessions for one profile and endpoint (see the module doc).
-pub struct Connector<'a> {
-    config: &'a Config,
-    profile: &'a Profile,
-    endpoint: &'a Endpoint,
-    opts: &'a Options,
-    tls: Arc<rustls::ClientConfig>,
-    creds: Credentials,
-    helo: String,
-    refreshed: bool,
-    warned: bool,
-    /// The last session: TLS on, and the AUTH mechanism tried (for the log line).
-    last_tls: bool,
-    last_auth: Option<&'static str>,
-}
-
-impl<'a> Connector<'a> {
-    /// Credentials and the TLS configuration, once. `sender` picks the EHLO name when the
-    /// profile has none and the host name is not qualified.
-    pub async fn new(
-        config: &'a Config,
-        profile: &'a Profile,
-        endpoint: &'a Endpoint,
-        opts: &'a Options,
-        sender: &str,
-    ) -> Result<Connector<'a>, Problem> {
-        // The route decides whether this endpoint authenticates at all (relay and direct
-        // send do not, whatever the profile's auth settings say).
-        let creds = if endpoint.auth == AuthKind::None {
-            Credentials::None
-        } else {
-            auth::credentials(config, profile, false)
-                .await
-                .map_err(Problem::local)?
-        };
-        let tls = client_config(&TlsSettings {
-            min_version: endpoint.tls_min,
-            ca_file: endpoint.ca_file.clone(),
-            client_cert: endpoint.client_cert.clone(),
-        })
-        .map_err(|e| Problem::local(Failure::config(e.to_string())))?;
-        Ok(Connector {
-            config,
-            profile,
-            endpoint,
-            opts,
-            tls,
-            creds,
-            helo: hello_name(profile.helo.as_deref(), sender),
-            refreshed: false,
-            warned: false,
-            last_tls: false,
-            last_auth: None,
-        })
-    }
-
-    /// Connect to one host and authenticate.
-    pub async fn open(&mut self, host: &Host) -> Result<Session, Problem> {
-        let t = &self.profile.timeouts;
-        let cfg = SessionConfig {
-            host: host.name.clone(),
-            port: host.port,
-            helo: self.helo.clone(),
-            tls: self.endpoint.tls,
-            tls_config: self.tls.clone(),
-            connect_timeout: t.connect(),
-            command_timeout: t.command(),
-            data_end_timeout: t.data_end(),
-            chunking: self.profile.chunking.enabled(),
-            transcript: self.opts.transcript(),
-        };
-        if !self.warned
-            && let Some(w) = basic_auth_warning(&self.creds, &host.name, &self.profile.name)
-        {
-            self.warned = true;
-            self.opts.sink().line(&w);
-        }
-        self.last_tls = false;
-        self.last_auth = None;
-        let mut session = Session::connect(cfg)
-            .await
-            .map_err(|e| Problem::session(&e, &host.name))?;
-        self.last_tls = session.is_tls();
-        self.last_auth = self.auth_mechanism(&session);
-        match session.authenticate(&self.creds).await {
-            Ok(_) => Ok(session),
-            Err(e) if needs_fresh_token(&self.creds, &e) && !self.refreshed => {
-                // A cached token refused with 5.7.3: replace it once. `credentials_replacing`
-                // takes a token another process already fetched after the same refusal, so
-                // 50 processes refused at once make one token request.
-                self.refreshed = true;
-                let rejected = match &self.creds {
-                    Credentials::XOAuth2 { token, .. } => token.clone(),
-                    _ => return Err(Problem::session(&e, &host.name)),
-                };
-                tracing::debug!(host = %host.name, "535 5.7.3 with a cached token; getting another");
-                self.creds = auth::credentials_replacing(self.config, self.profile, &rejected)
-                    .await
-                    .map_err(Problem::local)?;
-                match session.authenticate(&self.creds).await {
-                    Ok(_) => Ok(session),
-                    Err(e) => Err(self.auth_problem(&e, &host.name)),
-                }
-            }
-            Err(e) => Err(self.auth_problem(&e, &host.name)),
-        }
-    }
-
-    /// The problem for a failed AUTH; for a refused OAuth token, what the token says about its
-    /// permissions goes with it (the catalogue's causes come with the report).
-    fn auth_problem(&self, e: &SessionError, host: &str) -> Problem {
-        let mut p = Problem::session(e, host);
-        if let Credentials::XOAuth2 { token, .. } = &self.creds
-            && e.step() == Some(Step::Auth)
-        {
-            p.note = auth::token_permission_note(token);
-        }
-        p
-    }
-
-    /// The AUTH mechanism `open` used on `session` (None: no AUTH), for the log line.
-    pub fn auth_mechanism(&self, session: &Session) -> Option<&'static str> {
-        match &self.creds {
-            Credentials::None => None,
-            Credentials::XOAuth2 { .. } => Some("XOAUTH2"),
-            Credentials::Password { .. } if session.capabilities().has_auth("PLAIN") => {
-                Some("PLAIN")
-            }
-            Credentials::Password { .. } => Some("LOGIN"),
-        }
-    }
-
-    /// Whether the last session `open` made used TLS, and the AUTH mechanism it tried
-    /// (also when `open` failed at AUTH), for the log line.
-    pub fn last_session(&self) -> (bool, Option<&'static str>) {
-        (self.last_tls, self.last_auth)
-    }
-
-    /// The first host (in endpoint order) that connects and authenticates. On failure, the
-    /// problem of the last host tried (permanent problems stop at once).
-    pub async fn open_any(&mut self) -> Result<(Session, String), Problem> {
-        let mut last = None;
-        for host in &self.endpoint.hosts {
-            match self.open(host).await {
-                Ok(s) => return Ok((s, host.name.clone())),
-                Err(p) if p.transient => last = Some(p),
-                Err(p) => return Err(p),
-            }
-        }
-        Err(last
-            .unwrap_or_else(|| Problem::local(Failure::new(Exit::NoHost, "no host to connect to"))))
-    }
-}
-
-/// A cached token refused with 535 5.7.3 may just be stale (revoked, permissions changed):
-/// worth one retry with a freshly acquired token.
-fn needs_fresh_token(creds: &Credentials, e: &SessionError) -> bool {
-    matches!(
-        creds,
-        Credentials::XOAuth2 {
-            from_cache: true,
-            ..
-        }
-    ) && e.step() == Some(Step::Auth)
-        && e.reply()
-            .and_then(|r| r.enhanced)
-            .is_some_and(|c| c == crate::smtp::EnhancedCode::new(5, 7, 3))
-}
-
-/// The one-line warning for a password used against a Microsoft host.
-fn basic_auth_warning(creds: &Credentials, host: &str, profile: &str) -> Option<String> {
-    (matches!(creds, Credentials::Password { .. }) && is_microsoft_host(host)).then(|| {
-        format!(
-            "m365send: warning: profile \"{profile}\" uses a password (basic auth) with {host}: Microsoft disables basic authentication for SMTP AUTH by default from the end of December 2026; switch to OAuth (auth.method = \"oauth\")"
-        )
-    })
-}
-
 /// Deliver with in-process retries; nothing printed but the transcript and warnings, nothing
 /// written. See the module doc.
 pub async fn attempt(
@@ -610,14 +293,14 @@ async fn attempt_inner(
         return outcome;
     }
     let mut connector =
-        match Connector::new(config, profile, endpoint, opts, &message.envelope.sender).await {
+        match transport::connector(config, profile, endpoint, opts, &message.envelope.sender).await
+        {
             Ok(c) => c,
             Err(p) => {
                 outcome.fail(p);
                 return outcome;
             }
         };
-    let flags = MessageFlags::from(message);
     let rounds = profile.retry.attempts();
     let mut delay = profile.retry.initial_delay();
     for round in 0..rounds {
@@ -639,8 +322,8 @@ async fn attempt_inner(
             let (tls, auth) = connector.last_session();
             outcome.tls = tls;
             outcome.auth = auth.map(str::to_owned);
-            let mut session = match opened {
-                Ok(s) => s,
+            let mut transport = match opened {
+                Ok(t) => t,
                 Err(p) => {
                     let transient = p.transient;
                     outcome.fail(p);
@@ -652,13 +335,11 @@ async fn attempt_inner(
             };
             let mut envelope = message.envelope.clone();
             envelope.recipients = outcome.pending.clone();
-            match session.send_message(&envelope, &message.body, flags).await {
-                Ok(result) => {
-                    outcome.apply(&result, &host.name);
-                    let _ = session.quit().await;
-                }
-                Err(e) => outcome.fail(Problem::session(&e, &host.name)),
+            match transport.send(message, &envelope).await {
+                Ok(result) => outcome.apply(&result, transport.host()),
+                Err(p) => outcome.fail(p),
             }
+            transport.close().await;
             if outcome.pending.is_empty() || !outcome.is_transient() {
                 return outcome;
             }
@@ -748,85 +429,4 @@ pub fn log_outcome(
         exit,
     };
     crate::report::log_line(config, verbose, &record);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::secret::Secret;
-
-    #[test]
-    fn basic_auth_warning_only_for_passwords_to_microsoft() {
-        let pw = Credentials::Password {
-            user: "u@contoso.com".into(),
-            password: Secret::new("hunter2"),
-        };
-        let w = basic_auth_warning(&pw, "smtp.office365.com", "app").unwrap();
-        assert!(w.contains("December 2026") && !w.contains("hunter2") && !w.contains('\n'));
-        assert!(basic_auth_warning(&pw, "mail.example.org", "app").is_none());
-        let tok = Credentials::XOAuth2 {
-            user: "u".into(),
-            token: Secret::new("t"),
-            from_cache: false,
-        };
-        assert!(basic_auth_warning(&tok, "smtp.office365.com", "app").is_none());
-    }
-
-    #[test]
-    fn fresh_token_only_for_cached_token_refused_5_7_3() {
-        let cached = Credentials::XOAuth2 {
-            user: "u".into(),
-            token: Secret::new("t"),
-            from_cache: true,
-        };
-        let refused = |text: &str| SessionError::Rejected {
-            step: Step::Auth,
-            reply: Reply::parse(text).unwrap(),
-        };
-        assert!(needs_fresh_token(
-            &cached,
-            &refused("535 5.7.3 Authentication unsuccessful")
-        ));
-        assert!(!needs_fresh_token(
-            &cached,
-            &refused(
-                "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"
-            )
-        ));
-        let configured = Credentials::XOAuth2 {
-            user: "u".into(),
-            token: Secret::new("t"),
-            from_cache: false,
-        };
-        assert!(!needs_fresh_token(
-            &configured,
-            &refused("535 5.7.3 Authentication unsuccessful")
-        ));
-    }
-
-    #[test]
-    fn host_not_found_is_68_and_connection_trouble_is_75() {
-        let e = SessionError::Resolve {
-            host: "nx.contoso.com".into(),
-            reason: "failed to lookup address information: Name or service not known".into(),
-        };
-        let p = Problem::session(&e, "nx.contoso.com");
-        assert_eq!(p.exit, Exit::NoHost);
-        assert!(!p.transient);
-        let e = SessionError::Resolve {
-            host: "nx.contoso.com".into(),
-            reason: "Temporary failure in name resolution".into(),
-        };
-        assert!(Problem::session(&e, "nx.contoso.com").transient);
-        let e = SessionError::Timeout {
-            step: Step::DataEnd,
-            secs: 300,
-        };
-        let p = Problem::session(&e, "h");
-        assert_eq!((p.exit, p.transient), (Exit::TempFail, true));
-        let p = Problem::session(&SessionError::StartTlsNotOffered, "h");
-        assert_eq!((p.exit, p.transient), (Exit::Unavailable, false));
-        let p = Problem::session(&SessionError::TooLarge { size: 2, limit: 1 }, "h");
-        assert_eq!(p.exit, Exit::DataErr);
-    }
 }

@@ -38,7 +38,7 @@
 
 use crate::config::Mode;
 use crate::exit::{Exit, Failure};
-use crate::smtp::{EnhancedCode, Reply};
+use crate::status::{EnhancedCode, Reply};
 
 /// What the explanation may mention about this user's situation.
 #[derive(Debug, Clone, Default)]

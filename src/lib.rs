@@ -1,6 +1,7 @@
 //! m365send: a sendmail-compatible mail submission tool for Microsoft 365.
 //!
-//! A message flows one way: cli → config → message → route → auth → smtp → deliver (→ queue).
+//! A message flows one way: cli → config → message → route → auth → transport (smtp) →
+//! deliver (→ queue). `status` holds the leaf reply/step types every layer shares.
 //! See each module's top comment for what it owns.
 
 pub mod address;
@@ -20,3 +21,5 @@ pub mod report;
 pub mod route;
 pub mod secret;
 pub mod smtp;
+pub mod status;
+pub mod transport;

@@ -43,7 +43,7 @@ use crate::config::{Config, Mode, Profile};
 use crate::exit::{Exit, Failure};
 use crate::explain::sysexits_name;
 use crate::message::Prepared;
-use crate::smtp::Reply;
+use crate::status::Reply;
 
 // ---------------------------------------------------------------------------------------------
 // Dead letter

@@ -1048,9 +1048,9 @@ pub fn smtp_535_advice(profile: &Profile, token: Option<&Secret>) -> String {
         out.push_str("\n  ");
         out.push_str(&note);
     }
-    let reply = crate::smtp::Reply {
+    let reply = crate::status::Reply {
         code: 535,
-        enhanced: Some(crate::smtp::EnhancedCode::new(5, 7, 3)),
+        enhanced: Some(crate::status::EnhancedCode::new(5, 7, 3)),
         lines: vec!["5.7.3 Authentication unsuccessful".to_string()],
     };
     if let Some(e) = crate::explain::explain_reply(&reply, &explain_context(profile)) {

@@ -2,9 +2,10 @@
 //!
 //! Owns: the spool layout and its crash-safe commit protocol, entry metadata, the queue runner
 //! (grouping by endpoint, connection reuse, pacing, backoff, lifetime), bounces (RFC 3464
-//! reports), `mailq`-style listing, `queue show` and `queue delete`, and [`SmtpDeliverer`],
-//! the real delivery engine over `deliver::Connector` + `smtp::Session`. Must not: speak SMTP
-//! outside `smtp.rs` (the runner sees only [`Deliverer`]), word explanations (from
+//! reports), `mailq`-style listing, `queue show` and `queue delete`, and [`TransportDeliverer`],
+//! the real delivery engine over the transport seam (`transport::connector`). Must not: speak
+//! a protocol (the runner sees only [`Deliverer`]; transports live in `transport`), word
+//! explanations (from
 //! `explain`), or write the dead-letter file itself (injected through [`DeadLetterFn`]).
 //!
 //! # Spool layout
@@ -38,15 +39,15 @@
 //!   exit 0 ("queued as ID" at -v); Err (73) → the dead letter, exit 73.
 //! - `queue run` / `sendmail -q` / `queue flush`: `run(&config, RunOptions { flush,
 //!   lifetime, dead_letter: Some(&report::dead_letter), verbose, .. }, &mut
-//!   SmtpDeliverer::new(verbose - 1))`; the summary at -v; exit 0 (a second runner returns
+//!   TransportDeliverer::new(verbose - 1))`; the summary at -v; exit 0 (a second runner returns
 //!   `skipped_locked`, also exit 0, its note printed only at -v).
 //! - `mailq` / `-bp` / `queue list [--json]`: `list(&config)` then `format_list` or
 //!   `format_json` with `&|e| explain_last_reply(&config, e)`.
 //! - `queue show ID`: `show` then `format_show`; `queue delete ID`: `delete`.
 
 mod bounce;
+mod deliverer;
 mod runner;
-mod smtp;
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -61,14 +62,14 @@ use crate::config::Config;
 use crate::exit::{Exit, Failure};
 use crate::fsutil::sync_dir;
 use crate::message::{Envelope, Prepared};
-use crate::smtp::Reply;
+use crate::status::Reply;
 
 pub use bounce::build_bounce;
+pub use deliverer::TransportDeliverer;
 pub use runner::{
     BoxFuture, DeadLetterFn, Deliverer, MessageOutcome, Problem, RecipientResult, RunOptions,
     RunReport, default_endpoint_key, run,
 };
-pub use smtp::SmtpDeliverer;
 
 /// Version of the metadata format written by this build.
 pub const FORMAT_VERSION: u32 = 1;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, Mode, Profile};
 use crate::exit::Failure;
 use crate::message::{Body, Envelope, Prepared};
-use crate::smtp::Reply;
+use crate::status::Reply;
 
 use super::{
     BodySource, Entry, FORMAT_VERSION, Loaded, Spool, StoredReply, bounce, clean_orphans, load_all,

@@ -21,8 +21,9 @@ pub mod transcript;
 pub use caps::Capabilities;
 pub use reply::{EnhancedCode, Reply};
 pub use session::{
-    Session, SessionConfig, SessionError, Step, TlsFailure, hello_name, is_microsoft_host,
+    MessageResult, Session, SessionConfig, SessionError, Step, TlsFailure, hello_name,
+    is_microsoft_host,
 };
 pub use tls::{TlsSettings, TlsSetupError, client_config};
-pub use transaction::{MessageFlags, MessageResult};
+pub use transaction::MessageFlags;
 pub use transcript::{MemoryBuffer, Sink};

@@ -25,6 +25,7 @@ use super::reply::{ParseError, Reply, ReplyParser};
 use super::transcript::Sink;
 use crate::auth::Credentials;
 use crate::route::TlsPolicy;
+pub use crate::status::{MessageResult, Step};
 
 /// Longest reply line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -63,43 +64,6 @@ impl fmt::Debug for SessionConfig {
             .field("tls", &self.tls)
             .field("chunking", &self.chunking)
             .finish_non_exhaustive()
-    }
-}
-
-/// The protocol step something happened in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Step {
-    Connect,
-    Greeting,
-    Ehlo,
-    StartTls,
-    TlsHandshake,
-    Auth,
-    Mail,
-    Rcpt,
-    Data,
-    /// The reply after the message content (end of DATA, or the last BDAT chunk).
-    DataEnd,
-    Rset,
-    Quit,
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Step::Connect => "connect",
-            Step::Greeting => "greeting",
-            Step::Ehlo => "EHLO",
-            Step::StartTls => "STARTTLS",
-            Step::TlsHandshake => "TLS handshake",
-            Step::Auth => "AUTH",
-            Step::Mail => "MAIL FROM",
-            Step::Rcpt => "RCPT TO",
-            Step::Data => "DATA",
-            Step::DataEnd => "end of data",
-            Step::Rset => "RSET",
-            Step::Quit => "QUIT",
-        })
     }
 }
 

@@ -24,6 +24,7 @@ use super::data::{DotStuffer, xtext};
 use super::reply::Reply;
 use super::session::{Line, Session, SessionError, Step, final_reply, out_of_step};
 use crate::message::{Body, Envelope, Prepared, Ret};
+use crate::status::MessageResult;
 
 /// Bytes read from the body file per write (DATA and BDAT).
 pub const BODY_PIECE: usize = 64 * 1024;
@@ -48,65 +49,6 @@ impl From<&Prepared> for MessageFlags {
         MessageFlags {
             eight_bit: p.eight_bit,
             smtputf8: p.smtputf8,
-        }
-    }
-}
-
-/// The server's answers for one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageResult {
-    /// Reply to MAIL FROM.
-    pub mail: Reply,
-    /// Each recipient with its RCPT reply, in envelope order. Meaningless (usually 503)
-    /// when MAIL was refused.
-    pub recipients: Vec<(String, Reply)>,
-    /// The reply that decided the content: to end of data / the last BDAT chunk (step
-    /// DataEnd), or a refusal of DATA/BDAT itself (step Data). None when no data was sent
-    /// because MAIL or every recipient was refused.
-    pub data: Option<(Step, Reply)>,
-}
-
-impl MessageResult {
-    /// The server took responsibility for the message (for the accepted recipients).
-    pub fn delivered(&self) -> bool {
-        self.mail.is_positive()
-            && matches!(&self.data, Some((Step::DataEnd, r)) if r.is_positive())
-            && self.recipients.iter().any(|(_, r)| r.is_positive())
-    }
-    /// Recipients that got the message.
-    pub fn accepted(&self) -> Vec<&str> {
-        if !self.delivered() {
-            return Vec::new();
-        }
-        self.recipients
-            .iter()
-            .filter(|(_, r)| r.is_positive())
-            .map(|(a, _)| a.as_str())
-            .collect()
-    }
-    /// Recipients refused at RCPT (only when MAIL was accepted).
-    pub fn refused(&self) -> Vec<(&str, &Reply)> {
-        if !self.mail.is_positive() {
-            return Vec::new();
-        }
-        self.recipients
-            .iter()
-            .filter(|(_, r)| !r.is_positive())
-            .map(|(a, r)| (a.as_str(), r))
-            .collect()
-    }
-    /// A refusal of the whole message (MAIL, DATA or the content), if any. Refusals of
-    /// every recipient are not reported here: see `refused`.
-    pub fn message_failure(&self) -> Option<(Step, &Reply)> {
-        if !self.mail.is_positive() {
-            return Some((Step::Mail, &self.mail));
-        }
-        if !self.recipients.iter().any(|(_, r)| r.is_positive()) {
-            return None;
-        }
-        match &self.data {
-            Some((step, r)) if !r.is_positive() => Some((*step, r)),
-            _ => None,
         }
     }
 }

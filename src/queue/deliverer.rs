@@ -1,29 +1,29 @@
-//! The real [`Deliverer`]: the queue runner's messages go out through `deliver::Connector`
-//! and one `smtp::Session` per group of entries.
+//! The real [`Deliverer`]: the queue runner's messages go out through the transport seam
+//! (`transport::connector`), one open transport per group of entries.
 //!
-//! Owns: mapping a session's answers to [`MessageOutcome`] (per recipient, with the reply,
-//! the error in words and the explanation from `explain`), and keeping the session open
-//! across messages (RSET between them, QUIT at the end). Must not: retry (the runner backs
-//! off), decide bounces (the runner does), or touch the spool.
+//! Owns: mapping a transport's answers to [`MessageOutcome`] (per recipient, with the reply,
+//! the error in words and the explanation from `explain`), and keeping the transport open
+//! across messages (reset between them, close at the end). Knows no transport by name.
+//! Must not: retry (the runner backs off), decide bounces (the runner does), or touch the
+//! spool.
 
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Profile};
-use crate::deliver::{self, Connector};
 use crate::exit::Exit;
 use crate::explain::{self, Context};
 use crate::message::{Envelope, Prepared};
 use crate::report::LogRecord;
-use crate::route::AuthKind;
-use crate::smtp::{MessageFlags, MessageResult, Reply, Session, SessionError, Step};
+use crate::status::{MessageResult, Reply, Step};
+use crate::transport::{self, Transport};
 
 use super::runner::{BoxFuture, Deliverer, MessageOutcome, Problem, RecipientResult};
 
-/// Delivers queue entries over our SMTP session. One connection serves every message of a
-/// group (same profile and endpoint).
-pub struct SmtpDeliverer {
+/// Delivers queue entries through the transport seam. One connection serves every message of
+/// a group (same profile and endpoint).
+pub struct TransportDeliverer {
     verbose: u8,
-    session: Option<Session>,
+    transport: Option<Box<dyn Transport>>,
     host: String,
     /// The profile of the open session (for explanations).
     profile: Option<Profile>,
@@ -33,18 +33,18 @@ pub struct SmtpDeliverer {
     refused: Option<(Envelope, Problem)>,
     /// The configuration of the open session (for the per-message log line).
     config: Option<Config>,
-    /// The AUTH mechanism of the open session, for the log line.
+    /// The AUTH mechanism of the open connection, for the log line.
     auth: Option<&'static str>,
-    /// The open session uses TLS, for the log line.
+    /// The open connection uses TLS, for the log line.
     tls: bool,
 }
 
-impl SmtpDeliverer {
-    /// `verbose` > 0 prints the (redacted) SMTP transcript on stderr.
-    pub fn new(verbose: u8) -> SmtpDeliverer {
-        SmtpDeliverer {
+impl TransportDeliverer {
+    /// `verbose` > 0 prints the (redacted) transcript on stderr.
+    pub fn new(verbose: u8) -> TransportDeliverer {
+        TransportDeliverer {
             verbose,
-            session: None,
+            transport: None,
             host: String::new(),
             profile: None,
             refused: None,
@@ -178,8 +178,8 @@ impl SmtpDeliverer {
     }
 }
 
-/// A problem of `deliver` (connection, authentication, a refusal) in the runner's terms.
-fn from_deliver(p: deliver::Problem, explanation: String) -> Problem {
+/// A problem of the transport (connection, authentication, a refusal) in the runner's terms.
+fn from_transport(p: transport::Problem, explanation: String) -> Problem {
     Problem {
         error: if p.reply.is_some() {
             String::new()
@@ -203,7 +203,7 @@ fn route_envelope(envelope: &Envelope) -> Envelope {
     e
 }
 
-impl Deliverer for SmtpDeliverer {
+impl Deliverer for TransportDeliverer {
     fn endpoint_key(&self, profile: &Profile, envelope: &Envelope) -> String {
         super::default_endpoint_key(profile, &route_envelope(envelope))
     }
@@ -215,8 +215,8 @@ impl Deliverer for SmtpDeliverer {
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<(), Problem>> {
         Box::pin(async move {
-            if let Some(s) = self.session.take() {
-                let _ = s.quit().await;
+            if let Some(t) = self.transport.take() {
+                t.close().await;
             }
             self.refused = None;
             self.profile = Some(profile.clone());
@@ -232,23 +232,22 @@ impl Deliverer for SmtpDeliverer {
                 }
                 Err(f) => return Err(Problem::error(f.message)),
             };
-            self.auth = match endpoint.auth {
-                AuthKind::None => None,
-                AuthKind::Password => Some("LOGIN"),
-                AuthKind::OAuth => Some("XOAUTH2"),
-            };
-            let opts = deliver::Options {
+            let opts = transport::Options {
                 verbose: self.verbose,
                 ..Default::default()
             };
-            let mut connector = Connector::new(config, profile, &endpoint, &opts, &route.sender)
-                .await
-                .map_err(|p| from_deliver(p, String::new()))?;
-            match connector.open_any().await {
-                Ok((session, host)) => {
-                    self.tls = session.is_tls();
-                    self.session = Some(session);
-                    self.host = host;
+            let mut connector =
+                transport::connector(config, profile, &endpoint, &opts, &route.sender)
+                    .await
+                    .map_err(|p| from_transport(p, String::new()))?;
+            let opened = transport::open_any(connector.as_mut(), &endpoint).await;
+            let (tls, auth) = connector.last_session();
+            self.tls = tls;
+            self.auth = auth;
+            match opened {
+                Ok(t) => {
+                    self.host = t.host().to_owned();
+                    self.transport = Some(t);
                     Ok(())
                 }
                 Err(p) => {
@@ -257,7 +256,7 @@ impl Deliverer for SmtpDeliverer {
                         .as_ref()
                         .map(|r| self.explain(r, &route.sender, None))
                         .unwrap_or_default();
-                    Err(from_deliver(p, explanation))
+                    Err(from_transport(p, explanation))
                 }
             }
         })
@@ -277,17 +276,14 @@ impl Deliverer for SmtpDeliverer {
             if self.refused.is_some() {
                 return Ok(());
             }
-            let Some(session) = self.session.as_mut() else {
+            let Some(t) = self.transport.as_mut() else {
                 return Err(Problem::error("the connection was closed"));
             };
-            match session.rset().await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    self.session = None;
-                    Err(from_deliver(
-                        deliver::Problem::session(&e, &self.host),
-                        String::new(),
-                    ))
+            match t.reset().await {
+                Ok(()) => Ok(()),
+                Err(p) => {
+                    self.transport = None;
+                    Err(from_transport(p, String::new()))
                 }
             }
         })
@@ -295,15 +291,15 @@ impl Deliverer for SmtpDeliverer {
 
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(s) = self.session.take() {
-                let _ = s.quit().await;
+            if let Some(t) = self.transport.take() {
+                t.close().await;
             }
             self.refused = None;
         })
     }
 }
 
-impl SmtpDeliverer {
+impl TransportDeliverer {
     async fn send_one(&mut self, message: &Prepared) -> MessageOutcome {
         if let Some((route, p)) = &self.refused {
             if *route == route_envelope(&message.envelope) {
@@ -321,32 +317,22 @@ impl SmtpDeliverer {
                 return MessageOutcome::Permanent(p.clone());
             }
         }
-        let Some(session) = self.session.as_mut() else {
+        let Some(t) = self.transport.as_mut() else {
             return MessageOutcome::Transient(Problem::error("not connected"));
         };
-        let flags = MessageFlags::from(message);
-        match session
-            .send_message(&message.envelope, &message.body, flags)
-            .await
-        {
+        match t.send(message, &message.envelope).await {
             Ok(result) => self.outcome(&result, message),
-            Err(e) => {
-                // Checked before anything was sent: the session is still usable.
-                let usable = matches!(
-                    e,
-                    SessionError::Smtputf8NotOffered | SessionError::TooLarge { .. }
-                );
-                if !usable {
-                    self.session = None;
+            Err(p) => {
+                if !t.is_open() {
+                    self.transport = None;
                 }
-                let p = deliver::Problem::session(&e, &self.host);
                 let transient = p.transient;
                 let explanation = p
                     .reply
                     .as_ref()
                     .map(|r| self.explain(r, &message.envelope.sender, None))
                     .unwrap_or_default();
-                let p = from_deliver(p, explanation);
+                let p = from_transport(p, explanation);
                 if transient {
                     MessageOutcome::Transient(p)
                 } else {
@@ -394,7 +380,7 @@ mod tests {
 
     #[test]
     fn all_accepted_is_delivered() {
-        let d = SmtpDeliverer::new(0);
+        let d = TransportDeliverer::new(0);
         let r = result("250 ok", &[("x@c.com", "250 ok")], Some("250 2.0.0 OK"));
         assert_eq!(
             d.outcome(&r, &message(&["x@c.com"])),
@@ -404,7 +390,7 @@ mod tests {
 
     #[test]
     fn sender_refusal_decides_the_whole_message_with_its_explanation() {
-        let d = SmtpDeliverer::new(0);
+        let d = TransportDeliverer::new(0);
         let r = result(
             "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
             &[],
@@ -430,7 +416,7 @@ mod tests {
 
     #[test]
     fn per_recipient_results_and_data_refusal() {
-        let d = SmtpDeliverer::new(0);
+        let d = TransportDeliverer::new(0);
         let r = result(
             "250 ok",
             &[
@@ -478,7 +464,7 @@ mod tests {
             ..Profile::default()
         };
         p.endpoint.mx_domain = None;
-        let d = SmtpDeliverer::new(0);
+        let d = TransportDeliverer::new(0);
         assert_eq!(d.endpoint_key(&p, &e), "cron/contoso.com");
     }
 }

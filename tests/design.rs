@@ -1,0 +1,99 @@
+//! DESIGN.md's "nevers" between modules, checked on the source so that a change that breaks
+//! one fails here instead of in a review: deliver, the queue and `-bs` know no transport by
+//! name; explain and the leaf status types import nothing but leaves; smtp reads no argv and
+//! no configuration file.
+
+use std::fs;
+use std::path::Path;
+
+fn source(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn rust_files(dir: &str) -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = fs::read_to_string(&p).unwrap();
+                out.push((p.display().to_string(), text));
+            }
+        }
+    }
+    out
+}
+
+/// The `crate::X` modules a file's `use` lines name.
+fn crate_imports(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("use crate::") || l.starts_with("pub use crate::"))
+        .filter_map(|l| l.split("crate::").nth(1))
+        .map(|rest| {
+            rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn delivery_queue_and_bs_know_no_transport_by_name() {
+    let mut files = vec![
+        ("src/deliver.rs".to_owned(), source("src/deliver.rs")),
+        ("src/bs.rs".to_owned(), source("src/bs.rs")),
+    ];
+    files.extend(rust_files("src/queue"));
+    for (name, text) in files {
+        for banned in [
+            "crate::smtp",
+            "smtp::Session",
+            "SessionError",
+            "send_message(",
+            "crate::graph",
+            "transport::smtp",
+            "transport::graph",
+        ] {
+            assert!(
+                !text.contains(banned),
+                "{name} names a transport ({banned}): go through crate::transport instead"
+            );
+        }
+    }
+}
+
+#[test]
+fn explain_and_status_are_leaves() {
+    let explain = crate_imports(&source("src/explain.rs"));
+    for m in &explain {
+        assert!(
+            ["status", "config", "exit"].contains(&m.as_str()),
+            "src/explain.rs imports crate::{m}: the catalogue takes codes in and gives words out"
+        );
+    }
+    let status = crate_imports(&source("src/status.rs"));
+    assert!(status.is_empty(), "src/status.rs imports {status:?}");
+}
+
+#[test]
+fn smtp_reads_no_argv_and_no_config_file() {
+    for (name, text) in rust_files("src/smtp") {
+        for m in crate_imports(&text) {
+            assert!(
+                !["cli", "app", "deliver", "queue", "transport", "explain"].contains(&m.as_str()),
+                "{name} imports crate::{m}"
+            );
+        }
+        assert!(
+            !text.contains("config::Config") && !text.contains("config::Profile"),
+            "{name} reads the configuration: take plain settings instead"
+        );
+    }
+}

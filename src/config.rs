@@ -244,6 +244,9 @@ pub struct Profile {
     /// Queue runner pacing, messages per minute (0 = no pacing). Default: 30 for submit,
     /// none for relay and direct.
     pub rate_per_minute: Option<u32>,
+    /// Connections the queue runner opens in parallel to one endpoint. Default
+    /// `DEFAULT_QUEUE_CONNECTIONS` for relay and direct, 1 for the mailbox modes.
+    pub queue_connections: Option<u32>,
     /// Overrides the top-level `dead_letter` for this profile.
     pub dead_letter: Option<PathBuf>,
 }
@@ -557,7 +560,24 @@ where
         .collect())
 }
 
+/// Parallel queue connections to one endpoint for relay and direct send by default: enough to
+/// drain a burst several times faster over a distant link, few enough to stay clear of
+/// Exchange Online's concurrent-connection throttling (`421 4.3.2 ... PRX`).
+pub const DEFAULT_QUEUE_CONNECTIONS: u32 = 4;
+
 impl Profile {
+    /// Connections the queue runner opens in parallel to one endpoint (at least 1). A
+    /// mailbox (submit, hve, acs) gets 1 by default: Microsoft allows it 3 concurrent
+    /// connections and 30 messages a minute anyway.
+    pub fn queue_connections(&self) -> u32 {
+        self.queue_connections
+            .unwrap_or(match self.mode {
+                Mode::Relay | Mode::Direct => DEFAULT_QUEUE_CONNECTIONS,
+                Mode::Submit | Mode::Hve | Mode::Acs => 1,
+            })
+            .max(1)
+    }
+
     /// Largest message accepted, bytes.
     pub fn max_size(&self) -> u64 {
         self.max_size.unwrap_or(35 * 1024 * 1024)
@@ -1442,6 +1462,7 @@ mod tests {
             "initial_delay_ms",
             "chunking",
             "max_recipients",
+            "queue_connections",
             "queue",
             "rate_per_minute",
             "env",

@@ -103,6 +103,25 @@ impl Transaction {
             }),
         }
     }
+
+    /// `into_result`, except that a transaction the server cut short while answering the
+    /// RCPTs (after the sender was accepted and at least one RCPT answered) is `Ok` with the
+    /// replies received and no content verdict: how many recipients the server took before
+    /// it closed is what a batching caller learns its limit from.
+    pub fn into_partial_result(self, wanted: usize) -> Result<MessageResult, SessionError> {
+        let cut = self.error.is_some()
+            && self.mail.as_ref().is_some_and(Reply::is_positive)
+            && !self.recipients.is_empty()
+            && self.recipients.len() < wanted;
+        match self.mail {
+            Some(mail) if cut => Ok(MessageResult {
+                mail,
+                recipients: self.recipients,
+                data: None,
+            }),
+            mail => Transaction { mail, ..self }.into_result(wanted),
+        }
+    }
 }
 
 impl Session {
@@ -139,6 +158,28 @@ impl Session {
             .await;
         self.shutdown().await;
         t?.into_result(envelope.recipients.len())
+    }
+
+    /// One transaction of a message sent in batches (`envelope` holds this batch's
+    /// recipients), with QUIT behind it when `quit`. Like `send_message` (or
+    /// `send_message_and_quit`), except that when the server closes the connection while
+    /// answering the RCPTs — Postfix's `421 4.7.0 too many errors` after a run of
+    /// `452 4.5.3 too many recipients` — the result is `Ok` with the RCPT replies received
+    /// (the last may be the 421) and no content verdict, and `is_open()` is false.
+    pub async fn send_transaction(
+        &mut self,
+        envelope: &Envelope,
+        body: &Body,
+        flags: MessageFlags,
+        quit: bool,
+    ) -> Result<MessageResult, SessionError> {
+        let t = self
+            .transaction(envelope, &envelope.recipients, body, flags, quit)
+            .await;
+        if quit {
+            self.shutdown().await;
+        }
+        t?.into_partial_result(envelope.recipients.len())
     }
 
     /// One transaction for `recipients` (the envelope gives the sender and DSN options).

@@ -1,5 +1,7 @@
 //! One SMTP client connection: connect, greeting, EHLO, STARTTLS, EHLO, AUTH, then any number
-//! of messages (`send_message`, `rset`), then `quit`.
+//! of messages (the transactions are in `transaction.rs`), then `quit`; and the wire helpers
+//! they share: one write per flight (reading the server's replies meanwhile, so a large
+//! pipelined flight never deadlocks), reply parsing with secrets redacted.
 //!
 //! The session never decides whether to retry or what to tell the user: it reports each
 //! reply (per recipient) and each failure with the step it happened in. `deliver` and the

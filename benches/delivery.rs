@@ -82,6 +82,7 @@ fn client(args: &[String]) {
                 name: "127.0.0.1".into(),
                 port,
                 preference: None,
+                addrs: Vec::new(),
             }],
             tls: TlsPolicy::Required,
             tls_min: TlsVersion::V1_2,

@@ -80,11 +80,19 @@ pub fn is_accepted(domain: &str, accepted: &[String]) -> bool {
         .any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(d))
 }
 
-/// Key for removing duplicates: local part as given, domain in lower case.
-pub fn dedup_key(addr: &str) -> String {
-    match split(addr) {
-        (l, Some(d)) => format!("{l}@{}", d.to_ascii_lowercase()),
-        (l, None) => l.to_owned(),
+/// Key for removing duplicates: the domain in lower case; the local part as given (RFC 5321
+/// §2.4: only the destination may fold its case) or, with `fold_local`, in lower case too (a
+/// destination known to compare addresses without case: Exchange).
+pub fn dedup_key(addr: &str, fold_local: bool) -> String {
+    let (l, d) = split(addr);
+    let l = if fold_local {
+        l.to_lowercase()
+    } else {
+        l.to_owned()
+    };
+    match d {
+        Some(d) => format!("{l}@{}", d.to_ascii_lowercase()),
+        None => l,
     }
 }
 
@@ -240,7 +248,9 @@ mod tests {
         assert_eq!(split("root"), ("root", None));
         assert_eq!(qualify("root", Some("contoso.com")), "root@contoso.com");
         assert_eq!(qualify("a@b", Some("contoso.com")), "a@b");
-        assert_eq!(dedup_key("Ab@CONTOSO.com"), "Ab@contoso.com");
+        assert_eq!(dedup_key("Ab@CONTOSO.com", false), "Ab@contoso.com");
+        assert_eq!(dedup_key("Ab@CONTOSO.com", true), "ab@contoso.com");
+        assert_eq!(dedup_key("Ærø@x.dk", true), "ærø@x.dk");
     }
 
     #[test]

@@ -31,7 +31,9 @@ impl Aliases {
     pub fn load(profile: &Profile) -> Result<Aliases, Failure> {
         let mut a = Aliases::default();
         if let Some(path) = &profile.aliases_file {
-            let text = std::fs::read(path).map_err(|e| {
+            // Checked as the configuration is: an aliases file another user could write
+            // redirects mail.
+            let text = crate::trust::read_file(path, 16 * 1024 * 1024).map_err(|e| {
                 Failure::config(format!(
                     "aliases_file {} in profile \"{}\": {e}",
                     path.display(),

@@ -1,11 +1,12 @@
 //! The program: from an `Invocation` to an exit code, calling each step in turn.
 //!
 //! Owns: the order of the steps (cli → config → message → route → deliver), logging set-up,
-//! and what is printed for --dry-run. Must not: hold any step's logic itself.
+//! and what is printed for --dry-run; for `serve`, the steps each accepted message takes
+//! (`serve_accept`) and the queue run (`serve_drain`) that `serve` calls. Must not: hold any step's logic itself.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Read};
 use std::path::Path;
 
 use crate::cli::{Command, DeliveryMode, Invocation, SendArgs};
@@ -22,12 +23,27 @@ pub fn main_with(args: Vec<OsString>) -> i32 {
         for option in &inv.ignored {
             tracing::debug!(%option, "option accepted for compatibility and ignored");
         }
-        run(inv)
+        let server_given = match &inv.command {
+            Command::Send(a) | Command::SmtpStdio(a) => a.server.is_some(),
+            _ => false,
+        };
+        let refused = config::check_command_line_overrides(
+            inv.personality == crate::cli::Personality::Sendmail,
+            inv.config.is_some(),
+            server_given,
+        )
+        .err();
+        match (refused, &inv.command) {
+            // A message refused for its argv is kept in the dead letter like any other.
+            (Some(f), Command::Send(args)) => Err(refused_before_reading(args, f)),
+            (Some(f), _) => Err(f),
+            (None, _) => run(inv),
+        }
     });
     match outcome {
         Ok(()) => Exit::Ok.code(),
         Err(f) => {
-            eprintln!("m365send: {}", f.message);
+            crate::console::err_line(&format!("m365send: {}", f.message));
             f.exit.code()
         }
     }
@@ -44,8 +60,11 @@ fn init_tracing(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("M365SEND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // try_init: a second call (tests) keeps the first subscriber instead of panicking.
+    // A closed stderr must not panic: the builder's default reports a failed write with
+    // `eprintln!`, which panics on that same closed stderr.
     let _ = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
+        .with_writer(|| crate::console::Stderr)
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(io::stderr().is_terminal())
@@ -58,16 +77,15 @@ fn run(inv: Invocation) -> Result<(), Failure> {
     let profile_name = inv.profile.as_deref();
     match inv.command {
         Command::Help { text } => {
-            let mut out = io::stdout().lock();
-            // A closed stdout (`m365send --help | head -1`) is not an error worth reporting.
-            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            // A stdout that cannot be written (`m365send --help >&-`) is not worth reporting.
+            let _ = crate::console::out(&text);
             Ok(())
         }
         Command::Send(args) => send(config_path, profile_name, inv.verbose, &args),
         Command::Newaliases => {
-            eprintln!(
+            crate::console::err_line(
                 "m365send: newaliases: nothing to do; aliases are read from the profile's \
-                 `aliases`/`aliases_file` on every message"
+                 `aliases`/`aliases_file` on every message",
             );
             Ok(())
         }
@@ -78,15 +96,16 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             let config = config_or_default(config_path)?;
             let (entry, headers) = crate::queue::show(&config, &id)?;
             let explanation = crate::queue::explain_last_reply(&config, &entry);
-            print!(
-                "{}",
-                crate::queue::format_show(&entry, &headers, explanation.as_deref())
-            );
-            Ok(())
+            crate::console::out(&crate::queue::format_show(
+                &entry,
+                &headers,
+                explanation.as_deref(),
+            ))
+            .map_err(|e| Failure::io(format!("cannot write the queue entry: {e}")))
         }
         Command::QueueDelete { id } => {
             crate::queue::delete(&config_or_default(config_path)?, &id)?;
-            eprintln!("m365send: {id} deleted from the queue");
+            crate::console::err_line(&format!("m365send: {id} deleted from the queue"));
             Ok(())
         }
         Command::Explain { code } => explain(&code),
@@ -94,20 +113,32 @@ fn run(inv: Invocation) -> Result<(), Failure> {
         Command::Login => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             let runtime = runtime()?;
-            let mut out = io::stdout();
+            let mut out = crate::console::Stdout;
             runtime.block_on(crate::auth::login(&config, &profile, &mut out))
         }
         Command::TokenStatus => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
-            crate::auth::token_status(&config, &profile, &mut io::stdout())
+            crate::auth::token_status(&config, &profile, &mut crate::console::Stdout)
         }
+        Command::Doctor { all, to, json } => crate::doctor::run(
+            &crate::doctor::Options {
+                config: config_path,
+                profile: profile_name,
+                all,
+                to,
+                json,
+                verbose: inv.verbose,
+            },
+            &mut io::stdout(),
+        ),
+        Command::Serve => serve(config_path),
         Command::TokenClear => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
             crate::auth::token_clear(&config, &profile)?;
-            eprintln!(
+            crate::console::err_line(&format!(
                 "m365send: cached tokens of profile \"{}\" removed",
                 profile.name
-            );
+            ));
             Ok(())
         }
     }
@@ -122,19 +153,15 @@ fn queue_list(config: &Config, json: bool) -> Result<(), Failure> {
     } else {
         crate::queue::format_list(&entries, &explain)
     };
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
+    crate::console::out(&text)
         .map_err(|e| Failure::io(format!("cannot write the queue listing: {e}")))
 }
 
 /// `m365send explain CODE`: the catalogue's explanation of a reply code or AADSTS error.
 fn explain(code: &str) -> Result<(), Failure> {
     match crate::explain::explain_code(code) {
-        Some(text) => {
-            println!("{}", text.trim_end());
-            Ok(())
-        }
+        Some(text) => crate::console::out(&format!("{}\n", text.trim_end()))
+            .map_err(|e| Failure::io(format!("cannot write the explanation: {e}"))),
         None => Err(Failure::usage(format!(
             "explain: no explanation for \"{code}\" (give an SMTP reply such as 550, an \
              enhanced code such as 5.7.60, or an identity platform code such as AADSTS700082)"
@@ -174,30 +201,16 @@ fn send(
     args: &SendArgs,
 ) -> Result<(), Failure> {
     let stdin = io::stdin();
-    // With --body the message text is given; a composed message with nobody typing into a
-    // terminal has no text. Otherwise stdin is read (as sendmail does, even from a terminal).
-    let reads_stdin = !(args.body.is_some() || (args.composes() && stdin.is_terminal()));
+    let reads_stdin = reads_stdin(args);
     // A message refused before delivery (no configuration, an alias loop, a recipient
     // without a domain...) is kept in the dead letter instead of being lost: cron and PHP
     // have no copy of their own. prepare hands back what it read; what was not read yet is
     // read now, unless someone would have to type it.
     let keeps = reads_stdin && !args.dry_run;
-    let unread_input = || {
-        if !keeps || stdin.is_terminal() {
-            return None;
-        }
-        let mut copy = tempfile::Builder::new()
-            .prefix("m365send-in-")
-            .tempfile()
-            .ok()?;
-        // At most the default size limit: beyond it the copy is not kept.
-        let limit = Profile::default().max_size() + 1;
-        io::copy(&mut stdin.lock().take(limit), copy.as_file_mut()).ok()?;
-        Some(copy)
-    };
+    let unread_input = || unread_input(args);
     let (config, profile) = match configure(config_path, profile_name, args) {
         Ok(c) => c,
-        Err(f) => return Err(keep_unsent(None, None, args, unread_input(), f)),
+        Err(f) => return Err(keep_unsent(None, None, args, unread_input(), false, f)),
     };
     tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
     if !args.dry_run {
@@ -214,15 +227,18 @@ fn send(
         Ok(p) => p,
         Err(refused) => {
             drop(input);
-            let copy = match refused.input {
-                Some(copy) if keeps => Some(copy),
-                _ => unread_input(),
+            // What prepare read is the caller's whole message (also one over max_size, read
+            // to its end for this); otherwise read what is left now.
+            let (copy, whole) = match refused.input {
+                Some(copy) if keeps => (Some(copy), true),
+                _ => (unread_input(), false),
             };
             return Err(keep_unsent(
                 Some(&config),
                 Some(&profile),
                 args,
                 copy,
+                whole,
                 refused.failure,
             ));
         }
@@ -236,10 +252,7 @@ fn send(
             &prepared.envelope,
             args.server.as_deref(),
         ))?;
-        let mut out = io::stdout().lock();
-        return out
-            .write_all(dry_run_report(&config, &profile, &endpoint, &prepared).as_bytes())
-            .and_then(|()| out.flush())
+        return crate::console::out(&dry_run_report(&config, &profile, &endpoint, &prepared))
             .map_err(|e| Failure::io(format!("cannot write the dry-run report: {e}")));
     }
     runtime
@@ -249,27 +262,61 @@ fn send(
         .map(|_| ())
 }
 
+/// With --body the message text is given; a composed message with nobody typing into a
+/// terminal has no text. Otherwise stdin is read (as sendmail does, even from a terminal).
+fn reads_stdin(args: &SendArgs) -> bool {
+    !(args.body.is_some() || (args.composes() && io::stdin().is_terminal()))
+}
+
+/// What stdin still holds, copied for the dead letter (at most the default size limit), or
+/// None when there is nothing to keep: a dry run, no message on stdin, or a terminal (someone
+/// would have to type it).
+fn unread_input(args: &SendArgs) -> Option<tempfile::NamedTempFile> {
+    let stdin = io::stdin();
+    if !reads_stdin(args) || args.dry_run || stdin.is_terminal() {
+        return None;
+    }
+    let mut copy = tempfile::Builder::new()
+        .prefix("m365send-in-")
+        .tempfile()
+        .ok()?;
+    // At most the default size limit: beyond it the copy is not kept.
+    let limit = Profile::default().max_size() + 1;
+    io::copy(&mut stdin.lock().take(limit), copy.as_file_mut()).ok()?;
+    Some(copy)
+}
+
+/// A message refused before its input was read (the caller's argv): keep what stdin holds.
+fn refused_before_reading(args: &SendArgs, f: Failure) -> Failure {
+    keep_unsent(None, None, args, unread_input(args), false, f)
+}
+
 /// A message refused before any delivery attempt: keep the caller's input in the dead letter
-/// (as sendmail keeps it in dead.letter) and say where. Not for a message refused as data
-/// (65: too large, a header injection) or a missing input file: what was read may be partial
-/// and the caller can send again.
+/// (as sendmail keeps it in dead.letter) and say where. `whole`: `copy` is the message as
+/// prepare read it to its end (an envelope refusal, or a message over `max_size`: large cron
+/// output is kept, not lost), kept whatever the refusal. Otherwise `copy` is what was left
+/// unread, kept only up to the default size limit and not for a refusal of the data itself
+/// (65: a header injection) or of a missing input file, where the caller can send again.
 fn keep_unsent(
     config: Option<&Config>,
     profile: Option<&Profile>,
     args: &SendArgs,
     copy: Option<tempfile::NamedTempFile>,
+    whole: bool,
     mut f: Failure,
 ) -> Failure {
-    if matches!(
-        f.exit,
-        Exit::DataErr | Exit::NoInput | Exit::IoErr | Exit::CantCreat
-    ) {
+    if !whole
+        && matches!(
+            f.exit,
+            Exit::DataErr | Exit::NoInput | Exit::IoErr | Exit::CantCreat
+        )
+    {
         return f;
     }
     let Some(copy) = copy else { return f };
     let size = copy.as_file().metadata().map(|m| m.len()).unwrap_or(0);
     let limit = profile.unwrap_or(&Profile::default()).max_size();
-    if size == 0 || size > limit {
+    if size == 0 || (size > limit && !whole) {
         return f;
     }
     let default_config = Config::default();
@@ -357,25 +404,8 @@ async fn route_and_submit(
     // -odq, or a profile that always queues: into the spool without connecting (no DNS
     // either); the queue runner resolves the route.
     if args.delivery == DeliveryMode::Queue || profile.queue == QueuePolicy::Always {
-        // Check what can be checked without the network (port 465, accepted domains, an
-        // outside recipient for direct send), so a broken submission fails now, not in the
-        // queue days later. An MX lookup is left to the queue runner.
-        let ep = &profile.endpoint;
-        let needs_dns = matches!(profile.mode, Mode::Relay | Mode::Direct)
-            && args.server.is_none()
-            && ep.host.is_none()
-            && ep.mx_host.is_none();
-        if !needs_dns {
-            crate::route::resolve(profile, &prepared.envelope, args.server.as_deref())
-                .await
-                .map_err(refused)?;
-        }
-        let why = if args.delivery == DeliveryMode::Queue {
-            "queued on request (-odq)"
-        } else {
-            "the profile queues every message (queue = \"always\")"
-        };
-        return queue_message(config, profile, prepared, None, why, &enqueue, &opts)
+        return queue_at_once(config, profile, prepared, args, &opts, &refused)
+            .await
             .map(Disposition::Queued);
     }
     let endpoint =
@@ -398,6 +428,41 @@ async fn route_and_submit(
             Err(f) => return Err(refused(f)),
         };
     submit_with(config, profile, prepared, &endpoint, &opts, &enqueue).await
+}
+
+/// Into the queue without connecting (`-odq`, `queue = "always"`, and every message of
+/// `serve`), after the checks that need no network: port 465, accepted domains, an outside
+/// recipient for direct send. So a broken submission fails now, not in the queue days later;
+/// an MX lookup is left to the queue runner. `refused` words a refusal of the route.
+async fn queue_at_once(
+    config: &Config,
+    profile: &Profile,
+    prepared: &Prepared,
+    args: &SendArgs,
+    opts: &crate::deliver::Options,
+    refused: &dyn Fn(Failure) -> Failure,
+) -> Result<EntryId, Failure> {
+    let enqueue = EnqueueOptions {
+        mode: args.mode,
+        server: args.server.clone(),
+        delivered: Vec::new(),
+    };
+    let ep = &profile.endpoint;
+    let needs_dns = matches!(profile.mode, Mode::Relay | Mode::Direct)
+        && args.server.is_none()
+        && ep.host.is_none()
+        && ep.mx_host.is_none();
+    if !needs_dns {
+        crate::route::resolve(profile, &prepared.envelope, args.server.as_deref())
+            .await
+            .map_err(refused)?;
+    }
+    let why = if args.delivery == DeliveryMode::Queue {
+        "queued on request (-odq)"
+    } else {
+        "the profile queues every message (queue = \"always\")"
+    };
+    queue_message(config, profile, prepared, None, why, &enqueue, opts)
 }
 
 /// What became of a submitted message.
@@ -558,6 +623,25 @@ fn queue_lifetime(config: &Config) -> std::time::Duration {
 /// `m365send queue run` / `sendmail -q` (due entries) and `queue flush` (all entries).
 fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
     let runtime = runtime()?;
+    let report = runtime.block_on(drain_queue(config, flush, verbose))?;
+    if verbose > 0 {
+        if report.skipped_locked {
+            for w in &report.warnings {
+                crate::console::err_line(&format!("m365send: {w}"));
+            }
+        }
+        crate::console::err_line(&format!("m365send: {}", report.summary()));
+    }
+    Ok(())
+}
+
+/// One queue run with the product's wiring: the lifetime, the dead letter, and at -v one line
+/// per entry (-vv: the SMTP transcript too). For `queue run`/`flush` and `serve`.
+async fn drain_queue(
+    config: &Config,
+    flush: bool,
+    verbose: u8,
+) -> Result<crate::queue::RunReport, Failure> {
     let dead_letter =
         |c: &Config, p: &Profile, m: &Prepared, r: &str| crate::report::dead_letter(c, p, m, r);
     let opts = RunOptions {
@@ -567,18 +651,8 @@ fn queue_run(config: &Config, flush: bool, verbose: u8) -> Result<(), Failure> {
         verbose: verbose > 0,
         ..Default::default()
     };
-    // -v: one line per entry and the summary; -vv: the SMTP transcript too.
     let mut deliverer = TransportDeliverer::new(verbose.saturating_sub(1));
-    let report = runtime.block_on(crate::queue::run(config, opts, &mut deliverer))?;
-    if verbose > 0 {
-        if report.skipped_locked {
-            for w in &report.warnings {
-                eprintln!("m365send: {w}");
-            }
-        }
-        eprintln!("m365send: {}", report.summary());
-    }
-    Ok(())
+    crate::queue::run(config, opts, &mut deliverer).await
 }
 
 /// The configuration and the profile for this message. Without a configuration file, only
@@ -617,7 +691,8 @@ fn configure(
     }
 }
 
-fn no_config() -> Failure {
+/// The failure when no configuration file exists (also `doctor`'s first check).
+pub(crate) fn no_config() -> Failure {
     let mut looked = vec![format!("${}", config::CONFIG_ENV)];
     looked.extend(
         config::search_paths(&|name| std::env::var_os(name))
@@ -641,7 +716,81 @@ fn mode_title(mode: Mode) -> &'static str {
         Mode::Direct => "direct send (internal recipients only)",
         Mode::Hve => "High Volume Email (internal recipients only)",
         Mode::Acs => "Azure Communication Services Email",
+        Mode::Graph => "Microsoft Graph sendMail over HTTPS",
     }
+}
+
+/// The dry run's Graph rows: the endpoint, mailbox, token scope, Sent Items and the size path
+/// (one sendMail request, or a draft with parts uploaded).
+fn graph_rows(
+    profile: &Profile,
+    host: &crate::route::Host,
+    prepared: &Prepared,
+) -> Vec<(String, String)> {
+    let mailbox = profile
+        .mailbox
+        .clone()
+        .or_else(|| profile.auth.user.clone());
+    let mut rows = vec![(
+        "Graph endpoint".to_owned(),
+        format!(
+            "https://{}{}/v1.0/users/{}/sendMail",
+            host.name,
+            if host.port == 443 {
+                String::new()
+            } else {
+                format!(":{}", host.port)
+            },
+            mailbox.as_deref().unwrap_or("<mailbox>")
+        ),
+    )];
+    rows.push((
+        "mailbox".into(),
+        mailbox.unwrap_or_else(|| "— none: set `mailbox`".into()),
+    ));
+    rows.push((
+        "token scope".into(),
+        if profile.auth.token.is_set() && profile.mode == Mode::Graph {
+            format!(
+                "none requested: auth.token is used as is (it must be a token for {})",
+                crate::auth::default_scope(
+                    profile.cloud,
+                    Mode::Graph,
+                    OAuthFlow::ClientCredentials
+                )
+            )
+        } else {
+            crate::auth::graph_settings(profile)
+                .map(|s| s.scope)
+                .unwrap_or_else(|f| format!("— {}", f.message))
+        },
+    ));
+    rows.push((
+        "Sent Items".into(),
+        if profile.save_to_sent_items() {
+            "a copy is kept (save_to_sent_items = true)".into()
+        } else {
+            "no copy (save_to_sent_items = false; needs Mail.ReadWrite)".into()
+        },
+    ));
+    rows.push((
+        "size path".into(),
+        match crate::graph::Client::plan(
+            prepared.body.path(),
+            &prepared.envelope.recipients,
+            profile.save_to_sent_items(),
+        ) {
+            Ok((h, route, _)) => format!(
+                "{}; {} To, {} Cc, {} Bcc",
+                route.describe(),
+                h.recipients.to.len(),
+                h.recipients.cc.len(),
+                h.recipients.bcc.len()
+            ),
+            Err(e) => format!("— {e}"),
+        },
+    ));
+    rows
 }
 
 /// `1234 bytes`, `36700160 bytes (35.0 MiB)`.
@@ -719,68 +868,106 @@ pub fn dry_run_report(
         } else {
             "host".into()
         };
-        rows.push((label, format!("{}:{}{pref}", h.name, h.port)));
+        // Addresses the route resolved (an MX host asked of endpoint.dns_server).
+        let addrs = if h.addrs.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = h.addrs.iter().map(|a| a.to_string()).collect();
+            format!("  at {}", list.join(", "))
+        };
+        rows.push((label, format!("{}:{}{pref}{addrs}", h.name, h.port)));
     }
     let min = match endpoint.tls_min {
         TlsVersion::V1_2 => "TLS 1.2 or 1.3",
         TlsVersion::V1_3 => "TLS 1.3 only",
     };
-    rows.push((
-        "TLS".into(),
-        match endpoint.tls {
-            TlsPolicy::Required => format!("STARTTLS required, {min}"),
-            TlsPolicy::Opportunistic => format!("STARTTLS when offered, {min}"),
-        },
-    ));
-    rows.push((
-        "CA certificates".into(),
-        match &endpoint.ca_file {
-            Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
-            None => "system roots".into(),
-        },
-    ));
-    rows.push((
-        "client certificate".into(),
-        match &endpoint.client_cert {
-            Some(c) => format!(
-                "{}{} (key {}{})",
-                c.cert.display(),
-                unreadable(&c.cert),
-                c.key.display(),
-                unreadable(&c.key)
-            ),
-            None => "none".into(),
-        },
-    ));
-    let user = match profile.login_user() {
-        Some(u) => format!("as {u}"),
-        None => "— no login name: set `mailbox` or `auth.user`".into(),
-    };
-    rows.push((
-        "authentication".into(),
-        match endpoint.auth {
-            AuthKind::OAuth => {
-                let flow = match profile.auth.flow {
-                    OAuthFlow::ClientCredentials if profile.auth.token.is_set() => {
-                        "token from auth.token"
-                    }
-                    OAuthFlow::ClientCredentials => "app-only",
-                    OAuthFlow::Delegated => "delegated",
-                };
-                format!("OAuth2 XOAUTH2 ({flow}) {user}")
-            }
-            AuthKind::Password => format!("password (AUTH LOGIN) {user}"),
-            AuthKind::None => match (endpoint.mode, &endpoint.client_cert) {
-                (Mode::Relay, Some(_)) => {
-                    "none: the connector recognises the client certificate".into()
-                }
-                (Mode::Relay, None) => "none: the connector must know this host's public IP".into(),
-                _ => "none".into(),
+    if endpoint.mode == Mode::Graph {
+        if let Some(h) = endpoint.hosts.first() {
+            rows.extend(graph_rows(profile, h, prepared));
+        }
+        rows.push((
+            "CA certificates".into(),
+            match &endpoint.ca_file {
+                Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
+                None => "system roots".into(),
             },
-        },
-    ));
-    s.push('\n');
-    section(&mut s, "Endpoint", rows);
+        ));
+        s.push('\n');
+        section(&mut s, "Endpoint", rows);
+        rows = Vec::new();
+    }
+    if endpoint.mode == Mode::Submit && profile.fallback == config::Fallback::Graph {
+        rows.push((
+            "fallback".into(),
+            match crate::route::graph_host(profile) {
+                Ok((h, _)) => format!(
+                    "Microsoft Graph at {}:{} when SMTP AUTH is disabled (535 5.7.139)",
+                    h.name, h.port
+                ),
+                Err(f) => format!("— {}", f.message),
+            },
+        ));
+    }
+    if endpoint.mode != Mode::Graph {
+        rows.push((
+            "TLS".into(),
+            match endpoint.tls {
+                TlsPolicy::Required => format!("STARTTLS required, {min}"),
+                TlsPolicy::Opportunistic => format!("STARTTLS when offered, {min}"),
+            },
+        ));
+        rows.push((
+            "CA certificates".into(),
+            match &endpoint.ca_file {
+                Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
+                None => "system roots".into(),
+            },
+        ));
+        rows.push((
+            "client certificate".into(),
+            match &endpoint.client_cert {
+                Some(c) => format!(
+                    "{}{} (key {}{})",
+                    c.cert.display(),
+                    unreadable(&c.cert),
+                    c.key.display(),
+                    unreadable(&c.key)
+                ),
+                None => "none".into(),
+            },
+        ));
+        let user = match profile.login_user() {
+            Some(u) => format!("as {u}"),
+            None => "— no login name: set `mailbox` or `auth.user`".into(),
+        };
+        rows.push((
+            "authentication".into(),
+            match endpoint.auth {
+                AuthKind::OAuth => {
+                    let flow = match profile.auth.flow {
+                        OAuthFlow::ClientCredentials if profile.auth.token.is_set() => {
+                            "token from auth.token"
+                        }
+                        OAuthFlow::ClientCredentials => "app-only",
+                        OAuthFlow::Delegated => "delegated",
+                    };
+                    format!("OAuth2 XOAUTH2 ({flow}) {user}")
+                }
+                AuthKind::Password => format!("password (AUTH LOGIN) {user}"),
+                AuthKind::None => match (endpoint.mode, &endpoint.client_cert) {
+                    (Mode::Relay, Some(_)) => {
+                        "none: the connector recognises the client certificate".into()
+                    }
+                    (Mode::Relay, None) => {
+                        "none: the connector must know this host's public IP".into()
+                    }
+                    _ => "none".into(),
+                },
+            },
+        ));
+        s.push('\n');
+        section(&mut s, "Endpoint", rows);
+    }
 
     // Envelope
     let env = &prepared.envelope;
@@ -883,7 +1070,7 @@ fn smtp_stdio(
                 Ok(Disposition::Queued(_)) => crate::bs::BsOutcome::Queued,
                 Err(f) => {
                     tracing::debug!(exit = f.exit.code(), "-bs message not delivered");
-                    stdio_failure(&f)
+                    crate::bs::BsOutcome::from_failure(&f)
                 }
             }
         };
@@ -903,8 +1090,29 @@ fn stdio_message(
     envelope: crate::message::Envelope,
     body: crate::message::Body,
 ) -> Result<Disposition, Failure> {
-    // The client's envelope replaces argv recipients and sender; the data is a whole message
-    // whose dots the SMTP layer already removed.
+    let (message_args, profile, prepared) =
+        session_message(config, profile_name, args, envelope, body)?;
+    runtime.block_on(route_and_submit(
+        config,
+        &profile,
+        &prepared,
+        &message_args,
+        verbose,
+        false,
+    ))
+}
+
+/// A message an SMTP client handed over (`-bs`, `serve`) through the same steps as one read
+/// from stdin: the client's envelope replaces argv's recipients and sender, the profile is
+/// chosen by that sender (unless named), and the data is a whole message whose dots the SMTP
+/// layer already removed.
+fn session_message(
+    config: &Config,
+    profile_name: Option<&str>,
+    args: &SendArgs,
+    envelope: crate::message::Envelope,
+    body: crate::message::Body,
+) -> Result<(SendArgs, Profile, Prepared), Failure> {
     let mut message_args = args.clone();
     message_args.recipients = envelope.recipients;
     message_args.envelope_from = Some(if envelope.sender.is_empty() {
@@ -919,38 +1127,44 @@ fn stdio_message(
         .with_mode(args.mode);
     let mut input = body
         .open()
-        .map_err(|e| Failure::io(format!("-bs: cannot read the message back: {e}")))?;
+        .map_err(|e| Failure::io(format!("cannot read the message back: {e}")))?;
     let prepared = crate::message::prepare(&message_args, &profile, &mut input)?;
-    runtime.block_on(route_and_submit(
-        config,
-        &profile,
-        &prepared,
-        &message_args,
-        verbose,
-        false,
-    ))
+    Ok((message_args, profile, prepared))
 }
 
-/// The reply a `-bs` client gets for a message we could not deliver: the class follows the
-/// exit code, the text is the first line of what the user would have read on stderr.
-fn stdio_failure(f: &Failure) -> crate::bs::BsOutcome {
-    use crate::status::{EnhancedCode, Reply};
-    let (code, enhanced) = match f.exit {
-        Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
-        Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),
-        Exit::NoPerm => (550, EnhancedCode::new(5, 7, 1)),
-        Exit::DataErr => (554, EnhancedCode::new(5, 6, 0)),
-        Exit::NoHost => (550, EnhancedCode::new(5, 4, 4)),
-        _ => (554, EnhancedCode::new(5, 3, 0)),
-    };
-    let first = f.message.lines().next().unwrap_or("delivery failed");
-    // A reply line must stay a line: no control characters from a server's text.
-    let first: String = first.chars().filter(|c| !c.is_control()).collect();
-    crate::bs::BsOutcome::Failed(Reply {
-        code,
-        enhanced: Some(enhanced),
-        lines: vec![format!("{enhanced} {first}")],
+/// `m365send serve`: the SMTP listener. Each message goes through [`serve_accept`]; the
+/// queue is drained in the same process by [`serve_drain`].
+fn serve(config_path: Option<&Path>) -> Result<(), Failure> {
+    crate::serve::run(
+        config_path.map(Path::to_path_buf),
+        crate::serve::Steps {
+            accept: serve_accept,
+            drain: serve_drain,
+        },
+    )
+}
+
+/// A message `serve` accepted: prepared like one from stdin, then into the queue at once
+/// (durably: the client hears 250 only after this returns the id). Not kept in a dead letter
+/// when refused: the client hears the refusal and keeps its copy.
+fn serve_accept(m: crate::serve::Accepted) -> crate::serve::LocalFuture<Result<EntryId, Failure>> {
+    Box::pin(async move {
+        let args = SendArgs {
+            delivery: DeliveryMode::Queue,
+            ..SendArgs::default()
+        };
+        let (message_args, profile, prepared) =
+            session_message(&m.config, m.profile.as_deref(), &args, m.envelope, m.body)?;
+        let opts = crate::deliver::Options::default();
+        queue_at_once(&m.config, &profile, &prepared, &message_args, &opts, &|f| f).await
     })
+}
+
+/// One queue run for `serve`, as `m365send queue run` does it.
+fn serve_drain(
+    config: std::sync::Arc<Config>,
+) -> crate::serve::LocalFuture<Result<crate::queue::RunReport, Failure>> {
+    Box::pin(async move { drain_queue(&config, false, 0).await })
 }
 
 #[cfg(test)]
@@ -995,11 +1209,13 @@ mod tests {
                     name: "contoso-com.mail.protection.outlook.com".into(),
                     port: 25,
                     preference: Some(0),
+                    addrs: Vec::new(),
                 },
                 Host {
                     name: "backup.contoso.com".into(),
                     port: 25,
                     preference: Some(10),
+                    addrs: Vec::new(),
                 },
             ],
             tls: TlsPolicy::Required,
@@ -1052,6 +1268,7 @@ mod tests {
                 name: "smtp.office365.com".into(),
                 port: 587,
                 preference: None,
+                addrs: Vec::new(),
             }],
             tls: TlsPolicy::Required,
             tls_min: TlsVersion::V1_3,

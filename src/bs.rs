@@ -1,17 +1,32 @@
-//! `sendmail -bs`: the server side of SMTP on stdin/stdout.
+//! The server side of SMTP, shared by `sendmail -bs` (stdin/stdout) and `m365send serve`
+//! (a socket).
 //!
-//! Owns: the dialogue with a local client (symfony/mailer, swaks --pipe, …): greeting, EHLO/HELO,
+//! Owns: the dialogue with a client (symfony/mailer, swaks, a printer...): greeting, EHLO/HELO,
 //! MAIL, RCPT, DATA (un-dot-stuffed into a CRLF temporary file), RSET, NOOP, VRFY, HELP, QUIT,
-//! the limits, and the reply to each command. Each accepted message goes to a handler (the
-//! normal delivery path) whose outcome becomes the reply to the end of data. Must not: deliver,
-//! parse the message's headers, or panic on any input.
+//! and, when the caller enables them, STARTTLS (server side, tokio-rustls) and AUTH PLAIN/LOGIN
+//! (the SASL exchange; the caller's [`Hooks`] decide who may log in and send); the limits, and
+//! the reply to each command. Each accepted message goes to the caller's hooks (the normal
+//! delivery path, or the spool) whose outcome becomes the reply to the end of data. Must not:
+//! deliver, parse the message's headers, verify a password itself, or panic on any input.
+//!
+//! One implementation, two drivers: [`serve_with`] is async over any `AsyncRead + AsyncWrite`
+//! stream (the socket of `serve`); [`serve`] drives the same session over a blocking
+//! `BufRead`/`Write` pair (-bs on stdin/stdout, tests) by polling it with a no-op waker — the
+//! blocking adapters never return `Pending`, and without a timeout, TLS or shutdown signal the
+//! session awaits nothing else.
 //!
 //! Decisions:
-//! - EHLO advertises 8BITMIME, PIPELINING, SIZE n, ENHANCEDSTATUSCODES, SMTPUTF8 and HELP.
+//! - EHLO advertises 8BITMIME, PIPELINING, SIZE n, ENHANCEDSTATUSCODES, SMTPUTF8, then
+//!   STARTTLS (when a certificate is configured and TLS is not active yet) and `AUTH PLAIN
+//!   LOGIN` (when the hooks offer it on this connection), and HELP.
 //!   Non-ASCII addresses are accepted only in a transaction whose MAIL carried SMTPUTF8
-//!   (else `553 5.6.7`, RFC 6531); the delivery path sees them in the envelope. No AUTH, no
-//!   STARTTLS, no CHUNKING, no DSN: those commands get `502 5.5.1` (not advertised, so not
-//!   "temporarily unavailable" 454); unknown parameters get `555 5.5.4`.
+//!   (else `553 5.6.7`, RFC 6531); the delivery path sees them in the envelope. No CHUNKING,
+//!   no DSN: BDAT and the others get `502 5.5.1` (not advertised, so not "temporarily
+//!   unavailable" 454); so do STARTTLS and AUTH when not enabled; unknown parameters get
+//!   `555 5.5.4`.
+//! - AUTH that the hooks would offer only over TLS gets `538 5.7.11` before STARTTLS
+//!   (RFC 4954). Bytes pipelined after STARTTLS are discarded (the STARTTLS injection
+//!   attack), and the TLS session starts from scratch: no EHLO, no AUTH, no transaction.
 //! - MAIL is accepted without a prior EHLO/HELO (as Postfix does by default); `MAIL FROM:addr`
 //!   without angle brackets is accepted too. Sequence errors (RCPT before MAIL, DATA before RCPT,
 //!   nested MAIL) get `503 5.5.1`; syntax errors `501 5.5.4`; unknown commands `500 5.5.2`.
@@ -29,16 +44,27 @@
 //! - Replies are flushed one by one: correct with and without client pipelining, since a reply
 //!   is never held back waiting for more input.
 //! - End of input without QUIT ends the session quietly; a message whose data was cut off is
-//!   not handed over.
+//!   not handed over. A client silent for longer than `Options::idle_timeout` gets
+//!   `421 4.4.2`; when the caller signals shutdown, a client between transactions gets
+//!   `421 4.3.2` while one in a transaction may finish it first.
 
+use std::future::Future;
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use crate::exit::Exit;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+
+use crate::exit::{Exit, Failure};
 use crate::message::{Body, Envelope};
+use crate::secret::Secret;
 use crate::status::{EnhancedCode, Reply};
 
-/// Limits for one `-bs` session.
+/// Limits for one session.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Our name in the greeting and the EHLO reply.
@@ -71,15 +97,44 @@ impl Default for Limits {
 impl Limits {
     /// The defaults, with this host's name and the profile's size limit.
     pub fn for_profile(profile: &crate::config::Profile) -> Limits {
-        let host = gethostname::gethostname().to_string_lossy().into_owned();
         Limits {
-            hostname: if host.is_empty() {
-                "localhost".to_owned()
-            } else {
-                host
-            },
+            hostname: local_hostname(),
             max_size: profile.max_size(),
             ..Limits::default()
+        }
+    }
+}
+
+/// This host's name, or "localhost" when it has none.
+pub fn local_hostname() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    if host.is_empty() {
+        "localhost".to_owned()
+    } else {
+        host
+    }
+}
+
+/// What the session may do beyond plain SMTP, and when it must stop.
+#[derive(Clone)]
+pub struct Options {
+    /// The greeting after our host name.
+    pub banner: String,
+    /// STARTTLS with this server configuration (None: not offered).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// A client silent for this long gets `421 4.4.2` (None: wait for ever, as -bs does).
+    pub idle_timeout: Option<Duration>,
+    /// Becomes true when the server stops: a client between transactions gets `421 4.3.2`.
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            banner: "ESMTP m365send (sendmail -bs) ready".to_owned(),
+            tls: None,
+            idle_timeout: None,
+            shutdown: None,
         }
     }
 }
@@ -91,6 +146,8 @@ pub enum BsOutcome {
     Delivered,
     /// Put in the queue: `250 2.0.0 Message queued for later delivery`.
     Queued,
+    /// Durably in the queue under this id: `250 2.0.0 Ok: queued as ID`.
+    QueuedAs(String),
     /// Not taken: this reply is given as is (use a 4xx reply when the client may retry).
     Failed(Reply),
 }
@@ -111,44 +168,281 @@ impl BsOutcome {
             lines: vec![format!("{enh} {first}")],
         })
     }
+
+    /// The reply a client gets for a message the delivery path did not take: the class
+    /// follows the exit code (75 → 451 4.3.0, 67 → 550 5.1.1, 77 → 550 5.7.1, 65 → 554 5.6.0,
+    /// 68 → 550 5.4.4, else 554 5.3.0), the text is the first line the user would have read.
+    pub fn from_failure(f: &Failure) -> BsOutcome {
+        let (code, enhanced) = match f.exit {
+            Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
+            Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),
+            Exit::NoPerm => (550, EnhancedCode::new(5, 7, 1)),
+            Exit::DataErr => (554, EnhancedCode::new(5, 6, 0)),
+            Exit::NoHost => (550, EnhancedCode::new(5, 4, 4)),
+            _ => (554, EnhancedCode::new(5, 3, 0)),
+        };
+        let first = f.message.lines().next().unwrap_or("delivery failed");
+        // A reply line must stay a line: no control characters from a server's text.
+        let first: String = first.chars().filter(|c| !c.is_control()).collect();
+        BsOutcome::Failed(Reply {
+            code,
+            enhanced: Some(enhanced),
+            lines: vec![format!("{enhanced} {first}")],
+        })
+    }
 }
 
-/// The handler the lead wires to the delivery path.
+/// The handler the lead wires to the delivery path (the blocking driver, [`serve`]).
 pub type Handler<'h> = dyn FnMut(Envelope, Body) -> BsOutcome + 'h;
 
-/// Run one SMTP session: greeting, commands until QUIT, end of input or too many errors.
-/// Errors are I/O errors of `output` (or of `input` other than its end).
-pub fn serve<R: BufRead, W: Write>(
+/// Whether AUTH is available on this connection now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOffer {
+    /// Not at all: AUTH gets `502 5.5.1` and is not advertised.
+    No,
+    /// Only after STARTTLS: AUTH gets `538 5.7.11` and is not advertised yet.
+    AfterTls,
+    /// Advertised as `AUTH PLAIN LOGIN`.
+    Yes,
+}
+
+/// A decision of the hooks about a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Give this reply (counted as an error) and go on.
+    Refuse(Reply),
+    /// Give this reply and close the connection.
+    RefuseAndClose(Reply),
+}
+
+/// The caller's part of a session: who may log in, which senders are allowed, and what becomes
+/// of a message. Only [`Hooks::message`] is required; the rest default to plain `-bs`.
+pub trait Hooks {
+    /// A whole message (its data in a CRLF temporary file). `user` is the AUTH identity.
+    fn message(
+        &mut self,
+        envelope: Envelope,
+        body: Body,
+        user: Option<&str>,
+    ) -> impl Future<Output = BsOutcome>;
+
+    /// Whether AUTH is offered; `tls`: STARTTLS is done.
+    fn auth_offer(&self, _tls: bool) -> AuthOffer {
+        AuthOffer::No
+    }
+
+    /// Check a user name and password (AUTH PLAIN or LOGIN).
+    fn authenticate(&mut self, _user: &str, _password: Secret) -> impl Future<Output = Verdict> {
+        std::future::ready(Verdict::Refuse(reply(
+            535,
+            "5.7.8 Authentication credentials invalid",
+        )))
+    }
+
+    /// May this sender start a transaction (`user`: the AUTH identity, if any)?
+    fn mail(&mut self, _sender: &str, _user: Option<&str>) -> Verdict {
+        Verdict::Accept
+    }
+
+    /// A trace header field (`Received: ...`, without the final CRLF) put before the data.
+    fn trace(&self, _helo: &str, _tls: bool, _user: Option<&str>) -> Option<String> {
+        None
+    }
+}
+
+/// The blocking driver's hooks: the handler closure, nothing else.
+struct ClosureHooks<'a, 'h>(&'a mut Handler<'h>);
+
+impl Hooks for ClosureHooks<'_, '_> {
+    fn message(
+        &mut self,
+        envelope: Envelope,
+        body: Body,
+        _user: Option<&str>,
+    ) -> impl Future<Output = BsOutcome> {
+        std::future::ready((self.0)(envelope, body))
+    }
+}
+
+/// Run one SMTP session on blocking input and output (-bs): greeting, commands until QUIT,
+/// end of input or too many errors. Errors are I/O errors of `output` (or of `input` other
+/// than its end).
+pub fn serve<R: BufRead + Unpin, W: Write + Unpin>(
     input: R,
     output: W,
     limits: &Limits,
     handler: &mut Handler<'_>,
 ) -> io::Result<()> {
+    let mut hooks = ClosureHooks(handler);
+    let options = Options::default();
+    let session = serve_with(Blocking { input, output }, limits, &options, &mut hooks);
+    let mut session = std::pin::pin!(session);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match session.as_mut().poll(&mut cx) {
+        Poll::Ready(r) => r,
+        // Blocking I/O is always ready and nothing else is awaited without a timeout, TLS or a
+        // shutdown signal: a pending session would be a bug, reported rather than spun on.
+        Poll::Pending => Err(io::Error::other(
+            "-bs session waited on something not ready",
+        )),
+    }
+}
+
+/// Run one SMTP session on an async stream (a TCP connection of `serve`).
+pub async fn serve_with<S, H>(
+    stream: S,
+    limits: &Limits,
+    options: &Options,
+    hooks: &mut H,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Hooks,
+{
     let mut s = Session {
-        input,
-        output,
+        io: BufReader::with_capacity(IO_BUFFER, Conn::Plain(stream)),
         limits,
+        options,
+        shutdown: options.shutdown.clone(),
+        hooks,
         errors: 0,
         greeted: false,
+        helo: String::new(),
         sender: None,
         recipients: Vec::new(),
         utf8: false,
+        tls: false,
+        user: None,
         line: Vec::with_capacity(1024),
     };
-    s.run(handler)
+    match s.run().await {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            // Best effort: the client may be gone.
+            let _ = s.reply(421, "4.4.2 Timeout, closing connection").await;
+            Ok(())
+        }
+        other => other,
+    }
 }
 
-struct Session<'l, R, W> {
+const IO_BUFFER: usize = 64 * 1024;
+/// Longest SASL response line (RFC 4954 §4: 12288 octets).
+const MAX_SASL_LINE: usize = 12288;
+
+/// Blocking input and output as an async stream that is always ready.
+struct Blocking<R, W> {
     input: R,
     output: W,
+}
+
+impl<R: BufRead + Unpin, W: Unpin> AsyncRead for Blocking<R, W> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let input = &mut self.get_mut().input;
+        loop {
+            match input.fill_buf() {
+                Ok(avail) => {
+                    let n = avail.len().min(buf.remaining());
+                    buf.put_slice(&avail[..n]);
+                    input.consume(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl<R: Unpin, W: Write + Unpin> AsyncWrite for Blocking<R, W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.get_mut().output.write(buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.get_mut().output.flush())
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The connection: plain, or after STARTTLS.
+enum Conn<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>),
+    /// After a failed TLS handshake: reads end, writes fail.
+    Closed,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+            Conn::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            Conn::Closed => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            Conn::Closed => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            Conn::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+struct Session<'l, S, H> {
+    io: BufReader<Conn<S>>,
     limits: &'l Limits,
+    options: &'l Options,
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    hooks: &'l mut H,
     errors: u32,
     greeted: bool,
+    /// The EHLO/HELO argument (for the trace header).
+    helo: String,
     /// Some during a transaction (after MAIL).
     sender: Option<String>,
     recipients: Vec<String>,
     /// The transaction's MAIL carried SMTPUTF8.
     utf8: bool,
+    /// STARTTLS is done.
+    tls: bool,
+    /// The AUTH identity.
+    user: Option<String>,
     line: Vec<u8>,
 }
 
@@ -156,34 +450,6 @@ struct Session<'l, R, W> {
 enum Next {
     Continue,
     Close,
-}
-
-/// Read up to `max` bytes, stopping after an LF. Returns false at end of input with nothing
-/// read. The caller sees a complete line when `buf` ends with LF.
-fn read_piece<R: BufRead>(input: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<bool> {
-    buf.clear();
-    loop {
-        let avail = match input.fill_buf() {
-            Ok(a) => a,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if avail.is_empty() {
-            return Ok(!buf.is_empty());
-        }
-        let room = max.saturating_sub(buf.len()).max(1);
-        let take = avail.len().min(room);
-        if let Some(i) = avail[..take].iter().position(|&b| b == b'\n') {
-            buf.extend_from_slice(&avail[..=i]);
-            input.consume(i + 1);
-            return Ok(true);
-        }
-        buf.extend_from_slice(&avail[..take]);
-        input.consume(take);
-        if buf.len() >= max {
-            return Ok(true);
-        }
-    }
 }
 
 fn strip_eol(line: &[u8]) -> &[u8] {
@@ -236,21 +502,136 @@ fn parse_path_arg<'a>(arg: &'a str, keyword: &str) -> Option<(String, Vec<&'a st
     Some((addr.to_owned(), params.split_whitespace().collect()))
 }
 
-impl<R: BufRead, W: Write> Session<'_, R, W> {
-    fn reply(&mut self, code: u16, text: &str) -> io::Result<()> {
-        write!(self.output, "{code} {text}\r\n")?;
-        self.output.flush()
+/// `fut`, failing with `io::ErrorKind::TimedOut` after `timeout` (None: no limit, and no
+/// timer: the blocking driver has no runtime).
+async fn limited<T>(
+    timeout: Option<Duration>,
+    fut: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match timeout {
+        None => fut.await,
+        Some(d) => tokio::time::timeout(d, fut)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Wait until the watched flag is true (never, when the sender is gone).
+pub async fn flagged(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
+    /// Fill the read buffer; returns how many bytes it holds (0: end of input). A silent
+    /// client past the idle timeout is an `io::ErrorKind::TimedOut` error.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let io = &mut self.io;
+        let read = async { io.fill_buf().await.map(|b| b.len()) };
+        limited(self.options.idle_timeout, read).await
+    }
+
+    /// Before a command: wait for input; true when the server is stopping and the client is
+    /// between transactions (the caller then says 421 and closes).
+    async fn wait_for_command(&mut self) -> io::Result<bool> {
+        if self.sender.is_some() {
+            return Ok(false);
+        }
+        let Some(rx) = self.shutdown.as_mut() else {
+            return Ok(false);
+        };
+        if *rx.borrow() {
+            return Ok(true);
+        }
+        if !self.io.buffer().is_empty() {
+            return Ok(false);
+        }
+        let io = &mut self.io;
+        let read = async { io.fill_buf().await.map(|b| b.len()) };
+        let read = limited(self.options.idle_timeout, read);
+        tokio::select! {
+            r = read => r.map(|_| false),
+            () = flagged(rx) => Ok(true),
+        }
+    }
+
+    /// Read up to `max` bytes, stopping after an LF. Returns false at end of input with
+    /// nothing read. The caller sees a complete line when `buf` ends with LF.
+    async fn read_piece(&mut self, buf: &mut Vec<u8>, max: usize) -> io::Result<bool> {
+        buf.clear();
+        loop {
+            let n = match self.fill().await {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok(!buf.is_empty());
+            }
+            let avail = self.io.buffer();
+            let room = max.saturating_sub(buf.len()).max(1);
+            let take = avail.len().min(room);
+            if let Some(i) = avail[..take].iter().position(|&b| b == b'\n') {
+                buf.extend_from_slice(&avail[..=i]);
+                Pin::new(&mut self.io).consume(i + 1);
+                return Ok(true);
+            }
+            buf.extend_from_slice(&avail[..take]);
+            Pin::new(&mut self.io).consume(take);
+            if buf.len() >= max {
+                return Ok(true);
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let out = self.io.get_mut();
+        let write = async {
+            out.write_all(bytes).await?;
+            out.flush().await
+        };
+        limited(self.options.idle_timeout, write).await
+    }
+
+    async fn reply(&mut self, code: u16, text: &str) -> io::Result<()> {
+        self.send(format!("{code} {text}\r\n").as_bytes()).await
     }
 
     /// An error reply; counts towards the cut-off. Returns Close when the cut-off is reached.
-    fn error(&mut self, code: u16, text: &str) -> io::Result<Next> {
-        self.reply(code, text)?;
+    async fn error(&mut self, code: u16, text: &str) -> io::Result<Next> {
+        self.reply(code, text).await?;
+        self.count_error().await
+    }
+
+    async fn count_error(&mut self) -> io::Result<Next> {
         self.errors += 1;
         if self.errors >= self.limits.max_errors {
-            self.reply(421, "4.7.0 Too many errors, closing connection")?;
+            self.reply(421, "4.7.0 Too many errors, closing connection")
+                .await?;
             return Ok(Next::Close);
         }
         Ok(Next::Continue)
+    }
+
+    /// A refusal from the hooks.
+    async fn verdict(&mut self, v: Verdict) -> io::Result<Option<Next>> {
+        match v {
+            Verdict::Accept => Ok(None),
+            Verdict::Refuse(r) => {
+                self.write_reply(&r).await?;
+                self.count_error().await.map(Some)
+            }
+            Verdict::RefuseAndClose(r) => {
+                self.write_reply(&r).await?;
+                Ok(Some(Next::Close))
+            }
+        }
     }
 
     fn reset(&mut self) {
@@ -259,16 +640,22 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
         self.recipients.clear();
     }
 
-    fn run(&mut self, handler: &mut Handler<'_>) -> io::Result<()> {
+    async fn run(&mut self) -> io::Result<()> {
         let greeting = format!(
-            "{} ESMTP m365send (sendmail -bs) ready",
-            clean(&self.limits.hostname)
+            "{} {}",
+            clean(&self.limits.hostname),
+            clean(&self.options.banner)
         );
-        self.reply(220, &greeting)?;
+        self.reply(220, &greeting).await?;
         let max = self.limits.max_command_line.max(16);
         loop {
+            if self.wait_for_command().await? {
+                self.reply(421, "4.3.2 Service shutting down, closing connection")
+                    .await?;
+                return Ok(());
+            }
             let mut line = std::mem::take(&mut self.line);
-            let got = read_piece(&mut self.input, &mut line, max)?;
+            let got = self.read_piece(&mut line, max).await?;
             if !got {
                 self.line = line;
                 return Ok(());
@@ -277,7 +664,7 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
                 // Too long: skip to the end of the line.
                 let mut rest = Vec::new();
                 loop {
-                    if !read_piece(&mut self.input, &mut rest, 64 * 1024)? {
+                    if !self.read_piece(&mut rest, 64 * 1024).await? {
                         break;
                     }
                     if rest.ends_with(b"\n") {
@@ -285,20 +672,20 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
                     }
                 }
                 self.line = line;
-                if let Next::Close = self.error(500, "5.5.2 Line too long")? {
+                if let Next::Close = self.error(500, "5.5.2 Line too long").await? {
                     return Ok(());
                 }
                 continue;
             }
             let text = String::from_utf8_lossy(strip_eol(&line)).into_owned();
             self.line = line;
-            if let Next::Close = self.command(&text, handler)? {
+            if let Next::Close = self.command(&text).await? {
                 return Ok(());
             }
         }
     }
 
-    fn command(&mut self, text: &str, handler: &mut Handler<'_>) -> io::Result<Next> {
+    async fn command(&mut self, text: &str) -> io::Result<Next> {
         let (verb, arg) = match text.find(' ') {
             Some(i) => (&text[..i], text[i + 1..].trim()),
             None => (text, ""),
@@ -307,81 +694,271 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
         match verb.as_str() {
             "EHLO" | "HELO" => {
                 if arg.is_empty() || arg.contains(char::is_whitespace) {
-                    return self.error(501, &format!("5.5.4 Syntax: {verb} hostname"));
+                    return self
+                        .error(501, &format!("5.5.4 Syntax: {verb} hostname"))
+                        .await;
                 }
                 self.reset();
                 self.greeted = true;
+                self.helo = clean(arg);
                 let host = clean(&self.limits.hostname);
                 if verb == "HELO" {
-                    self.reply(250, &host)?;
+                    self.reply(250, &host).await?;
                 } else {
-                    let arg = clean(arg);
-                    write!(
-                        self.output,
-                        "250-{host} greets {arg}\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 HELP\r\n",
-                        self.limits.max_size
-                    )?;
-                    self.output.flush()?;
+                    let mut extra = String::new();
+                    if self.options.tls.is_some() && !self.tls {
+                        extra.push_str("250-STARTTLS\r\n");
+                    }
+                    if self.hooks.auth_offer(self.tls) == AuthOffer::Yes {
+                        extra.push_str("250-AUTH PLAIN LOGIN\r\n");
+                    }
+                    let text = format!(
+                        "250-{host} greets {}\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n{extra}250 HELP\r\n",
+                        self.helo, self.limits.max_size
+                    );
+                    self.send(text.as_bytes()).await?;
                 }
                 Ok(Next::Continue)
             }
-            "MAIL" => self.mail(arg),
-            "RCPT" => self.rcpt(arg),
+            "MAIL" => self.mail(arg).await,
+            "RCPT" => self.rcpt(arg).await,
             "DATA" => {
                 if !arg.is_empty() {
-                    return self.error(501, "5.5.4 Syntax: DATA");
+                    return self.error(501, "5.5.4 Syntax: DATA").await;
                 }
                 if self.sender.is_none() {
-                    return self.error(503, "5.5.1 Error: need MAIL command");
+                    return self.error(503, "5.5.1 Error: need MAIL command").await;
                 }
                 if self.recipients.is_empty() {
-                    return self.error(503, "5.5.1 Error: need RCPT command");
+                    return self.error(503, "5.5.1 Error: need RCPT command").await;
                 }
-                self.data(handler)
+                self.data().await
             }
             "RSET" => {
                 if !arg.is_empty() {
-                    return self.error(501, "5.5.4 Syntax: RSET");
+                    return self.error(501, "5.5.4 Syntax: RSET").await;
                 }
                 self.reset();
-                self.reply(250, "2.0.0 OK")?;
+                self.reply(250, "2.0.0 OK").await?;
                 Ok(Next::Continue)
             }
             "NOOP" => {
-                self.reply(250, "2.0.0 OK")?;
+                self.reply(250, "2.0.0 OK").await?;
                 Ok(Next::Continue)
             }
             "QUIT" => {
-                self.reply(221, "2.0.0 Bye")?;
+                self.reply(221, "2.0.0 Bye").await?;
                 Ok(Next::Close)
             }
             "VRFY" => {
                 if arg.is_empty() {
-                    return self.error(501, "5.5.4 Syntax: VRFY address");
+                    return self.error(501, "5.5.4 Syntax: VRFY address").await;
                 }
-                self.reply(252, "2.5.0 Cannot VRFY user, but will accept message")?;
+                self.reply(252, "2.5.0 Cannot VRFY user, but will accept message")
+                    .await?;
                 Ok(Next::Continue)
             }
             "HELP" => {
                 self.reply(
                     214,
                     "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
-                )?;
+                )
+                .await?;
                 Ok(Next::Continue)
             }
+            "STARTTLS" if self.options.tls.is_some() => self.starttls(arg).await,
+            "AUTH" if self.hooks.auth_offer(self.tls) != AuthOffer::No => self.auth(arg).await,
             "AUTH" | "STARTTLS" | "BDAT" | "EXPN" | "ETRN" | "TURN" | "ATRN" | "SAML" | "SOML"
-            | "SEND" => self.error(502, "5.5.1 Command not implemented"),
-            "" => self.error(500, "5.5.2 Error: bad syntax"),
-            _ => self.error(500, "5.5.2 Error: command not recognized"),
+            | "SEND" => self.error(502, "5.5.1 Command not implemented").await,
+            "" => self.error(500, "5.5.2 Error: bad syntax").await,
+            _ => self.error(500, "5.5.2 Error: command not recognized").await,
         }
     }
 
-    fn mail(&mut self, arg: &str) -> io::Result<Next> {
+    async fn starttls(&mut self, arg: &str) -> io::Result<Next> {
+        if self.tls {
+            return self.error(503, "5.5.1 Error: TLS already active").await;
+        }
+        if !arg.is_empty() {
+            return self.error(501, "5.5.4 Syntax: STARTTLS").await;
+        }
+        let Some(acceptor) = self.options.tls.clone() else {
+            return self.error(502, "5.5.1 Command not implemented").await;
+        };
+        self.reply(220, "2.0.0 Ready to start TLS").await?;
+        // Whatever the client pipelined after STARTTLS was sent in the clear: drop it.
+        let pending = self.io.buffer().len();
+        Pin::new(&mut self.io).consume(pending);
+        let io = std::mem::replace(
+            &mut self.io,
+            BufReader::with_capacity(IO_BUFFER, Conn::Closed),
+        );
+        let Conn::Plain(plain) = io.into_inner() else {
+            return Ok(Next::Close);
+        };
+        let handshake = acceptor.accept(plain);
+        let stream = limited(self.options.idle_timeout, handshake).await;
+        match stream {
+            Ok(tls) => {
+                self.io = BufReader::with_capacity(IO_BUFFER, Conn::Tls(Box::new(tls)));
+                self.tls = true;
+                // RFC 3207 §4.2: forget everything learnt before TLS.
+                self.reset();
+                self.greeted = false;
+                self.helo.clear();
+                self.user = None;
+                Ok(Next::Continue)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake with the client failed");
+                Ok(Next::Close)
+            }
+        }
+    }
+
+    /// One SASL response line, base64-decoded. Err(reply) when the client cancelled or sent
+    /// something undecodable; Ok(None) at end of input.
+    async fn sasl_response(&mut self) -> io::Result<Option<Result<Vec<u8>, Next>>> {
+        let mut line = Vec::new();
+        if !self.read_piece(&mut line, MAX_SASL_LINE).await? {
+            return Ok(None);
+        }
+        if !line.ends_with(b"\n") {
+            // Too long: skip the rest of it.
+            let mut rest = Vec::new();
+            while self.read_piece(&mut rest, 64 * 1024).await? && !rest.ends_with(b"\n") {}
+            return Ok(Some(Err(self
+                .error(500, "5.5.6 Authentication Exchange line is too long")
+                .await?)));
+        }
+        let text = strip_eol(&line);
+        if text == b"*" {
+            return Ok(Some(Err(self
+                .error(501, "5.7.0 Authentication cancelled")
+                .await?)));
+        }
+        match B64.decode(text) {
+            Ok(bytes) => Ok(Some(Ok(bytes))),
+            Err(_) => Ok(Some(Err(self
+                .error(501, "5.5.2 Cannot decode the response")
+                .await?))),
+        }
+    }
+
+    async fn auth(&mut self, arg: &str) -> io::Result<Next> {
+        if self.hooks.auth_offer(self.tls) == AuthOffer::AfterTls {
+            return self
+                .error(
+                    538,
+                    "5.7.11 Encryption required for requested authentication mechanism: \
+                     issue STARTTLS first",
+                )
+                .await;
+        }
+        if self.user.is_some() {
+            return self.error(503, "5.5.1 Error: already authenticated").await;
+        }
         if self.sender.is_some() {
-            return self.error(503, "5.5.1 Error: nested MAIL command");
+            return self
+                .error(
+                    503,
+                    "5.5.1 Error: AUTH not permitted during a mail transaction",
+                )
+                .await;
+        }
+        let mut words = arg.split_whitespace();
+        let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next();
+        if words.next().is_some() {
+            return self
+                .error(501, "5.5.4 Syntax: AUTH mechanism [initial-response]")
+                .await;
+        }
+        // `=` is an empty initial response (RFC 4954 §4).
+        let initial = match initial {
+            None => None,
+            Some("=") => Some(Vec::new()),
+            Some(b) => match B64.decode(b) {
+                Ok(v) => Some(v),
+                Err(_) => return self.error(501, "5.5.2 Cannot decode the response").await,
+            },
+        };
+        let (user, password) = match mechanism.as_str() {
+            "PLAIN" => {
+                let raw = match initial {
+                    Some(v) => v,
+                    None => {
+                        self.reply(334, "").await?;
+                        match self.sasl_response().await? {
+                            None => return Ok(Next::Close),
+                            Some(Err(next)) => return Ok(next),
+                            Some(Ok(v)) => v,
+                        }
+                    }
+                };
+                // authzid NUL authcid NUL passwd
+                let mut parts = raw.split(|&b| b == 0);
+                let (Some(authz), Some(authc), Some(pass), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return self.error(501, "5.5.2 Malformed PLAIN response").await;
+                };
+                if !authz.is_empty() && authz != authc {
+                    // Acting for another identity is not supported.
+                    return self
+                        .error(535, "5.7.8 Authentication credentials invalid")
+                        .await;
+                }
+                (authc.to_vec(), pass.to_vec())
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(v) => v,
+                    None => {
+                        self.reply(334, "VXNlcm5hbWU6").await?;
+                        match self.sasl_response().await? {
+                            None => return Ok(Next::Close),
+                            Some(Err(next)) => return Ok(next),
+                            Some(Ok(v)) => v,
+                        }
+                    }
+                };
+                self.reply(334, "UGFzc3dvcmQ6").await?;
+                let pass = match self.sasl_response().await? {
+                    None => return Ok(Next::Close),
+                    Some(Err(next)) => return Ok(next),
+                    Some(Ok(v)) => v,
+                };
+                (user, pass)
+            }
+            "" => return self.error(501, "5.5.4 Syntax: AUTH mechanism").await,
+            _ => {
+                return self
+                    .error(504, "5.5.4 Unrecognized authentication type")
+                    .await;
+            }
+        };
+        let (Ok(user), Ok(password)) = (String::from_utf8(user), String::from_utf8(password))
+        else {
+            return self
+                .error(535, "5.7.8 Authentication credentials invalid")
+                .await;
+        };
+        let verdict = self.hooks.authenticate(&user, Secret::new(password)).await;
+        if let Some(next) = self.verdict(verdict).await? {
+            return Ok(next);
+        }
+        self.user = Some(user);
+        self.reply(235, "2.7.0 Authentication successful").await?;
+        Ok(Next::Continue)
+    }
+
+    async fn mail(&mut self, arg: &str) -> io::Result<Next> {
+        if self.sender.is_some() {
+            return self.error(503, "5.5.1 Error: nested MAIL command").await;
         }
         let Some((addr, params)) = parse_path_arg(arg, "FROM:") else {
-            return self.error(501, "5.5.4 Syntax: MAIL FROM:<address>");
+            return self.error(501, "5.5.4 Syntax: MAIL FROM:<address>").await;
         };
         let mut utf8 = false;
         for p in params {
@@ -390,61 +967,72 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
                 "SIZE" => match value.parse::<u64>() {
                     Ok(n) if n > self.limits.max_size => {
                         return self
-                            .error(552, "5.3.4 Message size exceeds fixed maximum message size");
+                            .error(552, "5.3.4 Message size exceeds fixed maximum message size")
+                            .await;
                     }
                     Ok(_) => {}
-                    Err(_) => return self.error(501, "5.5.4 Bad SIZE parameter"),
+                    Err(_) => return self.error(501, "5.5.4 Bad SIZE parameter").await,
                 },
                 "BODY" => {
                     if !value.eq_ignore_ascii_case("7BIT")
                         && !value.eq_ignore_ascii_case("8BITMIME")
                     {
-                        return self.error(501, "5.5.4 Bad BODY parameter");
+                        return self.error(501, "5.5.4 Bad BODY parameter").await;
                     }
                 }
                 "SMTPUTF8" if value.is_empty() && !p.contains('=') => utf8 = true,
-                _ => return self.error(555, "5.5.4 Unsupported parameter"),
+                // RFC 4954 §5: the AUTH= parameter is accepted and ignored.
+                "AUTH" if self.user.is_some() => {}
+                _ => return self.error(555, "5.5.4 Unsupported parameter").await,
             }
         }
         if !utf8 && !addr.is_ascii() {
-            return self.error(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
+            return self
+                .error(553, "5.6.7 Non-ASCII address needs SMTPUTF8")
+                .await;
+        }
+        let verdict = self.hooks.mail(&addr, self.user.as_deref());
+        if let Some(next) = self.verdict(verdict).await? {
+            return Ok(next);
         }
         self.utf8 = utf8;
         self.sender = Some(addr);
         self.recipients.clear();
-        self.reply(250, "2.1.0 Sender OK")?;
+        self.reply(250, "2.1.0 Sender OK").await?;
         Ok(Next::Continue)
     }
 
-    fn rcpt(&mut self, arg: &str) -> io::Result<Next> {
+    async fn rcpt(&mut self, arg: &str) -> io::Result<Next> {
         if self.sender.is_none() {
-            return self.error(503, "5.5.1 Error: need MAIL command");
+            return self.error(503, "5.5.1 Error: need MAIL command").await;
         }
         let Some((addr, params)) = parse_path_arg(arg, "TO:") else {
-            return self.error(501, "5.5.4 Syntax: RCPT TO:<address>");
+            return self.error(501, "5.5.4 Syntax: RCPT TO:<address>").await;
         };
         if addr.is_empty() {
-            return self.error(501, "5.1.3 Bad recipient address syntax");
+            return self.error(501, "5.1.3 Bad recipient address syntax").await;
         }
         if !params.is_empty() {
-            return self.error(555, "5.5.4 Unsupported parameter");
+            return self.error(555, "5.5.4 Unsupported parameter").await;
         }
         if !self.utf8 && !addr.is_ascii() {
-            return self.error(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
+            return self
+                .error(553, "5.6.7 Non-ASCII address needs SMTPUTF8")
+                .await;
         }
         if self.recipients.len() >= self.limits.max_recipients {
             // Not counted as an error: the client is to send the rest in another message.
-            self.reply(452, "4.5.3 Too many recipients")?;
+            self.reply(452, "4.5.3 Too many recipients").await?;
             return Ok(Next::Continue);
         }
         if !self.recipients.contains(&addr) {
             self.recipients.push(addr);
         }
-        self.reply(250, "2.1.5 Recipient OK")?;
+        self.reply(250, "2.1.5 Recipient OK").await?;
         Ok(Next::Continue)
     }
 
-    fn data(&mut self, handler: &mut Handler<'_>) -> io::Result<Next> {
+    async fn data(&mut self) -> io::Result<Next> {
         let temp = match &self.limits.temp_dir {
             Some(dir) => tempfile::NamedTempFile::new_in(dir),
             None => tempfile::NamedTempFile::new(),
@@ -453,17 +1041,23 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
         let mut writer = temp
             .as_ref()
             .map(|t| io::BufWriter::with_capacity(64 * 1024, t.as_file()));
-        self.reply(354, "End data with <CR><LF>.<CR><LF>")?;
+        self.reply(354, "End data with <CR><LF>.<CR><LF>").await?;
 
         let mut size: u64 = 0;
         let mut too_big = false;
         let mut write_failed = temp.is_none();
+        if let Some(trace) = self.hooks.trace(&self.helo, self.tls, self.user.as_deref())
+            && let Some(w) = writer.as_mut()
+            && w.write_all(format!("{trace}\r\n").as_bytes()).is_err()
+        {
+            write_failed = true;
+        }
         let mut at_line_start = true;
         let mut prev_cr = false;
         let mut piece = Vec::with_capacity(64 * 1024);
         let mut out = Vec::with_capacity(64 * 1024 + 2);
         let complete = loop {
-            if !read_piece(&mut self.input, &mut piece, 64 * 1024)? {
+            if !self.read_piece(&mut piece, 64 * 1024).await? {
                 break false;
             }
             let mut data: &[u8] = &piece;
@@ -521,13 +1115,15 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
         let sender = self.sender.take().unwrap_or_default();
         let recipients = std::mem::take(&mut self.recipients);
         if too_big {
-            self.reply(552, "5.3.4 Message size exceeds fixed maximum message size")?;
+            self.reply(552, "5.3.4 Message size exceeds fixed maximum message size")
+                .await?;
             return Ok(Next::Continue);
         }
         let body = match temp {
             Some(t) if !write_failed => Body::temporary(t.into_temp_path()),
             _ => {
-                self.reply(451, "4.3.0 Local error: cannot store the message")?;
+                self.reply(451, "4.3.0 Local error: cannot store the message")
+                    .await?;
                 return Ok(Next::Continue);
             }
         };
@@ -536,15 +1132,29 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
             recipients,
             ..Envelope::default()
         };
-        match handler(envelope, body) {
-            BsOutcome::Delivered => self.reply(250, "2.0.0 Message accepted for delivery")?,
-            BsOutcome::Queued => self.reply(250, "2.0.0 Message queued for later delivery")?,
-            BsOutcome::Failed(r) => self.write_reply(&r)?,
+        match self
+            .hooks
+            .message(envelope, body, self.user.as_deref())
+            .await
+        {
+            BsOutcome::Delivered => {
+                self.reply(250, "2.0.0 Message accepted for delivery")
+                    .await?
+            }
+            BsOutcome::Queued => {
+                self.reply(250, "2.0.0 Message queued for later delivery")
+                    .await?
+            }
+            BsOutcome::QueuedAs(id) => {
+                self.reply(250, &format!("2.0.0 Ok: queued as {}", clean(&id)))
+                    .await?
+            }
+            BsOutcome::Failed(r) => self.write_reply(&r).await?,
         }
         Ok(Next::Continue)
     }
 
-    fn write_reply(&mut self, r: &Reply) -> io::Result<()> {
+    async fn write_reply(&mut self, r: &Reply) -> io::Result<()> {
         let code = if (200..600).contains(&r.code) {
             r.code
         } else {
@@ -556,12 +1166,18 @@ impl<R: BufRead, W: Write> Session<'_, R, W> {
             r.lines.iter().map(|l| clean(l)).collect()
         };
         let last = lines.len() - 1;
+        let mut text = String::new();
         for (i, l) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            write!(self.output, "{code}{sep}{l}\r\n")?;
+            text.push_str(&format!("{code}{sep}{l}\r\n"));
         }
-        self.output.flush()
+        self.send(text.as_bytes()).await
     }
+}
+
+/// A one-line reply, e.g. `reply(553, "5.7.1 Sender not allowed")`.
+pub fn reply(code: u16, text: &str) -> Reply {
+    Reply::new(code, vec![text.to_owned()])
 }
 
 /// Text safe inside one reply line.

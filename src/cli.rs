@@ -15,9 +15,9 @@
 //! 2. clap parses what is left: sendmail's ordinary short options (`-t -i -f -r -F -N -R -V -C
 //!    -v`), the native long options, the recipients and, for `m365send` only, the subcommands.
 //!
-//! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`) only when
-//! the program is invoked as `m365send` AND the word is the first argument that is neither an
-//! option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
+//! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`,
+//! `doctor`, `serve`) only when the program is invoked as `m365send` AND the word is the first
+//! argument that is neither an option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
 //! name but `mailq`/`newaliases`) there are no subcommands at all, so `sendmail queue` mails
 //! the local user "queue", exactly as sendmail would. `m365send -- queue` does too.
 
@@ -45,6 +45,9 @@ pub struct Invocation {
     /// Options accepted for compatibility and ignored (`-oem`, `-B8BITMIME`, ...), in argv
     /// order, so that the app can log them once logging is set up.
     pub ignored: Vec<String>,
+    /// The name we were invoked by (the app refuses `-C`/`--server` to a `sendmail` caller
+    /// unless the configuration trusts it).
+    pub personality: Personality,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +82,14 @@ pub enum Command {
     TokenStatus,
     /// `m365send token clear`.
     TokenClear,
+    /// `m365send doctor [--all] [--to ADDR] [--json]`: check a profile without sending.
+    Doctor {
+        all: bool,
+        to: Option<String>,
+        json: bool,
+    },
+    /// `m365send serve`: the SMTP listener for devices and applications.
+    Serve,
     /// `--help`, `--version`: print this text on stdout and exit 0.
     Help {
         text: String,
@@ -142,9 +153,10 @@ impl SendArgs {
 }
 
 /// Who we are, by the basename of argv[0].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Personality {
     /// `m365send`: sendmail options, native options and subcommands.
+    #[default]
     M365send,
     /// `sendmail` or any other name: sendmail options and native options, no subcommands.
     Sendmail,
@@ -174,14 +186,15 @@ impl Personality {
 }
 
 /// The subcommand words (only for the `m365send` personality; see the module comment).
-const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue"];
+const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue", "doctor", "serve"];
 
 /// Parse argv (argv[0] included).
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Failure> {
     let mut args = args.into_iter();
     let argv0 = args.next();
     let rest: Vec<OsString> = args.collect();
-    match Personality::of(argv0.as_deref()) {
+    let personality = Personality::of(argv0.as_deref());
+    let inv = match personality {
         Personality::Mailq => Ok(Invocation {
             command: Command::QueueList { json: false },
             ignored: lossy(&rest),
@@ -194,7 +207,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Failure> {
         }),
         Personality::M365send => parse_main(rest, true),
         Personality::Sendmail => parse_main(rest, false),
-    }
+    };
+    inv.map(|inv| Invocation { personality, ..inv })
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
@@ -382,6 +396,7 @@ Examples:
   sendmail -t -i < message.eml            (installed as /usr/sbin/sendmail)
   m365send --dry-run -f root root < /dev/null     (show the route without sending)
   m365send explain 5.7.60
+  m365send doctor --to ops@contoso.com    (check the setup step by step; sends nothing)
 
 Sendmail compatibility:
   -oi                 Same as -i.
@@ -410,6 +425,8 @@ m365send [OPTIONS] [--] [RECIPIENT]...  < message
        m365send [OPTIONS] --to ADDR --subject TEXT [--attach FILE]... [RECIPIENT]...
        m365send explain CODE | login | token status|clear
        m365send queue list [--json] | run | flush | show ID | delete ID
+       m365send doctor [--profile NAME | --all] [--to ADDR] [--json]
+       m365send serve  (SMTP listener for devices and applications, see [serve])
        sendmail -t -i  (installed as /usr/sbin/sendmail; also mailq, newaliases)";
 
 fn mode_values() -> PossibleValuesParser {
@@ -572,6 +589,21 @@ enum Sub {
         #[command(subcommand)]
         action: Option<QueueAction>,
     },
+    /// Check a profile's setup, step by step, without sending a message.
+    Doctor {
+        /// Check every profile.
+        #[arg(long)]
+        all: bool,
+        /// Also ask the server about this recipient (RCPT TO, then RSET; nothing is sent).
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+        /// Print the checks as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept mail from devices and applications over SMTP (`[serve]` in the configuration)
+    /// and deliver it through the queue.
+    Serve,
 }
 
 #[derive(Debug, Subcommand)]
@@ -684,6 +716,7 @@ fn parse_main(args: Vec<OsString>, subcommands: bool) -> Result<Invocation, Fail
                 Sub::Token {
                     action: TokenAction::Clear,
                 } => Command::TokenClear,
+                Sub::Doctor { all, to, json } => Command::Doctor { all, to, json },
                 Sub::Queue { action } => match action {
                     None => Command::QueueList { json: false },
                     Some(QueueAction::List { json }) => Command::QueueList { json },
@@ -692,6 +725,7 @@ fn parse_main(args: Vec<OsString>, subcommands: bool) -> Result<Invocation, Fail
                     Some(QueueAction::Show { id }) => Command::QueueShow { id },
                     Some(QueueAction::Delete { id }) => Command::QueueDelete { id },
                 },
+                Sub::Serve => Command::Serve,
             }
         }
         (None, Some(Special::SmtpStdio)) => Command::SmtpStdio(send),
@@ -706,6 +740,7 @@ fn parse_main(args: Vec<OsString>, subcommands: bool) -> Result<Invocation, Fail
         verbose,
         command,
         ignored: pre.ignored,
+        personality: Personality::default(),
     })
 }
 
@@ -714,7 +749,7 @@ fn send_args(opts: SendOpts, delivery: DeliveryMode) -> Result<Box<SendArgs>, Fa
         None => None,
         Some(m) => Some(Mode::parse(m).ok_or_else(|| {
             Failure::usage(format!(
-                "--mode {m}: expected submit, relay, direct, hve or acs"
+                "--mode {m}: expected submit, relay, direct, hve, acs or graph"
             ))
         })?),
     };

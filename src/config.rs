@@ -1,9 +1,12 @@
 //! Configuration: the TOML file, its profiles, and the choice of one profile.
 //!
-//! Owns: finding the file (`--config`/`-C`, `$M365SEND_CONFIG`, XDG, /etc), parsing it with
-//! errors that name file, line and key, refusing a group/other-readable file holding an inline
-//! secret, choosing a profile (`--profile`, else by envelope sender, else the default), and
-//! resolving secret sources (env, file, command). Must not: touch the network or the message.
+//! Owns: finding the file (`--config`/`-C`, `$M365SEND_CONFIG`, XDG, /etc) and reading it only
+//! when no other user could have written it (`trust`), parsing it with errors that name file,
+//! line and key (and never any part of a value), refusing a group/other-readable file holding
+//! an inline secret, deciding who may override it from the command line (`-C`, `--server`:
+//! `check_command_line_overrides`, `trusted_users`), choosing a profile (`--profile`, else by
+//! envelope sender, else the default), and resolving secret sources (env, file, command).
+//! Must not: touch the network or the message.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -39,6 +42,9 @@ pub struct Config {
     /// Where it was read from (None: built from command-line options only, for --dry-run).
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// The uid owning that file (as opened).
+    #[serde(skip)]
+    pub owner: Option<u32>,
     pub default_profile: Option<String>,
     /// File for final failures (mbox, appended). Default `~/dead.letter`.
     pub dead_letter: Option<PathBuf>,
@@ -51,8 +57,132 @@ pub struct Config {
     pub queue_lifetime_days: Option<u32>,
     /// Token cache directory. Default: root /var/cache/m365send, users XDG cache dir.
     pub cache_dir: Option<PathBuf>,
+    /// Users (names or uids) who may give `-C`/`--config` and `--server` on the command line
+    /// when m365send is invoked as `sendmail` or they do not own this file. Default: none.
+    #[serde(default)]
+    pub trusted_users: Vec<String>,
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+    /// `m365send serve`: the SMTP listener for devices and applications.
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: the local SMTP listener (`m365send serve`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Addresses to listen on, `IP:PORT`. Default `["127.0.0.1:2525"]`.
+    pub listen: Option<Vec<SocketAddr>>,
+    /// Client networks allowed to connect (CIDR, or a single address). Default loopback only.
+    pub networks: Option<Vec<String>>,
+    /// Name in the greeting and EHLO reply. Default: the host name.
+    pub hostname: Option<String>,
+    /// Server certificate chain (PEM) for STARTTLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Whether AUTH may be used before STARTTLS: "loopback" (default: only on a loopback
+    /// connection) or "never".
+    #[serde(default)]
+    pub plaintext_auth: PlaintextAuth,
+    /// Refuse MAIL without AUTH. Default false.
+    #[serde(default)]
+    pub require_auth: bool,
+    /// Envelope senders a client that did not log in may use (an address, *@domain or *).
+    /// Default: any.
+    pub senders: Option<Vec<String>>,
+    /// The profile for clients that did not log in. Default: chosen by envelope sender, as
+    /// for the sendmail interface.
+    pub profile: Option<String>,
+    /// Most simultaneous connections. Default 100.
+    pub max_connections: Option<usize>,
+    /// Largest message, bytes. Default: the default profile's `max_size` (35 MB).
+    pub max_message_size: Option<u64>,
+    /// Most recipients per message. Default 500.
+    pub max_recipients: Option<usize>,
+    /// Messages per minute from one client address (0 = no limit). Default 0.
+    pub client_rate_per_minute: Option<u32>,
+    /// Failed AUTH attempts from one address before it is locked out. Default 5.
+    pub auth_failures: Option<u32>,
+    /// Minutes a locked-out address waits. Default 15.
+    pub lockout_minutes: Option<u64>,
+    /// Seconds a client may stay silent. Default 300.
+    pub idle_timeout: Option<u64>,
+    /// Seconds between queue runs when nothing new arrives. Default 60.
+    pub queue_interval: Option<u64>,
+    /// Seconds to let open transactions finish on SIGTERM. Default 30.
+    pub shutdown_timeout: Option<u64>,
+    /// Local users who log in with AUTH.
+    #[serde(default)]
+    pub users: BTreeMap<String, ServeUser>,
+}
+
+/// When AUTH is offered before STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaintextAuth {
+    /// On connections to a loopback address (the password never leaves the host).
+    #[default]
+    Loopback,
+    /// Never: always STARTTLS first.
+    Never,
+}
+
+/// `[serve.users.NAME]`: one local user of `m365send serve`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeUser {
+    /// The password hash: argon2 (`$argon2id$...`) or SHA-512-crypt (`$6$...`).
+    pub password_hash: Option<String>,
+    /// A file holding the hash (first line).
+    pub password_hash_file: Option<PathBuf>,
+    /// Envelope senders this user may use (an address, *@domain or *). Default: none.
+    #[serde(default)]
+    pub senders: Vec<String>,
+    /// The profile this user's mail goes through. Default: chosen by envelope sender.
+    pub profile: Option<String>,
+}
+
+impl ServeConfig {
+    /// Listen addresses.
+    pub fn listen(&self) -> Vec<SocketAddr> {
+        self.listen
+            .clone()
+            .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 2525))])
+    }
+    /// Allowed client networks (the valid ones: `problems` reports the others).
+    pub fn networks(&self) -> Vec<ipnet::IpNet> {
+        match &self.networks {
+            Some(list) => list.iter().filter_map(|n| parse_network(n)).collect(),
+            None => ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| parse_network(n))
+                .collect(),
+        }
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.7` is `192.0.2.7/32`).
+pub fn parse_network(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// Whether `address` matches `pattern`: an address or `*@domain` (any case).
+fn address_matches(pattern: &str, address: &str) -> bool {
+    match pattern.strip_prefix("*@") {
+        Some(domain) => address
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+        None => pattern.eq_ignore_ascii_case(address),
+    }
+}
+
+/// Whether `address` matches a sender pattern of `[serve]`: `*`, `*@domain` or an address.
+pub fn sender_matches(pattern: &str, address: &str) -> bool {
+    pattern == "*" || address_matches(pattern, address)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -79,6 +209,8 @@ pub enum Mode {
     Hve,
     /// Azure Communication Services Email: smtp.azurecomm.net:587.
     Acs,
+    /// Microsoft Graph sendMail over HTTPS (graph.microsoft.com:443), as the profile's mailbox.
+    Graph,
 }
 
 impl Mode {
@@ -89,7 +221,13 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::Hve => "hve",
             Mode::Acs => "acs",
+            Mode::Graph => "graph",
         }
+    }
+    /// The mode sends as the profile's own mailbox (a bounce must come from it, not from
+    /// MAILER-DAEMON): client submission, HVE, ACS and Graph.
+    pub fn sends_as_mailbox(self) -> bool {
+        matches!(self, Mode::Submit | Mode::Hve | Mode::Acs | Mode::Graph)
     }
     pub fn parse(s: &str) -> Option<Mode> {
         Some(match s {
@@ -98,6 +236,7 @@ impl Mode {
             "direct" => Mode::Direct,
             "hve" => Mode::Hve,
             "acs" => Mode::Acs,
+            "graph" => Mode::Graph,
             _ => return None,
         })
     }
@@ -123,6 +262,18 @@ pub enum Cloud {
     Usgov,
     /// 21Vianet.
     China,
+}
+
+/// What a submit profile does when Microsoft 365 refuses client submission because SMTP AUTH
+/// is off for the mailbox or tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Report the refusal (default).
+    #[default]
+    None,
+    /// Send the same prepared message through Microsoft Graph with the same app registration.
+    Graph,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -168,9 +319,10 @@ impl<'de> Deserialize<'de> for Chunking {
             Raw::Bool(true) => Ok(Chunking::On),
             Raw::Bool(false) => Ok(Chunking::Off),
             Raw::Text(t) if t.eq_ignore_ascii_case("auto") => Ok(Chunking::Auto),
-            Raw::Text(t) => Err(serde::de::Error::custom(format!(
-                "invalid value \"{t}\": expected \"auto\", true or false"
-            ))),
+            // The value is not repeated: config errors never quote one.
+            Raw::Text(_) => Err(serde::de::Error::custom(
+                "invalid value, expected \"auto\", true or false",
+            )),
         }
     }
 }
@@ -249,6 +401,14 @@ pub struct Profile {
     pub queue_connections: Option<u32>,
     /// Overrides the top-level `dead_letter` for this profile.
     pub dead_letter: Option<PathBuf>,
+    /// Graph: keep a copy in the mailbox's Sent Items. Default true.
+    pub save_to_sent_items: Option<bool>,
+    /// Graph host (`host` or `host:port`) for mode "graph" and the Graph fallback; default by
+    /// cloud. For mode "graph", `endpoint.host` and `--server` take precedence.
+    pub graph_host: Option<String>,
+    /// Submit profiles: what to do when SMTP AUTH is disabled (`"graph"`). Default none.
+    #[serde(default)]
+    pub fallback: Fallback,
 }
 
 /// Where to connect, overriding what the mode implies.
@@ -262,8 +422,13 @@ pub struct EndpointConfig {
     pub mx_host: Option<String>,
     /// Domain whose MX is looked up for relay/direct (default: the sender's domain).
     pub mx_domain: Option<String>,
-    /// DNS server `IP:PORT` for the MX lookup (default: the system resolver).
+    /// DNS server `IP:PORT` for the MX lookup and the MX hosts' addresses (default: the
+    /// system resolver).
     pub dns_server: Option<SocketAddr>,
+    /// Use MX hosts outside Microsoft 365's MX domains too. Default false: DNS is not
+    /// authenticated, and relay/direct send are for Microsoft 365's endpoint only.
+    #[serde(default)]
+    pub allow_any_mx: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -306,7 +471,7 @@ pub enum OAuthFlow {
 
 /// A secret named by where it comes from. Inline values are allowed only in files that are not
 /// readable by group or others.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSource {
     /// Name of an environment variable holding the secret.
@@ -314,63 +479,33 @@ pub struct SecretSource {
     /// A file whose contents (trailing newline removed) are the secret.
     pub file: Option<PathBuf>,
     /// A command run with `sh -c`; its stdout (trailing newline removed) is the secret.
+    /// Messages name only its program (the line may hold a token).
     pub command: Option<String>,
+    /// Seconds the command may run before its whole process group is killed. Default 30.
+    pub timeout_secs: Option<u64>,
     /// The secret itself (discouraged).
     pub value: Option<Secret>,
 }
 
-/// How long a secret `command` may run before it is stopped: a hung vault client must not
-/// hang every cron job's mail behind it.
+/// Shows where a secret comes from, never the command line (it may hold a token).
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSource")
+            .field("env", &self.env)
+            .field("file", &self.file)
+            .field(
+                "command",
+                &self.command.as_deref().map(crate::secret::command_name),
+            )
+            .field("timeout_secs", &self.timeout_secs)
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+/// How long a secret `command` may run before it is stopped (unless `timeout_secs` says
+/// otherwise): a hung vault client must not hang every cron job's mail behind it.
 pub const SECRET_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-
-enum CommandError {
-    Spawn(std::io::Error),
-    TimedOut,
-}
-
-/// Run `sh -c cmd` with stdin and stderr closed (stderr could echo the secret), collecting
-/// stdout; kill it after `timeout`.
-fn run_secret_command(cmd: &str, timeout: Duration) -> Result<std::process::Output, CommandError> {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(CommandError::Spawn)?;
-    // Read stdout on a thread so a command that writes a lot cannot block on a full pipe.
-    let reader = child.stdout.take().map(|mut out| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = out.read_to_end(&mut buf);
-            buf
-        })
-    });
-    let deadline = std::time::Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(CommandError::TimedOut);
-            }
-            Err(e) => return Err(CommandError::Spawn(e)),
-        }
-    };
-    let stdout = reader.and_then(|r| r.join().ok()).unwrap_or_default();
-    Ok(std::process::Output {
-        status,
-        stdout,
-        stderr: Vec::new(),
-    })
-}
 
 impl SecretSource {
     pub fn is_set(&self) -> bool {
@@ -396,31 +531,46 @@ impl SecretSource {
                 ))
             })?
         } else if let Some(path) = &self.file {
-            let raw = std::fs::read_to_string(path).map_err(|e| {
-                Failure::config(format!("{key}: cannot read {}: {e}", path.display()))
-            })?;
-            trim(raw)
+            // Checked as the configuration is: a secret file another user could write decides
+            // which credentials are used.
+            let raw = crate::trust::read_file(path, crate::secret::COMMAND_OUTPUT_MAX as u64)
+                .map_err(|e| {
+                    Failure::config(format!("{key}: cannot read {}: {e}", path.display()))
+                })?;
+            trim(String::from_utf8(raw).map_err(|_| {
+                Failure::config(format!("{key}: {} is not valid UTF-8", path.display()))
+            })?)
         } else if let Some(cmd) = &self.command {
-            let out = run_secret_command(cmd, SECRET_COMMAND_TIMEOUT).map_err(|e| match e {
+            use crate::secret::{COMMAND_OUTPUT_MAX, CommandError};
+            let name = crate::secret::command_name(cmd);
+            let timeout = self
+                .timeout_secs
+                .map_or(SECRET_COMMAND_TIMEOUT, Duration::from_secs);
+            let (status, out) = crate::secret::run_command(cmd, timeout).map_err(|e| match e {
                 CommandError::Spawn(e) => {
-                    Failure::config(format!("{key}: cannot run command: {e}"))
+                    Failure::config(format!("{key}: cannot run command `{name}`: {e}"))
                 }
                 CommandError::TimedOut => Failure::new(
                     crate::exit::Exit::TempFail,
                     format!(
-                        "{key}: command `{cmd}` did not finish within {} s and was stopped",
-                        SECRET_COMMAND_TIMEOUT.as_secs()
+                        "{key}: command `{name}` did not finish within {} s and was stopped \
+                             (with every process it started)",
+                        timeout.as_secs()
                     ),
                 ),
+                CommandError::TooLong => Failure::config(format!(
+                    "{key}: command `{name}` wrote more than {} KiB and was stopped; a \
+                         secret is a single line",
+                    COMMAND_OUTPUT_MAX / 1024
+                )),
             })?;
-            if !out.status.success() {
+            if !status.success() {
                 return Err(Failure::config(format!(
-                    "{key}: command `{cmd}` failed ({})",
-                    out.status
+                    "{key}: command `{name}` failed ({status})"
                 )));
             }
-            trim(String::from_utf8(out.stdout).map_err(|_| {
-                Failure::config(format!("{key}: command output is not valid UTF-8"))
+            trim(String::from_utf8(out).map_err(|_| {
+                Failure::config(format!("{key}: command `{name}` wrote no valid UTF-8"))
             })?)
         } else {
             return Err(Failure::config(format!(
@@ -567,13 +717,13 @@ pub const DEFAULT_QUEUE_CONNECTIONS: u32 = 4;
 
 impl Profile {
     /// Connections the queue runner opens in parallel to one endpoint (at least 1). A
-    /// mailbox (submit, hve, acs) gets 1 by default: Microsoft allows it 3 concurrent
-    /// connections and 30 messages a minute anyway.
+    /// mailbox (submit, hve, acs, graph) gets 1 by default: Microsoft allows it 3 concurrent
+    /// SMTP connections (4 concurrent Graph requests) and 30 messages a minute anyway.
     pub fn queue_connections(&self) -> u32 {
         self.queue_connections
             .unwrap_or(match self.mode {
                 Mode::Relay | Mode::Direct => DEFAULT_QUEUE_CONNECTIONS,
-                Mode::Submit | Mode::Hve | Mode::Acs => 1,
+                Mode::Submit | Mode::Hve | Mode::Acs | Mode::Graph => 1,
             })
             .max(1)
     }
@@ -586,6 +736,7 @@ impl Profile {
     pub fn auth_method(&self) -> AuthMethod {
         match self.auth.method {
             AuthMethod::Auto => match self.mode {
+                Mode::Graph => AuthMethod::OAuth,
                 Mode::Submit | Mode::Hve | Mode::Acs => {
                     if self.auth.password.is_set() && self.auth.client_id.is_none() {
                         AuthMethod::Password
@@ -597,6 +748,10 @@ impl Profile {
             },
             m => m,
         }
+    }
+    /// Graph: keep a copy in Sent Items (default true, as Graph and client submission do).
+    pub fn save_to_sent_items(&self) -> bool {
+        self.save_to_sent_items.unwrap_or(true)
     }
     /// Login name for AUTH: `auth.user`, else the mailbox.
     pub fn login_user(&self) -> Option<&str> {
@@ -643,17 +798,34 @@ pub fn load_with_env(
     if let Some(path) = explicit {
         return load_file(path).map(Some);
     }
+    // Root reads a file named by the environment only when root owns it (as every file):
+    // `sudo -E`, `su -m` and services with Environment=HOME= hand root a user's environment.
+    let from_env = |mut f: Failure, how: &str| {
+        if f.message.starts_with(REFUSED) && crate::trust::euid() == 0 {
+            f.message = format!(
+                "{} (found through {how}; `sudo -E` and `su -m` keep the caller's environment: \
+                 root reads only files root owns, so send root's mail with root's own \
+                 environment, or use {SYSTEM_CONFIG})",
+                f.message
+            );
+        } else if how.starts_with("$M365SEND") {
+            f.message = format!("{} (named by {how})", f.message);
+        }
+        f
+    };
     if let Some(path) = env(CONFIG_ENV).filter(|v| !v.is_empty()) {
         return load_file(Path::new(&path))
-            .map_err(|mut f| {
-                f.message = format!("{} (named by ${CONFIG_ENV})", f.message);
-                f
-            })
+            .map_err(|f| from_env(f, &format!("${CONFIG_ENV}")))
             .map(Some);
     }
     for path in search_paths(env) {
         match std::fs::metadata(&path) {
-            Ok(_) => return load_file(&path).map(Some),
+            Ok(_) if path == Path::new(SYSTEM_CONFIG) => return load_file(&path).map(Some),
+            Ok(_) => {
+                return load_file(&path)
+                    .map_err(|f| from_env(f, "$XDG_CONFIG_HOME or $HOME"))
+                    .map(Some);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             // Exists but cannot be looked at (a directory we may not enter): say so rather
             // than silently falling through to another file.
@@ -668,19 +840,148 @@ pub fn load_with_env(
     Ok(None)
 }
 
-/// Read, parse and check one configuration file, including the permission rule for inline
-/// secrets.
-pub fn load_file(path: &Path) -> Result<Config, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            " (every user that sends mail, e.g. www-data for PHP, must be able to read it: \
-             chmod 644 it and keep secrets in separate files; or give another file with \
-             --config)"
-        } else {
-            ""
+/// Whether `uid` is listed in `trusted_users` (by name or number).
+impl Config {
+    pub fn trusts(&self, uid: u32) -> bool {
+        let name = crate::trust::user_name(uid);
+        self.trusted_users
+            .iter()
+            .any(|u| u.parse::<u32>().ok() == Some(uid) || name.as_deref() == Some(u.as_str()))
+    }
+}
+
+/// Refuse `-C`/`--config` (`config_given`) and `--server` (`server_given`) to a caller that
+/// may be passing someone else's words (argument injection, as through PHP mail()'s fifth
+/// parameter, CVE-2016-10033): invoked as `sendmail` (`sendmail_name`), or by a user other
+/// than the owner of the configuration found without `-C` (its credentials would go to the
+/// server named, its `command` secrets be replaced by another file's). Allowed: root or the
+/// file's owner invoking `m365send`, anyone invoking `m365send` when there is no such file,
+/// and users listed in its `trusted_users`. The environment ($M365SEND_CONFIG) is not argv
+/// and stays allowed. Exit 77 with the reason.
+pub fn check_command_line_overrides(
+    sendmail_name: bool,
+    config_given: bool,
+    server_given: bool,
+) -> Result<(), Failure> {
+    if !config_given && !server_given {
+        return Ok(());
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if !sendmail_name && uid == 0 {
+        return Ok(());
+    }
+    let base = load(None);
+    let base = match base {
+        Ok(None) if !sendmail_name => return Ok(()),
+        Ok(Some(c)) if c.trusts(uid) => return Ok(()),
+        Ok(Some(c)) if !sendmail_name && c.owner == Some(uid) => return Ok(()),
+        other => other,
+    };
+    let flags = match (config_given, server_given) {
+        (true, true) => "-C/--config and --server are",
+        (true, false) => "-C/--config is",
+        _ => "--server is",
+    };
+    let who = crate::trust::describe_uid(uid);
+    let list_in = |c: &Config| {
+        format!(
+            "list {} in `trusted_users` in {}",
+            crate::trust::user_name(uid).unwrap_or_else(|| uid.to_string()),
+            c.file_name()
+        )
+    };
+    let why = if sendmail_name {
+        format!(
+            "{flags} refused when m365send is invoked as sendmail: the caller (a web \
+             application's mail(), a script) may be passing words it was given, and a \
+             configuration or server of theirs would get {who}'s credentials or run commands \
+             (Postfix refuses -C likewise)"
+        )
+    } else {
+        let file = match &base {
+            Ok(Some(c)) => c.file_name(),
+            _ => "the configuration".into(),
         };
-        Failure::config(format!("cannot read {}: {e}{hint}", path.display()))
-    })?;
+        format!(
+            "{flags} refused: {who} does not own {file}, whose credentials and commands it \
+             would redirect"
+        )
+    };
+    let fix = match &base {
+        Ok(Some(c)) => format!(
+            "Name a configuration with $M365SEND_CONFIG (or use your own \
+             ~/.config/m365send/config.toml), or {}.",
+            list_in(c)
+        ),
+        Ok(None) => "Name a configuration with $M365SEND_CONFIG instead.".into(),
+        Err(f) => format!(
+            "Name a configuration with $M365SEND_CONFIG instead (the configuration that could \
+             allow it cannot be read: {})",
+            f.message
+        ),
+    };
+    Err(Failure::new(
+        crate::exit::Exit::NoPerm,
+        format!("{why}.\n  {fix}"),
+    ))
+}
+
+/// How a refused configuration's message starts.
+const REFUSED: &str = "configuration refused: ";
+
+/// Largest configuration file read.
+const MAX_CONFIG_SIZE: u64 = 1024 * 1024;
+
+/// Read, parse and check one configuration file: the trust rule (owned by this user or root,
+/// not writable by others, nor any directory above it; see `trust`) and the permission rule
+/// for inline secrets.
+pub fn load_file(path: &Path) -> Result<Config, Failure> {
+    let euid = crate::trust::euid();
+    let file = match crate::trust::open_file(path, euid) {
+        Ok(Ok(file)) => file,
+        Ok(Err(untrusted)) => {
+            return Err(Failure::config(format!(
+                "{REFUSED}{untrusted}{}",
+                if euid == 0 {
+                    " (a `command` secret in it would run as root)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (every user that sends mail, e.g. www-data for PHP, must be able to read it: \
+                 chmod 644 it and keep secrets in separate files; or give another file with \
+                 --config)"
+            } else {
+                ""
+            };
+            return Err(Failure::config(format!(
+                "cannot read {}: {e}{hint}",
+                path.display()
+            )));
+        }
+    };
+    let owner = file.metadata().ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let mut bytes = Vec::new();
+    {
+        use std::io::Read;
+        file.take(MAX_CONFIG_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::config(format!("cannot read {}: {e}", path.display())))?;
+    }
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(Failure::config(format!(
+            "{} is larger than {} KiB: not a configuration file",
+            path.display(),
+            MAX_CONFIG_SIZE / 1024
+        )));
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
         let (line, col) = line_col(
             &String::from_utf8_lossy(e.as_bytes()),
@@ -691,7 +992,8 @@ pub fn load_file(path: &Path) -> Result<Config, Failure> {
             path.display()
         ))
     })?;
-    let config = Config::parse(&text, path)?;
+    let mut config = Config::parse(&text, path)?;
+    config.owner = owner;
     check_permissions(path, &config)?;
     Ok(config)
 }
@@ -700,21 +1002,7 @@ impl Config {
     /// Parse and validate the text of a configuration file; `path` is used in messages and
     /// kept in `Config::path`. Does not look at the file's permissions (see `load_file`).
     pub fn parse(text: &str, path: &Path) -> Result<Config, Failure> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let mut place = path.display().to_string();
-            let mut key = None;
-            if let Some(span) = e.span() {
-                let (line, col) = line_col(text, span.start);
-                place = format!("{place}:{line}:{col}");
-                key = key_at(text, span.start).or_else(|| key_on_line(text, span.start));
-            }
-            let message = explain_parse_error(e.message().trim_end(), key.as_deref());
-            let message = message.as_str();
-            match key {
-                Some(key) => Failure::config(format!("{place}: {key}: {message}")),
-                None => Failure::config(format!("{place}: {message}")),
-            }
-        })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_failure(text, path, &e))?;
         config.path = Some(path.to_owned());
         for (name, profile) in config.profiles.iter_mut() {
             profile.name = name.clone();
@@ -766,6 +1054,19 @@ impl Config {
                 ),
             ));
         }
+        for user in &self.trusted_users {
+            if user.is_empty()
+                || !user
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || "-_.$".contains(c))
+            {
+                out.push((
+                    key(&["trusted_users"]),
+                    format!("\"{user}\" is not a user name or uid"),
+                ));
+            }
+        }
+        self.serve_problems(&mut out);
         for (name, p) in &self.profiles {
             let k = |rest: &[&str]| {
                 let mut v = vec!["profiles".to_string(), name.clone()];
@@ -892,6 +1193,22 @@ impl Config {
                 if source.value.as_ref().is_some_and(Secret::is_empty) {
                     out.push((k(&["auth", field, "value"]), "is empty".into()));
                 }
+                if let Some(secs) = source.timeout_secs {
+                    if source.command.is_none() {
+                        out.push((
+                            k(&["auth", field, "timeout_secs"]),
+                            "applies to a `command` only".into(),
+                        ));
+                    } else if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                        out.push((
+                            k(&["auth", field, "timeout_secs"]),
+                            format!(
+                                "{secs} is not a timeout: give 1 to {MAX_TIMEOUT_SECS} seconds \
+                                 (default 30)"
+                            ),
+                        ));
+                    }
+                }
             }
             if p.auth.method == AuthMethod::Password && !p.auth.password.is_set() {
                 out.push((
@@ -951,8 +1268,154 @@ impl Config {
             {
                 out.push((k(&["helo"]), format!("\"{h}\" is not a host name")));
             }
+            out.extend(graph_problems(p).into_iter().map(|(f, m)| (k(&[f]), m)));
         }
         out
+    }
+
+    /// What is wrong in `[serve]`.
+    fn serve_problems(&self, out: &mut Vec<(Vec<String>, String)>) {
+        let sv = &self.serve;
+        let k = |rest: &[&str]| {
+            let mut v = vec!["serve".to_string()];
+            v.extend(rest.iter().map(|s| s.to_string()));
+            v
+        };
+        if sv.listen.as_ref().is_some_and(Vec::is_empty) {
+            out.push((
+                k(&["listen"]),
+                "no address to listen on: give at least one, e.g. [\"127.0.0.1:2525\"]".into(),
+            ));
+        }
+        for n in sv.networks.iter().flatten() {
+            if parse_network(n).is_none() {
+                out.push((
+                    k(&["networks"]),
+                    format!("\"{n}\" is not a network: give CIDR (192.168.10.0/24) or an address"),
+                ));
+            }
+        }
+        match (&sv.tls_cert, &sv.tls_key) {
+            (Some(_), None) => out.push((
+                k(&["tls_cert"]),
+                "a certificate needs its key: set tls_key too".into(),
+            )),
+            (None, Some(_)) => out.push((
+                k(&["tls_key"]),
+                "a key needs its certificate: set tls_cert too".into(),
+            )),
+            _ => {}
+        }
+        let pattern_ok = |p: &str| {
+            p == "*" || plausible_address(p) || p.strip_prefix("*@").is_some_and(plausible_domain)
+        };
+        for p in sv.senders.iter().flatten() {
+            if !pattern_ok(p) {
+                out.push((
+                    k(&["senders"]),
+                    format!("\"{p}\" is not an address, *@domain or *"),
+                ));
+            }
+        }
+        let profile_ok =
+            |name: &Option<String>| name.as_ref().is_none_or(|n| self.profiles.contains_key(n));
+        if !profile_ok(&sv.profile) {
+            out.push((
+                k(&["profile"]),
+                format!(
+                    "there is no such profile; defined: {}",
+                    self.profile_names()
+                ),
+            ));
+        }
+        if let Some(h) = &sv.hostname
+            && !plausible_domain(h)
+        {
+            out.push((k(&["hostname"]), format!("\"{h}\" is not a host name")));
+        }
+        for (field, value, min, max) in [
+            (
+                "max_connections",
+                sv.max_connections.map(|n| n as u64),
+                1,
+                100_000,
+            ),
+            ("max_message_size", sv.max_message_size, 1, u64::MAX),
+            (
+                "max_recipients",
+                sv.max_recipients.map(|n| n as u64),
+                1,
+                100_000,
+            ),
+            ("auth_failures", sv.auth_failures.map(u64::from), 1, 1000),
+            ("lockout_minutes", sv.lockout_minutes, 1, 7 * 24 * 60),
+            ("idle_timeout", sv.idle_timeout, 1, MAX_TIMEOUT_SECS),
+            ("queue_interval", sv.queue_interval, 1, MAX_TIMEOUT_SECS),
+            ("shutdown_timeout", sv.shutdown_timeout, 0, 3600),
+        ] {
+            if let Some(v) = value
+                && !(min..=max).contains(&v)
+            {
+                out.push((
+                    k(&[field]),
+                    format!("{v} is out of range: give {min} to {max}"),
+                ));
+            }
+        }
+        if sv.require_auth && sv.users.is_empty() {
+            out.push((
+                k(&["require_auth"]),
+                "nobody could send: define at least one [serve.users.NAME] or set \
+                 require_auth = false"
+                    .into(),
+            ));
+        }
+        for (name, u) in &sv.users {
+            let ku = |field: &str| k(&["users", name, field]);
+            if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                out.push((
+                    k(&["users", name]),
+                    "a user name may not be empty or hold spaces".into(),
+                ));
+            }
+            match (&u.password_hash, &u.password_hash_file) {
+                (None, None) => out.push((
+                    ku("password_hash"),
+                    "the user needs password_hash or password_hash_file (an argon2 or \
+                     SHA-512-crypt hash, never the password itself)"
+                        .into(),
+                )),
+                (Some(_), Some(_)) => out.push((
+                    ku("password_hash"),
+                    "give only one of password_hash and password_hash_file".into(),
+                )),
+                _ => {}
+            }
+            if u.senders.is_empty() {
+                out.push((
+                    ku("senders"),
+                    "list the envelope senders this user may use (an address, *@domain or *)"
+                        .into(),
+                ));
+            }
+            for p in &u.senders {
+                if !pattern_ok(p) {
+                    out.push((
+                        ku("senders"),
+                        format!("\"{p}\" is not an address, *@domain or *"),
+                    ));
+                }
+            }
+            if !profile_ok(&u.profile) {
+                out.push((
+                    ku("profile"),
+                    format!(
+                        "there is no such profile; defined: {}",
+                        self.profile_names()
+                    ),
+                ));
+            }
+        }
     }
 
     /// The profile names, for messages: `"app", "cron"`.
@@ -1041,6 +1504,51 @@ impl Config {
     }
 }
 
+/// What is wrong with a profile's Graph settings: (key, message).
+fn graph_problems(p: &Profile) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if p.fallback == Fallback::Graph && p.mode != Mode::Submit {
+        out.push((
+            "fallback",
+            format!(
+                "fallback = \"graph\" is for mode \"submit\" (this profile is mode \"{}\")",
+                p.mode.as_str()
+            ),
+        ));
+    }
+    if p.mode == Mode::Graph || p.fallback == Fallback::Graph {
+        if matches!(p.auth.method, AuthMethod::Password | AuthMethod::None) {
+            out.push((
+                "auth",
+                "Microsoft Graph takes only OAuth: remove auth.method or set it to \"oauth\""
+                    .into(),
+            ));
+        }
+        if p.mailbox.is_none() {
+            out.push((
+                "mailbox",
+                "Microsoft Graph sends as a mailbox: set `mailbox` (e.g. app@contoso.com)".into(),
+            ));
+        }
+    }
+    if let Some(h) = &p.graph_host {
+        let name = h.rsplit_once(':').map_or(h.as_str(), |(n, port)| {
+            if port.parse::<u16>().is_ok_and(|p| p != 0) {
+                n
+            } else {
+                h
+            }
+        });
+        if !plausible_domain(name) && name.parse::<std::net::IpAddr>().is_err() {
+            out.push((
+                "graph_host",
+                format!("\"{h}\" is not a host name (HOST or HOST:PORT, no https://)"),
+            ));
+        }
+    }
+    out
+}
+
 impl Profile {
     /// A profile built from the command line alone (`--dry-run --mode MODE` with no file).
     pub fn for_mode(mode: Mode) -> Profile {
@@ -1061,12 +1569,7 @@ impl Profile {
 
     /// Whether `address` (bare, as given to -f) selects this profile.
     pub fn answers_to(&self, address: &str) -> bool {
-        let matches = |pattern: &str| match pattern.strip_prefix("*@") {
-            Some(domain) => address
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
-            None => pattern.eq_ignore_ascii_case(address),
-        };
+        let matches = |pattern: &str| address_matches(pattern, address);
         self.sender.as_deref().is_some_and(matches)
             || self.mailbox.as_deref().is_some_and(matches)
             || self.addresses.iter().any(|a| matches(a))
@@ -1175,6 +1678,7 @@ fn plausible_address(s: &str) -> bool {
 /// Settings that exist only at the top of the file.
 const TOP_LEVEL_ONLY: &[&str] = &[
     "default_profile",
+    "trusted_users",
     "spool_dir",
     "queue_lifetime_days",
     "cache_dir",
@@ -1264,68 +1768,214 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The dotted key whose key or value covers `offset`, the deepest one.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    // Recoverable: a syntax error still yields the keys around it.
-    let (doc, _) = DeTable::parse_recoverable(text);
-    let mut best: Vec<String> = Vec::new();
-    fn walk(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
-        for (k, v) in table.iter() {
-            path.push(k.get_ref().to_string());
-            let covers =
-                |s: std::ops::Range<usize>| s.start <= offset && offset < s.end.max(s.start + 1);
-            if (covers(k.span()) || covers(v.span())) && path.len() > best.len() {
-                *best = path.clone();
+/// A parse error as the user reads it, built from the error's position, the key path and the
+/// parser's message with every value taken out. No part of any value may reach stderr, a log
+/// or a dead letter's failure header: the value may be a secret. Two traps are avoided: serde's
+/// messages quote the value (`invalid type: string "hunter2"`), and after a syntax error the
+/// recovering parser turns fragments of a broken string into "keys" (`value = "ab"cd"` yields
+/// a key `cd"`), so a key path is only built from keys written before the error.
+fn parse_failure(text: &str, path: &Path, e: &toml::de::Error) -> Failure {
+    let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    let syntax_ok = syntax_errors.is_empty();
+    let mut place = path.display().to_string();
+    let mut key = None;
+    let span = e.span();
+    if let Some(span) = &span {
+        let (line, col) = line_col(text, span.start);
+        place = format!("{place}:{line}:{col}");
+        key = key_at(text, doc.get_ref(), span.start, syntax_ok);
+    }
+    // Syntax messages are the parser's fixed texts; data messages may quote the value.
+    let raw = e.message().trim_end();
+    let mut raw = if syntax_ok {
+        without_values(raw)
+    } else {
+        raw.to_owned()
+    };
+    if let Some(span) = span
+        && quotes_a_value(&raw, text, doc.get_ref(), span)
+    {
+        raw = "this value is not valid here (it is not shown: it may be a secret)".into();
+    }
+    let message = explain_parse_error(&raw, key.as_deref());
+    match key {
+        Some(key) => Failure::config(format!("{place}: {key}: {message}")),
+        None => Failure::config(format!("{place}: {message}")),
+    }
+}
+
+/// serde's message with the offending value replaced by its kind: `invalid type: string
+/// "hunter2", expected u32` becomes `invalid type: a string, expected u32`, and `unknown
+/// variant `smtp`, expected one of ...` becomes `unknown value, expected one of ...`.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let kinds = [
+                ("string \"", "a string", '"'),
+                ("integer `", "an integer", '`'),
+                ("floating point `", "a number", '`'),
+                ("boolean `", "a boolean", '`'),
+                ("character `", "a character", '`'),
+            ];
+            for (start, kind, close) in kinds {
+                if let Some(quoted) = rest.strip_prefix(start) {
+                    // The string is Debug-quoted: skip escaped characters to its end.
+                    let mut escaped = false;
+                    let end = quoted.char_indices().find_map(|(i, c)| match c {
+                        _ if escaped => {
+                            escaped = false;
+                            None
+                        }
+                        '\\' if close == '"' => {
+                            escaped = true;
+                            None
+                        }
+                        c if c == close => Some(i + c.len_utf8()),
+                        _ => None,
+                    });
+                    return match end {
+                        Some(end) => format!("{prefix}{kind}{}", &quoted[end..]),
+                        None => format!("{prefix}{kind}"),
+                    };
+                }
             }
-            walk_value(v, offset, path, best);
+            return message.to_owned();
+        }
+    }
+    if message.starts_with("unknown variant `") {
+        // The accepted values come last, after the value itself (which may contain anything).
+        return match message.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("unknown value, expected {expected}"),
+            None => "unknown value".into(),
+        };
+    }
+    message.to_owned()
+}
+
+/// Whether `message` still holds the value the error points at, or any secret written in the
+/// file (the last guard: whatever the parser said, a secret is never repeated).
+fn quotes_a_value(
+    message: &str,
+    text: &str,
+    doc: &DeTable<'_>,
+    span: std::ops::Range<usize>,
+) -> bool {
+    let mut values: Vec<String> = Vec::new();
+    // The scalar at the error, as written (quotes and all) and without its quotes; for an
+    // unknown or duplicate field the error points at a key, which is shown.
+    let at_key = ["unknown field `", "duplicate"]
+        .iter()
+        .any(|p| message.contains(p));
+    if let Some(written) = text.get(span.clone()).filter(|_| !at_key) {
+        let written = written.trim();
+        if !written.starts_with(['{', '[']) {
+            values.push(written.to_owned());
+            values.push(written.trim_matches(['"', '\'']).to_owned());
+        }
+    }
+    fn secrets(table: &DeTable<'_>, under_secret: bool, out: &mut Vec<String>) {
+        for (k, v) in table.iter() {
+            let secret = under_secret
+                || [
+                    "password",
+                    "token",
+                    "client_secret",
+                    "refresh_token",
+                    "command",
+                    "value",
+                ]
+                .contains(&k.get_ref().as_ref());
+            collect(v.get_ref(), secret, out);
+        }
+    }
+    fn collect(v: &DeValue<'_>, secret: bool, out: &mut Vec<String>) {
+        match v {
+            DeValue::String(s) if secret => out.push(s.to_string()),
+            DeValue::Table(t) => secrets(t, secret, out),
+            DeValue::Array(a) => a.iter().for_each(|i| collect(i.get_ref(), secret, out)),
+            _ => {}
+        }
+    }
+    secrets(doc, false, &mut values);
+    values
+        .iter()
+        .filter(|v| v.chars().count() >= 3)
+        .any(|v| message.contains(v.as_str()))
+}
+
+/// The dotted key path at the error `offset`: the deepest key whose key or value covers it.
+/// After a syntax error (`syntax_ok` false) only keys written wholly before the error count,
+/// with their values ending before it when these are no table (what follows the error may be a broken string
+/// read as keys and values; a word with no value, such as a
+/// secret pasted alone on a line, is no key to the parser either), and a key on the error's
+/// line stands for it when nothing covers the offset (an unclosed inline table).
+fn key_at(text: &str, doc: &DeTable<'_>, offset: usize, syntax_ok: bool) -> Option<String> {
+    let error_line = line_col(text, offset).0;
+    let mut best: Vec<String> = Vec::new();
+    let mut best_covers = false;
+    struct Walk<'a> {
+        text: &'a str,
+        offset: usize,
+        error_line: usize,
+        syntax_ok: bool,
+    }
+    fn walk(
+        w: &Walk<'_>,
+        table: &DeTable<'_>,
+        path: &mut Vec<String>,
+        best: &mut Vec<String>,
+        best_covers: &mut bool,
+    ) {
+        for (k, v) in table.iter() {
+            let (ks, vs) = (k.span(), v.span());
+            let scalar = !matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_));
+            if !w.syntax_ok
+                && (ks.end > w.offset || (scalar && (vs.end >= w.offset || vs.is_empty())))
+            {
+                continue;
+            }
+            path.push(k.get_ref().to_string());
+            let covers = |s: &std::ops::Range<usize>| {
+                s.start <= w.offset && w.offset < s.end.max(s.start + 1)
+            };
+            let on_line = !w.syntax_ok && line_col(w.text, ks.start).0 == w.error_line;
+            let here = covers(&ks) || covers(&vs);
+            // A covering key beats one merely on the error's line; deeper beats shallower.
+            if (here || on_line)
+                && ((here && !*best_covers) || (here == *best_covers && path.len() > best.len()))
+            {
+                *best = path.clone();
+                *best_covers = here;
+            }
+            walk_value(w, v, path, best, best_covers);
             path.pop();
         }
     }
     fn walk_value(
+        w: &Walk<'_>,
         v: &Spanned<DeValue<'_>>,
-        offset: usize,
         path: &mut Vec<String>,
         best: &mut Vec<String>,
+        best_covers: &mut bool,
     ) {
         match v.get_ref() {
-            DeValue::Table(t) => walk(t, offset, path, best),
+            DeValue::Table(t) => walk(w, t, path, best, best_covers),
             DeValue::Array(a) => {
                 for item in a.iter() {
-                    walk_value(item, offset, path, best);
+                    walk_value(w, item, path, best, best_covers);
                 }
             }
             _ => {}
         }
     }
-    walk(doc.get_ref(), offset, &mut Vec::new(), &mut best);
-    (!best.is_empty()).then(|| best.join("."))
-}
-
-/// For a syntax error the parser could not attach to a key: the `key =` written on the
-/// error's line, under the nearest `[table]` header above it.
-fn key_on_line(text: &str, offset: usize) -> Option<String> {
-    let (line, _) = line_col(text, offset);
-    let lines: Vec<&str> = text.lines().collect();
-    let here = lines.get(line.checked_sub(1)?)?.trim_start();
-    let key = here.split_once('=')?.0.trim();
-    let plain = |k: &str| {
-        !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+    let w = Walk {
+        text,
+        offset,
+        error_line,
+        syntax_ok,
     };
-    if !plain(key) {
-        return None;
-    }
-    let table = lines[..line - 1]
-        .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
-    Some(match table {
-        Some(t) if !t.is_empty() => format!("{t}.{key}"),
-        _ => key.to_owned(),
-    })
+    walk(&w, doc, &mut Vec::new(), &mut best, &mut best_covers);
+    (!best.is_empty()).then(|| best.join("."))
 }
 
 /// The line on which the key `path` is written (falling back to its nearest written parent).
@@ -1358,33 +2008,57 @@ mod tests {
 
     const EXAMPLE: &str = include_str!("../config.example.toml");
 
+    /// A command's failure is named by its program: the command line (a vault token in an
+    /// argument or a variable) is not in the message, nor in Debug output.
     #[test]
-    fn secret_command_output_and_timeout() {
+    fn secret_command_messages_name_the_program_only() {
         let src = SecretSource {
             command: Some("printf 's3cret\\n'; echo noise >&2".into()),
             ..SecretSource::default()
         };
         assert_eq!(src.resolve("auth.password").unwrap().expose(), "s3cret");
 
-        let started = std::time::Instant::now();
-        let r = run_secret_command("sleep 20", Duration::from_millis(300));
-        assert!(matches!(r, Err(CommandError::TimedOut)));
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the hung command was not stopped"
-        );
-
         let failing = SecretSource {
-            command: Some("echo s3cret; exit 3".into()),
+            command: Some("VAULT_TOKEN=hvs.tok3n sh -c 'exit 3' vault-token-arg".into()),
             ..SecretSource::default()
         };
         let f = failing.resolve("auth.password").unwrap_err();
         assert_eq!(f.exit, crate::exit::Exit::Config);
         assert!(
-            f.message.contains("failed") && !f.message.contains("s3cret\n"),
+            f.message
+                .starts_with("auth.password: command `sh` failed (exit status: 3)"),
             "{}",
             f.message
         );
+        let shown = format!("{} {failing:?}", f.message);
+        assert!(
+            !shown.contains("tok3n") && !shown.contains("vault-token-arg"),
+            "{shown}"
+        );
+
+        let hung = SecretSource {
+            command: Some("sleep 20 # hvs.tok3n".into()),
+            timeout_secs: Some(1),
+            ..SecretSource::default()
+        };
+        let started = std::time::Instant::now();
+        let f = hung.resolve("auth.client_secret").unwrap_err();
+        assert_eq!(f.exit, crate::exit::Exit::TempFail);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            f.message
+                .contains("command `sleep` did not finish within 1 s"),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("tok3n"), "{}", f.message);
+
+        let big = SecretSource {
+            command: Some("head -c 100000 /dev/zero".into()),
+            ..SecretSource::default()
+        };
+        let f = big.resolve("auth.token").unwrap_err();
+        assert!(f.message.contains("more than 64 KiB"), "{}", f.message);
     }
 
     fn parse(text: &str) -> Result<Config, Failure> {
@@ -1413,6 +2087,7 @@ mod tests {
             "spool_dir",
             "queue_lifetime_days",
             "cache_dir",
+            "trusted_users",
             "profiles",
             "mode",
             "cloud",
@@ -1431,6 +2106,7 @@ mod tests {
             "mx_host",
             "mx_domain",
             "dns_server",
+            "allow_any_mx",
             "tls",
             "min_version",
             "ca_file",
@@ -1451,6 +2127,9 @@ mod tests {
             "scope",
             "refresh_window_secs",
             "assertion_alg",
+            "save_to_sent_items",
+            "graph_host",
+            "fallback",
             "helo",
             "max_size",
             "timeouts",
@@ -1467,6 +2146,29 @@ mod tests {
             "rate_per_minute",
             "env",
             "value",
+            "timeout_secs",
+            "serve",
+            "listen",
+            "networks",
+            "hostname",
+            "tls_cert",
+            "tls_key",
+            "plaintext_auth",
+            "require_auth",
+            "senders",
+            "profile",
+            "max_connections",
+            "max_message_size",
+            "max_recipients",
+            "client_rate_per_minute",
+            "auth_failures",
+            "lockout_minutes",
+            "idle_timeout",
+            "queue_interval",
+            "shutdown_timeout",
+            "users",
+            "password_hash",
+            "password_hash_file",
         ] {
             let written = EXAMPLE.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
@@ -1495,10 +2197,73 @@ mod tests {
         let e = chunking("chunking = \"yes\"").unwrap_err();
         assert!(
             e.message.contains("profiles.a.chunking")
-                && e.message.contains("\"auto\", true or false"),
+                && e.message.contains("expected \"auto\", true or false")
+                && !e.message.contains("yes"),
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn serve_section_is_checked() {
+        let base = "[profiles.a]\nmode = \"relay\"\n";
+        let ok = parse(&format!(
+            "{base}[serve]\nnetworks = [\"10.0.0.0/8\", \"192.0.2.7\"]\n"
+        ))
+        .unwrap();
+        let nets = ok.serve.networks();
+        assert_eq!(nets.len(), 2);
+        assert!(nets[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(
+            ok.serve.listen(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+        );
+        for (serve, needle) in [
+            (
+                "[serve]\nnetworks = [\"10.0.0.0/33\"]\n",
+                ":4: serve.networks: \"10.0.0.0/33\" is not a network",
+            ),
+            (
+                "[serve]\ntls_cert = \"/x\"\n",
+                "serve.tls_cert: a certificate needs its key",
+            ),
+            (
+                "[serve]\nprofile = \"nope\"\n",
+                "serve.profile: there is no such profile",
+            ),
+            (
+                "[serve]\nlisten = []\n",
+                "serve.listen: no address to listen on",
+            ),
+            (
+                "[serve]\nmax_connections = 0\n",
+                "serve.max_connections: 0 is out of range",
+            ),
+            (
+                "[serve]\nsenders = [\"a b\"]\n",
+                "serve.senders: \"a b\" is not an address",
+            ),
+            (
+                "[serve.users.u]\nsenders = [\"*\"]\n",
+                "serve.users.u.password_hash: the user needs password_hash",
+            ),
+            (
+                "[serve.users.u]\npassword_hash = \"$6$x$y\"\n",
+                "serve.users.u.senders: list the envelope senders",
+            ),
+            (
+                "[serve.users.u]\npassword = \"x\"\n",
+                "unknown field `password`",
+            ),
+        ] {
+            let e = parse(&format!("{base}{serve}")).unwrap_err();
+            assert!(e.message.contains(needle), "{serve}: {}", e.message);
+        }
+        assert!(sender_matches("*", "a@b"));
+        assert!(sender_matches("*@Contoso.com", "x@contoso.COM"));
+        assert!(!sender_matches("*@contoso.com", "x@evil.com"));
+        assert!(sender_matches("A@contoso.com", "a@contoso.com"));
+        assert!(!sender_matches("a@contoso.com", ""));
     }
 
     #[test]
@@ -1602,6 +2367,67 @@ mod tests {
             e.message.contains(":3:") && e.message.contains("above the first [table] header"),
             "{}",
             e.message
+        );
+    }
+
+    /// No part of a value reaches a parse error: not serde's quoted value, not fragments of a
+    /// broken string that the recovering parser reads as keys.
+    #[test]
+    fn parse_errors_show_no_part_of_any_value() {
+        for text in [
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-abc\"LEAK-def\" }\n",
+            "[profiles.a.auth]\nclient_secret = { value = 's3cr3t-abc'LEAKx }\n",
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-abc\" \"LEAK-zzz\" }\n",
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-abc\", other = s3cr3t-LEAK }\n",
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-LEAK\\q\" }\n",
+            "[profiles.a.auth]\nclient_secret = { value = \"s3cr3t-LEAK def }\n",
+            "[profiles.a.auth]\nclient_secret = { value = s3cr3t-LEAK }\n",
+            "[profiles.a]\nauth = \"s3cr3t-LEAK\"\n",
+            "[profiles.a]\nhelo = 123456789\n",
+            "[profiles.a]\nmode = \"LEAK-mode\"\n",
+            "[profiles.a]\ns3cr3t-LEAK-pasted-alone\n",
+            "[profiles.a]\nx = { a = 1 \"LEAK\" }\n",
+            "[profiles]\na = { auth = { password = { command = \"vault LEAK\" } }, \"LEAK2\" }\n",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.exit, crate::exit::Exit::Config);
+            for part in ["s3cr3t", "LEAK", "123456789"] {
+                assert!(
+                    !e.message.contains(part),
+                    "{part} in {:?}\nfrom {text:?}",
+                    e.message
+                );
+            }
+            assert!(
+                e.message.starts_with("/etc/m365send/config.toml:"),
+                "{}",
+                e.message
+            );
+        }
+        // What is left still says where and what.
+        let e = parse("[profiles.a]\nmode = \"smtp\"\n").unwrap_err();
+        assert!(
+            e.message
+                .ends_with("profiles.a.mode: unknown value, expected one of `submit`, `relay`, `direct`, `hve`, `acs`, `graph`"),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a]\nhelo = 12\n").unwrap_err();
+        assert!(
+            e.message
+                .ends_with("profiles.a.helo: invalid type: an integer, expected a string"),
+            "{}",
+            e.message
+        );
+        let e = parse("[profiles.a.auth]\nclient_secret = { value = \"ab\"cd\" }\n").unwrap_err();
+        assert!(
+            e.message.contains(":2:") && e.message.contains(": profiles.a.auth.client_secret: "),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            without_values(r#"invalid type: string "a\"b, expected c", expected u32"#),
+            "invalid type: a string, expected u32"
         );
     }
 

@@ -260,6 +260,8 @@ fn context<'c>(profile: &'c Profile, message: &'c Prepared, host: Option<&'c str
     Context {
         sender: Some(message.envelope.sender.as_str()),
         host,
+        // A temporary failure goes to the queue unless the profile never queues.
+        retried_by_queue: Some(profile.queue != crate::config::QueuePolicy::Never),
         ..auth::explain_context(profile)
     }
 }
@@ -411,9 +413,32 @@ pub fn failure(
     let mut text = outcome.report(profile, message);
     if outcome.delivered.is_empty() || !outcome.pending.is_empty() {
         let reason = outcome.summary_line();
-        match crate::report::dead_letter(config, profile, message, &reason) {
-            Ok(path) => text.push_str(&format!("\n  message saved to {}", path.display())),
-            Err(e) => text.push_str(&format!("\n  could not save the message: {}", e.message)),
+        // A temporary failure that ends here was not queued: say so, and where the message is,
+        // so that nobody waits for a retry that will not come.
+        let not_queued = outcome.is_transient().then(|| {
+            if profile.queue == crate::config::QueuePolicy::Never {
+                format!(
+                    "not queued (profile \"{}\" has queue = \"never\"); ",
+                    profile.name
+                )
+            } else {
+                "not queued; ".to_owned()
+            }
+        });
+        match (
+            crate::report::dead_letter(config, profile, message, &reason),
+            not_queued,
+        ) {
+            (Ok(path), Some(nq)) => text.push_str(&format!(
+                "\n  {nq}message saved to {}: send it again later",
+                path.display()
+            )),
+            (Ok(path), None) => text.push_str(&format!("\n  message saved to {}", path.display())),
+            (Err(e), nq) => text.push_str(&format!(
+                "\n  {}could not save the message: {}",
+                nq.unwrap_or_default(),
+                e.message
+            )),
         }
     }
     Failure::new(outcome.exit(), text)

@@ -14,13 +14,15 @@
 //! | reply | exit | why |
 //! |---|---|---|
 //! | any 4xx, and 501 5.5.127 (token expires soon) | 75 TEMPFAIL | trying again (with a fresh token) can succeed |
-//! | 5.1.x, 5.4.1, 5.5.105 (HVE: external recipient) | 67 NOUSER | a recipient was refused |
-//! | 5.7.3, 5.7.139, 5.7.30, 5.7.57, 5.7.60, 5.2.0/5.2.252 SendAsDenied, 5.7.64, 5.7.68, 5.5.124, any other 5.7.x, bare 530/534/535/538 | 77 NOPERM | authentication or permission: an administrator must grant or fix something |
+//! | 5.1.x (but 5.1.8 and 5.1.90), 5.4.1, 5.5.105 (HVE: external recipient) | 67 NOUSER | a recipient was refused |
+//! | 5.7.3, 5.7.139, 5.7.8 and any other 535, 5.7.30, 5.7.57, 5.7.60, 5.2.0/5.2.252 SendAsDenied, 5.7.64, 5.7.68, 5.7.54 and 5.7.1 Unable to relay, 5.5.124, any other 5.7.x, bare 530/534/535/538 | 77 NOPERM | authentication or permission: an administrator must grant or fix something |
 //! | 5.3.4, 5.6.x, bare 552 | 65 DATAERR | the message itself was refused |
-//! | 5.2.251–5.2.255 throttled, 5.7.606–649 banned IP, 5.7.705/708/750 tenant blocked, 5.2.0 quota, 5.2.2 mailbox full, anything else | 69 UNAVAILABLE | the service refuses for now; no retry by us |
+//! | 5.2.251–5.2.255 throttled, 5.1.8 blocked sender, 5.7.501–503 banned sender, 5.7.511 and 5.7.606–649 banned IP, 5.7.705/708/750 tenant blocked, 5.2.0 quota, 5.2.2 and 5.1.90 recipient rate limit, 5.2.2 mailbox full, anything else | 69 UNAVAILABLE | the service refuses for now; no retry by us |
 //!
-//! Banned IPs and blocked tenants are 69, not 77: no permission or setting on our side fixes
-//! them, the IP must be delisted or Microsoft must lift the block.
+//! Banned IPs, banned or blocked senders and blocked tenants are 69, not 77: no permission or
+//! setting on our side fixes them, the IP must be delisted or Microsoft must lift the block.
+//! 4.7.850–899 (suspicious IP), 421 4.3.2 (too many concurrent connections, PRX) and 421 4.7.0
+//! (too many errors) are 4xx like the rest: 75.
 //!
 //! # Exit codes chosen for identity-platform (OAuth) errors
 //!
@@ -35,6 +37,8 @@
 //! permission (MFA, conditional access, consent, an expired or revoked refresh token, a
 //! declined or expired device login); 75 TEMPFAIL for the identity platform's own temporary
 //! failures.
+
+pub mod graph;
 
 use crate::config::Mode;
 use crate::exit::{Exit, Failure};
@@ -63,6 +67,10 @@ pub struct Context<'a> {
     /// 5.7.3 causes.
     pub tenant: Option<&'a str>,
     pub client_id: Option<&'a str>,
+    /// Whether m365send's queue tries a temporary failure again: `Some(true)` for a queued
+    /// message, `Some(false)` when the profile never queues (`queue = "never"`), `None` when
+    /// not known (`m365send explain CODE`).
+    pub retried_by_queue: Option<bool>,
 }
 
 /// One or two lines for the user, and the exit code the reply implies.
@@ -131,6 +139,13 @@ enum Kind {
     TokenExpiresSoon,
     HveExternal,
     MalformedContent,
+    RelayNotAccepted,
+    SenderBlocked,
+    BannedSender,
+    BannedSenderIp,
+    SuspiciousIp,
+    TooManyConnections,
+    TooManyErrors,
 }
 
 /// A typical reply for each kind: (basic code, enhanced code, text). Used by `explain CODE`
@@ -301,6 +316,73 @@ const SAMPLES: &[(Kind, u16, &str, &str)] = &[
         "5.6.11",
         "SMTPSEND.BareLinefeedsAreIllegal",
     ),
+    (
+        Kind::AuthUnsuccessful,
+        535,
+        "5.7.8",
+        "Error: authentication failed: authentication failure",
+    ),
+    (
+        Kind::RelayNotAccepted,
+        550,
+        "5.7.54",
+        "SMTP; Unable to relay recipient in non-accepted domain",
+    ),
+    (Kind::RelayNotAccepted, 550, "5.7.1", "Unable to relay"),
+    (
+        Kind::SenderBlocked,
+        550,
+        "5.1.8",
+        "Access denied, bad outbound sender",
+    ),
+    (
+        Kind::BannedSender,
+        550,
+        "5.7.501",
+        "Access denied, spam abuse detected. The sending account has been banned due to detected spam activity.",
+    ),
+    (
+        Kind::BannedSender,
+        550,
+        "5.7.502",
+        "Access denied, banned sender",
+    ),
+    (
+        Kind::BannedSender,
+        550,
+        "5.7.503",
+        "Access denied, banned sender",
+    ),
+    (
+        Kind::BannedSenderIp,
+        550,
+        "5.7.511",
+        "Access denied, banned sender[192.0.2.1]. To request removal from this list please forward this message to delist@microsoft.com.",
+    ),
+    (
+        Kind::SuspiciousIp,
+        451,
+        "4.7.850",
+        "Access denied, please try again later. The IP address has been temporarily restricted.",
+    ),
+    (
+        Kind::SubmissionQuota,
+        550,
+        "5.1.90",
+        "Your message can't be sent because you've reached your daily limit for message recipients",
+    ),
+    (
+        Kind::TooManyConnections,
+        421,
+        "4.3.2",
+        "The maximum number of concurrent server connections has exceeded a limit, closing transmission channel [AM0PR01CA0001.eurprd01.prod.exchangelabs.com] PRX",
+    ),
+    (
+        Kind::TooManyErrors,
+        421,
+        "4.7.0",
+        "mail.contoso.com Error: too many errors",
+    ),
 ];
 
 fn contains_ci(haystack: &str, needle: &str) -> bool {
@@ -345,9 +427,39 @@ fn classify(reply: &Reply) -> Option<Kind> {
         (5, 7, 606..=649) => Kind::BannedIp,
         (5, 7, 705) | (5, 7, 708) | (5, 7, 750) => Kind::TenantBlocked,
         (4, 7, 500..=699) => Kind::TryLater,
+        (4, 7, 850..=899) => Kind::SuspiciousIp,
         (4, 7, 66) => Kind::TlsTooOld,
-        (4, 3, 2) => Kind::ThreadLimit,
+        (4, 3, 2) => {
+            if contains_ci(&text, "storedrv") || contains_ci(&text, "thread limit") {
+                Kind::ThreadLimit
+            } else if contains_ci(&text, "concurrent")
+                || contains_ci(&text, "prx")
+                || reply.code == 421
+            {
+                Kind::TooManyConnections
+            } else {
+                Kind::ThreadLimit
+            }
+        }
+        (4, 7, 0) if contains_ci(&text, "too many errors") => Kind::TooManyErrors,
+        (5, 2, 2)
+            if contains_ci(&text, "submissionquota")
+                || contains_ci(&text, "submission quota")
+                || contains_ci(&text, "rate limit")
+                || contains_ci(&text, "limit for message recipients") =>
+        {
+            Kind::SubmissionQuota
+        }
+        (5, 1, 90) => Kind::SubmissionQuota,
         (5, 2, 2) => Kind::MailboxFull,
+        (5, 7, 54) => Kind::RelayNotAccepted,
+        (5, 7, 1) if contains_ci(&text, "relay") => Kind::RelayNotAccepted,
+        (5, 1, 8) => Kind::SenderBlocked,
+        (5, 7, 501..=503) => Kind::BannedSender,
+        (5, 7, 511) => Kind::BannedSenderIp,
+        // RFC 4954 5.7.8 "authentication credentials invalid" (any other 535: see
+        // `classify_any`).
+        (5, 7, 8) => Kind::AuthUnsuccessful,
         (5, 3, 4) => Kind::TooLarge,
         (4, 5, 3) | (5, 5, 3) => Kind::TooManyRecipients,
         (5, 5, 124) => Kind::InvalidXoauth2,
@@ -357,6 +469,13 @@ fn classify(reply: &Reply) -> Option<Kind> {
         _ => return None,
     };
     Some(kind)
+}
+
+/// [`classify`], and any other 535 as a refused login, whatever the server calls it (a bare
+/// 535, 5.7.8 from a non-Microsoft server...). Not used to match the catalogue's samples
+/// against a code alone: every code would then look like a 535.
+fn classify_any(reply: &Reply) -> Option<Kind> {
+    classify(reply).or_else(|| (reply.code == 535).then_some(Kind::AuthUnsuccessful))
 }
 
 impl Kind {
@@ -370,7 +489,8 @@ impl Kind {
             | Kind::SendAsDenied
             | Kind::RelayDenied
             | Kind::DirectSendRejected
-            | Kind::InvalidXoauth2 => Exit::NoPerm,
+            | Kind::InvalidXoauth2
+            | Kind::RelayNotAccepted => Exit::NoPerm,
             Kind::RecipientAccessDenied | Kind::RecipientNotFound | Kind::HveExternal => {
                 Exit::NoUser
             }
@@ -379,13 +499,19 @@ impl Kind {
             | Kind::BannedIp
             | Kind::TenantBlocked
             | Kind::SubmissionQuota
-            | Kind::MailboxFull => Exit::Unavailable,
+            | Kind::MailboxFull
+            | Kind::SenderBlocked
+            | Kind::BannedSender
+            | Kind::BannedSenderIp => Exit::Unavailable,
             Kind::WrongRegion
             | Kind::TryLater
             | Kind::TlsTooOld
             | Kind::ThreadLimit
             | Kind::TooManyRecipients
-            | Kind::TokenExpiresSoon => Exit::TempFail,
+            | Kind::TokenExpiresSoon
+            | Kind::SuspiciousIp
+            | Kind::TooManyConnections
+            | Kind::TooManyErrors => Exit::TempFail,
         }
     }
 }
@@ -396,6 +522,9 @@ impl Kind {
 pub fn exit_for(reply: &Reply) -> Exit {
     if reply.is_positive() {
         return Exit::Ok;
+    }
+    if let Some(e) = graph::exit_for(reply) {
+        return e;
     }
     if reply.is_transient() {
         return Exit::TempFail;
@@ -468,6 +597,27 @@ impl Words<'_, '_> {
             None => "`m365send login --profile PROFILE`".to_owned(),
         }
     }
+    /// "try again later" and who does it, for temporary refusals.
+    fn try_later(&self) -> &'static str {
+        match self.ctx.retried_by_queue {
+            Some(true) => "try again later (the queue does so)",
+            Some(false) => {
+                "try again later: this message was not queued (the profile has queue = \"never\"), so send it again yourself"
+            }
+            None => {
+                "try again later (m365send's queue does so unless the profile has queue = \"never\")"
+            }
+        }
+    }
+    /// The address Microsoft blocked: the mailbox for a login, else the sender.
+    fn account(&self) -> String {
+        match (self.ctx.mode, self.ctx.mailbox, self.ctx.sender) {
+            (Some(mode), Some(m), _) if mode.sends_as_mailbox() => m.to_owned(),
+            (_, _, Some(s)) if !s.is_empty() => s.to_owned(),
+            (_, Some(m), _) => m.to_owned(),
+            _ => "the sending account".to_owned(),
+        }
+    }
     fn domain_of_sender(&self) -> Option<&str> {
         self.ctx
             .sender
@@ -491,7 +641,15 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
     let w = Words { ctx };
     match kind {
         Kind::AuthUnsuccessful => {
-            if ctx.app_only {
+            if ctx.mode == Some(Mode::Acs) {
+                (
+                    format!(
+                        "the login of {} was not accepted by Azure Communication Services.",
+                        w.mailbox_or_it()
+                    ),
+                    "The login name must be <resource name>.<application (client) id>.<tenant id> (or an SMTP Username of the resource) and the password a client secret of that application, which needs a role on the Communication Services resource that allows sending email.".to_owned(),
+                )
+            } else if ctx.app_only {
                 (
                     format!(
                         "the app-only token was not accepted for {}.",
@@ -645,7 +803,7 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
         ),
         Kind::TryLater => (
             "access is denied for now.".to_owned(),
-            "This is temporary: try again later (the queue does so).".to_owned(),
+            format!("This is temporary: {}.", w.try_later()),
         ),
         Kind::TlsTooOld => (
             "the connection used TLS 1.0 or 1.1.".to_owned(),
@@ -656,7 +814,10 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
                 "{} has more than 3 connections open at once.",
                 w.mailbox()
             ),
-            "This is temporary: retry later, and send one message at a time for this mailbox (let the queue serialise).".to_owned(),
+            format!(
+                "This is temporary: {}, and send one message at a time for this mailbox (the queue runner sends one at a time).",
+                w.try_later()
+            ),
         ),
         Kind::SubmissionQuota => (
             format!(
@@ -698,6 +859,61 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
             "the access token was about to expire.".to_owned(),
             "Refresh tokens earlier: raise auth.refresh_window_secs (default 300); sending again gets a fresh token.".to_owned(),
         ),
+        Kind::RelayNotAccepted => {
+            if ctx.mode == Some(Mode::Direct) {
+                (
+                    format!(
+                        "{} is outside the organisation, and direct send does not relay.",
+                        w.recipient()
+                    ),
+                    "Send to outside recipients with mode = \"relay\" (a connector) or \"submit\" (a mailbox).".to_owned(),
+                )
+            } else {
+                (
+                    format!(
+                        "the server does not relay for this host to {}: no connector accepts this host, or an on-premises or hybrid receive connector does not let it relay outside the organisation.",
+                        w.recipient()
+                    ),
+                    "For Exchange Online, add an inbound connector from \"Your organization's email server\" that recognises this host by its TLS certificate (tls.client_cert) or its static public IP, and relay to the tenant's MX endpoint; for an on-premises or hybrid Exchange receive connector, let this host relay (Ms-Exch-SMTP-Accept-Any-Recipient). Or send with mode = \"submit\" and a mailbox.".to_owned(),
+                )
+            }
+        }
+        Kind::SenderBlocked => (
+            format!(
+                "Microsoft 365 has blocked {} from sending, usually because it sent spam (a compromised account).",
+                w.account()
+            ),
+            "An administrator must secure the account (reset its password, remove forwarding rules and app consents nobody knows) and release it under Restricted entities in the Microsoft Defender portal; retrying will not help.".to_owned(),
+        ),
+        Kind::BannedSender => (
+            format!(
+                "Microsoft 365 has banned {} for sending spam.",
+                w.account()
+            ),
+            "Find out what was sent (a compromised account, or a script sending to many recipients) and stop it, then ask the Microsoft 365 administrator to open a support request to lift the ban; retrying will not help.".to_owned(),
+        ),
+        Kind::BannedSenderIp => (
+            "this host's public IP address is banned by Microsoft.".to_owned(),
+            "Find out why it was listed, then ask for delisting as the reply says (forward it to delist@microsoft.com); the delist portal sender.office.com does not lift this ban. Retrying will not help.".to_owned(),
+        ),
+        Kind::SuspiciousIp => (
+            "Microsoft 365 restricts this host's IP address for now (its traffic looks suspicious).".to_owned(),
+            format!(
+                "This is temporary: {}; if it keeps happening, check what this host sends, and for relay that a connector recognises it.",
+                w.try_later()
+            ),
+        ),
+        Kind::TooManyConnections => (
+            "too many connections are open at once from this host (or tenant), so this one was closed.".to_owned(),
+            format!(
+                "Back off: open fewer connections at once (let one `m365send queue run` send queued mail rather than many processes in parallel) and {}.",
+                w.try_later()
+            ),
+        ),
+        Kind::TooManyErrors => (
+            "the server closed the connection after too many errors in this session (refused commands, such as recipients over its limit or unknown ones).".to_owned(),
+            "Sending the same transaction again repeats the errors: look at the refusals before this one (split the recipients after 452 too many recipients, fix the addresses refused) and send again.".to_owned(),
+        ),
         Kind::HveExternal => (
             format!(
                 "High Volume Email delivers only inside the organisation, and {} is outside it.",
@@ -710,7 +926,10 @@ fn words(kind: Kind, ctx: &Context<'_>) -> (String, String) {
 
 /// The explanation of a server reply, when the catalogue knows it.
 pub fn explain_reply(reply: &Reply, ctx: &Context<'_>) -> Option<Explanation> {
-    let kind = classify(reply)?;
+    if crate::status::graph_error(reply).is_some() {
+        return graph::explain_reply(reply, ctx);
+    }
+    let kind = classify_any(reply)?;
     let (meaning, advice) = words(kind, ctx);
     Some(Explanation {
         meaning,
@@ -826,8 +1045,15 @@ fn kind_title(kind: Kind) -> &'static str {
             "when the text says basic authentication is disabled, security defaults or conditional access"
         }
         Kind::SendAsDenied => "when the text says SendAsDenied",
-        Kind::SubmissionQuota => "when the text says SubmissionQuotaExceeded",
+        Kind::SubmissionQuota => {
+            "when the text says SubmissionQuotaExceeded or a recipient rate limit"
+        }
         Kind::SenderThrottled => "when the text says the sender is throttled",
+        Kind::MailboxFull => "when the text says mailbox full",
+        Kind::ThreadLimit => "when the text says STOREDRV sender thread limit",
+        Kind::TooManyConnections => "when the text says concurrent connections (PRX), or with 421",
+        Kind::RelayNotAccepted => "when the text says Unable to relay",
+        Kind::TooManyErrors => "when the text says too many errors",
         _ => "",
     }
 }
@@ -841,6 +1067,9 @@ pub fn explain_code(code: &str) -> Option<String> {
     let input = code.trim();
     if input.is_empty() {
         return None;
+    }
+    if let Some(text) = graph::explain_code(input) {
+        return Some(text);
     }
     if let Some(a) = aadsts_code(&input.to_ascii_uppercase()) {
         return explain_aadsts(&a, &Context::default()).map(|e| format_aadsts(&a, &e));
@@ -924,7 +1153,7 @@ pub fn explain_code(code: &str) -> Option<String> {
             enhanced: Some(e),
             lines: vec![format!("{e} {text}")],
         };
-        if let Some(k) = classify(&reply) {
+        if let Some(k) = classify_any(&reply) {
             found.push((k, reply));
         }
     }
@@ -939,6 +1168,14 @@ pub fn explain_code(code: &str) -> Option<String> {
                 found.push((kind, reply));
             }
         }
+    }
+    if found.is_empty() && basic == Some(535) {
+        let reply = Reply {
+            code: 535,
+            enhanced: Some(e),
+            lines: vec![e.to_string()],
+        };
+        found.push((Kind::AuthUnsuccessful, reply));
     }
 
     let shown_basic = basic
@@ -965,8 +1202,16 @@ pub fn explain_code(code: &str) -> Option<String> {
             exit_line(exit_for(&reply))
         ));
     }
+    // A code the catalogue knows only by its text (5.7.1 "Unable to relay", 4.7.0 "too many
+    // errors", 5.2.0): say which text, and what the code means with any other.
+    let bare = Reply {
+        code: shown_basic,
+        enhanced: Some(e),
+        lines: vec![e.to_string()],
+    };
+    let by_text_only = text.is_empty() && classify(&bare).is_none();
     let mut out = String::new();
-    let several = found.len() > 1;
+    let several = found.len() > 1 || by_text_only;
     for (i, (kind, reply)) in found.iter().enumerate() {
         let (meaning, advice) = words(*kind, &ctx);
         if i > 0 {
@@ -978,6 +1223,18 @@ pub fn explain_code(code: &str) -> Option<String> {
             out.push_str(&format!("{head}: {meaning}"));
         }
         out.push_str(&format!("\n  {advice}\n  {}", exit_line(exit_for(reply))));
+    }
+    if by_text_only {
+        let nature = if e.class == 4 {
+            "temporary"
+        } else {
+            "permanent"
+        };
+        out.push_str(&format!(
+            "\n{head}, with any other text: a {nature} failure, {}.\n  {}",
+            subject_meaning(e),
+            exit_line(exit_for(&bare))
+        ));
     }
     Some(out)
 }

@@ -4,6 +4,9 @@
 //! deliver (→ queue). `status` holds the leaf reply/step types every layer shares.
 //! See each module's top comment for what it owns.
 
+// A closed stderr or stdout must never panic: every write goes through `console`.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod address;
 pub mod aliases;
 pub mod app;
@@ -11,15 +14,20 @@ pub mod auth;
 pub mod bs;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod deliver;
+pub mod doctor;
 pub mod exit;
 pub mod explain;
 pub mod fsutil;
+pub mod graph;
 pub mod message;
 pub mod queue;
 pub mod report;
 pub mod route;
 pub mod secret;
+pub mod serve;
 pub mod smtp;
 pub mod status;
 pub mod transport;
+pub mod trust;

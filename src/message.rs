@@ -2,9 +2,12 @@
 //!
 //! Owns: reading stdin as bytes (or composing with lettre for --subject/--body/--attach),
 //! CRLF normalisation, -i/-oi dot handling, -t recipient extraction (mail-parser), aliases and
-//! the default domain, Bcc removal, From/envelope sender policy, Date and Message-ID, header
-//! injection checks, the size limit, and the 8BITMIME/SMTPUTF8 flags. The body lives in a
-//! temporary spool file so a large message costs bounded memory. Must not: connect anywhere.
+//! the default domain, duplicate recipients (without regard to case for Microsoft 365), Bcc
+//! removal, From/envelope sender policy (what the null sender becomes
+//! in each mode), Date and Message-ID, header injection checks, the size limit (a message over
+//! it is read to its end, up to [`KEEP_MAX`], and handed back for the dead letter), and the
+//! 8BITMIME/SMTPUTF8 flags. The body lives in a temporary spool file so a large message costs
+//! bounded memory. Must not: connect anywhere.
 //!
 //! Memory bound for a message read from stdin: the header block (at most
 //! [`MAX_HEADER_BLOCK`] = 1 MiB, held a few times while parsed and rewritten) plus fixed
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::{self, LocalHost};
 use crate::aliases::Aliases;
 use crate::cli::SendArgs;
-use crate::config::{Profile, RewriteFrom};
+use crate::config::{Mode, Profile, RewriteFrom};
 use crate::exit::{Exit, Failure};
 
 /// DSN return type (RFC 3461 RET).
@@ -56,7 +59,8 @@ impl Dsn {
 /// SMTP envelope.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// MAIL FROM address; empty for the null sender (bounces).
+    /// MAIL FROM address; empty for the null sender (bounces sent through a relay profile
+    /// without `sender`: see `queue::bounce`). A message read from the caller never has it.
     pub sender: String,
     /// RCPT TO addresses, de-duplicated, aliases applied, fully qualified.
     pub recipients: Vec<String>,
@@ -114,6 +118,10 @@ pub struct Prepared {
 pub const MAX_HEADER_BLOCK: usize = 1024 * 1024;
 /// The fixed buffer the body streams through.
 const BUF_SIZE: usize = 64 * 1024;
+/// How much of a message over `max_size` is read and kept for the dead letter (or `max_size`
+/// when that is larger): enough for any real cron output, while a runaway producer
+/// (`yes | sendmail root`) still ends.
+pub const KEEP_MAX: u64 = 1024 * 1024 * 1024;
 /// RFC 5322 line limit without CRLF.
 const MAX_LINE: u64 = 998;
 
@@ -331,7 +339,7 @@ impl Ctx<'_> {
         if let Some(f) = &self.args.envelope_from {
             let t = f.trim();
             if t.is_empty() || t == "<>" {
-                return Ok(String::new()); // the null sender (bounces)
+                return self.instead_of_null_sender(f);
             }
         }
         let given = self
@@ -373,6 +381,61 @@ impl Ctx<'_> {
         Ok(sender)
     }
 
+    /// `-f '<>'` or an empty `-f`: the null sender, which no mode of Microsoft 365 takes as
+    /// it is. A mailbox login (submit, hve, acs, graph) may send only as the mailbox or an address it
+    /// has Send As on (else 5.7.60): refused, saying why. Relay and direct send are attributed
+    /// by the sender's domain (a null sender through a connector is 5.7.64) and direct send
+    /// takes only accepted-domain senders: the profile's `sender` stands in for it, and
+    /// without one the message is refused. Decided here, before anything connects.
+    fn instead_of_null_sender(&self, given: &str) -> Result<String, Failure> {
+        let p = self.profile;
+        let shown = if given.trim().is_empty() {
+            "an empty -f".to_owned()
+        } else {
+            format!("-f {:?}", given.trim())
+        };
+        let sender = p.sender.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        match p.mode {
+            m if m.sends_as_mailbox() => {
+                let who = p
+                    .login_user()
+                    .map(|m| format!("the mailbox {m}"))
+                    .unwrap_or_else(|| "the mailbox".to_owned());
+                Err(Failure::usage(format!(
+                    "{shown} asks for the null sender (no return address), which Microsoft 365 \
+                     refuses for a mailbox login (mode \"{}\" of profile \"{}\"): it sends only \
+                     as {who} or an address it may send as (550 5.7.60). Leave -f out, or give \
+                     -f with that address. Refused before connecting.",
+                    p.mode.as_str(),
+                    p.name
+                )))
+            }
+            _ => match sender {
+                Some(s) => {
+                    tracing::debug!(
+                        sender = s,
+                        "null sender replaced by the profile's sender (Microsoft 365 attributes \
+                         relay and direct send by the sender's domain)"
+                    );
+                    Ok(address::qualify(s, p.default_domain.as_deref()))
+                }
+                None => Err(Failure::config(format!(
+                    "{shown} asks for the null sender (no return address), which Microsoft 365 \
+                     refuses for {}: it attributes the message to the tenant by the sender's \
+                     domain (550 5.7.64). Set `sender` in profile \"{}\" to an address in an \
+                     accepted domain (m365send then sends from it instead), or give -f with one. \
+                     Refused before connecting.",
+                    if p.mode == Mode::Relay {
+                        "relay"
+                    } else {
+                        "direct send"
+                    },
+                    p.name
+                ))),
+            },
+        }
+    }
+
     /// Recipients: arguments, --to/--cc/--bcc, and (-t) the header's To/Cc/Bcc; then aliases,
     /// the default domain, duplicates removed.
     fn recipients(&self, header_rcpts: &[String]) -> Result<Vec<String>, Failure> {
@@ -386,6 +449,10 @@ impl Ctx<'_> {
             }
         }
         raw.extend(header_rcpts.iter().cloned());
+        // One recipient per mailbox: Microsoft 365 compares addresses without case, so
+        // `Bob@contoso.com` and `bob@contoso.com` are sent once (the first spelling); another
+        // server keeps RFC 5321's case-sensitive local parts (see route::goes_to_microsoft).
+        let fold_case = crate::route::goes_to_microsoft(self.profile, a.server.as_deref());
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for r in raw {
@@ -418,16 +485,20 @@ impl Ctx<'_> {
                         format!("recipient {q:?} {why}: refused before connecting"),
                     ));
                 }
-                if seen.insert(address::dedup_key(&q)) {
+                if seen.insert(address::dedup_key(&q, fold_case)) {
                     out.push(q);
                 }
             }
         }
         if out.is_empty() {
-            return Err(Failure::usage(
+            return Err(Failure::usage(if a.extract_recipients {
+                "no recipients: -t takes them from the To, Cc and Bcc headers, and the message \
+                 has no address in any of them (nor were any given as arguments or with \
+                 --to/--cc/--bcc)"
+            } else {
                 "no recipients: give them as arguments, with --to/--cc/--bcc, or use -t to take \
-                 them from the To, Cc and Bcc headers",
-            ));
+                 them from the To, Cc and Bcc headers"
+            }));
         }
         Ok(out)
     }
@@ -442,8 +513,13 @@ impl Ctx<'_> {
         let mut reader = BufReader::with_capacity(BUF_SIZE, Normalizer::new(input, ignore_dots));
         let (mut fields, body_prefix) = read_header_block(&mut reader)?;
 
-        // Spool the body (normalised) while measuring it.
+        // Spool the body (normalised) while measuring it. Past `max_size` the message will be
+        // refused, but reading goes on (streamed, up to KEEP_MAX) so that the caller's message
+        // ends in the dead letter whole: large cron output is not lost.
         let mut spool = temp_file()?;
+        let keep_max = KEEP_MAX.max(max);
+        let mut over = false;
+        let mut cut = false;
         let stats = {
             let mut w = StatsWriter::new(BufWriter::with_capacity(BUF_SIZE, spool.as_file_mut()));
             w.write_all(&body_prefix).map_err(spool_err)?;
@@ -458,13 +534,31 @@ impl Ctx<'_> {
                     }
                 };
                 w.write_all(&buf[..n]).map_err(spool_err)?;
-                if w.stats.size > max {
-                    return Err(too_large(w.stats.size, max, true).into());
+                over |= w.stats.size > max;
+                if over && w.stats.size >= keep_max {
+                    cut = true;
+                    break;
                 }
             }
             w.inner.flush().map_err(spool_err)?;
             w.finish()
         };
+        if over {
+            let block: Vec<u8> = fields.iter().flat_map(|f| f.raw.iter().copied()).collect();
+            let read = block.len() as u64 + 2 + stats.size;
+            return Err(Refused {
+                failure: too_large(
+                    if cut {
+                        Over::MoreThan(read)
+                    } else {
+                        Over::Exactly(read)
+                    },
+                    max,
+                    &self.profile.name,
+                ),
+                input: keep_input(&block, spool.as_file()),
+            });
+        }
 
         // --header fields replace the message's own before anything reads them, so that a
         // From given this way goes through the sender policy like any other.
@@ -600,7 +694,12 @@ impl Ctx<'_> {
         drop(spool);
         let size = out.as_file().metadata().map_err(spool_err)?.len();
         if size > max {
-            return Err(too_large(size, max, false).into());
+            // Over the limit with the header fields added: the message as it would have gone
+            // out is kept.
+            return Err(Refused {
+                failure: too_large(Over::Exactly(size), max, &self.profile.name),
+                input: Some(out),
+            });
         }
         let eight_bit = header_bytes.iter().any(|b| *b >= 0x80) || (stats.eight_bit && !recode);
         let smtputf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
@@ -885,6 +984,10 @@ fn field_name(line: &[u8]) -> Option<String> {
 /// The caller's message as read (header block, blank line, normalised body) in a new
 /// temporary file; None when it cannot be written (the refusal is reported all the same).
 fn keep_input(header_block: &[u8], body: &File) -> Option<tempfile::NamedTempFile> {
+    // Nothing was read (`m365send -t </dev/null`): nothing to keep.
+    if header_block.is_empty() && body.metadata().ok()?.len() == 0 {
+        return None;
+    }
     let mut out = temp_file().ok()?;
     let mut body = body.try_clone().ok()?;
     body.seek(io::SeekFrom::Start(0)).ok()?;
@@ -919,11 +1022,29 @@ fn spool_err(e: io::Error) -> Failure {
     )
 }
 
-fn too_large(size: u64, max: u64, partial: bool) -> Failure {
+/// How much larger than the limit a message is known to be.
+#[derive(Debug, Clone, Copy)]
+enum Over {
+    /// Read whole: this many bytes.
+    Exactly(u64),
+    /// Reading stopped after this many bytes (at [`KEEP_MAX`]).
+    MoreThan(u64),
+    /// Not read further than the limit.
+    Unknown,
+}
+
+/// The refusal of a message larger than `max` bytes (`max_size` of `profile`).
+fn too_large(over: Over, max: u64, profile: &str) -> Failure {
+    let what = match over {
+        Over::Exactly(n) => format!("it is {n} bytes, and the limit is {max} bytes"),
+        Over::MoreThan(n) => format!(
+            "it is more than {n} bytes (reading stopped there), and the limit is {max} bytes"
+        ),
+        Over::Unknown => format!("it is larger than the limit of {max} bytes"),
+    };
     Failure::data(format!(
-        "message too large: {}{size} bytes, the limit is {max} bytes (`max_size` of the \
-         profile; Microsoft 365 allows 35 MB by default, 150 MB at most)",
-        if partial { "more than " } else { "" }
+        "message too large: {what} (`max_size` of profile \"{profile}\"; Microsoft 365 allows \
+         35 MB by default, 150 MB at most)"
     ))
 }
 
@@ -1227,7 +1348,7 @@ fn compose(ctx: &Ctx<'_>, sender: &str, input: &mut dyn Read) -> Result<Vec<u8>,
                 .read_to_end(&mut v)
                 .map_err(|e| Failure::io(format!("cannot read the body from stdin: {e}")))?;
             if v.len() as u64 > max {
-                return Err(too_large(v.len() as u64, max, true));
+                return Err(too_large(Over::Unknown, max, &ctx.profile.name));
             }
             v
         }
@@ -1258,7 +1379,7 @@ fn compose(ctx: &Ctx<'_>, sender: &str, input: &mut dyn Read) -> Result<Vec<u8>,
             })?;
             total += data.len() as u64;
             if total > max {
-                return Err(too_large(total, max, true));
+                return Err(too_large(Over::Unknown, max, &ctx.profile.name));
             }
             let name = path
                 .file_name()

@@ -443,14 +443,14 @@ pub fn log_line(config: &Config, verbose: bool, rec: &LogRecord) {
             .open(&path)
             .and_then(|mut f| f.write_all(stamped.as_bytes()));
         if let Err(e) = res {
-            eprintln!(
+            crate::console::err_line(&format!(
                 "m365send: cannot write the log file {}: {e}",
                 path.display()
-            );
+            ));
         }
     }
     if !config.log.syslog && config.log.file.is_none() && verbose {
-        eprintln!("m365send: {line}");
+        crate::console::err_line(&format!("m365send: {line}"));
     }
 }
 

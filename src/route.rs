@@ -1,11 +1,20 @@
 //! Route: from a profile's mode to the endpoint to connect to.
 //!
 //! Owns: the host/port/TLS/auth policy of each mode, the MX lookup for relay and direct
-//! (hickory-resolver; a configured DNS server for tests), the refusal of port 465 for
-//! submission, and the recipient/sender domain checks of direct send and relay.
-//! Must not: open SMTP connections.
+//! (hickory-resolver; a configured DNS server for tests) keeping only Microsoft 365's MX hosts
+//! (unless `endpoint.allow_any_mx`), the refusal of port 465 for submission, the
+//! recipient/sender domain checks of direct send and relay, and whether a profile's mail goes
+//! to Microsoft 365 (`goes_to_microsoft`: Exchange compares addresses without case). Must not:
+//! open SMTP connections.
+//!
+//! One resolver: with `endpoint.dns_server` set (split DNS), the MX hosts' addresses (A, then
+//! AAAA, each in the order the server gave them) are asked of that same server, and the
+//! session connects to those addresses while the MX name stays the name TLS checks and the
+//! transcript shows. Without it, MX hosts and configured host names are resolved by the
+//! system resolver when connecting (getaddrinfo: /etc/hosts, then DNS). IPv4 comes first: a
+//! host whose IPv6 route is broken then loses no connect timeout on a working IPv4 path.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,7 +22,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 
 use crate::address;
@@ -49,6 +58,9 @@ pub struct Host {
     pub port: u16,
     /// MX preference when the host came from an MX lookup.
     pub preference: Option<u16>,
+    /// The addresses to connect to, in order, when the route resolved them (an MX host
+    /// asked of `endpoint.dns_server`). Empty: the system resolver resolves `name`.
+    pub addrs: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,12 +122,13 @@ pub async fn resolve(
     let default_port = match mode {
         Mode::Submit | Mode::Hve | Mode::Acs => 587,
         Mode::Relay | Mode::Direct => 25,
+        Mode::Graph => 443,
     };
     let (hosts, source) = if let Some(s) = server {
         let host = parse_server(s, default_port)?;
         // m365send speaks STARTTLS only: on 465 the server waits for a TLS handshake while
         // we wait for its greeting, and the user would see nothing but a timeout.
-        if host.port == 465 {
+        if host.port == 465 && mode != Mode::Graph {
             return Err(Failure::usage(format!(
                 "--server {s}: port 465 is implicit TLS, which Microsoft 365 does not offer for \
                  client submission and m365send does not speak; use port 587 (STARTTLS) or 25"
@@ -124,6 +137,10 @@ pub async fn resolve(
         (vec![host], "--server".to_owned())
     } else {
         match mode {
+            Mode::Graph => {
+                let (host, source) = graph_host(profile)?;
+                (vec![host], source)
+            }
             Mode::Submit | Mode::Hve | Mode::Acs => {
                 let port = ep.port.unwrap_or(587);
                 if port == 465 {
@@ -146,6 +163,7 @@ pub async fn resolve(
                         name,
                         port,
                         preference: None,
+                        addrs: Vec::new(),
                     }],
                     source,
                 )
@@ -171,6 +189,7 @@ pub async fn resolve(
                             name: h.clone(),
                             port,
                             preference: None,
+                            addrs: Vec::new(),
                         }],
                         format!("profile {key}"),
                     )
@@ -187,15 +206,25 @@ pub async fn resolve(
                                 ))
                             })?,
                     };
-                    let mx = lookup_mx(&domain, ep.dns_server).await?;
-                    let hosts = mx
+                    let resolver = build_resolver(ep.dns_server)?;
+                    let mx = lookup_mx_with(&resolver, &domain, ep.dns_server).await?;
+                    let mx = if ep.allow_any_mx {
+                        mx
+                    } else {
+                        microsoft_mx_only(mx, profile, &domain)?
+                    };
+                    let mut hosts: Vec<Host> = mx
                         .into_iter()
                         .map(|(pref, name)| Host {
                             name,
                             port,
                             preference: Some(pref),
+                            addrs: Vec::new(),
                         })
                         .collect();
+                    if let Some(server) = ep.dns_server {
+                        hosts = resolve_addresses(&resolver, hosts, server).await?;
+                    }
                     (hosts, format!("MX of {domain}"))
                 }
             }
@@ -233,9 +262,150 @@ pub async fn resolve(
     })
 }
 
+/// Whether this profile's mail goes to Microsoft 365, whose Exchange compares addresses
+/// without regard to case (so `Bob@x` and `bob@x` are one recipient): yes for the mode's
+/// default host and for an MX lookup (relay and direct send go to the tenant's MX endpoint),
+/// and for a host given by a Microsoft name; no for another host given by `--server`,
+/// `endpoint.host` or `endpoint.mx_host` (an on-premises relay, a test server), where RFC 5321
+/// keeps local parts case-sensitive.
+pub fn goes_to_microsoft(profile: &Profile, server: Option<&str>) -> bool {
+    let ep = &profile.endpoint;
+    let given = match server {
+        Some(s) => Some(host_name_of(s, 25)),
+        None => match profile.mode {
+            Mode::Relay | Mode::Direct => ep.mx_host.clone().or_else(|| ep.host.clone()),
+            Mode::Submit | Mode::Hve | Mode::Acs => ep.host.clone(),
+            Mode::Graph => ep
+                .host
+                .clone()
+                .or_else(|| profile.graph_host.as_deref().map(|h| host_name_of(h, 443))),
+        },
+    };
+    let graph = |h: &str| {
+        [Cloud::Global, Cloud::Usgov, Cloud::China]
+            .iter()
+            .any(|c| default_graph_host(*c).eq_ignore_ascii_case(h.trim_end_matches('.')))
+    };
+    given.is_none_or(|h| crate::smtp::is_microsoft_host(&h) || graph(&h))
+}
+
+/// The host name in `HOST[:PORT]` (the whole text when it does not parse).
+fn host_name_of(s: &str, default_port: u16) -> String {
+    parse_server(s, default_port)
+        .map(|h| h.name)
+        .unwrap_or_else(|_| s.to_owned())
+}
+
+/// Host name suffixes of Microsoft 365's MX endpoints in a cloud: the tenant endpoints
+/// (`contoso-com.mail.protection.outlook.com`) and, in the global cloud, the newer
+/// `contoso-com.a-v1.mx.microsoft` names.
+pub fn microsoft_mx_suffixes(cloud: Cloud) -> &'static [&'static str] {
+    match cloud {
+        Cloud::Global => &[".mail.protection.outlook.com", ".mx.microsoft"],
+        Cloud::Usgov => &[".mail.protection.office365.us"],
+        Cloud::China => &[".mail.protection.partner.outlook.cn"],
+    }
+}
+
+/// Keep only the MX hosts under Microsoft 365's MX domains (case-insensitively): an MX record
+/// is an unauthenticated DNS answer, and relay and direct send hand a connector's certificate
+/// or the organisation's mail only to Microsoft 365. None left: refused (69) with what DNS
+/// said and the two ways out (`endpoint.mx_host`, `endpoint.allow_any_mx`).
+fn microsoft_mx_only(
+    mx: Vec<(u16, String)>,
+    profile: &Profile,
+    domain: &str,
+) -> Result<Vec<(u16, String)>, Failure> {
+    let suffixes = microsoft_mx_suffixes(profile.cloud);
+    let ours = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        suffixes
+            .iter()
+            .any(|s| name.ends_with(s) && name.len() > s.len())
+    };
+    let (kept, skipped): (Vec<_>, Vec<_>) = mx.into_iter().partition(|(_, h)| ours(h));
+    if !skipped.is_empty() {
+        tracing::debug!(
+            domain,
+            skipped = %skipped.iter().map(|(_, h)| h.as_str()).collect::<Vec<_>>().join(", "),
+            "MX hosts outside Microsoft 365 skipped"
+        );
+    }
+    if kept.is_empty() {
+        let seen: Vec<&str> = skipped.iter().map(|(_, h)| h.as_str()).collect();
+        let expected: Vec<String> = suffixes.iter().map(|s| format!("*{s}")).collect();
+        return Err(Failure::new(
+            Exit::Unavailable,
+            format!(
+                "the MX record of {domain} points at {}, not at Microsoft 365 ({}): {} goes \
+                 to the tenant's Microsoft 365 endpoint only, and a DNS answer is not \
+                 authenticated. If the domain's mail first passes another gateway, set \
+                 `endpoint.mx_host` in profile \"{}\" to the tenant's endpoint (e.g. \
+                 contoso-com.mail.protection.outlook.com); to use whatever DNS says, set \
+                 `endpoint.allow_any_mx = true`.",
+                seen.join(", "),
+                expected.join(" or "),
+                if profile.mode == Mode::Relay {
+                    "relay"
+                } else {
+                    "direct send"
+                },
+                profile.name
+            ),
+        ));
+    }
+    Ok(kept)
+}
+
+/// The Microsoft Graph host of a cloud (global, US Government GCC High, 21Vianet).
+pub fn default_graph_host(cloud: Cloud) -> &'static str {
+    match cloud {
+        Cloud::Global => "graph.microsoft.com",
+        Cloud::Usgov => "graph.microsoft.us",
+        Cloud::China => "microsoftgraph.chinacloudapi.cn",
+    }
+}
+
+/// The Graph host of a profile and where it came from: `endpoint.host` (mode "graph" only;
+/// `--server` and the queue's `--server` land there), else `graph_host`, else by cloud.
+pub fn graph_host(profile: &Profile) -> Result<(Host, String), Failure> {
+    let ep = &profile.endpoint;
+    if profile.mode == Mode::Graph
+        && let Some(h) = &ep.host
+    {
+        let host = Host {
+            name: h.clone(),
+            port: ep.port.unwrap_or(443),
+            preference: None,
+            addrs: Vec::new(),
+        };
+        return Ok((host, "profile endpoint.host".to_owned()));
+    }
+    if let Some(h) = &profile.graph_host {
+        let host = parse_server(h, 443).map_err(|_| {
+            Failure::config(format!(
+                "profile \"{}\": graph_host \"{h}\" is not HOST or HOST:PORT",
+                profile.name
+            ))
+        })?;
+        return Ok((host, "profile graph_host".to_owned()));
+    }
+    let host = Host {
+        name: default_graph_host(profile.cloud).to_owned(),
+        port: 443,
+        preference: None,
+        addrs: Vec::new(),
+    };
+    Ok((
+        host,
+        format!("default for graph ({:?} cloud)", profile.cloud).to_lowercase(),
+    ))
+}
+
 /// The default submission host of a mode in a cloud.
 pub fn default_host(mode: Mode, cloud: Cloud) -> &'static str {
     match (mode, cloud) {
+        (Mode::Graph, c) => default_graph_host(c),
         (Mode::Hve, _) => "smtp.hve.mx.microsoft",
         (Mode::Acs, _) => "smtp.azurecomm.net",
         (_, Cloud::Global) => "smtp.office365.com",
@@ -271,6 +441,7 @@ pub fn parse_server(s: &str, default_port: u16) -> Result<Host, Failure> {
         name,
         port,
         preference: None,
+        addrs: Vec::new(),
     })
 }
 
@@ -340,7 +511,14 @@ pub async fn lookup_mx(
     domain: &str,
     dns_server: Option<SocketAddr>,
 ) -> Result<Vec<(u16, String)>, Failure> {
-    let resolver = build_resolver(dns_server)?;
+    lookup_mx_with(&build_resolver(dns_server)?, domain, dns_server).await
+}
+
+async fn lookup_mx_with(
+    resolver: &TokioResolver,
+    domain: &str,
+    dns_server: Option<SocketAddr>,
+) -> Result<Vec<(u16, String)>, Failure> {
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
     let lookup = resolver.mx_lookup(fqdn.as_str()).await;
     let no_mx = |why: &str| {
@@ -394,7 +572,71 @@ pub async fn lookup_mx(
     Ok(hosts)
 }
 
-fn build_resolver(dns_server: Option<SocketAddr>) -> Result<TokioResolver, Failure> {
+/// The addresses of each MX host, asked of `server` (the one that gave the MX record): A, then
+/// AAAA. A host without any is left out (the next MX host is tried, as when connecting fails);
+/// when none has an address: 68 when the server said so, 75 when it could not answer.
+async fn resolve_addresses(
+    resolver: &TokioResolver,
+    hosts: Vec<Host>,
+    server: SocketAddr,
+) -> Result<Vec<Host>, Failure> {
+    let mut out = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    let mut temporary = false;
+    for mut host in hosts {
+        if let Ok(ip) = host.name.parse::<IpAddr>() {
+            host.addrs = vec![ip];
+            out.push(host);
+            continue;
+        }
+        let fqdn = format!("{}.", host.name.trim_end_matches('.'));
+        let mut failed = None;
+        for rtype in [RecordType::A, RecordType::AAAA] {
+            match resolver.lookup(fqdn.as_str(), rtype).await {
+                Ok(l) => host
+                    .addrs
+                    .extend(l.answers().iter().filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    })),
+                Err(NetError::Dns(DnsError::NoRecordsFound(_))) => {}
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
+        if host.addrs.is_empty() {
+            match failed {
+                Some(e) => {
+                    temporary = true;
+                    problems.push(format!("{}: {e}", host.name));
+                }
+                None => problems.push(format!("{}: no A or AAAA record", host.name)),
+            }
+            tracing::debug!(host = %host.name, %server, "MX host without an address; skipped");
+            continue;
+        }
+        out.push(host);
+    }
+    if out.is_empty() {
+        let (exit, then) = if temporary {
+            (Exit::TempFail, "; try again later")
+        } else {
+            (Exit::NoHost, "")
+        };
+        return Err(Failure::new(
+            exit,
+            format!(
+                "cannot find the address of any MX host at DNS server {server} ({}){then}",
+                problems.join("; ")
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// The resolver for a profile: `dns_server` (UDP) when configured, else the system's
+/// (/etc/resolv.conf). Also used by `doctor` for its TXT and CNAME lookups.
+pub fn build_resolver(dns_server: Option<SocketAddr>) -> Result<TokioResolver, Failure> {
     let mut builder = match dns_server {
         Some(addr) => {
             let mut ns = NameServerConfig::udp(addr.ip());

@@ -206,3 +206,61 @@ impl MessageResult {
         }
     }
 }
+
+/// A Microsoft Graph error carried as a reply, so that the queue, the log line, bounces and
+/// `-bs` treat it as they treat an SMTP refusal: the SMTP code and enhanced code that mean the
+/// same, and the text `Graph <error code> (HTTP <status>): <Graph's message>`.
+pub fn graph_reply(
+    smtp: u16,
+    enhanced: EnhancedCode,
+    http: u16,
+    code: &str,
+    message: &str,
+) -> Reply {
+    Reply {
+        code: smtp,
+        enhanced: Some(enhanced),
+        lines: vec![format!("{enhanced} Graph {code} (HTTP {http}): {message}")],
+    }
+}
+
+/// The Graph error a reply carries (see [`graph_reply`]): (HTTP status, error code).
+pub fn graph_error(reply: &Reply) -> Option<(u16, String)> {
+    let text = reply.message();
+    let rest = text.strip_prefix("Graph ")?;
+    let (code, rest) = rest.split_once(" (HTTP ")?;
+    let (status, _) = rest.split_once(')')?;
+    Some((status.parse().ok()?, code.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_graph_error_survives_the_reply_form() {
+        let r = graph_reply(
+            550,
+            EnhancedCode::new(5, 7, 60),
+            403,
+            "ErrorSendAsDenied",
+            "The user account ... does not have the right",
+        );
+        assert!(r.is_permanent());
+        assert_eq!(
+            r.to_string(),
+            "550 5.7.60 Graph ErrorSendAsDenied (HTTP 403): The user account ... does not have the right"
+        );
+        assert_eq!(graph_error(&r), Some((403, "ErrorSendAsDenied".to_owned())));
+        // As the queue stores it and reads it back.
+        let back = Reply::new(550, vec![r.text()]);
+        assert_eq!(
+            graph_error(&back),
+            Some((403, "ErrorSendAsDenied".to_owned()))
+        );
+        assert_eq!(
+            graph_error(&Reply::new(550, vec!["5.7.60 SMTP; no".into()])),
+            None
+        );
+    }
+}

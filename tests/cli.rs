@@ -148,6 +148,15 @@ fn names() {
         parse(argv("m365send", &["queue"])).unwrap().command,
         Command::QueueList { json: false }
     );
+    // Likewise `serve`: a subcommand of m365send only.
+    assert_eq!(
+        parse(argv("m365send", &["serve"])).unwrap().command,
+        Command::Serve
+    );
+    assert_eq!(
+        send(parse(argv("sendmail", &["serve"])).unwrap()).recipients,
+        strings(&["serve"])
+    );
 }
 
 // --- the binary -------------------------------------------------------------------------------
@@ -251,10 +260,20 @@ fn no_configuration_is_exit_78_with_a_pointer() {
 #[test]
 fn message_refused_before_delivery_is_kept_in_the_dead_letter() {
     use std::io::Write;
+    // Invoked as sendmail, the configuration is named by the environment (`-C` is refused
+    // to a sendmail caller).
     let run = |dir: &Path, args: &[&str], stdin: &[u8]| {
-        let mut child = Process::new(dir.join("sendmail"))
+        let (config, args) = match args {
+            ["-C", file, rest @ ..] => (Some(*file), rest),
+            _ => (None, args),
+        };
+        let mut child = Process::new(dir.join("sendmail"));
+        match config {
+            Some(file) => child.env("M365SEND_CONFIG", file),
+            None => child.env_remove("M365SEND_CONFIG"),
+        };
+        let mut child = child
             .args(args)
-            .env_remove("M365SEND_CONFIG")
             .env("HOME", dir)
             .env("XDG_CONFIG_HOME", dir)
             .stdin(Stdio::piped())
@@ -504,4 +523,174 @@ fn dry_run_without_configuration_given_a_mode() {
             "you@example.com",
         ],
     );
+}
+
+// --- arguments a sendmail caller may not give -------------------------------------------------
+
+/// Invoked as sendmail, `-C`, `--config` and `--server` are refused (exit 77) unless the
+/// configuration found without them lists the caller in `trusted_users`; the real callers'
+/// argv (PHP's `-t -i -f`, cron's `-FCronDaemon -i -B8BITMIME -oem`) is untouched.
+#[test]
+fn sendmail_callers_may_not_name_a_configuration_or_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(BIN, dir.path().join("sendmail")).unwrap();
+    let theirs = dir.path().join("theirs.toml");
+    std::fs::write(
+        &theirs,
+        "[profiles.x]\nmode = \"relay\"\nsender = \"x@contoso.com\"\nendpoint = { mx_host = \"127.0.0.1\" }\n",
+    )
+    .unwrap();
+    let ours = dir.path().join("config.toml");
+    let write_ours = |trusted: &str| std::fs::write(&ours, relay_config(trusted)).unwrap();
+    write_ours("");
+    let run = |name: &str, args: &[&str]| {
+        Process::new(dir.path().join(name))
+            .args(args)
+            .env("M365SEND_CONFIG", &ours)
+            .env("HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let theirs = theirs.to_str().unwrap();
+    for args in [
+        &["-C", theirs, "--dry-run", "root"][..],
+        &["--config", theirs, "--dry-run", "root"],
+        &["--server", "evil.example:25", "--dry-run", "root"],
+        &["-t", "-i", "-f", "a@contoso.com", "-C", theirs],
+        &["-bs", "--server", "evil.example"],
+        &["-q", "-C", theirs],
+    ] {
+        let o = run("sendmail", args);
+        assert_eq!(o.status.code(), Some(77), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("refused when m365send is invoked as sendmail"),
+            "{e}"
+        );
+        assert!(e.contains("trusted_users"), "{e}");
+    }
+    // As sendmail with a message on stdin.
+    let send = |args: &[&str], subject: &str| {
+        Process::new(dir.path().join("sendmail"))
+            .args(args)
+            .env("M365SEND_CONFIG", &ours)
+            .env("HOME", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                let text = format!("To: ops@contoso.com\nSubject: {subject}\n\nbody\n");
+                c.stdin.take().unwrap().write_all(text.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap()
+    };
+    // The refused message is not lost: it is kept in the caller's dead letter.
+    let o = send(&["-t", "-i", "-C", theirs], "injected");
+    assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
+    assert!(stderr(&o).contains("saved to"), "{}", stderr(&o));
+    let dead = std::fs::read_to_string(dir.path().join("dead.letter")).unwrap();
+    assert!(dead.contains("Subject: injected"), "{dead}");
+    // The real callers' argv goes through (the dry run shows the route).
+    for args in [
+        &["-t", "-i", "-f", "alerts@contoso.com", "--dry-run"][..],
+        &[
+            "-FCronDaemon",
+            "-i",
+            "-B8BITMIME",
+            "-oem",
+            "--dry-run",
+            "root@contoso.com",
+        ],
+    ] {
+        let o = send(args, "x");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
+    // Invoked as m365send by root (who owns the configuration): allowed.
+    let o = run_as(
+        None,
+        &[
+            "-C",
+            theirs,
+            "--server",
+            "127.0.0.1:2525",
+            "--dry-run",
+            "root@contoso.com",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Listed in trusted_users (root here, by name): allowed as sendmail too.
+    write_ours("trusted_users = [\"root\"]");
+    let o = run(
+        "sendmail",
+        &[
+            "--server",
+            "127.0.0.1:2525",
+            "--dry-run",
+            "root@contoso.com",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("127.0.0.1:2525"));
+}
+
+/// A user who does not own the configuration (nobody, through setpriv, with root's file) may
+/// not redirect it with --server even as m365send, unless listed in trusted_users.
+#[test]
+fn a_user_may_not_redirect_roots_configuration() {
+    if !Path::new("/usr/bin/setpriv").exists() || unsafe_geteuid() != 0 {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ours = dir.path().join("config.toml");
+    let write_ours = |trusted: &str| {
+        std::fs::write(&ours, relay_config(trusted)).unwrap();
+        std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    let run = || {
+        Process::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args([
+                "--server",
+                "127.0.0.1:2525",
+                "--dry-run",
+                "root@contoso.com",
+            ])
+            .env("M365SEND_CONFIG", &ours)
+            .env("HOME", "/nonexistent")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    write_ours("");
+    let o = run();
+    assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--server is refused: uid 65534 (nobody) does not own"),
+        "{}",
+        stderr(&o)
+    );
+    write_ours("trusted_users = [\"nobody\"]");
+    let o = run();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// A relay profile "cron" with no network needed for a dry run; `top` goes above it
+/// (`trusted_users = [...]`).
+fn relay_config(top: &str) -> String {
+    format!(
+        "{top}\n[profiles.cron]\nmode = \"relay\"\nsender = \"alerts@contoso.com\"\n\
+         endpoint = {{ mx_host = \"contoso-com.mail.protection.outlook.com\" }}\n"
+    )
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
 }

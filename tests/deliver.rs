@@ -76,6 +76,7 @@ fn setup(server: &FakeM365, mode: Mode) -> Env {
             name: "127.0.0.1".into(),
             port: server.port(),
             preference: None,
+            addrs: Vec::new(),
         }],
         tls: if mode == Mode::Direct {
             TlsPolicy::Opportunistic
@@ -207,6 +208,7 @@ async fn next_host_when_the_first_refuses_connections() {
             name: "127.0.0.1".into(),
             port: closed_port,
             preference: Some(0),
+            addrs: Vec::new(),
         },
     );
     let msg = prepared("alerts@contoso.com", &["ops@contoso.com"], MSG);

@@ -97,3 +97,24 @@ fn smtp_reads_no_argv_and_no_config_file() {
         );
     }
 }
+
+#[test]
+fn graph_reads_no_argv_and_no_config_file() {
+    for (name, text) in rust_files("src/graph") {
+        for m in crate_imports(&text) {
+            assert!(
+                ![
+                    "cli",
+                    "app",
+                    "deliver",
+                    "queue",
+                    "transport",
+                    "config",
+                    "auth"
+                ]
+                .contains(&m.as_str()),
+                "{name} imports crate::{m}: Graph takes plain settings"
+            );
+        }
+    }
+}

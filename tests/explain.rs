@@ -255,11 +255,11 @@ Grant it Send As on that address, or set `sender` in profile \"cron\"."
 
 #[test]
 fn unknown_reply_is_quoted_alone() {
-    let r = reply("550 5.7.1 Unable to relay");
+    let r = reply("550 5.7.1 Delivery not authorized, message refused");
     assert_eq!(explain_reply(&r, &ctx()), None);
     assert_eq!(
         format_failure(&r, &ctx(), "the recipient bob@contoso.com"),
-        "Microsoft 365 refused the recipient bob@contoso.com (550 5.7.1 Unable to relay)."
+        "Microsoft 365 refused the recipient bob@contoso.com (550 5.7.1 Delivery not authorized, message refused)."
     );
     let mut c = ctx();
     c.host = Some("127.0.0.1");
@@ -268,9 +268,15 @@ fn unknown_reply_is_quoted_alone() {
 
 #[test]
 fn exit_codes_without_catalogue_entry() {
-    assert_eq!(exit_for(&reply("550 5.1.8 bad sender")), Exit::NoUser);
+    assert_eq!(
+        exit_for(&reply("550 5.1.3 bad address syntax")),
+        Exit::NoUser
+    );
     assert_eq!(exit_for(&reply("554 5.6.0 corrupt content")), Exit::DataErr);
-    assert_eq!(exit_for(&reply("550 5.7.1 Unable to relay")), Exit::NoPerm);
+    assert_eq!(
+        exit_for(&reply("550 5.7.1 Delivery not authorized")),
+        Exit::NoPerm
+    );
     assert_eq!(
         exit_for(&reply(
             "553 5.7.1 Sender address rejected: not owned by user"
@@ -375,7 +381,7 @@ fn explain_code_lists_variants_of_shared_codes() {
 
 #[test]
 fn explain_code_unknown_enhanced_code_is_generic() {
-    let s = explain_code("5.7.1").unwrap();
+    let s = explain_code("5.7.2").unwrap();
     assert!(s.contains("security or policy") && s.contains("77"), "{s}");
     let s = explain_code("5.1.3").unwrap();
     assert!(s.contains("address") && s.contains("67 (EX_NOUSER)"), "{s}");
@@ -539,4 +545,245 @@ fn explain_code_reads_without_a_profile() {
     let s = explain_code("554").unwrap();
     let list = s.lines().nth(1).unwrap();
     assert_eq!(list.matches("5.2.0").count(), 1, "{list}");
+}
+
+/// Replies users met that the catalogue lacked (issue 9): each has an explanation naming the
+/// fix, and the exit code that fits.
+#[test]
+fn replies_new_users_met_are_explained() {
+    let rows: &[(&str, Exit, &str)] = &[
+        (
+            "550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain",
+            Exit::NoPerm,
+            "inbound connector",
+        ),
+        (
+            "550 5.7.1 Unable to relay",
+            Exit::NoPerm,
+            "Ms-Exch-SMTP-Accept-Any-Recipient",
+        ),
+        (
+            "535 5.7.8 Error: authentication failed: authentication failure",
+            Exit::NoPerm,
+            "the login of mailbox app@contoso.com was not accepted",
+        ),
+        (
+            "550 5.1.8 Access denied, bad outbound sender",
+            Exit::Unavailable,
+            "Restricted entities",
+        ),
+        (
+            "550 5.7.501 Access denied, spam abuse detected. The sending account has been banned due to detected spam activity.",
+            Exit::Unavailable,
+            "support request",
+        ),
+        (
+            "550 5.7.502 Access denied, banned sender",
+            Exit::Unavailable,
+            "banned app@contoso.com",
+        ),
+        (
+            "550 5.7.503 Access denied, banned sender",
+            Exit::Unavailable,
+            "stop it",
+        ),
+        (
+            "550 5.7.511 Access denied, banned sender[192.0.2.1]. To request removal from this list please forward this message to delist@microsoft.com.",
+            Exit::Unavailable,
+            "delist@microsoft.com",
+        ),
+        (
+            "451 4.7.850 Access denied, please try again later.",
+            Exit::TempFail,
+            "restricts this host's IP address",
+        ),
+        (
+            "451 4.7.899 Access denied, please try again later.",
+            Exit::TempFail,
+            "This is temporary",
+        ),
+        (
+            "550 5.2.2 Submission quota exceeded",
+            Exit::Unavailable,
+            "10,000",
+        ),
+        (
+            "550 5.1.90 Your message can't be sent because you've reached your daily limit for message recipients",
+            Exit::Unavailable,
+            "10,000",
+        ),
+        (
+            "421 4.3.2 The maximum number of concurrent server connections has exceeded a limit, closing transmission channel [AM0PR01CA0001.eurprd01.prod.exchangelabs.com] PRX",
+            Exit::TempFail,
+            "Back off: open fewer connections",
+        ),
+        (
+            "421 4.7.0 mail.contoso.com Error: too many errors",
+            Exit::TempFail,
+            "split the recipients",
+        ),
+        // Still what they were.
+        (
+            "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+            Exit::TempFail,
+            "one message at a time",
+        ),
+        (
+            "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException",
+            Exit::Unavailable,
+            "Sent Items",
+        ),
+    ];
+    for (line, exit, keyword) in rows {
+        let r = reply(line);
+        assert_eq!(exit_for(&r), *exit, "exit for {line}");
+        let e = explain_reply(&r, &ctx()).unwrap_or_else(|| panic!("no explanation for {line}"));
+        assert_eq!(e.exit, *exit, "explanation exit for {line}");
+        let all = format!("{} {}", e.meaning, e.advice);
+        assert!(all.contains(keyword), "{line}: {all:?} lacks {keyword:?}");
+        assert!(!all.contains('\n'), "{all}");
+        assert!(e.meaning.ends_with('.') && e.advice.ends_with('.'), "{all}");
+    }
+    // Direct send: 5.7.54 / Unable to relay means an outside recipient.
+    let mut c = ctx();
+    c.mode = Some(Mode::Direct);
+    let e = explain_reply(&reply("550 5.7.1 Unable to relay"), &c).unwrap();
+    assert!(
+        e.meaning.contains("bob@contoso.com is outside"),
+        "{}",
+        e.meaning
+    );
+    // 5.7.1 with another text is not a relay refusal.
+    assert_eq!(
+        explain_reply(&reply("550 5.7.1 Delivery not authorized"), &ctx()),
+        None
+    );
+}
+
+/// Any 535 other than 5.7.3/5.7.139 is a refused login, explained by the profile's kind of
+/// authentication: app-only OAuth names the token's mailbox and the Exchange service principal.
+#[test]
+fn any_other_535_is_explained_by_the_kind_of_login() {
+    let r = reply("535 5.7.8 Error: authentication failed: authentication failure");
+    // (how the profile logs in, what the explanation must say)
+    let app_only = Context {
+        app_only: true,
+        client_id: Some("11111111-2222-3333-4444-555555555555"),
+        ..ctx()
+    };
+    let cases = [
+        (
+            app_only.clone(),
+            "the app-only token was not accepted for mailbox app@contoso.com",
+        ),
+        (
+            app_only.clone(),
+            "New-ServicePrincipal -AppId 11111111-2222-3333-4444-555555555555",
+        ),
+        (app_only, "-Identity app@contoso.com"),
+        (
+            Context {
+                delegated: true,
+                ..ctx()
+            },
+            "m365send login --profile cron",
+        ),
+        (
+            Context {
+                basic_auth: true,
+                ..ctx()
+            },
+            "the password for mailbox app@contoso.com",
+        ),
+        (
+            Context {
+                mode: Some(Mode::Acs),
+                ..ctx()
+            },
+            "<resource name>",
+        ),
+    ];
+    for (c, needle) in cases {
+        let e = explain_reply(&r, &c).unwrap();
+        let all = format!("{} {}", e.meaning, e.advice);
+        assert!(all.contains(needle), "{all}");
+        assert_eq!(e.exit, Exit::NoPerm);
+    }
+    // A bare 535, or with another enhanced code.
+    let bare = Reply {
+        code: 535,
+        enhanced: None,
+        lines: vec!["Authentication failed".into()],
+    };
+    assert_eq!(explain_reply(&bare, &ctx()).unwrap().exit, Exit::NoPerm);
+    assert!(explain_reply(&reply("535 5.7.0 Authentication failed"), &ctx()).is_some());
+}
+
+/// "the queue does so" only where the queue does: never for a profile with queue = "never".
+#[test]
+fn temporary_advice_says_who_tries_again() {
+    let r = reply("451 4.7.500 Access denied, please try again later");
+    let mut c = ctx();
+    c.retried_by_queue = Some(false);
+    let e = explain_reply(&r, &c).unwrap();
+    assert!(!e.advice.contains("the queue does so"), "{}", e.advice);
+    assert!(e.advice.contains("was not queued"), "{}", e.advice);
+    assert!(e.advice.contains("queue = \"never\""), "{}", e.advice);
+    c.retried_by_queue = Some(true);
+    let e = explain_reply(&r, &c).unwrap();
+    assert!(e.advice.contains("(the queue does so)"), "{}", e.advice);
+    let s = explain_code("4.7.500").unwrap();
+    assert!(
+        s.contains("unless the profile has queue = \"never\""),
+        "{s}"
+    );
+}
+
+/// `m365send explain CODE` shows each of them (the binary, as a user runs it).
+#[test]
+fn explain_command_shows_each_new_code() {
+    let cases: &[(&str, &[&str])] = &[
+        ("5.7.54", &["inbound connector", "77 (EX_NOPERM)"]),
+        (
+            "5.7.1",
+            &[
+                "5.7.1, when the text says Unable to relay",
+                "5.7.1, with any other text: a permanent failure, a security or policy problem",
+            ],
+        ),
+        (
+            "550 5.7.1 Unable to relay",
+            &["Ms-Exch-SMTP-Accept-Any-Recipient"],
+        ),
+        ("5.7.8", &["was not accepted", "77 (EX_NOPERM)"]),
+        ("535 5.7.9", &["was not accepted", "77 (EX_NOPERM)"]),
+        ("5.1.8", &["Restricted entities", "69 (EX_UNAVAILABLE)"]),
+        ("5.7.501", &["banned", "69 (EX_UNAVAILABLE)"]),
+        ("5.7.502", &["banned"]),
+        ("5.7.503", &["banned"]),
+        ("5.7.511", &["delist@microsoft.com", "69 (EX_UNAVAILABLE)"]),
+        ("4.7.850", &["restricts this host's IP", "75 (EX_TEMPFAIL)"]),
+        ("4.7.899", &["restricts this host's IP"]),
+        ("5.2.2", &["10,000", "Sent Items"]),
+        ("5.1.90", &["10,000", "69 (EX_UNAVAILABLE)"]),
+        ("421 4.3.2", &["fewer connections", "75 (EX_TEMPFAIL)"]),
+        ("4.3.2", &["fewer connections", "one message at a time"]),
+        (
+            "421 4.7.0",
+            &["too many errors", "with any other text", "75 (EX_TEMPFAIL)"],
+        ),
+    ];
+    for (code, needles) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_m365send"))
+            .args(["explain", code])
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{code}: {text}");
+        for n in *needles {
+            assert!(text.contains(n), "explain {code} lacks {n:?}:\n{text}");
+        }
+        assert!(!text.contains("not in the catalogue"), "{code}: {text}");
+    }
 }

@@ -33,6 +33,7 @@ async fn connect(server: &FakeM365, chunking: bool) -> Session {
     let cfg = SessionConfig {
         host: "127.0.0.1".into(),
         port: server.port(),
+        addrs: Vec::new(),
         helo: "client.contoso.com".into(),
         tls: TlsPolicy::Required,
         tls_config: client_config(&TlsSettings {

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use m365send::address::LocalHost;
 use m365send::cli::SendArgs;
-use m365send::config::{Profile, RewriteFrom};
+use m365send::config::{Mode, Profile, RewriteFrom};
 use m365send::exit::{Exit, Failure};
 use m365send::message::{self, Prepared};
 use mail_parser::{MessageParser, MimeHeaders};
@@ -224,6 +224,47 @@ fn default_domain_and_duplicates() {
     assert!(e.message.contains("default_domain"));
 }
 
+/// Exchange compares addresses without case: to Microsoft 365 `Bob@` and `bob@` are one
+/// recipient (the first spelling is kept). To another server, given by name, RFC 5321 keeps
+/// local parts case-sensitive.
+#[test]
+fn duplicates_differing_in_local_part_case_are_one_for_microsoft_365() {
+    let list = [
+        "Bob@contoso.com",
+        "bob@CONTOSO.com",
+        "Ops <BOB@contoso.com>",
+        "x@y.z",
+    ];
+    let recipients =
+        |args: &SendArgs, p: &Profile| prep(args, p, b"\nhi\n").unwrap().envelope.recipients;
+    let once = vec!["Bob@contoso.com", "x@y.z"];
+    assert_eq!(recipients(&rcpt(&list), &profile()), once);
+    let mut p = profile();
+    p.mode = Mode::Relay;
+    p.endpoint.mx_host = Some("contoso-com.mail.protection.outlook.com".into());
+    assert_eq!(recipients(&rcpt(&list), &p), once);
+
+    // Another server: by --server, endpoint.host or endpoint.mx_host.
+    let all = vec![
+        "Bob@contoso.com",
+        "bob@CONTOSO.com",
+        "BOB@contoso.com",
+        "x@y.z",
+    ];
+    let args = SendArgs {
+        server: Some("127.0.0.1:2525".into()),
+        ..rcpt(&list)
+    };
+    assert_eq!(recipients(&args, &profile()), all);
+    let mut p = profile();
+    p.endpoint.host = Some("mail.example.org".into());
+    assert_eq!(recipients(&rcpt(&list), &p), all);
+    p.mode = Mode::Relay;
+    p.endpoint.host = None;
+    p.endpoint.mx_host = Some("10.0.0.25".into());
+    assert_eq!(recipients(&rcpt(&list), &p), all);
+}
+
 #[test]
 fn no_recipients_is_usage() {
     let e = prep(&rcpt(&[]), &profile(), b"Subject: x\n\nhi\n").unwrap_err();
@@ -320,9 +361,9 @@ fn sender_falls_back_to_mailbox_then_fails() {
 }
 
 #[test]
-fn dsn_is_carried_and_null_sender_kept() {
+fn dsn_is_carried() {
     let args = SendArgs {
-        envelope_from: Some("<>".into()),
+        envelope_from: Some("alerts@contoso.com".into()),
         dsn: m365send::message::Dsn {
             notify: Some("FAILURE".into()),
             ..Default::default()
@@ -330,8 +371,74 @@ fn dsn_is_carried_and_null_sender_kept() {
         ..rcpt(&["ops@contoso.com"])
     };
     let m = prep(&args, &profile(), b"\nhi\n").unwrap();
-    assert_eq!(m.envelope.sender, "");
+    assert_eq!(m.envelope.sender, "alerts@contoso.com");
     assert_eq!(m.envelope.dsn.notify.as_deref(), Some("FAILURE"));
+}
+
+/// `-f '<>'` or an empty -f: refused for a mailbox login (Microsoft 365 answers 5.7.60),
+/// replaced by the profile's sender for relay and direct send (attributed by the sender's
+/// domain), refused there without one: decided before connecting, saying why.
+#[test]
+fn null_sender_is_refused_for_a_mailbox_login_and_replaced_for_relay() {
+    for given in ["<>", "", " <> "] {
+        let args = SendArgs {
+            envelope_from: Some(given.into()),
+            ..rcpt(&["ops@contoso.com"])
+        };
+        for mode in [Mode::Submit, Mode::Hve, Mode::Acs] {
+            let mut p = profile();
+            p.mode = mode;
+            p.mailbox = Some("app@contoso.com".into());
+            let e = prep(&args, &p, b"\nhi\n").unwrap_err();
+            assert_eq!(e.exit, Exit::Usage, "{mode:?} {given:?}");
+            assert!(e.message.contains("null sender"), "{}", e.message);
+            assert!(e.message.contains("app@contoso.com"), "{}", e.message);
+            assert!(e.message.contains("5.7.60"), "{}", e.message);
+            assert!(e.message.contains("before connecting"), "{}", e.message);
+        }
+        for mode in [Mode::Relay, Mode::Direct] {
+            let mut p = profile();
+            p.mode = mode;
+            let m = prep(&args, &p, b"\nhi\n").unwrap();
+            assert_eq!(
+                m.envelope.sender, "alerts@contoso.com",
+                "{mode:?} {given:?}"
+            );
+            p.sender = None;
+            p.mailbox = Some("app@contoso.com".into());
+            let e = prep(&args, &p, b"\nhi\n").unwrap_err();
+            assert_eq!(e.exit, Exit::Config, "{mode:?} {given:?}");
+            assert!(e.message.contains("Set `sender`"), "{}", e.message);
+            assert!(e.message.contains("5.7.64"), "{}", e.message);
+        }
+    }
+}
+
+/// -t with a message that has no To/Cc/Bcc says so, not "use -t".
+#[test]
+fn t_without_to_cc_bcc_says_the_headers_have_none() {
+    let args = SendArgs {
+        extract_recipients: true,
+        ..SendArgs::default()
+    };
+    for input in [
+        &b""[..],
+        b"Subject: x\n\nbody\n",
+        b"To: undisclosed-recipients:;\n\nx\n",
+    ] {
+        let e = prep(&args, &profile(), input).unwrap_err();
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(
+            e.message
+                .contains("-t takes them from the To, Cc and Bcc headers")
+                && e.message.contains("no address in any of them"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("use -t"), "{}", e.message);
+    }
+    let e = prep(&SendArgs::default(), &profile(), b"\nx\n").unwrap_err();
+    assert!(e.message.contains("use -t"), "{}", e.message);
 }
 
 #[test]
@@ -450,6 +557,35 @@ fn size_limit_names_size_and_limit() {
     p.max_size = Some(100_000);
     let m = prep(&rcpt(&["ops@contoso.com"]), &p, b"\nsmall\n").unwrap();
     assert_eq!(m.size, bytes(&m).len() as u64);
+}
+
+/// Over `max_size`: the refusal gives the limit and the message's size (not "more than
+/// <bytes read so far>"), and prepare hands back the whole message, read to its end, for the
+/// dead letter.
+#[test]
+fn a_message_over_the_limit_is_read_whole_for_the_dead_letter() {
+    let mut p = profile();
+    p.max_size = Some(1000);
+    let mut input = b"Subject: cron output\n\n".to_vec();
+    for i in 0..20_000 {
+        writeln!(input, "line {i} of the job's output").unwrap();
+    }
+    let refused =
+        message::prepare_keeping(&rcpt(&["ops@contoso.com"]), &p, &mut &input[..]).unwrap_err();
+    let f = &refused.failure;
+    assert_eq!(f.exit, Exit::DataErr);
+    let copy = std::fs::read(refused.input.as_ref().expect("the message is kept").path()).unwrap();
+    let expected_size = input.len() + input.iter().filter(|b| **b == b'\n').count(); // CRLF
+    assert_eq!(copy.len(), expected_size);
+    assert!(copy.ends_with(b"line 19999 of the job's output\r\n"));
+    assert!(
+        f.message.contains(&format!(
+            "it is {expected_size} bytes, and the limit is 1000 bytes (`max_size` of profile \"cron\""
+        )),
+        "{}",
+        f.message
+    );
+    assert!(!f.message.contains("more than"), "{}", f.message);
 }
 
 #[test]

@@ -1453,3 +1453,77 @@ fn a_stuck_token_cache_lock_is_a_temporary_failure_not_a_hang() {
         "{took:?}"
     );
 }
+
+/// A token endpoint answering 307 to another host: the redirect is not followed (the client
+/// secret would be posted there), the error names the host and says why.
+#[test]
+fn token_request_does_not_follow_a_redirect() {
+    use std::io::{Read, Write};
+    let second = numbered_tokens(3600);
+    let target = format!(
+        "{}/contoso.onmicrosoft.com/oauth2/v2.0/token",
+        second.authority().replace("127.0.0.1", "localhost")
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let first = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 8192];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let f = err(block(auth::credentials(
+        &config(dir.path()),
+        &app_profile(&first),
+        false,
+    )));
+    assert_eq!(second.count(), 0, "the redirect was followed");
+    assert_eq!(f.exit, Exit::Config);
+    assert!(
+        f.message
+            .contains("answered HTTP 307, a redirect to localhost:")
+            && f.message.contains("does not follow redirects"),
+        "{}",
+        f.message
+    );
+    assert!(!f.message.contains(SECRET));
+}
+
+/// A token cache another user could write (tokens planted or swapped) is refused before any
+/// token is read from it or asked for.
+#[test]
+fn a_token_cache_others_could_write_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let server = numbered_tokens(3600);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let p = app_profile(&server.authority());
+    block(token(&cfg, &p, false));
+    let cache = dir.path().join("cache");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let f = err(block(auth::credentials(&cfg, &p, false)));
+    assert_eq!(f.exit, Exit::NoPerm);
+    assert!(
+        f.message.starts_with(&format!(
+            "the token cache {} is not safe to use",
+            cache.display()
+        )) && f.message.contains("writable by others (mode 0777)"),
+        "{}",
+        f.message
+    );
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&cache, Some(65534), None).unwrap();
+    let f = err(block(auth::credentials(&cfg, &p, false)));
+    assert!(f.message.contains("owned by uid 65534"), "{}", f.message);
+    assert_eq!(server.count(), 1);
+}

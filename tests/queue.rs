@@ -854,3 +854,137 @@ fn a_bounce_goes_out_in_the_same_run() {
     assert_eq!(sends[1].2, "Undelivered Mail Returned to Sender");
     assert!(queue::list(&cfg).unwrap().is_empty());
 }
+
+// --- a spool another user could write ---------------------------------------------------------
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A spool writable by group or others, or owned by another user, is refused before use
+/// (enqueue, run, list), with the reason and the fix.
+#[test]
+fn a_spool_others_could_write_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg = config(&spool);
+    let m = prepared("alerts@contoso.com", &["ops@contoso.com"], "x");
+    queue::enqueue(&cfg, "relay", &m, None).unwrap();
+    let chmod = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for (path, mode, why) in [
+        (spool.clone(), 0o777, "writable by others (mode 0777)"),
+        (spool.clone(), 0o770, "writable by its group (mode 0770)"),
+        (spool.join("meta"), 0o733, "writable by others"),
+    ] {
+        chmod(&path, mode);
+        let e = queue::enqueue(&cfg, "relay", &m, None).unwrap_err();
+        assert_eq!(e.exit, Exit::NoPerm);
+        assert!(e.message.contains(why), "{}", e.message);
+        assert!(
+            e.message
+                .contains(&format!("`chmod 700 {}`", path.display())),
+            "{}",
+            e.message
+        );
+        let e = rt()
+            .block_on(queue::run(
+                &cfg,
+                RunOptions::default(),
+                &mut Fake::default(),
+            ))
+            .unwrap_err();
+        assert!(e.message.contains(why), "{}", e.message);
+        assert!(queue::list(&cfg).is_err());
+        chmod(&path, 0o700);
+    }
+    std::os::unix::fs::chown(&spool, Some(NOBODY), None).unwrap();
+    let e = queue::enqueue(&cfg, "relay", &m, None).unwrap_err();
+    assert!(
+        e.message.contains("is owned by uid 65534") && e.message.contains("not by root"),
+        "{}",
+        e.message
+    );
+    std::os::unix::fs::chown(&spool, Some(0), None).unwrap();
+    assert_eq!(queue::list(&cfg).unwrap().len(), 1);
+}
+
+/// An entry another user wrote (its files owned by nobody) with a --server of its choosing is
+/// not delivered by root's runner, whatever its metadata says; root's own entry is.
+#[test]
+fn entries_another_user_wrote_are_not_delivered() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg = config(&spool);
+    let theirs = queue::enqueue(
+        &cfg,
+        "submit",
+        &prepared("app@contoso.com", &["x@attacker.example"], "theirs"),
+        None,
+    )
+    .unwrap();
+    edit_meta(&spool, theirs.as_str(), |v| {
+        v["server"] = "attacker.example:587".into();
+    });
+    for f in [
+        spool.join("meta").join(format!("{theirs}.json")),
+        spool.join("msg").join(format!("{theirs}.eml")),
+    ] {
+        std::os::unix::fs::chown(&f, Some(NOBODY), None).unwrap();
+    }
+    queue::enqueue(
+        &cfg,
+        "relay",
+        &prepared("alerts@contoso.com", &["ops@contoso.com"], "ours"),
+        None,
+    )
+    .unwrap();
+    let list = queue::list(&cfg).unwrap();
+    assert_eq!(list[0].owner, Some(NOBODY));
+    assert_eq!(list[1].owner, Some(0));
+
+    let mut fake = Fake::default();
+    let report = rt()
+        .block_on(queue::run(&cfg, RunOptions::default(), &mut fake))
+        .unwrap();
+    assert_eq!(fake.subjects(), vec!["ours"]);
+    assert!(
+        !fake.events.contains(&Event::Open("submit".into())),
+        "{:?}",
+        fake.events
+    );
+    assert_eq!(report.delivered, 1);
+    assert_eq!(report.not_owned, 1);
+    let w = report
+        .warnings
+        .iter()
+        .find(|w| w.contains(theirs.as_str()))
+        .unwrap();
+    assert!(w.contains("written by uid 65534"), "{w}");
+    assert!(
+        report
+            .summary()
+            .contains("1 left alone (written by another user)")
+    );
+    // Left alone: still there for its writer or the admin.
+    assert_eq!(queue::list(&cfg).unwrap().len(), 1);
+
+    // Body and metadata by different users: the entry is the other user's.
+    std::os::unix::fs::chown(
+        spool.join("meta").join(format!("{theirs}.json")),
+        Some(0),
+        None,
+    )
+    .unwrap();
+    assert_eq!(queue::list(&cfg).unwrap()[0].owner, Some(NOBODY));
+}

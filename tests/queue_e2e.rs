@@ -886,3 +886,54 @@ async fn queued_message_with_5000_recipients_against_a_500_limit() {
     );
     assert_eq!(env.count().await, 0);
 }
+
+/// A shared spool: an entry another user (nobody) wrote, naming a server of theirs, is not
+/// delivered by root's `queue run` — that server hears nothing — and is left in the queue.
+/// A spool writable by others is refused before anything is queued in it, the message kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_runner_never_sends_another_users_entry() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let env = Env::new();
+    env.write(dead_port(), None, "");
+    let attacker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    attacker.set_nonblocking(true).unwrap();
+    let evil = format!("127.0.0.1:{}", attacker.local_addr().unwrap().port());
+    let o = env.send(&["-odq", "--server", &evil], "theirs").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for sub in ["meta", "msg"] {
+        for de in std::fs::read_dir(env.spool.join(sub)).unwrap() {
+            std::os::unix::fs::chown(de.unwrap().path(), Some(65534), None).unwrap();
+        }
+    }
+    let o = env.run(&["-v", "queue", "run"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("was written by uid 65534"), "{e}");
+    assert!(e.contains("1 left alone (written by another user)"), "{e}");
+    assert!(
+        attacker.accept().is_err(),
+        "the runner connected to the other user's server"
+    );
+    assert_eq!(env.count().await, 1);
+
+    // A spool others may write: refused with the reason; the message goes to the dead letter.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let o = env.send(&["-odq"], "loose").await;
+    assert_eq!(o.status.code(), Some(73), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("writable by others (mode 1777)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        std::fs::read_to_string(&env.dead)
+            .unwrap()
+            .contains("Subject: loose")
+    );
+    let o = env.run(&["queue", "run"]).await;
+    assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
+}

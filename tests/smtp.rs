@@ -38,6 +38,7 @@ fn session_config(server: &FakeM365, tls: TlsPolicy, settings: TlsSettings) -> S
     SessionConfig {
         host: "127.0.0.1".into(),
         port: server.port(),
+        addrs: Vec::new(),
         helo: "client.contoso.com".into(),
         tls,
         tls_config: client_config(&settings).unwrap(),

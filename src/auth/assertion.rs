@@ -48,7 +48,14 @@ impl Signer {
                 cert.display()
             ))
         })?;
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        // Checked as the configuration is (owner, mode, the directories above it).
+        let pem = crate::trust::read_file(key, 1024 * 1024).map_err(|e| {
+            Failure::config(format!(
+                "auth.private_key: cannot read {}: {e}",
+                key.display()
+            ))
+        })?;
+        let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
             Failure::config(format!(
                 "auth.private_key: cannot read a PEM private key from {}: {e}",
                 key.display()

@@ -1,9 +1,10 @@
 //! The token cache: one JSON file per profile, plus a lock file beside it.
 //!
 //! Owns: the cache directory (config `cache_dir`; root /var/cache/m365send; users
-//! $XDG_CACHE_HOME/m365send or ~/.cache/m365send; created 0700), reading an entry (ignored when
-//! its key — profile, tenant, client id, scope, flow, authority — no longer matches the
-//! profile), writing it atomically (temp file 0600 in the same directory, fsync, rename) and the
+//! $XDG_CACHE_HOME/m365send or ~/.cache/m365send; created 0700; an existing one must be this
+//! user's and writable by no one else, see `trust::check_private_dir`), reading an entry
+//! (ignored when its key — profile, tenant, client id, scope, flow, authority — no longer
+//! matches the profile), writing it atomically (temp file 0600 in the same directory, fsync, rename) and the
 //! exclusive lock that makes concurrent processes ask the token endpoint once.
 //! Must not: talk to the network, or print a token (Debug is redacted).
 
@@ -80,6 +81,28 @@ impl Entry {
 
 /// The cache directory for this configuration (not created).
 pub fn dir(config: &Config) -> Result<PathBuf, Failure> {
+    let dir = default_dir(config)?;
+    // Tokens another user could plant or replace would be used as this user's: the cache
+    // must be this user's private directory (checked when it exists; created 0700 if not).
+    if dir.exists() {
+        let euid = crate::trust::euid();
+        crate::trust::check_private_dir(&dir, &[], euid).map_err(|u| {
+            Failure::new(
+                Exit::NoPerm,
+                format!(
+                    "the token cache {} is not safe to use: {u}. It holds {}'s tokens, so only \
+                     that user may write it",
+                    dir.display(),
+                    crate::trust::describe_uid(euid)
+                ),
+            )
+        })?;
+    }
+    Ok(dir)
+}
+
+/// The cache directory by configuration, user and environment.
+fn default_dir(config: &Config) -> Result<PathBuf, Failure> {
     if let Some(d) = &config.cache_dir {
         return Ok(d.clone());
     }

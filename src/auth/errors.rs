@@ -100,8 +100,9 @@ pub fn explanation(resp: &ErrorResponse, ctx: &Context<'_>) -> Explanation {
     })
 }
 
-/// "the client secret is wrong." → "The client secret is wrong."
-fn sentence(s: &str) -> String {
+/// "the client secret is wrong." → "The client secret is wrong." (the catalogue's meanings
+/// start in lower case; also used by `doctor`).
+pub fn sentence(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect(),

@@ -8,7 +8,9 @@
 //! Token requests are plain form posts with reqwest (rustls, ring) rather than the oauth2
 //! crate: one code path serves client secret, certificate assertion (which oauth2 5 has no
 //! type for), refresh token and device code, and keeps the raw status and error body, which
-//! the advice table needs (AADSTS code, 5xx vs 4xx).
+//! the advice table needs (AADSTS code, 5xx vs 4xx). They go only to the authority (the
+//! cloud's login host, or `auth.authority` when set) and never follow a redirect, which would
+//! carry the client's credentials to another host.
 
 pub mod assertion;
 pub mod cache;
@@ -125,6 +127,10 @@ pub struct OAuthSettings {
     /// Space-separated scopes.
     pub scope: String,
     pub refresh_window_secs: u64,
+    /// The cache file (and lock) the tokens live in: the profile's name, or
+    /// `NAME+graph` for the Graph tokens of a submit profile's fallback, so that a token
+    /// for Outlook and one for Graph never replace (or stand in for) each other.
+    pub cache_slot: String,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -141,6 +147,13 @@ pub fn default_authority(cloud: Cloud) -> &'static str {
 /// Default scope by cloud, mode and flow. China scopes are UNCONFIRMED: override with
 /// auth.scope when Microsoft documents otherwise.
 pub fn default_scope(cloud: Cloud, mode: Mode, flow: OAuthFlow) -> String {
+    if mode == Mode::Graph {
+        let resource = format!("https://{}", crate::route::default_graph_host(cloud));
+        return match flow {
+            OAuthFlow::ClientCredentials => format!("{resource}/.default"),
+            OAuthFlow::Delegated => format!("{resource}/Mail.Send offline_access"),
+        };
+    }
     let resource = match (mode, cloud) {
         (Mode::Acs, _) => "https://communication.azure.com",
         (_, Cloud::Global) => match flow {
@@ -236,6 +249,7 @@ impl OAuthSettings {
             authority,
             scope,
             refresh_window_secs: a.refresh_window_secs.unwrap_or(300),
+            cache_slot: p.clone(),
             connect_timeout: profile.timeouts.connect(),
             request_timeout: profile.timeouts.command(),
         })
@@ -260,7 +274,7 @@ impl OAuthSettings {
 
     fn key(&self) -> CacheKey {
         CacheKey {
-            profile: self.profile.clone(),
+            profile: self.cache_slot.clone(),
             tenant: self.tenant.clone(),
             client_id: self.client_id.clone(),
             scope: self.scope.clone(),
@@ -282,6 +296,9 @@ impl OAuthSettings {
         reqwest::Client::builder()
             .use_rustls_tls()
             .https_only(!self.authority.starts_with("http://"))
+            // A redirect would carry the client secret, assertion or refresh token to another
+            // host: never followed (post_form reports it).
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
             .user_agent(concat!("m365send/", env!("CARGO_PKG_VERSION")))
@@ -335,21 +352,6 @@ enum PostError {
     Failed(Failure),
 }
 
-/// The error chain of a transport error, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
-}
-
 /// POST a form to an identity endpoint and parse a JSON answer of type T.
 async fn post_form<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
@@ -373,20 +375,42 @@ async fn post_form<T: serde::de::DeserializeOwned>(
                          (a temporary failure)",
                         s.profile,
                         url,
-                        chain(&e.without_url())
+                        crate::graph::error_chain(e)
                     ),
                     secrets,
                 ),
             ))
         })?;
     let status = resp.status().as_u16();
+    if (300..400).contains(&status) {
+        let target = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(match u.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| "an unnamed location".into());
+        return Err(PostError::Failed(Failure::config(format!(
+            "the token endpoint for profile \"{}\" ({url}) answered HTTP {status}, a redirect \
+             to {target}; m365send does not follow redirects on token requests (the request \
+             carries the client's credentials). Check auth.authority: it must name the \
+             identity platform itself",
+            s.profile
+        ))));
+    }
     let body = resp.bytes().await.map_err(|e| {
         PostError::Failed(Failure::new(
             Exit::TempFail,
             format!(
                 "the token endpoint for profile \"{}\" ({url}) broke off its answer: {}",
                 s.profile,
-                chain(&e.without_url())
+                crate::graph::error_chain(e)
             ),
         ))
     })?;
@@ -542,7 +566,72 @@ async fn acquire(
     profile: &Profile,
     reject: Reject<'_>,
 ) -> Result<AccessToken, Failure> {
-    let s = OAuthSettings::from_profile(profile)?;
+    acquire_with(
+        config,
+        profile,
+        OAuthSettings::from_profile(profile)?,
+        reject,
+    )
+    .await
+}
+
+/// The cache slot of a profile's Graph fallback tokens.
+fn graph_slot(profile: &Profile) -> String {
+    format!("{}+graph", profile.name)
+}
+
+/// The OAuth settings for a Microsoft Graph token of this profile: its own for mode
+/// "graph"; for a submit profile's Graph fallback, the same app registration with the Graph
+/// scope (auth.scope, which names the SMTP scope there, is ignored) in a cache slot of its own.
+pub fn graph_settings(profile: &Profile) -> Result<OAuthSettings, Failure> {
+    if profile.mode == Mode::Graph {
+        return OAuthSettings::from_profile(profile);
+    }
+    let mut p = profile.clone();
+    p.mode = Mode::Graph;
+    p.auth.scope = None;
+    let mut s = OAuthSettings::from_profile(&p)?;
+    s.cache_slot = graph_slot(profile);
+    Ok(s)
+}
+
+/// An access token for Microsoft Graph (audience graph.microsoft.com, or the cloud's Graph
+/// host): from the cache, or acquired. `rejected`: a token Graph refused as invalid or
+/// expired (401), never to be handed out again. A fixed `auth.token` is used as is on a
+/// mode "graph" profile; a submit profile's fixed token is for SMTP and cannot serve Graph.
+pub async fn graph_token(
+    config: &Config,
+    profile: &Profile,
+    rejected: Option<&Secret>,
+) -> Result<AccessToken, Failure> {
+    if profile.auth.token.is_set() {
+        if profile.mode != Mode::Graph {
+            return Err(Failure::config(format!(
+                "profile \"{}\": the Graph fallback needs a token for Microsoft Graph, but \
+                 auth.token is a fixed token (for SMTP); give auth.client_secret or \
+                 auth.certificate instead",
+                profile.name
+            )));
+        }
+        return Ok(AccessToken {
+            token: profile.auth.token.resolve("auth.token")?,
+            expires_at: 0,
+            from_cache: false,
+        });
+    }
+    let reject = match rejected {
+        Some(t) => Reject::Token(t),
+        None => Reject::Nothing,
+    };
+    acquire_with(config, profile, graph_settings(profile)?, reject).await
+}
+
+async fn acquire_with(
+    config: &Config,
+    profile: &Profile,
+    s: OAuthSettings,
+    reject: Reject<'_>,
+) -> Result<AccessToken, Failure> {
     let dir = cache::dir(config)?;
     let key = s.key();
     let cached = |e: &Entry| {
@@ -561,7 +650,7 @@ async fn acquire(
     // Another process may be asking for a token right now: wait as long as one request may
     // take (connect, answer, one retry's worth), then give up with a temporary failure.
     let wait = s.connect_timeout + s.request_timeout * 2 + Duration::from_secs(5);
-    let _lock = cache::lock_within(&dir, &s.profile, wait).await?;
+    let _lock = cache::lock_within(&dir, &s.cache_slot, wait).await?;
     let mut entry = cache::read(&dir, &key);
     if let Some(t) = entry.as_ref().and_then(cached) {
         tracing::debug!(
@@ -587,7 +676,14 @@ async fn acquire(
             (token_request(&client, &s, profile, &form).await?, None)
         }
         OAuthFlow::Delegated => {
-            let (rt, seed) = match &entry.refresh_token {
+            // The Graph fallback of a delegated submit profile starts from the refresh token
+            // `m365send login` stored for the profile: Microsoft redeems it for Graph too
+            // when the app has Mail.Send (delegated) consented.
+            let signed_in = (s.cache_slot != profile.name)
+                .then(|| cache::read_any(&dir, &profile.name))
+                .flatten()
+                .and_then(|e| e.refresh_token);
+            let (rt, seed) = match entry.refresh_token.as_ref().or(signed_in.as_ref()) {
                 Some(rt) => (Secret::new(rt.clone()), None),
                 None if profile.auth.refresh_token.is_set() => {
                     let rt = profile.auth.refresh_token.resolve("auth.refresh_token")?;
@@ -736,7 +832,7 @@ pub async fn login(config: &Config, profile: &Profile, out: &mut dyn Write) -> R
     }
     let started = now();
     {
-        let _lock = cache::lock(&dir, &s.profile).await?;
+        let _lock = cache::lock(&dir, &s.cache_slot).await?;
         let mut entry = Entry::new(s.key());
         store(&mut entry, &resp, started, None);
         cache::write(&dir, &entry)?;
@@ -745,7 +841,7 @@ pub async fn login(config: &Config, profile: &Profile, out: &mut dyn Write) -> R
         out,
         "Logged in. The refresh token for profile \"{}\" is stored in {}.",
         s.profile,
-        cache::file_path(&dir, &s.profile).display()
+        cache::file_path(&dir, &s.cache_slot).display()
     )
     .map_err(out_err)?;
     Ok(())
@@ -831,7 +927,7 @@ pub fn token_status(
     }
     let s = OAuthSettings::from_profile(profile)?;
     let dir = cache::dir(config)?;
-    let path = cache::file_path(&dir, &s.profile);
+    let path = cache::file_path(&dir, &s.cache_slot);
     let a = &profile.auth;
     let credential = if profile.auth.token.is_set() {
         "fixed access token (auth.token)".to_string()
@@ -896,7 +992,7 @@ pub fn token_status(
             });
         }
         None => {
-            if cache::read_any(&dir, &s.profile).is_some() {
+            if cache::read_any(&dir, &s.cache_slot).is_some() {
                 lines.push(
                     "access token:   none (the cache holds a token for other settings; it will \
                      be replaced)"
@@ -925,6 +1021,10 @@ pub fn token_clear(config: &Config, profile: &Profile) -> Result<(), Failure> {
     }
     let _lock = cache::lock_blocking(&dir, &profile.name)?;
     cache::remove(&dir, &profile.name)?;
+    // The Graph fallback's tokens, if any.
+    let graph = graph_slot(profile);
+    let _lock = cache::lock_blocking(&dir, &graph)?;
+    cache::remove(&dir, &graph)?;
     Ok(())
 }
 
@@ -941,6 +1041,9 @@ pub struct TokenClaims {
     /// Client id of the app the token was issued to.
     #[serde(default)]
     pub appid: Option<String>,
+    /// Client id of the app, in v2.0 tokens (which have no `appid`).
+    #[serde(default)]
+    pub azp: Option<String>,
     /// App-only permissions, e.g. SMTP.SendAsApp.
     #[serde(default)]
     pub roles: Vec<String>,
@@ -990,7 +1093,7 @@ impl TokenClaims {
         if let Some(u) = &self.upn {
             parts.push(format!("upn={u}"));
         }
-        if let Some(a) = &self.appid {
+        if let Some(a) = self.appid.as_ref().or(self.azp.as_ref()) {
             parts.push(format!("appid={a}"));
         }
         if let Some(t) = &self.tid {

@@ -2,16 +2,37 @@
 //!
 //! `multipart/report; report-type=delivery-status` with a human-readable part (what failed,
 //! the server's reply, the explanation), a `message/delivery-status` part, and the original as
-//! `message/rfc822` (or `text/rfc822-headers` when it is large or the sender asked RET=HDRS).
-//! Sent from MAILER-DAEMON (the profile's sender address for submission, which must send as
-//! itself) with the null envelope sender.
+//! `message/rfc822` (or `text/rfc822-headers` when it is large or the sender asked RET=HDRS),
+//! marked `Auto-Submitted: auto-replied`.
+//!
+//! # Who a bounce is from ([`bounce_sender`])
+//!
+//! RFC 5321 §4.5.5 wants the null sender (`MAIL FROM:<>`) on a delivery status notification,
+//! but Microsoft 365 takes a message only from a sender it can attribute, so a bounce with
+//! `<>` would itself be refused and end in the dead letter, the sender never told:
+//!
+//! * mailbox logins (submit, hve, acs, graph): Microsoft lets a mailbox send only as itself or as an
+//!   address it has Send As rights for; anything else, `<>` included, is 5.7.60. The bounce's
+//!   envelope sender and From are the mailbox that logs in (`auth.user`, else `mailbox`), which
+//!   can always send as itself; a profile without one falls back to `sender`.
+//! * relay and direct send: Microsoft 365 attributes a connection without a login by the
+//!   sender's domain (a null sender through an IP connector is 5.7.64 TenantAttribution), and
+//!   direct send takes only senders in an accepted domain, whose SPF record names this host.
+//!   The bounce comes from the profile's `sender` (an accepted-domain address) when it has
+//!   one; only a profile without `sender` keeps the null sender (and From MAILER-DAEMON@ the
+//!   original sender's domain), which a certificate connector may still accept.
+//!
+//! A bounce is never bounced: the queue marks its entry `is_bounce` (its envelope sender is
+//! no longer empty, so that is the only mark), and a bounce that fails goes to the dead
+//! letter. With a real sender it also asks for `NOTIFY=NEVER`, so that a server further on
+//! does not answer an undeliverable bounce with a notice of its own.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use crate::config::{Mode, Profile};
+use crate::config::Profile;
 use crate::message::Ret;
 
 use super::runner::Problem;
@@ -42,20 +63,31 @@ fn domain_of(addr: &str) -> Option<&str> {
         .filter(|d| !d.is_empty())
 }
 
-/// The From address of a bounce.
+/// The envelope sender of a bounce sent through `profile`: empty for the null sender. See
+/// the module documentation for why it is not always `<>`.
+pub fn bounce_sender(profile: &Profile) -> String {
+    let nonempty = |s: Option<&str>| {
+        s.map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let found = if profile.mode.sends_as_mailbox() {
+        nonempty(profile.login_user()).or_else(|| nonempty(profile.sender.as_deref()))
+    } else {
+        nonempty(profile.sender.as_deref())
+    };
+    found.unwrap_or_default()
+}
+
+/// The From address of a bounce: its envelope sender, or for the null sender
+/// MAILER-DAEMON at the original sender's domain.
 fn bounce_from(profile: &Profile, original_sender: &str) -> String {
-    let own = profile.sender.as_deref().or(profile.mailbox.as_deref());
-    match profile.mode {
-        // Submission sends only as the mailbox (or one it may send as).
-        Mode::Submit | Mode::Hve | Mode::Acs if own.is_some() => own.unwrap_or_default().into(),
-        _ => {
-            let domain = own
-                .and_then(domain_of)
-                .or_else(|| domain_of(original_sender))
-                .unwrap_or("localhost");
-            format!("MAILER-DAEMON@{domain}")
-        }
+    let sender = bounce_sender(profile);
+    if !sender.is_empty() {
+        return sender;
     }
+    let domain = domain_of(original_sender).unwrap_or("localhost");
+    format!("MAILER-DAEMON@{domain}")
 }
 
 /// The enhanced status for the report: the reply's when it has a 5.x.x one.
@@ -221,4 +253,45 @@ pub fn build_bounce(
     }
     out.extend_from_slice(format!("{crlf}--{boundary}--{crlf}").as_bytes());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+
+    fn profile(mode: Mode, sender: Option<&str>, mailbox: Option<&str>) -> Profile {
+        Profile {
+            mode,
+            sender: sender.map(str::to_owned),
+            mailbox: mailbox.map(str::to_owned),
+            ..Profile::default()
+        }
+    }
+
+    #[test]
+    fn a_bounce_comes_from_whom_microsoft_365_accepts_in_each_mode() {
+        // A mailbox login: the mailbox (auth.user first), even when `sender` is another
+        // address it may send as.
+        for mode in [Mode::Submit, Mode::Hve, Mode::Acs, Mode::Graph] {
+            let mut p = profile(mode, Some("alerts@contoso.com"), Some("app@contoso.com"));
+            assert_eq!(bounce_sender(&p), "app@contoso.com", "{mode:?}");
+            p.auth.user = Some("shared@contoso.com".into());
+            assert_eq!(bounce_sender(&p), "shared@contoso.com", "{mode:?}");
+            let p = profile(mode, Some("alerts@contoso.com"), None);
+            assert_eq!(bounce_sender(&p), "alerts@contoso.com", "{mode:?}");
+        }
+        // Relay and direct send: the profile's accepted-domain sender, else the null sender.
+        for mode in [Mode::Relay, Mode::Direct] {
+            let p = profile(mode, Some("alerts@contoso.com"), Some("app@contoso.com"));
+            assert_eq!(bounce_sender(&p), "alerts@contoso.com", "{mode:?}");
+            assert_eq!(bounce_from(&p, "cron@contoso.com"), "alerts@contoso.com");
+            let p = profile(mode, None, Some("app@contoso.com"));
+            assert_eq!(bounce_sender(&p), "", "{mode:?}");
+            assert_eq!(
+                bounce_from(&p, "cron@contoso.com"),
+                "MAILER-DAEMON@contoso.com"
+            );
+        }
+    }
 }

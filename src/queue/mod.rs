@@ -30,6 +30,11 @@
 //! A runner holds an exclusive lock on the body file of the entry it is delivering; `delete`
 //! takes the same lock, so deleting an entry that is on the wire waits for the outcome.
 //!
+//! The spool belongs to one user: before use it is checked (`Spool::check`: it and its
+//! directories owned by the effective user and writable by no one else, the directories
+//! above it trusted), and each loaded entry carries its owner (`Entry::owner`, the uid of its
+//! files as opened, never a metadata field). The runner delivers only its own user's entries.
+//!
 //! # Wiring (done in `app`)
 //!
 //! - send path: `app::submit` / `app::submit_with` — on a transient failure after the
@@ -194,6 +199,10 @@ pub struct Entry {
     /// `--server HOST[:PORT]` given when the message was submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// Who wrote the entry: the uid owning its files as the runner found them (fstat), never a
+    /// field the writer chose. None for an entry not read from the spool.
+    #[serde(skip)]
+    pub owner: Option<u32>,
 }
 
 /// What `list` returns for each entry.
@@ -300,14 +309,45 @@ impl Spool {
                 let _ = sync_dir(parent);
             }
         }
+        spool.check()?;
         Ok(spool)
     }
 
     /// The spool for reading; it may not exist (an empty queue).
     pub(crate) fn existing(config: &Config) -> Result<Spool, Failure> {
-        Ok(Spool {
+        let spool = Spool {
             root: spool_dir(config)?,
-        })
+        };
+        if spool.root.exists() {
+            spool.check()?;
+        }
+        Ok(spool)
+    }
+
+    /// Refuse a spool another user could write: an entry there is delivered with this user's
+    /// credentials, so the spool and its directories must belong to this user (the effective
+    /// uid) and be writable by no one else, and every directory above it must pass the
+    /// `trust` rule. Exit 77 with the reason and the fix.
+    fn check(&self) -> Result<(), Failure> {
+        let euid = crate::trust::euid();
+        crate::trust::check_private_dir(
+            &self.root,
+            &["tmp", "msg", "meta", "inflight", "corrupt", "failed"],
+            euid,
+        )
+        .map_err(|u| {
+            Failure::new(
+                Exit::NoPerm,
+                format!(
+                    "the mail queue {} is not safe to use: {u}. Its entries are delivered \
+                     with {}'s credentials, so only that user may write it (see Security in \
+                     the README for a multi-user host)",
+                    self.root.display(),
+                    crate::trust::describe_uid(euid)
+                ),
+            )
+        })?;
+        Ok(())
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -502,6 +542,7 @@ pub fn enqueue_with(
         delivered: opts.delivered.clone(),
         mode: opts.mode.map(|m| m.as_str().to_owned()),
         server: opts.server.clone(),
+        owner: None,
     };
     commit_entry(&spool, entry, BodySource::File(prepared.body.path()))
 }
@@ -539,8 +580,23 @@ pub(crate) enum Loaded {
 }
 
 pub(crate) fn load_entry(spool: &Spool, id: &str) -> Loaded {
+    use std::os::unix::fs::MetadataExt;
     let meta_path = spool.meta_path(id);
-    let bytes = match fs::read(&meta_path) {
+    // Opened without following a link, its owner taken from the open file.
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&meta_path)
+        .and_then(|mut f| {
+            let m = f.metadata()?;
+            if !m.is_file() {
+                return Err(io::Error::other("not a regular file"));
+            }
+            let mut bytes = Vec::new();
+            (&mut f).take(16 * 1024 * 1024).read_to_end(&mut bytes)?;
+            Ok((m.uid(), bytes))
+        });
+    let (meta_owner, bytes) = match opened {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Gone,
         Err(e) => return Loaded::Corrupt(format!("cannot read {}: {e}", meta_path.display())),
@@ -556,7 +612,7 @@ pub(crate) fn load_entry(spool: &Spool, id: &str) -> Loaded {
             "entry {id} has metadata version {v}, written by a newer m365send"
         ));
     }
-    let entry: Entry = match serde_json::from_value(value) {
+    let mut entry: Entry = match serde_json::from_value(value) {
         Ok(e) => e,
         Err(e) => return Loaded::Corrupt(format!("metadata is incomplete: {e}")),
     };
@@ -566,8 +622,18 @@ pub(crate) fn load_entry(spool: &Spool, id: &str) -> Loaded {
             entry.id
         ));
     }
-    match fs::metadata(spool.body_path(id)) {
-        Ok(m) if m.len() == entry.size => Loaded::Ok(Box::new(entry)),
+    match fs::symlink_metadata(spool.body_path(id)) {
+        Ok(m) if !m.is_file() => Loaded::Corrupt("message file is not a regular file".into()),
+        Ok(m) if m.len() == entry.size => {
+            // Body and metadata written by different users: the entry is the other one's.
+            let euid = crate::trust::euid();
+            entry.owner = Some(if m.uid() != meta_owner && meta_owner == euid {
+                m.uid()
+            } else {
+                meta_owner
+            });
+            Loaded::Ok(Box::new(entry))
+        }
         Ok(m) => Loaded::Corrupt(format!(
             "message file has {} bytes, metadata says {}",
             m.len(),
@@ -671,12 +737,12 @@ pub(crate) fn load_all(spool: &Spool, warnings: &mut Vec<String>) -> Result<Vec<
             Loaded::Gone => {}
             Loaded::Corrupt(why) => {
                 let w = move_aside(spool, &id, &why);
-                eprintln!("m365send: warning: {w}");
+                crate::console::err_line(&format!("m365send: warning: {w}"));
                 warnings.push(w);
             }
             Loaded::Unsupported(why) => {
                 let w = format!("{why}; left alone");
-                eprintln!("m365send: warning: {w}");
+                crate::console::err_line(&format!("m365send: warning: {w}"));
                 warnings.push(w);
             }
         }
@@ -805,6 +871,7 @@ pub fn explain_last_reply(config: &Config, entry: &Entry) -> Option<String> {
         mailbox: profile.and_then(|p| p.mailbox.as_deref()),
         sender: Some(&entry.envelope.sender),
         recipient: entry.envelope.recipients.first().map(String::as_str),
+        retried_by_queue: Some(true),
         ..Default::default()
     };
     crate::explain::explain_reply(&reply, &ctx).map(|x| format!("{} {}", x.meaning, x.advice))

@@ -7,7 +7,9 @@
 //! the mailbox modes) serve its messages, each session taking the next entry when it is done
 //! with one, so every entry goes out once; a session is `reset` between two messages (the
 //! SMTP transport needs nothing on the wire after a clean transaction). Pacing spaces the
-//! messages across all sessions. Outcomes update, bounce or remove the entry.
+//! messages across all sessions. Outcomes update, bounce or remove the entry. Only entries
+//! written by the runner's own user are delivered (their files' owner, as read; see
+//! `Entry::owner`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -302,6 +304,9 @@ pub struct RunReport {
     /// Messages a previous runner had on the wire when it died: they are sent again, and may
     /// have been delivered already (the final reply was lost): possible duplicates.
     pub possible_duplicates: usize,
+    /// Entries another user wrote (their files' owner is not this runner's user): left alone,
+    /// never delivered with this user's credentials.
+    pub not_owned: usize,
     /// Sessions opened.
     pub sessions: usize,
     /// Warnings also printed on stderr.
@@ -324,6 +329,7 @@ impl RunReport {
             (self.expired, "expired"),
             (self.corrupt, "corrupt (moved aside)"),
             (self.possible_duplicates, "possibly duplicated"),
+            (self.not_owned, "left alone (written by another user)"),
             (self.not_due, "not due yet"),
         ]
         .iter()
@@ -338,7 +344,7 @@ impl RunReport {
     }
 
     fn warn(&mut self, w: String) {
-        eprintln!("m365send: warning: {w}");
+        crate::console::err_line(&format!("m365send: warning: {w}"));
         self.warnings.push(w);
     }
 }
@@ -435,6 +441,26 @@ pub async fn run(
     let entries = load_all(&spool, &mut warnings)?;
     report.corrupt = warnings.iter().filter(|w| w.contains("is corrupt")).count();
     report.warnings.extend(warnings);
+    // An entry is delivered only with its writer's credentials: this runner's user must have
+    // written it. Another user's entry (a spool that was once writable by others) could name
+    // a server of theirs for this user's profile secrets: it is left alone.
+    let euid = crate::trust::euid();
+    let (entries, foreign): (Vec<Entry>, Vec<Entry>) =
+        entries.into_iter().partition(|e| e.owner == Some(euid));
+    for e in foreign {
+        report.not_owned += 1;
+        report.warn(format!(
+            "queue entry {} was written by {}, not by {}: it is not delivered with this \
+             user's credentials; deliver it as its writer, or remove it (`m365send queue \
+             delete {}`)",
+            e.id,
+            e.owner
+                .map(crate::trust::describe_uid)
+                .unwrap_or_else(|| "an unknown user".into()),
+            crate::trust::describe_uid(euid),
+            e.id
+        ));
+    }
 
     let mut runner = Runner {
         config,
@@ -585,7 +611,7 @@ impl Runner<'_> {
 
     fn log(&self, line: String) {
         if self.opts.verbose {
-            eprintln!("m365send: {line}");
+            crate::console::err_line(&format!("m365send: {line}"));
         }
     }
 
@@ -896,15 +922,23 @@ impl Runner<'_> {
         )
         .map_err(|err| Failure::io(format!("cannot build the bounce: {err}")))?;
         let now = now_unix();
+        // From whom Microsoft 365 accepts it in this mode (bounce::bounce_sender). A bounce
+        // with a real sender asks for no notice of its own: `is_bounce` below is what keeps
+        // it from ever being bounced by us.
+        let sender = bounce::bounce_sender(profile);
+        let dsn = crate::message::Dsn {
+            notify: (!sender.is_empty()).then(|| "NEVER".to_owned()),
+            ..Default::default()
+        };
         let entry = Entry {
             version: FORMAT_VERSION,
             id: String::new(),
             created: now,
             profile: e.profile.clone(),
             envelope: Envelope {
-                sender: String::new(),
+                sender,
                 recipients: vec![e.envelope.sender.clone()],
-                dsn: Default::default(),
+                dsn,
             },
             size: 0,
             eight_bit: !bytes.is_ascii(),
@@ -917,6 +951,7 @@ impl Runner<'_> {
             delivered: Vec::new(),
             mode: e.mode.clone(),
             server: e.server.clone(),
+            owner: None,
         };
         super::commit_entry(self.spool, entry, BodySource::Bytes(&bytes))
     }

@@ -12,7 +12,8 @@
 //! Use: build a `SessionConfig` (TLS config from `tls::client_config`), `Session::connect`,
 //! `authenticate`, then `send_message` once per message (or `send_transaction` for one batch
 //! of a message's recipients), `send_message_and_quit` for the last (QUIT in the same round
-//! trip), or `quit`.
+//! trip), or `quit`. `doctor` uses `tls_info` and `probe` (MAIL FROM, RCPT TO, RSET: never
+//! DATA) instead of `send_message`.
 
 pub mod caps;
 pub mod data;
@@ -25,8 +26,8 @@ pub mod transcript;
 pub use caps::Capabilities;
 pub use reply::{EnhancedCode, Reply};
 pub use session::{
-    MessageResult, Session, SessionConfig, SessionError, Step, TlsFailure, hello_name,
-    is_microsoft_host,
+    MessageResult, ProbeReplies, Session, SessionConfig, SessionError, Step, TlsFailure, TlsInfo,
+    hello_name, is_microsoft_host,
 };
 pub use tls::{TlsSettings, TlsSetupError, client_config, preload_system_roots};
 pub use transaction::MessageFlags;

@@ -41,6 +41,9 @@ pub struct SessionConfig {
     /// Host name (or IP literal) to connect to; the certificate must match it.
     pub host: String,
     pub port: u16,
+    /// Addresses of `host` already resolved (by the route, through the DNS server that gave
+    /// the MX record), tried in order. Empty: `host` is resolved by the system resolver.
+    pub addrs: Vec<std::net::IpAddr>,
     /// EHLO name (see `hello_name`).
     pub helo: String,
     pub tls: TlsPolicy,
@@ -74,10 +77,12 @@ impl fmt::Debug for SessionConfig {
 pub enum TlsFailure {
     /// The server's certificate is not valid for the host (name, issuer, dates).
     Certificate,
-    /// No common protocol version or cipher, or the server refused our (missing) client
-    /// certificate: a configuration mismatch, not worth retrying.
+    /// No common protocol version or cipher (a server with only TLS 1.0/1.1, also when it
+    /// hangs up on our hello instead of answering), or the server refused our (missing)
+    /// client certificate: a configuration mismatch, not worth retrying.
     Protocol,
-    /// The connection broke during the handshake: transient.
+    /// The connection broke during the handshake in another way (a timeout, an I/O error):
+    /// transient.
     Io,
 }
 
@@ -274,11 +279,21 @@ impl Session {
     /// clear text. A server that does not know EHLO gets HELO (no extensions, so no TLS).
     pub async fn connect(cfg: SessionConfig) -> Result<Session, SessionError> {
         let host = cfg.host.clone();
-        let lookup = timeout(
-            cfg.connect_timeout,
-            tokio::net::lookup_host((host.clone(), cfg.port)),
-        )
-        .await;
+        let lookup = if cfg.addrs.is_empty() {
+            timeout(
+                cfg.connect_timeout,
+                tokio::net::lookup_host((host.clone(), cfg.port)),
+            )
+            .await
+            .map(|r| r.map(|a| a.collect::<Vec<_>>()))
+        } else {
+            // Resolved already: the name stays for SNI, the certificate and the transcript.
+            Ok(Ok(cfg
+                .addrs
+                .iter()
+                .map(|ip| std::net::SocketAddr::new(*ip, cfg.port))
+                .collect()))
+        };
         let addrs: Vec<_> = match lookup {
             Err(_) => {
                 return Err(SessionError::Resolve {
@@ -292,7 +307,7 @@ impl Session {
                     reason: e.to_string(),
                 });
             }
-            Ok(Ok(a)) => a.collect(),
+            Ok(Ok(a)) => a,
         };
         if addrs.is_empty() {
             return Err(SessionError::Resolve {
@@ -756,6 +771,87 @@ impl Session {
     }
 }
 
+/// What a TLS connection negotiated (for `doctor`).
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The protocol version as rustls names it, e.g. "TLSv1_3".
+    pub version: String,
+    /// The cipher suite as rustls names it, e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+    /// The server's certificate chain, leaf first (DER).
+    pub peer_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl TlsInfo {
+    /// What a rustls client connection negotiated.
+    pub fn of(conn: &rustls::ClientConnection) -> TlsInfo {
+        TlsInfo {
+            version: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map(|c| format!("{:?}", c.suite()))
+                .unwrap_or_default(),
+            peer_certificates: conn
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The replies to a probe that sends no message (see [`Session::probe`]).
+#[derive(Debug, Clone)]
+pub struct ProbeReplies {
+    pub mail: Reply,
+    /// None when no recipient was given or the sender was refused.
+    pub rcpt: Option<Reply>,
+    /// The reply to the closing RSET; None when it could not be sent (the server hung up).
+    pub rset: Option<Reply>,
+}
+
+/// Accessors and the no-message probe, for `doctor`.
+impl Session {
+    /// The negotiated TLS version, cipher suite and server certificates (None without TLS).
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        let Stream::Tls(s) = &self.stream else {
+            return None;
+        };
+        Some(TlsInfo::of(s.get_ref().1))
+    }
+
+    /// Ask the server about a sender, and a recipient, without sending a message: `MAIL
+    /// FROM:<sender>`, then `RCPT TO:<rcpt>` when one is given and the sender was accepted,
+    /// then RSET. Never DATA or BDAT; one command per write. `Err` means the session failed.
+    pub async fn probe(
+        &mut self,
+        sender: &str,
+        rcpt: Option<&str>,
+    ) -> Result<ProbeReplies, SessionError> {
+        if self.dirty {
+            self.rset().await?;
+        }
+        self.dirty = true;
+        let mail = self
+            .command(Line::plain(format!("MAIL FROM:<{sender}>")), Step::Mail)
+            .await
+            .and_then(|r| final_reply(Step::Mail, r))?;
+        let rcpt = match rcpt {
+            Some(r) if mail.is_positive() => Some(
+                self.command(Line::plain(format!("RCPT TO:<{r}>")), Step::Rcpt)
+                    .await
+                    .and_then(|r| final_reply(Step::Rcpt, r))?,
+            ),
+            _ => None,
+        };
+        // A server may hang up after a refusal: the refusal is the news, not the lost RSET.
+        let rset = self.rset().await.ok();
+        Ok(ProbeReplies { mail, rcpt, rset })
+    }
+}
+
 impl Session {
     /// A read/write error. After TLS 1.3 the server's verdict on our client certificate
     /// arrives as an alert on the first read: report it as a TLS failure, not a broken
@@ -844,15 +940,45 @@ fn classify_tls_error(e: &io::Error) -> (TlsFailure, String) {
                 | rustls::AlertDescription::CertificateUnknown),
             ) => format!("the server did not accept our client certificate ({a:?})"),
             rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => {
-                "no TLS version in common with the server (check tls.min_version)".to_owned()
+                format!(
+                    "no TLS version in common with the server: it offers no TLS 1.2 or later, \
+                     most likely {TLS_TOO_OLD} (with tls.min_version = \"1.3\", a server \
+                     offering at most TLS 1.2 fails the same way)"
+                )
             }
+            rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::ServerDoesNotSupportTls12Or13,
+            ) => format!("the server offers {TLS_TOO_OLD}"),
+            rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
+            ) => "the server offers TLS 1.2 at most, and tls.min_version is \"1.3\"".to_owned(),
             rustls::Error::AlertReceived(a) => format!("the server ended the handshake ({a:?})"),
             other => other.to_string(),
         };
         return (kind, reason);
     }
+    // The server hung up on our hello (TLS 1.2/1.3) without a word, after a whole SMTP
+    // dialogue on the same connection: what a server without TLS 1.2 does, not a network
+    // hiccup. Trying again would meet the same server: permanent.
+    if matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+    ) {
+        return (
+            TlsFailure::Protocol,
+            format!(
+                "the server closed the connection when our TLS 1.2/1.3 hello arrived, \
+                 without answering: most likely it offers {TLS_TOO_OLD}"
+            ),
+        );
+    }
     (TlsFailure::Io, e.to_string())
 }
+
+/// The cause of a handshake refused for its TLS version, said the same way everywhere.
+const TLS_TOO_OLD: &str = "only TLS 1.0 or 1.1, while m365send requires TLS 1.2 or later, as \
+    Microsoft 365 does (it refuses older TLS with 421 4.7.66): the server (or a proxy in front of \
+    it) must be upgraded";
 
 /// The EHLO name: `configured` when set, else this host's name when it is a fully qualified
 /// domain name, else the domain of `sender`, else "localhost.localdomain".

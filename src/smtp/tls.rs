@@ -1,6 +1,9 @@
-//! TLS client configuration: rustls with the ring provider, TLS 1.2 minimum (1.3 on request),
-//! the system roots plus an optional extra CA file, and an optional client certificate.
-//! There is deliberately no way to turn certificate verification off.
+//! TLS configuration: the client (rustls with the ring provider, TLS 1.2 minimum, 1.3 on
+//! request, the system roots plus an optional extra CA file, and an optional client
+//! certificate), and the server side of `m365send serve` (a certificate and key from PEM files).
+//! There is deliberately no way to turn certificate verification off. The CA file, the client
+//! certificate and its key, and serve's certificate and key are read only when no other user
+//! could have written them (`trust`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,9 +28,20 @@ pub struct TlsSettings {
 #[error("{0}")]
 pub struct TlsSetupError(pub String);
 
-fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let iter = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsSetupError(format!("cannot read {what} {}: {e}", path.display())))?;
+/// Read a file that decides whom we trust or who we are (CA file, client certificate and
+/// key) after the `trust` check: another user who could write it could add a CA of theirs.
+fn read_checked(path: &Path, what: &str) -> Result<Vec<u8>, TlsSetupError> {
+    crate::trust::read_file(path, 16 * 1024 * 1024)
+        .map_err(|e| TlsSetupError(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// The certificates of a PEM file (`what` names it in errors: "client certificate").
+pub(crate) fn load_certs(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let pem = read_checked(path, what)?;
+    let iter = CertificateDer::pem_slice_iter(&pem);
     let certs = iter
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsSetupError(format!("{what} {}: bad PEM: {e}", path.display())))?;
@@ -95,7 +109,8 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError
         None => builder.with_no_client_auth(),
         Some(cc) => {
             let chain = load_certs(&cc.cert, "client certificate")?;
-            let key = PrivateKeyDer::from_pem_file(&cc.key).map_err(|e| {
+            let pem = read_checked(&cc.key, "client key")?;
+            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
                 TlsSetupError(format!(
                     "client key {}: no usable RSA, EC or PKCS#8 private key: {e}",
                     cc.key.display()
@@ -111,4 +126,75 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError
         }
     };
     Ok(Arc::new(config))
+}
+
+/// The server side of STARTTLS (`m365send serve`): this certificate chain and key, TLS 1.2 and
+/// 1.3, no client certificates.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = load_certs(cert, "server certificate")?;
+    let key_pem = read_checked(key, "server key")?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        TlsSetupError(format!(
+            "server key {}: no usable RSA, EC or PKCS#8 private key: {e}",
+            key.display()
+        ))
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            TlsSetupError(format!(
+                "server certificate {} and key {} do not work together: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA file or client key another user owns is refused: a CA of theirs would let them
+    /// read the session (and the token in it).
+    #[test]
+    fn files_another_user_could_write_are_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = dir.path().join("client.key");
+        std::fs::copy(data.join("test-rsa.crt"), &ca).unwrap();
+        std::fs::copy(data.join("test-rsa-pkcs8.key"), &key).unwrap();
+        let settings = TlsSettings {
+            min_version: TlsVersion::V1_2,
+            ca_file: Some(ca.clone()),
+            client_cert: Some(crate::route::ClientCert {
+                cert: ca.clone(),
+                key: key.clone(),
+            }),
+        };
+        assert!(client_config(&settings).is_ok());
+        std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+        let e = client_config(&settings).unwrap_err().0;
+        assert!(
+            e.starts_with(&format!(
+                "cannot read client key {}: refused",
+                key.display()
+            )) && e.contains("owned by uid 65534"),
+            "{e}"
+        );
+        std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = client_config(&settings).unwrap_err().0;
+        assert!(e.contains("CA file") && e.contains("writable by"), "{e}");
+    }
 }

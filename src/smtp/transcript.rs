@@ -14,8 +14,9 @@ impl Sink {
     pub fn new(w: impl Write + Send + 'static) -> Sink {
         Sink(Arc::new(Mutex::new(Box::new(w))))
     }
+    /// stderr, through a writer that never fails (a closed stderr must not stop delivery).
     pub fn stderr() -> Sink {
-        Sink::new(std::io::stderr())
+        Sink::new(crate::console::Stderr)
     }
     /// A sink that collects into memory, and the handle to read it back.
     pub fn memory() -> (Sink, MemoryBuffer) {

@@ -50,7 +50,7 @@ impl RecipientLimits {
         let own = match configured {
             Some(0) => usize::MAX,
             Some(n) => n,
-            None if crate::smtp::is_microsoft_host(host) => MICROSOFT_MAX_RECIPIENTS,
+            None if microsoft(host) => MICROSOFT_MAX_RECIPIENTS,
             None => OTHER_MAX_RECIPIENTS,
         };
         self.learned
@@ -173,6 +173,20 @@ pub async fn send_in_batches(
         }
     }
     out
+}
+
+/// Microsoft 365's SMTP hosts and Microsoft Graph's (Exchange Online's limit per message holds
+/// for both).
+fn microsoft(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    crate::smtp::is_microsoft_host(&h)
+        || [
+            "graph.microsoft.com",
+            "graph.microsoft.us",
+            "microsoftgraph.chinacloudapi.cn",
+        ]
+        .iter()
+        .any(|g| h == *g || h.ends_with(&format!(".{g}")) || h.ends_with(&format!("-{g}")))
 }
 
 /// The recipients of `recipients` that no result settles (delivered, or refused for good):
@@ -305,6 +319,8 @@ mod tests {
         assert_eq!(l.get(None, "smtp.office365.com"), 500);
         assert_eq!(l.get(None, "contoso-com.mail.protection.outlook.com"), 500);
         assert_eq!(l.get(None, "127.0.0.1"), 1000);
+        assert_eq!(l.get(None, "graph.microsoft.com"), 500);
+        assert_eq!(l.get(None, "dod-graph.microsoft.us"), 500);
         assert_eq!(l.get(Some(0), "127.0.0.1"), usize::MAX);
         assert_eq!(l.get(Some(50), "smtp.office365.com"), 50);
         assert!(l.lower("127.0.0.1", 300, 1000));

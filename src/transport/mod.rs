@@ -4,7 +4,8 @@
 //! endpoint), the [`Connector`] trait (opens transports for one profile and endpoint:
 //! credentials and TLS set up once, hosts tried in order), the transport-neutral [`Problem`]
 //! and [`Options`], and the one place that picks the implementation for an endpoint
-//! ([`connector`]). Each implementation is one file: [`smtp`] (our SMTP session).
+//! ([`connector`]). Each implementation is one file: [`smtp`] (our SMTP session) and
+//! [`graph`] (Microsoft Graph sendMail, and the `fallback = "graph"` wrapper of smtp).
 //! Must not: retry across rounds, queue, write files, decide exit codes for the user or word
 //! explanations (deliver, the queue runner and explain do), or read argv or the config file
 //! beyond the `Profile`/`Config` values it is handed.
@@ -23,12 +24,13 @@
 //! used; if not, drop it and open another.
 
 pub mod batch;
+pub mod graph;
 pub mod smtp;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::config::{Config, Profile};
+use crate::config::{Config, Fallback, Mode, Profile};
 use crate::exit::{Exit, Failure};
 use crate::explain;
 use crate::message::{Envelope, Prepared};
@@ -131,11 +133,23 @@ impl Problem {
 
 /// How a host is named to the user: "Microsoft 365" for Microsoft's own hosts.
 pub fn server_name(host: &str) -> String {
-    if crate::smtp::is_microsoft_host(host) {
+    if crate::smtp::is_microsoft_host(host) || is_graph_host(host) {
         "Microsoft 365".to_owned()
     } else {
         format!("the server {host}")
     }
+}
+
+/// Microsoft Graph's hosts (global, US Government, 21Vianet).
+fn is_graph_host(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    [
+        "graph.microsoft.com",
+        "graph.microsoft.us",
+        "microsoftgraph.chinacloudapi.cn",
+    ]
+    .iter()
+    .any(|d| h == *d || h.ends_with(&format!(".{d}")))
 }
 
 /// An open connection to one host, ready to send messages.
@@ -195,7 +209,21 @@ pub async fn connector<'a>(
     opts: &'a Options,
     sender: &str,
 ) -> Result<Box<dyn Connector + 'a>, Problem> {
+    if endpoint.mode == Mode::Graph {
+        let c = graph::GraphConnector::new(
+            config,
+            profile,
+            opts,
+            endpoint.tls_min,
+            endpoint.ca_file.clone(),
+        )?;
+        return Ok(Box::new(c));
+    }
     let c = smtp::SmtpConnector::new(config, profile, endpoint, opts, sender).await?;
+    if endpoint.mode == Mode::Submit && profile.fallback == Fallback::Graph {
+        let f = graph::FallbackConnector::new(c, config, profile, endpoint, opts)?;
+        return Ok(Box::new(f));
+    }
     Ok(Box::new(c))
 }
 

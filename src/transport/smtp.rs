@@ -1,15 +1,16 @@
 //! The SMTP transport: the seam's implementation over our own `smtp::Session`.
 //!
 //! Owns: building the session settings from the profile and endpoint (timeouts, TLS, EHLO
-//! name, CHUNKING), credentials once per connector, the 5.7.3 re-authentication with a
-//! replacement token (once per connector), the basic-auth warning, and turning session
+//! name, CHUNKING: [`session_config`], [`tls_config`], which `doctor` probes with too),
+//! credentials once per connector, the 5.7.3 re-authentication with a replacement token
+//! (once per connector), the basic-auth warning, and turning session
 //! errors into the seam's [`Problem`]. Each `send` is one transaction (one flight with
 //! PIPELINING and CHUNKING), `send_and_close` pipelines QUIT behind it, and `reset` sends
 //! nothing (the session pipelines RSET into the next flight when the last one did not end
 //! cleanly). A transaction the server cut short while answering the RCPTs comes back `Ok`
 //! with the replies received (for `batch` to learn the server's limit from) and the
-//! transport closed. Must not: retry, queue, decide exit codes beyond the
-//! class of a failure, or word explanations (explain does).
+//! transport closed. Must not: retry, queue, decide exit codes beyond the class of a failure,
+//! or word explanations (explain does).
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::exit::{Exit, Failure};
 use crate::message::{Envelope, Prepared};
 use crate::route::{AuthKind, Endpoint, Host};
 use crate::smtp::{
-    MessageFlags, Session, SessionConfig, SessionError, Step, TlsFailure, TlsSettings,
+    MessageFlags, Session, SessionConfig, SessionError, Sink, Step, TlsFailure, TlsSettings,
     client_config, hello_name, is_microsoft_host,
 };
 
@@ -64,6 +65,43 @@ impl Problem {
     }
 }
 
+/// The TLS client configuration of an endpoint (CA file, client certificate, minimum
+/// version). Errors are the user's configuration (78).
+pub fn tls_config(endpoint: &Endpoint) -> Result<Arc<rustls::ClientConfig>, Failure> {
+    client_config(&TlsSettings {
+        min_version: endpoint.tls_min,
+        ca_file: endpoint.ca_file.clone(),
+        client_cert: endpoint.client_cert.clone(),
+    })
+    .map_err(|e| Failure::config(e.to_string()))
+}
+
+/// The session settings for one host of the profile's endpoint: timeouts, TLS policy, EHLO
+/// name, CHUNKING. The connector's, and `doctor`'s, which probes with the same settings.
+pub fn session_config(
+    profile: &Profile,
+    endpoint: &Endpoint,
+    host: &Host,
+    tls: Arc<rustls::ClientConfig>,
+    helo: String,
+    transcript: Option<Sink>,
+) -> SessionConfig {
+    let t = &profile.timeouts;
+    SessionConfig {
+        host: host.name.clone(),
+        port: host.port,
+        addrs: host.addrs.clone(),
+        helo,
+        tls: endpoint.tls,
+        tls_config: tls,
+        connect_timeout: t.connect(),
+        command_timeout: t.command(),
+        data_end_timeout: t.data_end(),
+        chunking: profile.chunking.enabled(),
+        transcript,
+    }
+}
+
 /// Opens authenticated SMTP sessions for one profile and endpoint.
 pub struct SmtpConnector<'a> {
     config: &'a Config,
@@ -99,12 +137,7 @@ impl<'a> SmtpConnector<'a> {
                 .await
                 .map_err(Problem::local)?
         };
-        let tls = client_config(&TlsSettings {
-            min_version: endpoint.tls_min,
-            ca_file: endpoint.ca_file.clone(),
-            client_cert: endpoint.client_cert.clone(),
-        })
-        .map_err(|e| Problem::local(Failure::config(e.to_string())))?;
+        let tls = tls_config(endpoint).map_err(Problem::local)?;
         Ok(SmtpConnector {
             config,
             profile,
@@ -122,19 +155,14 @@ impl<'a> SmtpConnector<'a> {
 
     /// Connect to one host and authenticate.
     pub async fn open_session(&mut self, host: &Host) -> Result<Session, Problem> {
-        let t = &self.profile.timeouts;
-        let cfg = SessionConfig {
-            host: host.name.clone(),
-            port: host.port,
-            helo: self.helo.clone(),
-            tls: self.endpoint.tls,
-            tls_config: self.tls.clone(),
-            connect_timeout: t.connect(),
-            command_timeout: t.command(),
-            data_end_timeout: t.data_end(),
-            chunking: self.profile.chunking.enabled(),
-            transcript: self.opts.transcript(),
-        };
+        let cfg = session_config(
+            self.profile,
+            self.endpoint,
+            host,
+            self.tls.clone(),
+            self.helo.clone(),
+            self.opts.transcript(),
+        );
         if !self.warned
             && let Some(w) = basic_auth_warning(&self.creds, &host.name, &self.profile.name)
         {

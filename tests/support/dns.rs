@@ -3,11 +3,11 @@
 //! `#[path = "support/dns.rs"] mod dns;` and point `endpoint.dns_server` at the address.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::thread;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{MX, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// What the stub answers for one name.
@@ -15,8 +15,12 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 pub enum Answer {
     /// MX records (preference, exchange), sent in the order given.
     Mx(Vec<(u16, String)>),
-    /// TXT records.
+    /// TXT records (each one string).
     Txt(Vec<String>),
+    /// A CNAME record (answered to CNAME queries).
+    Cname(String),
+    /// Addresses: the IPv4 ones answer A queries, the IPv6 ones AAAA, each in the order given.
+    Ip(Vec<IpAddr>),
     /// The name exists but has no record of the asked type (NOERROR, no answers).
     NoData,
     /// The name does not exist.
@@ -26,7 +30,7 @@ pub enum Answer {
 }
 
 /// Start the server in a background thread; it lives until the test process ends. Names not
-/// in `records` get NXDOMAIN.
+/// in `records` get NXDOMAIN; a name may be listed once per record type.
 pub fn start_stub_dns(records: Vec<(&str, Answer)>) -> SocketAddr {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind stub DNS");
     let addr = sock.local_addr().expect("stub DNS address");
@@ -67,7 +71,26 @@ fn answer(query: &Message, table: &[(String, Answer)]) -> Option<Message> {
     resp.metadata.authoritative = true;
     resp.add_query(q.clone());
     let name = q.name().clone();
-    let found = table.iter().find(|(n, _)| *n == qname).map(|(_, a)| a);
+    // A name may have several entries (MX and TXT): the one for the asked type, else the
+    // first (NODATA, NXDOMAIN, silence).
+    let by_name: Vec<&Answer> = table
+        .iter()
+        .filter(|(n, _)| *n == qname)
+        .map(|(_, a)| a)
+        .collect();
+    let found = by_name
+        .iter()
+        .copied()
+        .find(|a| {
+            matches!(
+                (a, qtype),
+                (Answer::Mx(_), RecordType::MX)
+                    | (Answer::Txt(_), RecordType::TXT)
+                    | (Answer::Cname(_), RecordType::CNAME)
+                    | (Answer::Ip(_), RecordType::A | RecordType::AAAA)
+            )
+        })
+        .or(by_name.first().copied());
     let soa = || {
         Record::from_rdata(
             name.clone(),
@@ -96,6 +119,21 @@ fn answer(query: &Message, table: &[(String, Answer)]) -> Option<Message> {
                 ));
             }
         }
+        Some(Answer::Ip(list))
+            if matches!(qtype, RecordType::A | RecordType::AAAA)
+                && list
+                    .iter()
+                    .any(|ip| ip.is_ipv4() == (qtype == RecordType::A)) =>
+        {
+            for ip in list {
+                let rdata = match ip {
+                    IpAddr::V4(v4) if qtype == RecordType::A => RData::A(A(*v4)),
+                    IpAddr::V6(v6) if qtype == RecordType::AAAA => RData::AAAA(AAAA(*v6)),
+                    _ => continue,
+                };
+                resp.add_answer(Record::from_rdata(name.clone(), 300, rdata));
+            }
+        }
         Some(Answer::Txt(list)) if qtype == RecordType::TXT => {
             for t in list {
                 resp.add_answer(Record::from_rdata(
@@ -104,6 +142,15 @@ fn answer(query: &Message, table: &[(String, Answer)]) -> Option<Message> {
                     RData::TXT(TXT::new(vec![t.clone()])),
                 ));
             }
+        }
+        Some(Answer::Cname(target)) if qtype == RecordType::CNAME => {
+            let t = Name::from_ascii(format!("{}.", target.trim_end_matches('.')))
+                .expect("CNAME target");
+            resp.add_answer(Record::from_rdata(
+                name.clone(),
+                300,
+                RData::CNAME(CNAME(t)),
+            ));
         }
         Some(_) => {
             resp.authorities.push(soa());

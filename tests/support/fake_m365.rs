@@ -181,6 +181,9 @@ pub struct FakeConfig {
     /// Error replies (4xx/5xx) a connection may get; the next command gets 421 and the
     /// connection is closed.
     pub error_limit: Option<usize>,
+    /// After AUTH, accept only the authenticated user as the sender (the null sender
+    /// included): anything else is `550 5.7.60`, as Microsoft 365 answers a mailbox login.
+    pub send_as_only: bool,
 }
 
 impl FakeConfig {
@@ -198,6 +201,7 @@ impl FakeConfig {
             rules: Vec::new(),
             max_recipients: None,
             error_limit: None,
+            send_as_only: false,
         }
     }
     pub fn mx() -> FakeConfig {
@@ -220,6 +224,10 @@ impl FakeConfig {
     }
     pub fn error_limit(mut self, n: usize) -> Self {
         self.error_limit = Some(n);
+        self
+    }
+    pub fn send_as_only(mut self) -> Self {
+        self.send_as_only = true;
         self
     }
     pub fn no_starttls(mut self) -> Self {
@@ -892,6 +900,12 @@ impl Conn {
                     }
                     let default = if self.cfg.flavour == Flavour::Submission && authed.is_none() {
                         "530 5.7.57 Client not authenticated to send mail. Error: 530 5.7.57 Client was not authenticated to send anonymous mail during MAIL FROM"
+                    } else if self.cfg.send_as_only
+                        && authed
+                            .as_deref()
+                            .is_some_and(|u| !u.eq_ignore_ascii_case(&addr))
+                    {
+                        "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
                     } else {
                         "250 2.1.0 Sender OK"
                     };

@@ -1,0 +1,355 @@
+//! Who may use `m365send serve`: client networks, local users and their password hashes, the
+//! senders each may use, per-client message rates, and the lockout after failed AUTH.
+//!
+//! Owns: parsing and checking password hashes (argon2 PHC strings, SHA-512-crypt `$6$`) and
+//! verifying a password against one (RustCrypto's `argon2` and `sha-crypt`), the network and
+//! sender rules, and the counters behind rate limits and lockouts. Must not: speak SMTP (it
+//! answers with decisions; `serve` turns them into replies), or keep or log a password.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::{PlaintextAuth, ServeConfig, sender_matches};
+use crate::exit::Failure;
+use crate::secret::Secret;
+
+/// A password hash in a format we can verify.
+#[derive(Clone)]
+pub enum PasswordHash {
+    /// `$argon2id$v=19$m=...,t=...,p=...$SALT$HASH` (also argon2i, argon2d).
+    Argon2(String),
+    /// `$6$[rounds=N$]SALT$HASH` (SHA-512-crypt, as `openssl passwd -6` or `mkpasswd` make).
+    Sha512Crypt(String),
+}
+
+impl std::fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A hash is not the password, but there is no reason to print it either.
+        f.write_str(match self {
+            PasswordHash::Argon2(_) => "PasswordHash::Argon2(..)",
+            PasswordHash::Sha512Crypt(_) => "PasswordHash::Sha512Crypt(..)",
+        })
+    }
+}
+
+impl PasswordHash {
+    /// Recognise and check a hash string; the error says what is expected.
+    pub fn parse(s: &str) -> Result<PasswordHash, String> {
+        let s = s.trim();
+        if s.starts_with("$argon2") {
+            argon2::password_hash::phc::PasswordHash::new(s)
+                .map_err(|e| format!("not a valid argon2 hash: {e}"))?;
+            return Ok(PasswordHash::Argon2(s.to_owned()));
+        }
+        if s.starts_with("$6$") {
+            sha_crypt::PasswordHashRef::new(s)
+                .map_err(|e| format!("not a valid SHA-512-crypt hash: {e}"))?;
+            return Ok(PasswordHash::Sha512Crypt(s.to_owned()));
+        }
+        Err(
+            "not a password hash m365send knows: give an argon2 hash ($argon2id$...) or a \
+             SHA-512-crypt hash ($6$..., from `openssl passwd -6`), never the password itself"
+                .into(),
+        )
+    }
+
+    /// Whether `password` matches. Slow on purpose (argon2: tens of milliseconds): call it off
+    /// the connection-handling thread.
+    pub fn verify(&self, password: &Secret) -> bool {
+        use argon2::password_hash::PasswordVerifier as _;
+        let pw = password.expose().as_bytes();
+        match self {
+            PasswordHash::Argon2(h) => argon2::Argon2::default().verify_password(pw, h.as_str()),
+            PasswordHash::Sha512Crypt(h) => {
+                sha_crypt::ShaCrypt::default().verify_password(pw, h.as_str())
+            }
+        }
+        .is_ok()
+    }
+}
+
+/// One local user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub hash: PasswordHash,
+    pub senders: Vec<String>,
+    pub profile: Option<String>,
+}
+
+impl User {
+    pub fn may_send_as(&self, sender: &str) -> bool {
+        self.senders.iter().any(|p| sender_matches(p, sender))
+    }
+}
+
+/// The users of `[serve.users]`, with their hashes read (from `password_hash_file` too) and
+/// checked. An unreadable file or a bad hash is a configuration error naming the key.
+pub fn load_users(cfg: &ServeConfig) -> Result<BTreeMap<String, User>, Failure> {
+    let mut users = BTreeMap::new();
+    for (name, u) in &cfg.users {
+        let (text, key) = match (&u.password_hash, &u.password_hash_file) {
+            (Some(h), _) => (h.clone(), format!("serve.users.{name}.password_hash")),
+            (None, Some(path)) => {
+                // Whoever could write this file could log in as the user: the same trust
+                // check as every other file that decides what m365send does.
+                let raw = crate::trust::read_file(path, 64 * 1024).map_err(|e| {
+                    Failure::config(format!(
+                        "serve.users.{name}.password_hash_file: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let raw = String::from_utf8_lossy(&raw);
+                (
+                    raw.lines().next().unwrap_or("").to_owned(),
+                    format!("serve.users.{name}.password_hash_file {}", path.display()),
+                )
+            }
+            (None, None) => {
+                return Err(Failure::config(format!(
+                    "serve.users.{name}: set password_hash or password_hash_file"
+                )));
+            }
+        };
+        let hash =
+            PasswordHash::parse(&text).map_err(|e| Failure::config(format!("{key}: {e}")))?;
+        users.insert(
+            name.clone(),
+            User {
+                hash,
+                senders: u.senders.clone(),
+                profile: u.profile.clone(),
+            },
+        );
+    }
+    Ok(users)
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, from a dual-stack socket) as IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Whether a client at `ip` may connect.
+pub fn network_allowed(networks: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    networks.iter().any(|n| n.contains(&ip))
+}
+
+/// Whether AUTH must wait for STARTTLS on a connection to our address `local`.
+pub fn auth_needs_tls(policy: PlaintextAuth, local: IpAddr) -> bool {
+    match policy {
+        PlaintextAuth::Never => true,
+        PlaintextAuth::Loopback => !canonical(local).is_loopback(),
+    }
+}
+
+/// Per-client counters: messages in the last minute, failed AUTH attempts.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    messages: HashMap<IpAddr, VecDeque<Instant>>,
+    failures: HashMap<IpAddr, Failures>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    /// Times of recent failures (within the lockout window).
+    times: VecDeque<Instant>,
+    locked_until: Option<Instant>,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl Throttle {
+    /// Count a message from `ip` if fewer than `per_minute` came in the last minute; false
+    /// (and not counted) otherwise. `per_minute` 0: no limit.
+    pub fn allow_message(&mut self, ip: IpAddr, per_minute: u32, now: Instant) -> bool {
+        if per_minute == 0 {
+            return true;
+        }
+        self.prune(now);
+        let times = self.messages.entry(ip).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+        {
+            times.pop_front();
+        }
+        if times.len() >= per_minute as usize {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+
+    /// How long `ip` stays locked out, if it is.
+    pub fn locked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        self.failures
+            .get(&ip)
+            .and_then(|f| f.locked_until)
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Record a failed AUTH; true when `ip` is now locked out (`max` failures within
+    /// `window`; the lockout lasts `window`).
+    pub fn auth_failed(&mut self, ip: IpAddr, max: u32, window: Duration, now: Instant) -> bool {
+        self.prune(now);
+        let f = self.failures.entry(ip).or_default();
+        while f
+            .times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            f.times.pop_front();
+        }
+        f.times.push_back(now);
+        if f.times.len() >= max as usize {
+            f.times.clear();
+            f.locked_until = Some(now + window);
+            return true;
+        }
+        false
+    }
+
+    /// A successful AUTH forgets the earlier failures.
+    pub fn auth_ok(&mut self, ip: IpAddr) {
+        self.failures.remove(&ip);
+    }
+
+    /// Forget stale entries once the tables grow (a scan of many addresses must not grow them
+    /// without bound).
+    fn prune(&mut self, now: Instant) {
+        const LIMIT: usize = 10_000;
+        if self.messages.len() > LIMIT {
+            self.messages
+                .retain(|_, t| t.back().is_some_and(|t| now.duration_since(*t) < MINUTE));
+        }
+        if self.failures.len() > LIMIT {
+            self.failures
+                .retain(|_, f| f.locked_until.is_some_and(|u| u > now) || !f.times.is_empty());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hash file another user owns would let them choose the password: refused, as every
+    /// other file that decides what m365send does (`trust`).
+    #[test]
+    fn a_hash_file_another_user_owns_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("scanner.hash");
+        std::fs::write(
+            &file,
+            "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1\n",
+        )
+        .unwrap();
+        let mut cfg = ServeConfig::default();
+        cfg.users.insert(
+            "scanner".into(),
+            crate::config::ServeUser {
+                password_hash_file: Some(file.clone()),
+                ..Default::default()
+            },
+        );
+        assert!(load_users(&cfg).is_ok());
+        std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+        let e = load_users(&cfg).unwrap_err();
+        assert!(
+            e.message.contains("password_hash_file") && e.message.contains("65534"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn hashes_verify_and_bad_ones_are_refused() {
+        // `openssl passwd -6 -salt saltsalt secret`
+        let sha = PasswordHash::parse(
+            "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1",
+        )
+        .unwrap();
+        assert!(sha.verify(&Secret::new("secret")));
+        assert!(!sha.verify(&Secret::new("Secret")));
+        use argon2::password_hash::PasswordHasher as _;
+        let salt = b"0123456789abcdef";
+        let h = argon2::Argon2::default()
+            .hash_password_with_salt(b"hunter2", salt)
+            .unwrap()
+            .to_string();
+        let a = PasswordHash::parse(&h).unwrap();
+        assert!(a.verify(&Secret::new("hunter2")));
+        assert!(!a.verify(&Secret::new("hunter3")));
+        for bad in ["hunter2", "$1$abc$def", "$argon2id$nonsense", ""] {
+            let e = PasswordHash::parse(bad).unwrap_err();
+            assert!(e.contains("hash"), "{bad}: {e}");
+            assert!(!e.contains("hunter2"), "the error quotes the value: {e}");
+        }
+    }
+
+    #[test]
+    fn networks_and_loopback() {
+        let nets: Vec<ipnet::IpNet> = ["127.0.0.0/8", "192.168.10.0/24", "2001:db8::/32"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(network_allowed(&nets, "127.0.0.1".parse().unwrap()));
+        assert!(network_allowed(&nets, "192.168.10.77".parse().unwrap()));
+        assert!(network_allowed(
+            &nets,
+            "::ffff:192.168.10.77".parse().unwrap()
+        ));
+        assert!(network_allowed(&nets, "2001:db8::5".parse().unwrap()));
+        assert!(!network_allowed(&nets, "192.168.11.1".parse().unwrap()));
+        assert!(!network_allowed(&nets, "::1".parse().unwrap()));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lan: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(!auth_needs_tls(PlaintextAuth::Loopback, lo));
+        assert!(!auth_needs_tls(
+            PlaintextAuth::Loopback,
+            "::1".parse().unwrap()
+        ));
+        assert!(auth_needs_tls(PlaintextAuth::Loopback, lan));
+        assert!(auth_needs_tls(PlaintextAuth::Never, lo));
+    }
+
+    #[test]
+    fn rate_and_lockout() {
+        let mut t = Throttle::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(t.allow_message(ip, 2, t0));
+        assert!(t.allow_message(ip, 2, t0));
+        assert!(!t.allow_message(ip, 2, t0 + Duration::from_secs(59)));
+        assert!(t.allow_message(other, 2, t0));
+        assert!(t.allow_message(ip, 2, t0 + Duration::from_secs(61)));
+        assert!(t.allow_message(ip, 0, t0));
+
+        let w = Duration::from_secs(600);
+        assert!(!t.auth_failed(ip, 3, w, t0));
+        assert!(!t.auth_failed(ip, 3, w, t0));
+        assert_eq!(t.locked(ip, t0), None);
+        assert!(t.auth_failed(ip, 3, w, t0));
+        assert!(t.locked(ip, t0 + Duration::from_secs(1)).is_some());
+        assert_eq!(t.locked(other, t0), None);
+        assert_eq!(t.locked(ip, t0 + w), None);
+        // Success resets the count.
+        assert!(!t.auth_failed(other, 2, w, t0));
+        t.auth_ok(other);
+        assert!(!t.auth_failed(other, 2, w, t0));
+    }
+}

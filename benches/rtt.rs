@@ -14,7 +14,8 @@
 //!
 //! ```text
 //! scripts/bench-rtt.sh [--rtt-ms 50] [--runs 9] [--queue 200] [--connections 1,2,4,8]
-//!     [--relay-server 127.0.0.1:PORT --relay-ca CA.pem] [--skip-rss] [--serve SECONDS]
+//!     [--relay-server 127.0.0.1:PORT --relay-ca CA.pem] [--skip-rss | --rss-only]
+//!     [--serve SECONDS]
 //! ```
 //!
 //! Environment: M365SEND_BIN (default target/release/m365send), MSMTP (default msmtp).
@@ -50,6 +51,8 @@ struct Args {
     relay_server: Option<SocketAddr>,
     relay_ca: Option<PathBuf>,
     rss: bool,
+    /// Only the peak RSS part.
+    rss_only: bool,
     /// Only set up the servers, proxies and configurations, print them, and wait this long
     /// (for timing or tracing a sender by hand).
     serve: Option<u64>,
@@ -64,6 +67,7 @@ fn args() -> Args {
         relay_server: None,
         relay_ca: None,
         rss: true,
+        rss_only: false,
         serve: None,
     };
     let mut it = std::env::args().skip(1);
@@ -82,6 +86,7 @@ fn args() -> Args {
             "--relay-server" => a.relay_server = Some(v().parse().expect("--relay-server IP:PORT")),
             "--relay-ca" => a.relay_ca = Some(v().into()),
             "--skip-rss" => a.rss = false,
+            "--rss-only" => a.rss_only = true,
             "--serve" => a.serve = Some(v().parse().expect("--serve SECONDS")),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -94,6 +99,10 @@ fn args() -> Args {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("measure-rss") {
+        measure_rss(&argv[2..]);
+    }
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -336,6 +345,25 @@ async fn run(a: Args) {
     println!("submit: fake Microsoft 365 submission (STARTTLS, AUTH XOAUTH2 with a cached token)");
     println!("relay:  {relay_name} (STARTTLS, no AUTH)\n");
 
+    if !a.rss_only {
+        timings(&a, &setup, &sub_proxy, &relay_proxy, &write, rtt).await;
+    }
+
+    // ---- memory -----------------------------------------------------------------------
+    if a.rss {
+        rss(&setup, &submit).await;
+    }
+}
+
+/// One message, the queue drain and the relay connections.
+async fn timings(
+    a: &Args,
+    setup: &Setup,
+    sub_proxy: &Proxy,
+    relay_proxy: &Proxy,
+    write: &dyn Fn(u32),
+    rtt: Duration,
+) {
     // ---- one message ------------------------------------------------------------------
     println!("## One message ({} runs each, median)\n", a.runs);
     println!(
@@ -467,29 +495,33 @@ async fn run(a: Args) {
         );
     }
     write(1);
+}
 
-    // ---- memory -----------------------------------------------------------------------
-    if a.rss {
+/// Peak RSS sending 1 MB and 100 MB, for both tools.
+async fn rss(setup: &Setup, submit: &FakeM365) {
+    {
         println!("\n## Peak RSS (VmHWM), submit straight to the fake server\n");
         println!("| message | m365send | msmtp |");
         println!("|---|---|---|");
         for (label, size) in [("1 MB", 1_000_000usize), ("100 MB", 100_000_000)] {
             let body = write_body(setup.dir.path(), label, size);
+            let token = PathBuf::from(TOKEN);
             let ours = peak_rss(
-                std::process::Command::new(&setup.m365send)
-                    .args(["--profile", "direct", "-i", "-f", MAILBOX, RCPT])
-                    .env("M365SEND_CONFIG", &setup.config)
-                    .env("BENCH_TOKEN", TOKEN)
-                    .env("HOME", setup.dir.path()),
+                &setup.m365send,
+                &["--profile", "direct", "-i", "-f", MAILBOX, RCPT],
+                &[
+                    ("M365SEND_CONFIG", &setup.config),
+                    ("BENCH_TOKEN", &token),
+                    ("HOME", setup.dir.path()),
+                ],
                 &body,
             )
             .await;
+            let rc = setup.msmtprc.display().to_string();
             let theirs = peak_rss(
-                std::process::Command::new(&setup.msmtp)
-                    .arg("-C")
-                    .arg(&setup.msmtprc)
-                    .args(["-a", "direct", RCPT])
-                    .env("HOME", setup.dir.path()),
+                &setup.msmtp,
+                &["-C", &rc, "-a", "direct", RCPT],
+                &[("HOME", setup.dir.path())],
                 &body,
             )
             .await;
@@ -522,36 +554,45 @@ fn write_body(dir: &Path, name: &str, size: usize) -> PathBuf {
     path
 }
 
-/// Run the command with `input` as stdin; its peak resident set (KiB, from wait4).
+/// `program args...` with `input` as stdin and these environment variables: its peak
+/// resident set, KiB. Measured by this binary started afresh (`measure-rss`): a child's
+/// ru_maxrss counts the address space it was forked from, which here would be this process
+/// with the fake server's copy of the 100 MB message; a fresh helper is a few MB.
+async fn peak_rss(program: &Path, args: &[&str], envs: &[(&str, &Path)], input: &Path) -> i64 {
+    let mut c = tokio::process::Command::new(std::env::current_exe().unwrap());
+    c.arg("measure-rss").arg(input).arg(program).args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The `measure-rss INPUT PROGRAM ARGS...` helper: run PROGRAM with INPUT as stdin, print its
+/// ru_maxrss (KiB) from wait4, exit with its status.
 // The child is reaped by wait4 (which also gives its rusage), not by Child::wait.
 #[allow(clippy::zombie_processes)]
-async fn peak_rss(cmd: &mut std::process::Command, input: &Path) -> i64 {
-    let mut child = cmd
-        .stdin(std::fs::File::open(input).unwrap())
+fn measure_rss(args: &[String]) -> ! {
+    let child = std::process::Command::new(&args[1])
+        .args(&args[2..])
+        .stdin(std::fs::File::open(&args[0]).unwrap())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id() as libc::pid_t;
-    let stderr = child.stderr.take();
-    tokio::task::spawn_blocking(move || {
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is a valid value; wait4 fills it for our own child.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: pid is our child, not yet waited for; the pointers are valid locals.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        assert_eq!(r, pid, "wait4");
-        let mut err = String::new();
-        if let Some(mut e) = stderr {
-            use std::io::Read as _;
-            let _ = e.read_to_string(&mut err);
-        }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "failed: {err}"
-        );
-        usage.ru_maxrss
-    })
-    .await
-    .unwrap()
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child, not yet waited for; the pointers are valid locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    println!("{}", usage.ru_maxrss);
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    std::process::exit(if ok { 0 } else { 1 })
 }

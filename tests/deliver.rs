@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
 use m365send::config::{AuthMethod, Config, Mode, Profile, SecretSource, TlsVersion};
-use m365send::deliver::{Options, attempt, deliver};
+use m365send::deliver::{Options, Outcome, attempt, deliver};
 use m365send::exit::Exit;
 use m365send::message::{Body, Dsn, Envelope, Prepared};
 use m365send::route::{AuthKind, Endpoint, Host, TlsPolicy};
@@ -29,6 +29,19 @@ struct Env {
 }
 
 impl Env {
+    /// `attempt` with this environment's configuration, profile and endpoint: nothing
+    /// printed or written.
+    async fn attempt(&self, msg: &Prepared) -> Outcome {
+        attempt(
+            &self.config,
+            &self.profile,
+            msg,
+            &self.endpoint,
+            &Options::default(),
+        )
+        .await
+    }
+
     /// Deliver with this environment's configuration, profile and endpoint, default options.
     async fn deliver(&self, msg: &Prepared) -> Result<(), m365send::exit::Failure> {
         deliver(
@@ -802,14 +815,7 @@ async fn many_recipients(server: &FakeM365, max_recipients: Option<usize>) -> (V
     let rcpts: Vec<String> = (0..5000).map(|i| format!("user{i}@contoso.com")).collect();
     let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
     let msg = prepared("alerts@contoso.com", &refs, MSG);
-    let out = attempt(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await;
+    let out = env.attempt(&msg).await;
     assert!(out.is_success(), "{:?}", out.problem);
     assert_eq!(out.exit(), Exit::Ok);
     assert_eq!(out.delivered.len(), 5000);
@@ -885,14 +891,7 @@ async fn a_server_that_defers_every_recipient_is_a_temporary_failure() {
         &["a@contoso.com", "b@contoso.com"],
         MSG,
     );
-    let out = attempt(
-        &env.config,
-        &env.profile,
-        &msg,
-        &env.endpoint,
-        &Options::default(),
-    )
-    .await;
+    let out = env.attempt(&msg).await;
     assert_eq!(out.exit(), Exit::TempFail);
     assert_eq!(out.pending.len(), 2);
     assert_eq!(server.connections().len(), 1);

@@ -102,10 +102,15 @@ initial_delay_ms = 10
         let mut args = vec!["-f", SENDER];
         args.extend_from_slice(extra_args);
         args.push(RCPT);
-        let mut child = self.command(&args).stdin(Stdio::piped()).spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
         let text = format!("From: {SENDER}\nTo: {RCPT}\nSubject: {subject}\n\nbody of {subject}\n");
-        stdin.write_all(text.as_bytes()).await.unwrap();
+        self.run_with_input(&args, text.as_bytes()).await
+    }
+
+    /// Run the binary with `input` on stdin.
+    async fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self.command(args).stdin(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
         drop(stdin);
         child.wait_with_output().await.unwrap()
     }
@@ -633,18 +638,12 @@ attempts = 1
     std::fs::write(&env.config, text).unwrap();
 
     // ops@ gets it at once; later@ is refused for now: only later@ is queued.
-    let mut child = env
-        .command(&["-f", "app@contoso.com", RCPT, "later@contoso.com"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"Subject: partial\n\nhello\n")
-        .await
-        .unwrap();
-    drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
+    let o = env
+        .run_with_input(
+            &["-f", "app@contoso.com", RCPT, "later@contoso.com"],
+            b"Subject: partial\n\nhello\n",
+        )
+        .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let list = env.list().await;
     assert_eq!(list["count"], 1);
@@ -681,15 +680,12 @@ attempts = 1
 async fn odq_still_refuses_what_can_be_checked_offline() {
     let env = Env::new();
     env.write(dead_port(), None, "accepted_domains = [\"contoso.com\"]");
-    let mut child = env
-        .command(&["-odq", "-f", "root@fabrikam.com", RCPT])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"Subject: outside\n\nx\n").await.unwrap();
-    drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
+    let o = env
+        .run_with_input(
+            &["-odq", "-f", "root@fabrikam.com", RCPT],
+            b"Subject: outside\n\nx\n",
+        )
+        .await;
     assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("outside the accepted domains"),
@@ -740,18 +736,10 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         ("alerts@fabrikam.com", "from fabrikam"),
         ("alerts@contoso.com", "from contoso"),
     ] {
-        let mut child = env
-            .command(&["-odq", "-f", sender, RCPT])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(format!("Subject: {subject}\n\nx\n").as_bytes())
-            .await
-            .unwrap();
-        drop(stdin);
-        let o = child.wait_with_output().await.unwrap();
+        let text = format!("Subject: {subject}\n\nx\n");
+        let o = env
+            .run_with_input(&["-odq", "-f", sender, RCPT], text.as_bytes())
+            .await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         // Distinct creation seconds keep the order: fabrikam's entry is the group's first.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -860,14 +848,9 @@ async fn queued_message_with_5000_recipients_against_a_500_limit() {
     let rcpts: Vec<String> = (0..5000).map(|i| format!("user{i}@contoso.com")).collect();
     let mut args = vec!["-odq", "-f", SENDER];
     args.extend(rcpts.iter().map(String::as_str));
-    let mut child = env.command(&args).stdin(Stdio::piped()).spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"Subject: everyone\n\nhello\n")
-        .await
-        .unwrap();
-    drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
+    let o = env
+        .run_with_input(&args, b"Subject: everyone\n\nhello\n")
+        .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = env.run(&["queue", "run", "-v"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

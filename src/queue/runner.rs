@@ -218,29 +218,6 @@ async fn worker(
     None
 }
 
-/// Run the futures concurrently on this task; their outputs in order.
-async fn join_all<T>(mut futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
-    let mut done: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, out) in futures.iter_mut().zip(done.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *out = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    done.into_iter().flatten().collect()
-}
-
 /// Options of one queue run.
 pub struct RunOptions<'a> {
     /// Ignore backoff: try every entry now (`queue flush`).
@@ -690,7 +667,11 @@ impl Runner<'_> {
             for f in forks.iter_mut() {
                 workers.push(Box::pin(worker(&runner, profile, &queue, f.as_mut())));
             }
-            join_all(workers).await.into_iter().flatten().last()
+            futures_util::future::join_all(workers)
+                .await
+                .into_iter()
+                .flatten()
+                .last()
         };
         // Every connection failed: the endpoint is not reachable now; defer the rest.
         if let Some(problem) = last_problem {

@@ -212,17 +212,19 @@ impl Session {
         {
             return Err(SessionError::TooLarge { size, limit });
         }
-        let mut file = tokio::fs::File::from_std(file);
-        let mail = self.mail_line(envelope, size, flags);
-        let rcpts = self.rcpt_lines(envelope, recipients);
+        let out = Outgoing {
+            mail: self.mail_line(envelope, size, flags),
+            rcpts: self.rcpt_lines(envelope, recipients),
+            recipients,
+            file: tokio::fs::File::from_std(file),
+            size,
+        };
         let mut t = Transaction::default();
         let result = if self.caps.pipelining {
-            self.pipelined(&mut t, mail, rcpts, recipients, &mut file, size, quit)
-                .await
+            self.pipelined(&mut t, out, quit).await
         } else {
             // No pipelining: QUIT waits for the end-of-data reply (below).
-            self.one_by_one(&mut t, mail, rcpts, recipients, &mut file, size)
-                .await
+            self.one_by_one(&mut t, out).await
         };
         if let Err(e) = result {
             t.error = Some(e);
@@ -287,17 +289,20 @@ impl Session {
     }
 
     /// RFC 2920: every command up to the content in one write, the replies read in order.
-    #[allow(clippy::too_many_arguments)]
     async fn pipelined(
         &mut self,
         t: &mut Transaction,
-        mail: String,
-        rcpts: Vec<Line>,
-        recipients: &[String],
-        file: &mut tokio::fs::File,
-        size: u64,
+        out: Outgoing<'_>,
         quit: bool,
     ) -> Result<(), SessionError> {
+        let Outgoing {
+            mail,
+            rcpts,
+            recipients,
+            mut file,
+            size,
+        } = out;
+        let file = &mut file;
         let bdat = self.bdat();
         let body_in_flight = bdat && size <= FLIGHT_BODY_MAX;
         let rset = self.dirty;
@@ -397,16 +402,12 @@ impl Session {
     async fn one_by_one(
         &mut self,
         t: &mut Transaction,
-        mail: String,
-        rcpts: Vec<Line>,
-        recipients: &[String],
-        file: &mut tokio::fs::File,
-        size: u64,
+        mut out: Outgoing<'_>,
     ) -> Result<(), SessionError> {
         if self.dirty {
             self.rset().await?;
         }
-        self.send(&[Line::plain(mail)], Step::Mail).await?;
+        self.send(&[Line::plain(out.mail)], Step::Mail).await?;
         let mail = self
             .read_final(Step::Mail, self.cfg.command_timeout)
             .await?;
@@ -415,7 +416,7 @@ impl Session {
         if refused {
             return Ok(());
         }
-        for (addr, line) in recipients.iter().zip(rcpts) {
+        for (addr, line) in out.recipients.iter().zip(out.rcpts) {
             self.send(&[line], Step::Rcpt).await?;
             let reply = self
                 .read_final(Step::Rcpt, self.cfg.command_timeout)
@@ -426,12 +427,13 @@ impl Session {
             return Ok(());
         }
         if self.bdat() {
-            let mut left = size;
+            let mut left = out.size;
             loop {
                 let chunk = left.min(BDAT_CHUNK);
                 let last = chunk == left;
                 let mut buf = Vec::new();
-                self.write_chunk(file, chunk, last, &mut buf).await?;
+                self.write_chunk(&mut out.file, chunk, last, &mut buf)
+                    .await?;
                 self.write_raw(&buf, Step::Data).await?;
                 left -= chunk;
                 let (step, wait) = self.chunk_reply_step(last);
@@ -446,7 +448,7 @@ impl Session {
         let reply = self
             .read_reply(Step::Data, self.cfg.command_timeout)
             .await?;
-        self.after_data_reply(t, reply, file, false).await
+        self.after_data_reply(t, reply, &mut out.file, false).await
     }
 
     /// What follows the reply to DATA: the body when it is 354 and there is someone to send
@@ -653,6 +655,15 @@ impl Session {
         }
         self.write_raw(&out, Step::Data).await
     }
+}
+
+/// What one transaction sends: its commands and its content.
+struct Outgoing<'a> {
+    mail: String,
+    rcpts: Vec<Line>,
+    recipients: &'a [String],
+    file: tokio::fs::File,
+    size: u64,
 }
 
 /// How many BDAT chunks a body of `size` octets goes in.

@@ -109,6 +109,8 @@ fn run(inv: Invocation) -> Result<(), Failure> {
             Ok(())
         }
         Command::Explain { code } => explain(&code),
+        Command::Completions { shell } => print_stdout(&crate::completions::script(shell)),
+        Command::Man { page } => print_stdout(page.render().as_bytes()),
         Command::SmtpStdio(args) => smtp_stdio(config_path, profile_name, inv.verbose, &args),
         Command::Login => {
             let (config, profile) = config_and_profile(config_path, profile_name)?;
@@ -155,6 +157,15 @@ fn queue_list(config: &Config, json: bool) -> Result<(), Failure> {
     };
     crate::console::out(&text)
         .map_err(|e| Failure::io(format!("cannot write the queue listing: {e}")))
+}
+
+/// Generated text (a completion script, a manual page) on stdout.
+fn print_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut out = crate::console::Stdout;
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::io(format!("cannot write to standard output: {e}")))
 }
 
 /// `m365send explain CODE`: the catalogue's explanation of a reply code or AADSTS error.

@@ -2,7 +2,9 @@
 //!
 //! Owns: argv (including the program name: `sendmail`, `mailq`, `newaliases`), sendmail's
 //! single-dash options (`-oi`, `-FNAME`, `-fADDR`, `-odi`, `-B8BITMIME`, ...), native long
-//! options and subcommands (clap). Must not: read files, stdin or the environment.
+//! options and subcommands (clap), and the texts `--help` shows beyond clap's option list
+//! (examples, sendmail's pre-pass options, exit codes), which m365send(8) is built from too
+//! (`man`). Must not: read files, stdin or the environment.
 //!
 //! How argv is read, in two passes:
 //!
@@ -16,8 +18,9 @@
 //!    -v`), the native long options, the recipients and, for `m365send` only, the subcommands.
 //!
 //! The subcommand rule: a word is a subcommand (`explain`, `login`, `token`, `queue`,
-//! `doctor`, `serve`) only when the program is invoked as `m365send` AND the word is the first
-//! argument that is neither an option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
+//! `doctor`, `serve`, `completions`, and the hidden `man` used by packaging) only when the
+//! program is invoked as `m365send` AND the word is the first argument that is neither an
+//! option nor an option's value AND no `--` came before it. Invoked as `sendmail` (or any other
 //! name but `mailq`/`newaliases`) there are no subcommands at all, so `sendmail queue` mails
 //! the local user "queue", exactly as sendmail would. `m365send -- queue` does too.
 
@@ -29,7 +32,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Arg, ArgAction, Args, Command as ClapCommand, FromArgMatches, Subcommand};
 
 use crate::config::Mode;
-use crate::exit::Failure;
+use crate::exit::{Exit, Failure};
 use crate::message::{Dsn, Ret};
 
 /// What the caller asked for.
@@ -90,6 +93,14 @@ pub enum Command {
     },
     /// `m365send serve`: the SMTP listener for devices and applications.
     Serve,
+    /// `m365send completions SHELL`: print the shell's completion script.
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// `m365send man [PAGE]` (hidden): print a manual page (roff) for packaging.
+    Man {
+        page: crate::man::Page,
+    },
     /// `--help`, `--version`: print this text on stdout and exit 0.
     Help {
         text: String,
@@ -186,7 +197,16 @@ impl Personality {
 }
 
 /// The subcommand words (only for the `m365send` personality; see the module comment).
-const SUBCOMMANDS: &[&str] = &["explain", "login", "token", "queue", "doctor", "serve"];
+const SUBCOMMANDS: &[&str] = &[
+    "explain",
+    "login",
+    "token",
+    "queue",
+    "doctor",
+    "serve",
+    "completions",
+    "man",
+];
 
 /// Parse argv (argv[0] included).
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Failure> {
@@ -389,41 +409,105 @@ fn prepass(args: Vec<OsString>, values: &ValueOptions, subcommands: bool) -> Res
     Ok(pre)
 }
 
-const AFTER_HELP: &str = "\
-Examples:
-  df -h | m365send --to ops@contoso.com --subject \"web1: disk\"
-  m365send --profile app --to a@contoso.com --subject report --attach /var/log/backup.log < note.txt
-  sendmail -t -i < message.eml            (installed as /usr/sbin/sendmail)
-  m365send --dry-run -f root root < /dev/null     (show the route without sending)
-  m365send explain 5.7.60
-  m365send doctor --to ops@contoso.com    (check the setup step by step; sends nothing)
+/// Examples, shown by `--help` and in m365send(8).
+pub(crate) const EXAMPLES: &[&str] = &[
+    "df -h | m365send --to ops@contoso.com --subject \"web1: disk\"",
+    "m365send --profile app --to a@contoso.com --subject report --attach /var/log/backup.log < note.txt",
+    "sendmail -t -i < message.eml            (installed as /usr/sbin/sendmail)",
+    "m365send --dry-run -f root root < /dev/null     (show the route without sending)",
+    "m365send explain 5.7.60",
+    "m365send doctor --to ops@contoso.com    (check the setup step by step; sends nothing)",
+];
 
-Sendmail compatibility:
-  -oi                 Same as -i.
-  -odq                Put the message in the queue without trying to deliver it now.
-  -odi, -odb          Deliver now (the default).
-  -bm                 Read a message from stdin and send it (the default).
-  -bs                 Speak SMTP on stdin/stdout (for callers such as symfony/mailer).
-  -bp                 List the queue (same as `mailq` and `m365send queue list`).
-  -bi                 Same as `newaliases`: nothing to rebuild.
-  -q[INTERVAL]        Run the queue once (any interval is ignored).
-  Accepted and ignored: -B TYPE, -U, -L TAG, -h N, -X FILE, -oem, -oee, -oep, -oeq, -oew,
-  -om and any other -oX option.
-  Installed as `sendmail` there are no subcommands: every word is a recipient.
-  Installed as `mailq` it lists the queue; as `newaliases` it succeeds with a note.
+/// sendmail's options that the pre-pass takes out before clap (so clap cannot list them):
+/// shown by `--help` and in m365send(8). Keep in step with `prepass`.
+pub(crate) const SENDMAIL_OPTIONS: &[(&str, &str)] = &[
+    ("-oi", "Same as -i."),
+    (
+        "-odq",
+        "Put the message in the queue without trying to deliver it now.",
+    ),
+    ("-odi, -odb", "Deliver now (the default)."),
+    (
+        "-bm",
+        "Read a message from stdin and send it (the default).",
+    ),
+    (
+        "-bs",
+        "Speak SMTP on stdin/stdout (for callers such as symfony/mailer).",
+    ),
+    (
+        "-bp",
+        "List the queue (same as `mailq` and `m365send queue list`).",
+    ),
+    ("-bi", "Same as `newaliases`: nothing to rebuild."),
+    (
+        "-q[INTERVAL]",
+        "Run the queue once (any interval is ignored).",
+    ),
+    (
+        "-B TYPE, -U, -L TAG, -h N, -X FILE",
+        "Accepted and ignored.",
+    ),
+    (
+        "-oem, -oee, -oep, -oeq, -oew, -om, -oX...",
+        "Accepted and ignored, as is any other -o option.",
+    ),
+];
 
+/// How the program name changes what argv means (see the module comment).
+pub(crate) const PERSONALITIES: &str = "\
+Installed as `sendmail` there are no subcommands: every word is a recipient.
+Installed as `mailq` it lists the queue; as `newaliases` it succeeds with a note.";
+
+/// Where the configuration is looked for (`config::load`).
+pub(crate) const CONFIG_SEARCH: &str = "\
 Configuration is read from --config/-C, else $M365SEND_CONFIG, else
 $XDG_CONFIG_HOME/m365send/config.toml (~/.config/m365send/config.toml), else
-/etc/m365send/config.toml. See config.example.toml for every key.
+/etc/m365send/config.toml. See config.example.toml for every key.";
 
-Exit codes follow sysexits(3): 0 sent (or queued), 64 usage, 65 bad message, 66 unreadable
---attach file, 67 unknown recipient, 68 no MX host, 69 refused, 73 queue not writable,
-75 temporary failure (try again), 77 permission, 78 configuration.";
+/// The text after the options in `--help`, built from the same pieces as m365send(8).
+fn after_help() -> String {
+    let mut out = String::from("Examples:\n");
+    for example in EXAMPLES {
+        out.push_str(&format!("  {example}\n"));
+    }
+    out.push_str("\nSendmail compatibility:\n");
+    for (option, meaning) in SENDMAIL_OPTIONS {
+        if option.len() < 20 {
+            out.push_str(&format!("  {option:<20}{meaning}\n"));
+        } else {
+            out.push_str(&format!("  {option}\n  {:<20}{meaning}\n", ""));
+        }
+    }
+    for line in PERSONALITIES.lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    let codes: Vec<String> = Exit::ALL
+        .iter()
+        .map(|e| format!("{} {}", e.code(), e.meaning().0))
+        .collect();
+    out.push_str(&format!("\n{CONFIG_SEARCH}\n\n"));
+    // The exit codes as a paragraph of lines at most 95 columns wide.
+    let mut line = String::from("Exit codes follow sysexits(3):");
+    for (i, code) in codes.iter().enumerate() {
+        let sep = if i + 1 == codes.len() { "." } else { "," };
+        if line.len() + 1 + code.len() + 1 > 95 {
+            out.push_str(&line);
+            out.push('\n');
+            line = format!("{code}{sep}");
+        } else {
+            line.push_str(&format!(" {code}{sep}"));
+        }
+    }
+    out.push_str(&line);
+    out
+}
 
 const USAGE: &str = "\
 m365send [OPTIONS] [--] [RECIPIENT]...  < message
        m365send [OPTIONS] --to ADDR --subject TEXT [--attach FILE]... [RECIPIENT]...
-       m365send explain CODE | login | token status|clear
+       m365send explain CODE | login | token status|clear | completions SHELL
        m365send queue list [--json] | run | flush | show ID | delete ID
        m365send doctor [--profile NAME | --all] [--to ADDR] [--json]
        m365send serve  (SMTP listener for devices and applications, see [serve])
@@ -604,6 +688,18 @@ enum Sub {
     /// Accept mail from devices and applications over SMTP (`[serve]` in the configuration)
     /// and deliver it through the queue.
     Serve,
+    /// Print a shell completion script: `m365send completions bash > /etc/bash_completion.d/m365send`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print a manual page in roff (packaging generates the installed pages with it).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "PAGE", default_value = "m365send.8")]
+        page: crate::man::Page,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -618,7 +714,7 @@ enum TokenAction {
 enum QueueAction {
     /// List the queued messages (the default).
     List {
-        /// One JSON object per line.
+        /// Print the queue as one JSON object, for monitoring.
         #[arg(long)]
         json: bool,
     },
@@ -641,7 +737,7 @@ pub fn clap_command(subcommands: bool) -> ClapCommand {
              relay through a connector, and direct send.",
         )
         .override_usage(USAGE)
-        .after_help(AFTER_HELP)
+        .after_help(after_help())
         // -h is sendmail's hop count and -V its envelope id: help and version are long only.
         .disable_help_flag(true)
         .disable_version_flag(true)
@@ -726,6 +822,8 @@ fn parse_main(args: Vec<OsString>, subcommands: bool) -> Result<Invocation, Fail
                     Some(QueueAction::Delete { id }) => Command::QueueDelete { id },
                 },
                 Sub::Serve => Command::Serve,
+                Sub::Completions { shell } => Command::Completions { shell },
+                Sub::Man { page } => Command::Man { page },
             }
         }
         (None, Some(Special::SmtpStdio)) => Command::SmtpStdio(send),

@@ -1025,13 +1025,6 @@ impl Config {
     fn problems(&self) -> Vec<(Vec<String>, String)> {
         let mut out: Vec<(Vec<String>, String)> = Vec::new();
         let key = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        if self.profiles.is_empty() {
-            out.push((
-                key(&["profiles"]),
-                "no profile is defined; add a [profiles.NAME] table (see config.example.toml)"
-                    .into(),
-            ));
-        }
         if let Some(d) = &self.default_profile
             && !self.profiles.contains_key(d)
         {
@@ -1491,6 +1484,14 @@ impl Config {
             && let Some(p) = named(n)
         {
             return Ok(p);
+        }
+        if self.profiles.is_empty() {
+            // A configuration without profiles loads (mailq, `queue list` and doctor work on a
+            // fresh install); only sending needs one.
+            return Err(Failure::config(format!(
+                "{}: no profile is defined; add a [profiles.NAME] table (see config.example.toml)",
+                self.file_name()
+            )));
         }
         Err(Failure::config(format!(
             "{} defines {} and no default_profile: set default_profile, or give --profile NAME",

@@ -109,6 +109,16 @@ impl std::fmt::Display for Host {
     }
 }
 
+/// The port a mode connects to when none is given: 587 for submission, 25 for relay and direct
+/// send, 443 for Graph.
+pub fn default_port(mode: Mode) -> u16 {
+    match mode {
+        Mode::Submit | Mode::Hve | Mode::Acs => 587,
+        Mode::Relay | Mode::Direct => 25,
+        Mode::Graph => 443,
+    }
+}
+
 /// The endpoint for this profile and envelope. `server` is `--server HOST[:PORT]`, which
 /// overrides the hosts of any mode (keeping its TLS and auth policy).
 pub async fn resolve(
@@ -119,11 +129,7 @@ pub async fn resolve(
     let mode = profile.mode;
     check_domains(profile, envelope)?;
     let ep = &profile.endpoint;
-    let default_port = match mode {
-        Mode::Submit | Mode::Hve | Mode::Acs => 587,
-        Mode::Relay | Mode::Direct => 25,
-        Mode::Graph => 443,
-    };
+    let default_port = default_port(mode);
     let (hosts, source) = if let Some(s) = server {
         let host = parse_server(s, default_port)?;
         // m365send speaks STARTTLS only: on 465 the server waits for a TLS handshake while

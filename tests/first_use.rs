@@ -349,3 +349,33 @@ async fn recipients_differing_in_case_are_sent_once_to_microsoft_365() {
         vec!["Bob@contoso.com", "bob@contoso.com", "BOB@CONTOSO.COM"]
     );
 }
+
+/// A fresh install has a configuration without profiles (the package's is all comments):
+/// `mailq` and `queue list` work and say the queue is empty; sending says no profile is
+/// defined (78) and keeps the message in the dead letter.
+#[tokio::test]
+async fn a_configuration_without_profiles_lists_the_queue_and_refuses_to_send() {
+    let env = BinEnv::new();
+    std::fs::write(
+        &env.config,
+        format!(
+            "# every line commented out, as installed\nspool_dir = \"{}\"\ndead_letter = \"{}\"\n",
+            env.spool.display(),
+            env.dead.display()
+        ),
+    )
+    .unwrap();
+    let o = env.run(&["queue", "list"], b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("empty"), "{}", stdout(&o));
+    let o = env
+        .run(&["-i", "root"], b"Subject: s\n\nfresh install\n")
+        .await;
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no profile is defined; add a [profiles.NAME] table"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(env.dead_letter().contains("fresh install"));
+}

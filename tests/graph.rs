@@ -493,6 +493,27 @@ fn throttled_with_retry_after_waits_then_succeeds() {
     assert_eq!(server.sent().len(), 1);
 }
 
+/// A redirect is never followed: it would send the message wherever the answer points (with
+/// the token, to the same host). Here it points at another mailbox on the same fake server: a
+/// followed redirect would send the message there.
+#[test]
+fn a_redirect_is_not_followed() {
+    let server = FakeGraph::start(
+        Accept::Token(TOKEN.into()),
+        vec![
+            Rule::error("POST sendMail", 307, "Moved", "Temporarily elsewhere.")
+                .location("/v1.0/users/attacker@contoso.com/sendMail")
+                .times(1),
+        ],
+    );
+    let env = Env::new(&server, "queue = \"never\"");
+    let o = env.run(&["-i", "ops@contoso.com"], b"Subject: t\n\nx\n");
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.shorts(), vec!["POST sendMail"], "{}", stderr(&o));
+    assert!(server.sent().is_empty());
+    assert!(stderr(&o).contains("307"), "{}", stderr(&o));
+}
+
 /// An upload `PUT` answered 503 with Retry-After is sent again, with the same bytes (the
 /// retry shares the chunk; it is not read or copied again).
 #[test]

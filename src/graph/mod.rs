@@ -247,6 +247,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*s.tls).clone())
             .https_only(true)
+            // A redirect would carry the message (and, to the same host, the token) wherever
+            // the answer points: Graph's API does not redirect, so a 3xx is an error.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(s.connect_timeout)
             .timeout(s.request_timeout)
             .user_agent(concat!("m365send/", env!("CARGO_PKG_VERSION")))

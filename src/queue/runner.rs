@@ -477,16 +477,12 @@ fn profile_for(config: &Config, entry: &Entry) -> Option<Profile> {
         p.name = name.to_owned();
     }
     p = p.with_mode(entry.mode.as_deref().and_then(Mode::parse));
-    if let Some(server) = &entry.server {
-        let default_port = match p.mode {
-            Mode::Relay | Mode::Direct => 25,
-            _ => 587,
-        };
-        if let Ok(host) = crate::route::parse_server(server, default_port) {
-            p.endpoint.host = Some(host.name);
-            p.endpoint.port = Some(host.port);
-            p.endpoint.mx_host = None;
-        }
+    if let Some(server) = &entry.server
+        && let Ok(host) = crate::route::parse_server(server, crate::route::default_port(p.mode))
+    {
+        p.endpoint.host = Some(host.name);
+        p.endpoint.port = Some(host.port);
+        p.endpoint.mx_host = None;
     }
     Some(p)
 }
@@ -975,6 +971,40 @@ mod tests {
         };
         p.rate_per_minute = None;
         assert_eq!(pacing(&p, &off), None);
+    }
+
+    /// A `--server` without a port queued for a mode keeps that mode's port (Graph: 443).
+    #[test]
+    fn a_queued_server_without_a_port_gets_the_modes_port() {
+        let mut config = Config::default();
+        config.profiles.insert("p".into(), Profile::default());
+        let entry = |mode: &str| Entry {
+            version: FORMAT_VERSION,
+            id: "x".into(),
+            created: 0,
+            profile: "p".into(),
+            envelope: Envelope::default(),
+            size: 1,
+            eight_bit: false,
+            smtputf8: false,
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: None,
+            last_error: None,
+            is_bounce: false,
+            delivered: Vec::new(),
+            mode: Some(mode.into()),
+            server: Some("relay.example".into()),
+            owner: None,
+        };
+        for (mode, port) in [("graph", 443), ("relay", 25), ("submit", 587)] {
+            let p = profile_for(&config, &entry(mode)).unwrap();
+            assert_eq!(
+                (p.endpoint.host.as_deref(), p.endpoint.port),
+                (Some("relay.example"), Some(port)),
+                "{mode}"
+            );
+        }
     }
 
     #[test]

@@ -1524,4 +1524,7 @@ main() {
     ((FAILED == 0 && HARNESS_FAILED == 0))
 }
 
-main "$@"
+# Sourced (tests/packaging/run.sh uses the helpers above), it defines and runs nothing more.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

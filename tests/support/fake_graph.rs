@@ -145,6 +145,8 @@ pub struct Rule {
     pub times: Option<usize>,
     /// Carry the request out, then answer the error anyway (a 504 after sending).
     pub carry_out: bool,
+    /// A `Location:` header (for a 3xx).
+    pub location: Option<String>,
 }
 
 impl Rule {
@@ -157,7 +159,13 @@ impl Rule {
             retry_after: None,
             times: None,
             carry_out: false,
+            location: None,
         }
+    }
+    /// Answer with this `Location:` (make `status` a 3xx).
+    pub fn location(mut self, url: &str) -> Rule {
+        self.location = Some(url.to_owned());
+        self
     }
     pub fn retry_after(mut self, secs: u64) -> Rule {
         self.retry_after = Some(secs);
@@ -528,6 +536,7 @@ fn handle(req: &Request, body: &[u8], st: &Arc<Mutex<State>>, cfg: &Config) -> A
         s.fired.insert(i, n + 1);
         let mut a = error(r.status, &r.code, &r.message);
         a.retry_after = r.retry_after;
+        a.location = r.location.clone();
         if r.carry_out {
             carry_then = Some(a);
             break;

@@ -207,7 +207,9 @@ pub fn from_arg(arg: &str) -> Option<String> {
 
 /// Why `addr` (qualified: `local@domain`) cannot go into `MAIL FROM:<...>` or
 /// `RCPT TO:<...>`, if it cannot: a space or bracket would end the path early and let the rest
-/// be read as SMTP parameters. A quoted local part (`"odd local"@x`) may hold spaces.
+/// be read as SMTP parameters. A quoted local part (`"odd local"@x`) may hold spaces, but must
+/// be one RFC 5321 Quoted-string: `"`, then printable ASCII other than `"` and `\` (or
+/// non-ASCII text, RFC 6531) or a backslash and one printable ASCII character, then `"`.
 pub fn path_problem(addr: &str) -> Option<&'static str> {
     if addr.chars().any(char::is_control) {
         return Some("contains a control character");
@@ -216,9 +218,15 @@ pub fn path_problem(addr: &str) -> Option<&'static str> {
     if local.is_empty() {
         return Some("has nothing before the @");
     }
-    let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
-    if !quoted && local.contains(|c: char| c.is_whitespace() || "<>()[],;:\"".contains(c)) {
-        return Some("has a space or one of <>()[],;:\" in its local part");
+    if local.starts_with('"') {
+        if !is_quoted_string(local) {
+            return Some(
+                "has a malformed quoted local part (a quote not closed at the @, or a \
+                 character not allowed between quotes)",
+            );
+        }
+    } else if local.contains(|c: char| c.is_whitespace() || "<>()[],;:\"\\".contains(c)) {
+        return Some("has a space or one of <>()[],;:\"\\ in its local part");
     }
     if domain.is_empty()
         || domain.starts_with('.')
@@ -228,6 +236,30 @@ pub fn path_problem(addr: &str) -> Option<&'static str> {
         return Some("has an invalid domain");
     }
     None
+}
+
+/// RFC 5321 `Quoted-string` (with RFC 6531's UTF-8): the whole of `s`.
+fn is_quoted_string(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('"') else {
+        return false;
+    };
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            // quoted-pairSMTP: a backslash and one printable ASCII character (or space).
+            '\\' => match chars.next() {
+                Some(' '..='~') => {}
+                _ => return false,
+            },
+            // The closing quote must end the local part.
+            '"' => return chars.next().is_none(),
+            // qtextSMTP: printable ASCII but `"` and `\`, and space.
+            ' ' | '!' | '#'..='[' | ']'..='~' => {}
+            c if !c.is_ascii() && !c.is_control() => {}
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn clean(a: &str) -> String {
@@ -282,8 +314,27 @@ mod tests {
             "\"odd local\"@contoso.com",
             "j\u{f6}rg@m\u{fc}ller.de",
             "x@[10.0.0.1]",
+            "\"a\\\"b\"@contoso.com",
+            "\"a\\\\\"@contoso.com",
+            "\"<a> NOTIFY=x\"@contoso.com",
+            "\"j\u{f6}rg m\"@m\u{fc}ller.de",
+            "\"\"@contoso.com",
         ] {
             assert_eq!(path_problem(ok), None, "{ok}");
+        }
+        // Quoted local parts that are not one Quoted-string.
+        for bad in [
+            "\"a\"b\"@contoso.com",
+            "\"a\\\"@contoso.com",
+            "\"a\"x@contoso.com",
+            "\"abc@contoso.com",
+            "\"a\\\u{e9}\"@contoso.com",
+            "\"\"\"@contoso.com",
+            "a\\b@contoso.com",
+            "\"@contoso.com",
+        ] {
+            let p = path_problem(bad);
+            assert!(p.is_some(), "{bad}");
         }
         for bad in [
             "@contoso.com",

@@ -653,8 +653,11 @@ async fn drain_queue(
     flush: bool,
     verbose: u8,
 ) -> Result<crate::queue::RunReport, Failure> {
-    let dead_letter =
-        |c: &Config, p: &Profile, m: &Prepared, r: &str| crate::report::dead_letter(c, p, m, r);
+    // No /var/tmp fallback: under a service with a private /var/tmp (the shipped unit) it
+    // would vanish with the service; the runner keeps the entry in SPOOL/failed/ instead.
+    let dead_letter = |c: &Config, p: &Profile, m: &Prepared, r: &str| {
+        crate::report::dead_letter_no_fallback(c, p, m, r)
+    };
     let opts = RunOptions {
         flush,
         lifetime: queue_lifetime(config),
@@ -987,14 +990,14 @@ pub fn dry_run_report(
         if env.sender.is_empty() {
             "<> (null sender)".into()
         } else {
-            env.sender.clone()
+            shown(&env.sender)
         },
     )];
     if env.recipients.is_empty() {
         rows.push(("recipient".into(), "(none)".into()));
     }
     for r in &env.recipients {
-        rows.push(("recipient (RCPT TO)".into(), r.clone()));
+        rows.push(("recipient (RCPT TO)".into(), shown(r)));
     }
     let dsn = &env.dsn;
     rows.push((
@@ -1014,7 +1017,7 @@ pub fn dry_run_report(
                 ));
             }
             if let Some(e) = &dsn.envid {
-                parts.push(format!("ENVID={e}"));
+                parts.push(format!("ENVID={}", shown(e)));
             }
             parts.join(" ")
         } else {
@@ -1041,14 +1044,22 @@ pub fn dry_run_report(
     s.push('\n');
     section(&mut s, "Message", rows);
 
+    // The headers come from the message (a web form's Subject…): control characters are
+    // shown escaped (`\x1b`), never sent to the terminal; folded lines keep their TAB.
     s.push_str("\nHeader block as it will be sent:\n");
     for line in prepared.header_block.split("\r\n") {
         if line.is_empty() {
             continue;
         }
-        let _ = writeln!(s, "  {line}");
+        let _ = writeln!(s, "  {}", crate::printable::for_terminal(line, true));
     }
     s
+}
+
+/// A value from the message or the command line as printed by `--dry-run`: control
+/// characters escaped.
+fn shown(s: &str) -> String {
+    crate::printable::for_terminal(s, false).into_owned()
 }
 
 /// `sendmail -bs`: an SMTP dialogue on stdin/stdout. Each message the client hands over goes

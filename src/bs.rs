@@ -34,9 +34,13 @@
 //!   limit; its 512 for commands is too tight with parameters) get `500 5.5.2 Line too long`.
 //! - Data lines of any length are accepted and streamed to the file in pieces (memory stays
 //!   bounded): refusing a long line would lose the whole message, and the stdin path does not
-//!   refuse them either. Bare LF in data becomes CRLF; bare CR is kept. The end of data is a
-//!   line holding only "." ended by CRLF or by a bare LF (we are the last parser of these
-//!   bytes and re-encode them, so there is nothing to smuggle past).
+//!   refuse them either. Bare LF in data becomes CRLF; bare CR is kept.
+//! - Only `<CR><LF>.<CR><LF>` ends the data (as Postfix's `smtpd_forbid_bare_newline`): a "."
+//!   line ended by a bare LF, or following a line ended by a bare LF (`<LF>.<LF>`,
+//!   `<LF>.<CR><LF>`, `<CR><LF>.<LF>`), is data, kept as a line holding ".". Otherwise text
+//!   a web form put into a message could end it early and have the rest run as SMTP commands
+//!   (SMTP smuggling: a second MAIL FROM of the attacker's choosing). The DATA command line
+//!   counts as ended by CRLF. Commands may still end with a bare LF.
 //! - A message over `max_size` (SIZE= in MAIL, or counted while reading) gets
 //!   `552 5.3.4`; the data is read to its end so the dialogue stays in step.
 //! - More than `max_recipients` RCPTs get `452 4.5.3` each (RFC 5321 §4.5.3.1.10).
@@ -1054,6 +1058,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
         }
         let mut at_line_start = true;
         let mut prev_cr = false;
+        // The previous line ended with CRLF (the DATA command line counts as one).
+        let mut prev_crlf = true;
         let mut piece = Vec::with_capacity(64 * 1024);
         let mut out = Vec::with_capacity(64 * 1024 + 2);
         let complete = loop {
@@ -1062,10 +1068,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
             }
             let mut data: &[u8] = &piece;
             if at_line_start {
-                if data == b".\r\n" || data == b".\n" {
+                if prev_crlf && data == b".\r\n" {
                     break true;
                 }
-                if data.first() == Some(&b'.') {
+                // A lone "." that does not end the data is never the product of dot-stuffing
+                // (which adds a dot only in front of text): keep it as it is.
+                if data.first() == Some(&b'.') && data != b".\r\n" && data != b".\n" {
                     data = &data[1..];
                 }
             }
@@ -1081,6 +1089,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
                 }
                 out.push(b'\n');
                 at_line_start = true;
+                prev_crlf = cr_before;
                 prev_cr = false;
             } else {
                 out.extend_from_slice(data);

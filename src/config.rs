@@ -1904,6 +1904,16 @@ fn quotes_a_value(
         .any(|v| message.contains(v.as_str()))
 }
 
+/// A key as written in the file is a bare key (letters, digits, `_`, `-`), the only kind named
+/// after a syntax error: the recovering parser also makes keys of broken text
+/// (`pass"s3cr3t"word`, a quoted secret alone on a line), which may be pieces of a value.
+fn bare_key(written: &str) -> bool {
+    !written.is_empty()
+        && written
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// The dotted key path at the error `offset`: the deepest key whose key or value covers it.
 /// After a syntax error (`syntax_ok` false) only keys written wholly before the error count,
 /// with their values ending before it when these are no table (what follows the error may be a broken string
@@ -1931,7 +1941,9 @@ fn key_at(text: &str, doc: &DeTable<'_>, offset: usize, syntax_ok: bool) -> Opti
             let (ks, vs) = (k.span(), v.span());
             let scalar = !matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_));
             if !w.syntax_ok
-                && (ks.end > w.offset || (scalar && (vs.end >= w.offset || vs.is_empty())))
+                && (ks.end > w.offset
+                    || (scalar && (vs.end >= w.offset || vs.is_empty()))
+                    || !bare_key(w.text.get(ks.clone()).unwrap_or("\"")))
             {
                 continue;
             }
@@ -2389,6 +2401,11 @@ mod tests {
             "[profiles.a]\ns3cr3t-LEAK-pasted-alone\n",
             "[profiles.a]\nx = { a = 1 \"LEAK\" }\n",
             "[profiles]\na = { auth = { password = { command = \"vault LEAK\" } }, \"LEAK2\" }\n",
+            // Found by fuzz/config_parse: broken keys made of a value's pieces, before the
+            // error, and a quoted string alone on the line after a broken one.
+            "[profiles.a]\nauth = { pasauth = { pass\"s3cr3t-LEAK\"wordsword. = \"s3cr3t-LEAK\" }\n",
+            "[ =r2-s3cr3profil\\es.a'.auth]\nclient_secret = { valu =r2-s3cr3t\" }\n \"s3cr3t-LEAK\" }\n",
+            "[+rofil   es.afil   es.a.aut\"LEAK.aut\"s3cr3t-LEAK }\n",
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.exit, crate::exit::Exit::Config);
@@ -2467,7 +2484,6 @@ mod tests {
                 2,
             ),
             ("[profiles.\"a b\"]\n", "profiles.a b", 1),
-            ("log = { syslog = true }\n", "profiles", 0),
             (
                 "queue_lifetime_days = 0\n[profiles.a]\n",
                 "queue_lifetime_days",

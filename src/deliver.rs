@@ -209,7 +209,8 @@ impl Outcome {
             if let Some(n) = &p.note {
                 out.push(format!("  {n}"));
             }
-            if p.transient {
+            // Nothing sent (the token endpoint or the route failed first): no count to give.
+            if p.transient && self.attempts > 0 {
                 out.push(format!(
                     "  still failing after {} attempt{}",
                     self.attempts,

@@ -1,12 +1,13 @@
-//! Durable file writes shared by the queue spool and the token cache.
+//! Careful file writes shared by the queue spool, the token cache, the dead letter and the log.
 //!
 //! Owns: replacing a small file atomically (a reader sees the old or the new contents, never a
-//! mix, and a crash leaves one of them) and syncing a directory after a rename. Must not: know
-//! what the files mean.
+//! mix, and a crash leaves one of them), syncing a directory after a rename, and opening a
+//! private file for appending without trusting what is at its path ([`open_private_append`]).
+//! Must not: know what the files mean.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Replace `dest` with `bytes`: a temporary file (mode `mode`) in `tmp_dir` (same file
@@ -29,6 +30,61 @@ pub fn replace_file(tmp_dir: &Path, dest: &Path, bytes: &[u8], mode: u32) -> io:
 /// fsync a directory, so that a rename or removal in it survives a power loss.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// A file opened by [`open_private_append`].
+#[derive(Debug)]
+pub struct PrivateAppend {
+    pub file: File,
+    /// The file existed with group or other permission bits, and they were removed (0600).
+    pub tightened: bool,
+}
+
+/// Open `path` for appending, creating it with mode 0600, as root may do in a directory
+/// another user can write (a home directory, /var/tmp): the last component must not be a
+/// symbolic link (O_NOFOLLOW); opening never blocks on a FIFO (O_NONBLOCK); and the opened
+/// file itself (fstat, so nothing can be swapped in between) must be a regular file with one
+/// link, owned by our effective uid. Otherwise the error says which rule refused it. With
+/// `tighten`, an existing file that group or others may access is set to 0600 (fchmod).
+pub fn open_private_append(path: &Path, tighten: bool) -> io::Result<PrivateAppend> {
+    let refused = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refused(
+                "it is a symbolic link, which is not followed (it could point to any file)".into(),
+            ),
+            Some(libc::ENXIO) => refused("it is a FIFO or a socket, not a regular file".into()),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(refused("it is not a regular file".into()));
+    }
+    if meta.nlink() > 1 {
+        return Err(refused(format!(
+            "it has {} hard links (another name could be any file)",
+            meta.nlink()
+        )));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(refused(format!(
+            "it belongs to uid {}, not to uid {euid} who writes it",
+            meta.uid()
+        )));
+    }
+    let mut tightened = false;
+    if tighten && meta.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        tightened = true;
+    }
+    Ok(PrivateAppend { file, tightened })
 }
 
 #[cfg(test)]

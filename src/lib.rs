@@ -24,6 +24,7 @@ pub mod fsutil;
 pub mod graph;
 pub mod man;
 pub mod message;
+pub mod printable;
 pub mod queue;
 pub mod report;
 pub mod route;

@@ -243,12 +243,25 @@ struct BodyStats {
     not_utf8: bool,
 }
 
+/// The first control character of `s` other than TAB and the line breaks (which have their
+/// own message): ESC, BEL, VT, FF, NUL, DEL, C1… would reach the recipient's terminal or
+/// mail reader.
+fn control_char(s: &str) -> Option<char> {
+    s.chars()
+        .find(|&c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
+}
+
 fn check_args(args: &SendArgs) -> Result<(), Failure> {
     let crlf = |s: &str| s.contains(['\r', '\n']);
     if args.subject.as_deref().is_some_and(crlf) {
         return Err(Failure::data(
             "--subject contains a line break (CR or LF): refused, it could inject a header",
         ));
+    }
+    if let Some(c) = args.subject.as_deref().and_then(control_char) {
+        return Err(Failure::data(format!(
+            "--subject contains the control character {c:?}: refused (only TAB is allowed)"
+        )));
     }
     for h in &args.headers {
         validate_header_arg(h)?;
@@ -286,6 +299,11 @@ fn validate_header_arg(h: &str) -> Result<(String, String), Failure> {
         return Err(Failure::data(format!(
             "--header {:?} contains a line break (CR or LF): refused, it could inject a header",
             h
+        )));
+    }
+    if let Some(c) = control_char(h) {
+        return Err(Failure::data(format!(
+            "--header {h:?} contains the control character {c:?}: refused (only TAB is allowed)"
         )));
     }
     let Some((name, value)) = h.split_once(':') else {

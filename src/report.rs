@@ -14,15 +14,20 @@
 //! into LF and every line matching `>*From ` quoted with one more `>`, then a blank line.
 //! The body is streamed from its spool file in chunks, never loaded whole.
 //!
-//! The file is created with mode 0600 and written under an exclusive `flock(2)` so concurrent
-//! m365send processes do not interleave their messages. (`flock` through libc rather than
-//! `File::lock`: the crate's declared rust-version predates `File::lock`.)
+//! The file is opened with `fsutil::open_private_append`, wherever it is (root may write into a
+//! home directory that another user controls): never through a symbolic link, never a FIFO or
+//! other non-regular file, never a file with a second hard link or owned by another uid; a new
+//! file is created 0600, and an existing one that group or others could read is set to 0600
+//! with a note on stderr (it names Bcc recipients). It is written under an exclusive
+//! `flock(2)` so concurrent m365send processes do not interleave their messages.
 //!
 //! Fallback: only when no path is configured and `$HOME/dead.letter` cannot be written (HOME
 //! unset, as for some daemons, or not writable, as for `nobody`), the message goes to
-//! `/var/tmp/m365send-dead.letter.<uid>` — opened without following symlinks and only if
-//! that file is a regular file owned by us, since /var/tmp is shared. A configured path that
-//! cannot be written is an error (exit 73): the administrator chose it and must hear about it.
+//! `/var/tmp/m365send-dead.letter.<uid>` (same checks). The queue runner uses
+//! [`dead_letter_no_fallback`] instead: under a service with a private /var/tmp that file would
+//! vanish with the service, so the runner keeps the entry in `SPOOL/failed/`. A configured path
+//! that cannot be written is an error (exit 73): the administrator chose it and must hear
+//! about it.
 //!
 //! # Log line
 //!
@@ -31,18 +36,21 @@
 //! smtpstatus=250 smtpmsg='250 2.0.0 OK …' exitcode=EX_OK duration=1.234s`. A `LogRecord`
 //! holds only the envelope, sizes, the host, the server's final reply and an error message:
 //! never credentials (AUTH lines are not replies, and Microsoft's AUTH replies do not echo
-//! tokens). Control characters are replaced so a reply cannot forge extra log lines.
+//! tokens). Each value is bare when it is only letters, digits and `@._+-/:=%`, else in
+//! single quotes with `\`, `'` and control characters escaped (`\n`, `\x1b`): a record is one
+//! line, and an address holding spaces, quotes, backticks or `${IFS}` stays one field.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Config, Mode, Profile};
 use crate::exit::{Exit, Failure};
 use crate::explain::sysexits_name;
+use crate::fsutil::open_private_append;
 use crate::message::Prepared;
+use crate::printable;
 use crate::status::Reply;
 
 // ---------------------------------------------------------------------------------------------
@@ -88,17 +96,45 @@ pub fn dead_letter(
     message: &Prepared,
     reason: &str,
 ) -> Result<PathBuf, Failure> {
+    write_dead_letter(config, profile, message, reason, true)
+}
+
+/// [`dead_letter`] without the `/var/tmp` fallback, for the queue runner: when the configured
+/// or default (`$HOME/dead.letter`) file cannot be written, the error says why and the caller
+/// keeps the message itself (the runner: in `SPOOL/failed/`).
+pub fn dead_letter_no_fallback(
+    config: &Config,
+    profile: &Profile,
+    message: &Prepared,
+    reason: &str,
+) -> Result<PathBuf, Failure> {
+    write_dead_letter(config, profile, message, reason, false)
+}
+
+fn write_dead_letter(
+    config: &Config,
+    profile: &Profile,
+    message: &Prepared,
+    reason: &str,
+    fallback_allowed: bool,
+) -> Result<PathBuf, Failure> {
     let configured = profile.dead_letter.is_some() || config.dead_letter.is_some();
     let primary = dead_letter_path(config, profile);
     if let Some(path) = &primary {
-        match append_dead_letter(path, message, reason, false) {
+        match append_and_note(path, message, reason) {
             Ok(()) => return Ok(path.clone()),
-            Err(e) if configured => return Err(e),
+            Err(e) if configured || !fallback_allowed => return Err(e),
             Err(_) => {}
         }
     }
+    if !fallback_allowed {
+        return Err(Failure::new(
+            Exit::CantCreat,
+            "no dead-letter file: HOME is not set and `dead_letter` is not configured",
+        ));
+    }
     let fallback = fallback_dead_letter_path();
-    match append_dead_letter(&fallback, message, reason, true) {
+    match append_and_note(&fallback, message, reason) {
         Ok(()) => Ok(fallback),
         Err(e) => Err(match primary {
             Some(p) => Failure::new(
@@ -115,38 +151,43 @@ pub fn dead_letter(
     }
 }
 
-/// Append one message to the mbox file at `path` (created 0600), under an exclusive lock.
-/// `shared_dir`: the file is in a world-writable directory: refuse symlinks and files that
-/// are not ours.
+/// [`append_dead_letter`], with its note (if any) on stderr.
+fn append_and_note(path: &Path, message: &Prepared, reason: &str) -> Result<(), Failure> {
+    if let Some(note) = append_dead_letter(path, message, reason)? {
+        crate::console::err_line(&format!("m365send: note: {note}"));
+    }
+    Ok(())
+}
+
+/// Append one message to the mbox file at `path` (opened and created as the module comment
+/// says), under an exclusive lock. Ok(Some(note)) when the file's mode was tightened.
 pub fn append_dead_letter(
     path: &Path,
     message: &Prepared,
     reason: &str,
-    shared_dir: bool,
-) -> Result<(), Failure> {
+) -> Result<Option<String>, Failure> {
     let fail = |e: io::Error| {
         Failure::new(
             Exit::CantCreat,
             format!("cannot write the dead letter {}: {e}", path.display()),
         )
     };
-    let mut opts = OpenOptions::new();
-    opts.append(true).create(true).mode(0o600);
-    if shared_dir {
-        opts.custom_flags(libc::O_NOFOLLOW);
-    }
-    let file = opts.open(path).map_err(fail)?;
-    let meta = file.metadata().map_err(fail)?;
-    if !meta.is_file() {
-        return Err(fail(io::Error::other("not a regular file")));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if shared_dir && meta.uid() != unsafe { libc::geteuid() } {
-        return Err(fail(io::Error::other("the file belongs to another user")));
-    }
+    let opened = open_private_append(path, true).map_err(fail)?;
+    let file = opened.file;
     let _lock = Flock::exclusive(&file).map_err(fail)?;
     let mut body = message.body.open().map_err(fail)?;
-    write_mbox_entry(&file, message, reason, &mut body).map_err(fail)
+    write_mbox_entry(&file, message, reason, &mut body).map_err(fail)?;
+    // The entry is fsynced (write_mbox_entry); a new file's name must survive a crash too.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fsutil::sync_dir(dir).map_err(fail)?;
+    }
+    Ok(opened.tightened.then(|| {
+        format!(
+            "the dead letter {} could be read by other users (it names Bcc recipients); \
+             its mode is now 0600",
+            path.display()
+        )
+    }))
 }
 
 /// An exclusive lock on the file (flock(2) on Linux), released on drop.
@@ -363,33 +404,14 @@ pub struct LogRecord {
     pub exit: Exit,
 }
 
-/// One value without spaces or control characters.
+/// One field value: bare, `<>` when empty, or quoted (see [`printable::log_field`]).
 fn word(s: &str) -> String {
-    if s.is_empty() {
-        return "<>".to_owned();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() || c.is_whitespace() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+    printable::log_field(s)
 }
 
-/// A quoted free-text value: control characters become spaces, `'` becomes `"`.
+/// Free text (a reply, an error) in single quotes (see [`printable::log_quoted`]).
 fn quoted(s: &str) -> String {
-    let inner: String = s
-        .chars()
-        .map(|c| match c {
-            '\'' => '"',
-            c if c.is_control() => ' ',
-            c => c,
-        })
-        .collect();
-    format!("'{inner}'")
+    printable::log_quoted(s)
 }
 
 /// The log line without the time (syslog adds its own).
@@ -436,12 +458,10 @@ pub fn log_line(config: &Config, verbose: bool, rec: &LogRecord) {
     if let Some(path) = &config.log.file {
         let path = expand_home(path);
         let stamped = format!("{} {line}\n", rec.time.format("%Y-%m-%dT%H:%M:%S%:z"));
-        let res = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(stamped.as_bytes()));
+        // Same checks as the dead letter; an existing file keeps its mode (an administrator
+        // may have given it to a log-reading group on purpose).
+        let res = open_private_append(&path, false)
+            .and_then(|mut f| f.file.write_all(stamped.as_bytes()));
         if let Err(e) = res {
             crate::console::err_line(&format!(
                 "m365send: cannot write the log file {}: {e}",
@@ -537,10 +557,68 @@ mod tests {
     }
 
     #[test]
-    fn word_and_quoted_remove_line_breaks() {
-        assert_eq!(word("a b\nc"), "a_b_c");
+    fn word_and_quoted_keep_one_record_on_one_line() {
+        assert_eq!(word("a b\nc"), "'a b\\nc'");
         assert_eq!(word(""), "<>");
-        assert_eq!(quoted("it's\r\nok"), "'it\"s  ok'");
+        assert_eq!(quoted("it's\r\nok"), "'it\\'s\\r\\nok'");
+    }
+
+    #[test]
+    fn hostile_addresses_stay_in_their_fields() {
+        let mut r = record();
+        r.from = "`reboot`@x".into();
+        r.recipients = vec![
+            "a${IFS}b@contoso.com".into(),
+            "\"x y\"@contoso.com".into(),
+            "c' exitcode=EX_OK '@x".into(),
+            "d\n2025-01-01T00:00:00+00:00 profile=forged@x".into(),
+            "ok@contoso.com".into(),
+        ];
+        let line = format_log_line(&r);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains(" from='`reboot`@x' "), "{line}");
+        assert!(
+            line.contains(
+                " recipients='a${IFS}b@contoso.com','\"x y\"@contoso.com',\
+'c\\' exitcode=EX_OK \\'@x','d\\n2025-01-01T00:00:00+00:00 profile=forged@x',\
+ok@contoso.com mailsize="
+            ),
+            "{line}"
+        );
+        // Split on spaces outside quotes: exactly the fields written, none forged.
+        let (mut keys, mut field, mut quote, mut escape) =
+            (Vec::new(), String::new(), false, false);
+        for c in line.chars().chain([' ']) {
+            match c {
+                _ if escape => escape = false,
+                '\\' if quote => escape = true,
+                '\'' => quote = !quote,
+                ' ' if !quote => {
+                    keys.push(field.split('=').next().unwrap().to_owned());
+                    field.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            field.push(c);
+        }
+        assert_eq!(
+            keys,
+            [
+                "profile",
+                "mode",
+                "host",
+                "tls",
+                "auth",
+                "from",
+                "recipients",
+                "mailsize",
+                "smtpstatus",
+                "smtpmsg",
+                "exitcode",
+                "duration"
+            ]
+        );
     }
 
     use crate::message::{Body, Envelope};
@@ -686,7 +764,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let m = prepared(&dir, &format!("t{t}"), &format!("t{t}@x"), &body);
                     for _ in 0..3 {
-                        append_dead_letter(&mbox, &m, "r", false).unwrap();
+                        append_dead_letter(&mbox, &m, "r").unwrap();
                     }
                 })
             })
@@ -701,16 +779,85 @@ mod tests {
         }
     }
 
-    #[test]
-    fn shared_dir_refuses_symlinks() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("target");
-        std::fs::write(&target, b"").unwrap();
-        let link = dir.path().join("link");
+    /// Paths another user could have prepared for root: (name, path, the file an attack
+    /// would reach, why it is refused). Each is set up in `dir`.
+    fn traps(dir: &Path) -> Vec<(&'static str, PathBuf, PathBuf, &'static str)> {
+        let mut out = Vec::new();
+        let target = dir.join("target-symlink");
+        std::fs::write(&target, b"precious\n").unwrap();
+        let link = dir.join("symlink");
         std::os::unix::fs::symlink(&target, &link).unwrap();
+        out.push(("symlink", link, target, "symbolic link"));
+
+        let target = dir.join("target-hardlink");
+        std::fs::write(&target, b"precious\n").unwrap();
+        let hard = dir.join("hardlink");
+        std::fs::hard_link(&target, &hard).unwrap();
+        out.push(("hard link", hard, target, "hard links"));
+
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        out.push(("FIFO", fifo.clone(), fifo, "FIFO"));
+
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let other = dir.join("other-user");
+            std::fs::write(&other, b"precious\n").unwrap();
+            std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
+            out.push(("another uid", other.clone(), other, "belongs to uid 65534"));
+        } else {
+            crate::console::err_line(
+                "not root: the file-of-another-uid case needs chown (CI runs as root)",
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn dead_letter_refuses_symlinks_hard_links_fifos_and_other_users_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = prepared(dir.path(), "m", "a@b", b"Subject: secret\r\n\r\nx\r\n");
+        for (name, path, target, why) in traps(dir.path()) {
+            let config = Config {
+                dead_letter: Some(path.clone()),
+                ..Config::default()
+            };
+            let started = std::time::Instant::now();
+            let err = dead_letter(&config, &Profile::default(), &m, "r").unwrap_err();
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{name}: blocked"
+            );
+            assert_eq!(err.exit, Exit::CantCreat, "{name}");
+            assert!(err.message.contains(why), "{name}: {}", err.message);
+            assert!(
+                err.message.contains(&path.display().to_string()),
+                "{name}: {}",
+                err.message
+            );
+            if name != "FIFO" {
+                assert_eq!(std::fs::read(&target).unwrap(), b"precious\n", "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn dead_letter_readable_by_others_is_tightened_with_a_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("dead.letter");
+        std::fs::write(&mbox, b"").unwrap();
+        std::fs::set_permissions(&mbox, std::fs::Permissions::from_mode(0o644)).unwrap();
         let m = prepared(dir.path(), "m", "a@b", b"x\r\n");
-        assert!(append_dead_letter(&link, &m, "r", true).is_err());
-        assert!(append_dead_letter(&link, &m, "r", false).is_ok());
+        let note = append_dead_letter(&mbox, &m, "r").unwrap();
+        let note = note.expect("a note about the mode");
+        assert!(note.contains("now 0600"), "{note}");
+        let mode = std::fs::metadata(&mbox).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Already private: no note the second time.
+        assert_eq!(append_dead_letter(&mbox, &m, "r").unwrap(), None);
+        assert_eq!(parse_mbox(&std::fs::read(&mbox).unwrap()).len(), 2);
     }
 
     fn record() -> LogRecord {
@@ -753,23 +900,28 @@ smtpmsg='250 2.6.0 <id@host> [InternalId=1] Queued mail for delivery' exitcode=E
         assert!(line.contains(" auth=XOAUTH2 from=<> "), "{line}");
         assert!(
             line.ends_with(
-                "errormsg='connection timed out fake=line' exitcode=EX_TEMPFAIL duration=1.500s"
+                "errormsg='connection timed out\\nfake=line' exitcode=EX_TEMPFAIL duration=1.500s"
             ),
             "{line}"
         );
+    }
+
+    /// A configuration that logs to `file` only.
+    fn log_to(file: PathBuf) -> Config {
+        Config {
+            log: crate::config::LogConfig {
+                syslog: false,
+                file: Some(file),
+            },
+            ..Config::default()
+        }
     }
 
     #[test]
     fn log_line_to_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m365send.log");
-        let config = Config {
-            log: crate::config::LogConfig {
-                syslog: false,
-                file: Some(path.clone()),
-            },
-            ..Config::default()
-        };
+        let config = log_to(path.clone());
         log_line(&config, false, &record());
         log_line(&config, false, &record());
         let text = std::fs::read_to_string(&path).unwrap();
@@ -780,5 +932,33 @@ smtpmsg='250 2.6.0 <id@host> [InternalId=1] Queued mail for delivery' exitcode=E
             assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
             assert_eq!(rest, format_log_line(&record()));
         }
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn log_file_refuses_symlinks_hard_links_fifos_and_other_users_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, path, target, _) in traps(dir.path()) {
+            let config = log_to(path.clone());
+            let started = std::time::Instant::now();
+            log_line(&config, false, &record());
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{name}: blocked"
+            );
+            if name != "FIFO" {
+                assert_eq!(std::fs::read(&target).unwrap(), b"precious\n", "{name}");
+            }
+        }
+        // A log file the administrator made group-readable keeps its mode.
+        let shared = dir.path().join("shared.log");
+        std::fs::write(&shared, b"").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let config = log_to(shared.clone());
+        log_line(&config, false, &record());
+        assert_eq!(std::fs::read_to_string(&shared).unwrap().lines().count(), 1);
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
     }
 }

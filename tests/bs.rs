@@ -126,9 +126,62 @@ fn tiny_reads_work_like_big_ones() {
 
 #[test]
 fn lf_only_client() {
-    let (lines, got) = run("EHLO c\nMAIL FROM:<s@t>\nRCPT TO:<p@q>\nDATA\nhello\n\n.\nQUIT\n");
+    // Commands may end with a bare LF and data lines too (normalised to CRLF); only the end of
+    // data must be <CR><LF>.<CR><LF>.
+    let (lines, got) =
+        run("EHLO c\nMAIL FROM:<s@t>\nRCPT TO:<p@q>\nDATA\nhello\nworld\r\n.\r\nQUIT\n");
     assert_eq!(lines.last().unwrap(), "221 2.0.0 Bye");
-    assert_eq!(got[0].1, b"hello\r\n\r\n");
+    assert_eq!(got[0].1, b"hello\r\nworld\r\n");
+}
+
+/// SMTP smuggling: only <CR><LF>.<CR><LF> ends the data. With each other "end" the rest is
+/// data of the same message: the smuggled MAIL FROM never runs as a command.
+#[test]
+fn only_crlf_dot_crlf_ends_data() {
+    for (name, end) in [
+        ("<LF>.<LF>", "\n.\n"),
+        ("<LF>.<CR><LF>", "\n.\r\n"),
+        ("<CR><LF>.<LF>", "\r\n.\n"),
+    ] {
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<app@contoso.com>\r\nRCPT TO:<ops@contoso.com>\r\nDATA\r\n\
+Subject: one\r\n\r\nbody{end}MAIL FROM:<ceo@contoso.com>\r\nRCPT TO:<victim@fabrikam.com>\r\n\
+DATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\nQUIT\r\n"
+        );
+        let (lines, got) = run(&input);
+        assert_eq!(got.len(), 1, "{name}: one message, not two");
+        assert_eq!(got[0].0.sender, "app@contoso.com", "{name}");
+        assert_eq!(got[0].0.recipients, vec!["ops@contoso.com"], "{name}");
+        let body = String::from_utf8(got[0].1.clone()).unwrap();
+        assert_eq!(
+            body,
+            "Subject: one\r\n\r\nbody\r\n.\r\nMAIL FROM:<ceo@contoso.com>\r\n\
+RCPT TO:<victim@fabrikam.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n",
+            "{name}: the would-be commands are data, the lone dot kept"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| *l == "250 2.1.0 Sender OK").count(),
+            1,
+            "{name}: the second MAIL never ran: {lines:?}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("354 ")).count(),
+            1,
+            "{name}: {lines:?}"
+        );
+        assert_eq!(lines.last().unwrap(), "221 2.0.0 Bye", "{name}");
+    }
+    // The dot line ended by CRLF after a bare-LF line, split over one-byte reads.
+    let input = b"MAIL FROM:<s@t>\r\nRCPT TO:<p@q>\r\nDATA\r\na\n.\r\nb\r\n.\r\n";
+    let mut got: Got = Vec::new();
+    let mut handler = |env: Envelope, body: m365send::message::Body| {
+        got.push((env, std::fs::read(body.path()).unwrap()));
+        BsOutcome::Delivered
+    };
+    let reader = BufReader::with_capacity(1, Cursor::new(input.to_vec()));
+    serve(reader, Vec::new(), &limits(), &mut handler).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, b"a\r\n.\r\nb\r\n");
 }
 
 #[test]

@@ -493,6 +493,8 @@ async fn token_endpoint_down_exits_75_and_keeps_the_message() {
     assert_eq!(o.status.code(), Some(75), "{err}");
     assert!(err.contains("cannot reach the token endpoint"), "{err}");
     assert!(err.contains("message saved to"), "{err}");
+    // Nothing was sent: no "still failing after 0 attempts" (issue 10 finding 15).
+    assert!(!err.contains("after 0 attempts"), "{err}");
     assert_clean(&err, &[]);
     let dead = env.dead_letter();
     assert!(dead.starts_with("From app@contoso.com "), "{dead}");
@@ -810,4 +812,55 @@ async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> 
     })
     .await;
     out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+/// Issue 10 finding 15, the decision: token requests (which carry the client secret) never
+/// trust the profile's `tls.ca_file`, which is for its SMTP host. A token endpoint whose
+/// certificate comes from that CA is refused at the TLS handshake: no request reaches it.
+#[tokio::test]
+async fn token_requests_do_not_trust_the_profiles_ca_file() {
+    use tokio::io::AsyncReadExt;
+
+    let smtp = FakeM365::start(FakeConfig::submission()).await;
+    // An HTTPS "token endpoint" with a certificate from the CA that tls.ca_file names.
+    let (_, _, cert, key) = smtp.pki.leaf(&["127.0.0.1".to_owned()], "login.example");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(sock).await else {
+                continue;
+            };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 8192];
+            let _ = tls.read(&mut buf).await;
+            let body =
+                r#"{"access_token":"at-must-not-be-used","expires_in":3600,"token_type":"Bearer"}"#;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.write_all(reply.as_bytes()).await;
+        }
+    });
+    let env = Env::new(&smtp, &format!("https://127.0.0.1:{port}"), Flow::AppOnly);
+    let o = env.send().await;
+    let err = stderr(&o);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert_eq!(requests.load(Ordering::SeqCst), 0, "{err}");
+    assert!(err.contains("token endpoint"), "{err}");
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    assert!(smtp.messages().is_empty());
+    assert_clean(&err, &[]);
 }

@@ -855,6 +855,106 @@ fn a_bounce_goes_out_in_the_same_run() {
     assert!(queue::list(&cfg).unwrap().is_empty());
 }
 
+/// Issue 10 finding 5: when the bounce is impossible, the dead letter fails and even
+/// `SPOOL/failed/` cannot be written, the entry is never removed: it stays queued with the
+/// reason, and a later run (with failed/ writable again) keeps it there.
+#[test]
+fn an_entry_whose_failure_cannot_be_kept_anywhere_stays_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg = config(&spool);
+    let id = queue::enqueue(
+        &cfg,
+        "relay",
+        &prepared("", &["x@contoso.com"], "only copy"),
+        None,
+    )
+    .unwrap();
+    // failed/ID.eml is a directory: the copy cannot be written (not even by root).
+    let blocker = spool.join("failed").join(format!("{id}.eml"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    std::fs::set_permissions(spool.join("failed"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let refuse = |_: &m365send::config::Config,
+                  _: &m365send::config::Profile,
+                  _: &m365send::message::Prepared,
+                  _: &str| {
+        Err(m365send::exit::Failure::new(
+            Exit::CantCreat,
+            "cannot write the dead letter /ro/dead.letter: read-only file system",
+        ))
+    };
+    let mut fake = Fake::scripted(|_, _| {
+        MessageOutcome::Permanent(Problem::reply(reply(550, "5.1.10 not found"), ""))
+    });
+    let opts = || RunOptions {
+        dead_letter: Some(&refuse),
+        flush: true,
+        ..RunOptions::default()
+    };
+    let rep = rt().block_on(queue::run(&cfg, opts(), &mut fake)).unwrap();
+    assert_eq!((rep.preserved, rep.deferred), (0, 1), "{rep:?}");
+    let left = queue::list(&cfg).unwrap();
+    assert_eq!(left.len(), 1, "the entry stays");
+    assert_eq!(left[0].envelope.recipients, vec!["x@contoso.com"]);
+    let why = left[0].last_error.as_deref().unwrap();
+    assert!(why.contains("stays in the queue"), "{why}");
+    assert!(
+        rep.warnings.iter().any(|w| w.contains("could not be kept")),
+        "{:?}",
+        rep.warnings
+    );
+
+    // failed/ writable again: the next run keeps it there, then removes it from the queue.
+    std::fs::remove_dir(&blocker).unwrap();
+    let rep = rt().block_on(queue::run(&cfg, opts(), &mut fake)).unwrap();
+    assert_eq!(rep.preserved, 1, "{rep:?}");
+    assert!(queue::list(&cfg).unwrap().is_empty());
+    let kept: Vec<_> = std::fs::read_dir(spool.join("failed")).unwrap().collect();
+    assert_eq!(kept.len(), 2);
+}
+
+/// Issue 10 finding 15: the runner's lock and in-flight markers are private (0600), whatever
+/// the umask.
+#[test]
+fn runner_lock_and_inflight_markers_are_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg = config(&spool);
+    queue::enqueue(
+        &cfg,
+        "relay",
+        &prepared("a@contoso.com", &["x@contoso.com"], "m"),
+        None,
+    )
+    .unwrap();
+    // A lock file left world-readable (by an older version) is tightened too.
+    std::fs::write(spool.join("runner.lock"), b"").unwrap();
+    std::fs::set_permissions(
+        spool.join("runner.lock"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let inflight = spool.join("inflight");
+    let mut fake = Fake::scripted(move |_, _| {
+        for de in std::fs::read_dir(&inflight).unwrap() {
+            let mode = de.unwrap().metadata().unwrap().permissions().mode() & 0o777;
+            seen2.lock().unwrap().push(mode);
+        }
+        MessageOutcome::Delivered
+    });
+    let opts = RunOptions {
+        flush: true,
+        ..RunOptions::default()
+    };
+    let rep = rt().block_on(queue::run(&cfg, opts, &mut fake)).unwrap();
+    assert_eq!(rep.delivered, 1);
+    assert_eq!(*seen.lock().unwrap(), vec![0o600], "the in-flight marker");
+    let lock = std::fs::metadata(spool.join("runner.lock")).unwrap();
+    assert_eq!(lock.permissions().mode() & 0o777, 0o600, "runner.lock");
+}
+
 // --- a spool another user could write ---------------------------------------------------------
 
 const NOBODY: u32 = 65534;

@@ -17,6 +17,9 @@
 //! SPOOL/inflight/ID  marker while a runner has the message on the wire
 //! SPOOL/corrupt/    unreadable entries moved aside (never deleted by us)
 //! SPOOL/failed/     entries whose bounce and dead letter both failed (never deleted by us)
+//!                   An entry is removed only once its failure is durably somewhere: a bounce
+//!                   committed to the queue, the dead letter fsynced, or a copy here fsynced;
+//!                   when none of them can be written it stays queued and is retried.
 //! SPOOL/runner.lock exclusive lock of the one queue runner
 //! ```
 //!
@@ -43,7 +46,7 @@
 //!   server, delivered })` (only the pending recipients); Ok → `Disposition::Queued(id)`,
 //!   exit 0 ("queued as ID" at -v); Err (73) → the dead letter, exit 73.
 //! - `queue run` / `sendmail -q` / `queue flush`: `run(&config, RunOptions { flush,
-//!   lifetime, dead_letter: Some(&report::dead_letter), verbose, .. }, &mut
+//!   lifetime, dead_letter: Some(&report::dead_letter_no_fallback), verbose, .. }, &mut
 //!   TransportDeliverer::new(verbose - 1))`; the summary at -v; exit 0 (a second runner returns
 //!   `skipped_locked`, also exit 0, its note printed only at -v).
 //! - `mailq` / `-bp` / `queue list [--json]`: `list(&config)` then `format_list` or
@@ -368,7 +371,7 @@ impl Spool {
     fn corrupt(&self) -> PathBuf {
         self.root.join("corrupt")
     }
-    fn failed(&self) -> PathBuf {
+    pub(crate) fn failed(&self) -> PathBuf {
         self.root.join("failed")
     }
     pub(crate) fn body_path(&self, id: &str) -> PathBuf {
@@ -681,21 +684,37 @@ pub(crate) fn move_aside(spool: &Spool, id: &str, why: &str) -> String {
 }
 
 /// Copy an entry to `failed/` (its bounce and dead letter both failed): never lose a message.
+/// Both files are written 0600 and fsynced, and the directory too, before this returns Ok:
+/// only then may the caller remove the entry.
 pub(crate) fn preserve_failed(spool: &Spool, entry: &Entry) -> io::Result<PathBuf> {
     let dir = spool.failed();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
-    let body = dir.join(format!("{}.eml", entry.id));
-    fs::copy(spool.body_path(&entry.id), &body)?;
-    File::open(&body)?.sync_all()?;
     let json = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+    let body = dir.join(format!("{}.eml", entry.id));
     let meta = dir.join(format!("{}.json", entry.id));
-    fs::write(&meta, json)?;
-    File::open(&meta)?.sync_all()?;
+    let mut src = File::open(spool.body_path(&entry.id))?;
+    let mut copy = private_file(&body)?;
+    io::copy(&mut src, &mut copy)?;
+    copy.sync_all()?;
+    let mut m = private_file(&meta)?;
+    m.write_all(&json)?;
+    m.sync_all()?;
     sync_dir(&dir)?;
     Ok(body)
+}
+
+/// Create or truncate a 0600 file, not through a symbolic link.
+fn private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Ids of committed entries, oldest first.
@@ -940,15 +959,20 @@ pub(crate) fn format_list_at(
         } else {
             &e.envelope.sender
         };
-        let _ = writeln!(out, "  from: {sender}  (profile {})", e.profile);
-        let _ = writeln!(out, "  to:   {}", e.envelope.recipients.join(", "));
+        let _ = writeln!(
+            out,
+            "  from: {}  (profile {})",
+            shown(sender),
+            shown(&e.profile)
+        );
+        let _ = writeln!(out, "  to:   {}", shown(&e.envelope.recipients.join(", ")));
         if let Some(r) = &e.last_reply {
-            let _ = writeln!(out, "  last: {r}");
+            let _ = writeln!(out, "  last: {}", shown(&r.to_string()));
         } else if let Some(err) = &e.last_error {
-            let _ = writeln!(out, "  last: {err}");
+            let _ = writeln!(out, "  last: {}", shown(err));
         }
         if let Some(x) = explain(e) {
-            let _ = writeln!(out, "        {x}");
+            let _ = writeln!(out, "        {}", shown(&x));
         }
     }
     // Postfix's summary line, which monitoring scripts (check_mailq) already parse.
@@ -1008,17 +1032,24 @@ pub(crate) fn format_json_at(
     s
 }
 
-/// `queue show ID` text: the metadata, then the headers.
+/// Text from the spool (headers, addresses, replies: written by whoever queued the message or
+/// by a server) as it is printed on a terminal: control characters (ESC…) escaped.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::printable::for_terminal(s, false)
+}
+
+/// `queue show ID` text: the metadata, then the headers. Every value from the entry is printed
+/// with control characters escaped (`\x1b`), so a header cannot drive the terminal.
 pub fn format_show(entry: &Entry, headers: &str, explanation: Option<&str>) -> String {
     let now = now_unix();
     let mut out = String::new();
-    let _ = writeln!(out, "id:           {}", entry.id);
-    let _ = writeln!(out, "profile:      {}", entry.profile);
+    let _ = writeln!(out, "id:           {}", shown(&entry.id));
+    let _ = writeln!(out, "profile:      {}", shown(&entry.profile));
     if let Some(m) = &entry.mode {
-        let _ = writeln!(out, "mode:         {m} (from --mode)");
+        let _ = writeln!(out, "mode:         {} (from --mode)", shown(m));
     }
     if let Some(server) = &entry.server {
-        let _ = writeln!(out, "server:       {server} (from --server)");
+        let _ = writeln!(out, "server:       {} (from --server)", shown(server));
     }
     let _ = writeln!(
         out,
@@ -1032,43 +1063,53 @@ pub fn format_show(entry: &Entry, headers: &str, explanation: Option<&str>) -> S
     } else {
         &entry.envelope.sender
     };
-    let _ = writeln!(out, "sender:       {sender}");
+    let _ = writeln!(out, "sender:       {}", shown(sender));
     let _ = writeln!(
         out,
         "recipients:   {}",
-        entry.envelope.recipients.join(", ")
+        shown(&entry.envelope.recipients.join(", "))
     );
     if !entry.delivered.is_empty() {
-        let _ = writeln!(out, "delivered to: {}", entry.delivered.join(", "));
+        let _ = writeln!(out, "delivered to: {}", shown(&entry.delivered.join(", ")));
     }
     let dsn = &entry.envelope.dsn;
     if dsn.is_requested() {
         let _ = writeln!(
             out,
             "dsn:          notify={} ret={} envid={}",
-            dsn.notify.as_deref().unwrap_or("-"),
+            shown(dsn.notify.as_deref().unwrap_or("-")),
             dsn.ret
                 .map(|r| format!("{r:?}").to_uppercase())
                 .unwrap_or("-".into()),
-            dsn.envid.as_deref().unwrap_or("-")
+            shown(dsn.envid.as_deref().unwrap_or("-"))
         );
     }
     let _ = writeln!(out, "attempts:     {}", entry.attempts);
     let _ = writeln!(out, "next attempt: {}", rfc3339(entry.next_attempt));
     if let Some(r) = &entry.last_reply {
-        let _ = writeln!(out, "last reply:   {r}");
+        let _ = writeln!(out, "last reply:   {}", shown(&r.to_string()));
     }
     if let Some(e) = &entry.last_error {
-        let _ = writeln!(out, "last error:   {e}");
+        let _ = writeln!(out, "last error:   {}", shown(e));
     }
     if let Some(x) = explanation {
-        let _ = writeln!(out, "explanation:  {x}");
+        let _ = writeln!(out, "explanation:  {}", shown(x));
     }
     if entry.is_bounce {
         let _ = writeln!(out, "bounce:       yes (a failure goes to the dead letter)");
     }
     out.push('\n');
-    out.push_str(&headers.replace("\r\n", "\n"));
+    // One header line per output line (folded lines keep their TAB); a bare CR or an escape
+    // sequence inside a line is shown escaped.
+    let headers = headers.replace("\r\n", "\n");
+    for line in headers.split_inclusive('\n') {
+        let (text, nl) = match line.strip_suffix('\n') {
+            Some(t) => (t, "\n"),
+            None => (line, ""),
+        };
+        out.push_str(&crate::printable::for_terminal(text, true));
+        out.push_str(nl);
+    }
     out
 }
 

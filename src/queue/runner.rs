@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -206,7 +207,14 @@ async fn worker(
             tokio::time::sleep_until(at.into()).await;
         }
         let marker = runner.borrow().spool.inflight_path(&locked.entry.id);
-        let _ = File::create(&marker);
+        // Best effort (it only produces a "possibly duplicated" note after a crash).
+        let _ = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&marker);
         let outcome = d.send(&prepared).await;
         runner.borrow_mut().outcome(profile, locked.entry, outcome);
         let _ = fs::remove_file(&marker);
@@ -351,8 +359,17 @@ fn lock_runner(spool: &Spool, wait: Duration) -> Result<Option<File>, Failure> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| super::cant_create(spool.root(), "opening runner.lock", &e))?;
+    // 0600 also for a lock file an older version left readable: whoever can open it can
+    // hold the lock and stop every queue run.
+    if let Ok(meta) = file.metadata()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
     let deadline = Instant::now() + wait;
     loop {
         match super::try_lock(&file) {
@@ -646,8 +663,20 @@ impl Runner<'_> {
             .collect();
         self.report.expired += 1;
         self.log(format!("{}: expired", e.id));
-        self.fail_permanently(profile, e, &failures, true, can_bounce);
-        self.remove(e);
+        match self.fail_permanently(profile, e, &failures, true, can_bounce) {
+            Ok(()) => self.remove(e),
+            Err(why) => self.keep_queued(e.clone(), &why),
+        }
+    }
+
+    /// The failure of an entry could not be put anywhere (no bounce, no dead letter, not even
+    /// `failed/`): the entry stays queued, never removed, and is tried again after a backoff.
+    fn keep_queued(&mut self, mut e: Entry, why: &str) {
+        e.attempts = e.attempts.saturating_add(1);
+        e.last_error = Some(why.to_owned());
+        e.next_attempt = now_unix() + backoff(e.attempts).as_secs() as i64;
+        self.save(&e);
+        self.report.deferred += 1;
     }
 
     /// Deliver one group's entries over up to `queue_connections` connections at once (the
@@ -722,6 +751,7 @@ impl Runner<'_> {
                 (d, t, p)
             }
         };
+        let mut transient = transient;
         if !permanent.is_empty() {
             self.log(format!(
                 "{}: failed for {}",
@@ -732,7 +762,11 @@ impl Runner<'_> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            self.fail_permanently(profile, &entry, &permanent, false, true);
+            if let Err(why) = self.fail_permanently(profile, &entry, &permanent, false, true) {
+                // Nowhere to keep the failure: those recipients stay in the entry.
+                let problem = Problem::error(why);
+                transient.extend(permanent.iter().map(|(r, _)| (r.clone(), problem.clone())));
+            }
         }
         if transient.is_empty() {
             if permanent.is_empty() {
@@ -804,6 +838,8 @@ impl Runner<'_> {
     /// Bounce the failed recipients to the sender, or write the dead letter when that is not
     /// possible (a bounce, the null sender, NOTIFY without FAILURE, the bounce not queued);
     /// as a last resort keep a copy in `SPOOL/failed/`. Never generates a bounce of a bounce.
+    /// Ok once the message is durably in one of those places (the entry may then go);
+    /// Err(why) when it is in none of them (the entry must stay).
     fn fail_permanently(
         &mut self,
         profile: &Profile,
@@ -811,7 +847,7 @@ impl Runner<'_> {
         failures: &[(String, Problem)],
         expired: bool,
         can_bounce: bool,
-    ) {
+    ) -> Result<(), String> {
         let notify_failure = e
             .envelope
             .dsn
@@ -841,7 +877,7 @@ impl Runner<'_> {
                     self.report.bounced += 1;
                     self.log(format!("{}: bounce queued as {id}", e.id));
                     self.new_bounces.push(id);
-                    return;
+                    return Ok(());
                 }
                 Err(err) => bounce_error = Some(err.message),
             }
@@ -857,7 +893,7 @@ impl Runner<'_> {
                 Ok(path) => {
                     self.report.dead_lettered += 1;
                     self.log(format!("{}: written to {}", e.id, path.display()));
-                    return;
+                    return Ok(());
                 }
                 Err(f) => self.report.warn(format!(
                     "cannot write the dead letter for queue entry {}: {f}",
@@ -873,11 +909,17 @@ impl Runner<'_> {
                     e.id,
                     path.display()
                 ));
+                Ok(())
             }
-            Err(err) => self.report.warn(format!(
-                "undeliverable queue entry {} could not be preserved: {err}",
-                e.id
-            )),
+            Err(err) => {
+                let why = format!(
+                    "undeliverable, and could not be kept in {}: {err}; it stays in the queue",
+                    self.spool.failed().display()
+                );
+                self.report
+                    .warn(format!("queue entry {} is {why} ({reason})", e.id));
+                Err(why)
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::caps::Capabilities;
-use super::reply::{ParseError, Reply, ReplyParser};
+use super::reply::{Reply, ReplyParser};
 use super::transcript::Sink;
 use crate::auth::Credentials;
 use crate::route::TlsPolicy;
@@ -704,16 +704,10 @@ impl Session {
             match parser.line(&line) {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => {}
-                Err(ParseError::Malformed(m)) => {
+                Err(e) => {
                     return Err(SessionError::Protocol {
                         step,
-                        detail: format!("unexpected line {m:?}"),
-                    });
-                }
-                Err(ParseError::CodeMismatch) => {
-                    return Err(SessionError::Protocol {
-                        step,
-                        detail: "reply lines with different codes".into(),
+                        detail: e.to_string(),
                     });
                 }
             }

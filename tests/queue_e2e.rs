@@ -18,6 +18,8 @@ use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
 
 const SENDER: &str = "alerts@contoso.com";
 const RCPT: &str = "ops@contoso.com";
+/// For the tests about one connection reused (relay opens 4 in parallel by default).
+const ONE_CONNECTION: &str = "queue_connections = 1";
 
 /// The queue tests' words for the binary's environment (tests/support/bin_env.rs).
 trait QueueEnv {
@@ -91,7 +93,7 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
 
     // The server comes back; the entries wait for their backoff first.
     let server = FakeM365::start(FakeConfig::mx()).await;
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
     let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 not due yet"), "{}", stderr(&o));
@@ -111,12 +113,13 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
     assert_eq!(subjects, ["down", "down verbose"].map(String::from).into());
     assert_eq!(got[0].sender, SENDER);
     assert_eq!(got[0].recipients, vec![RCPT.to_owned()]);
-    // RSET between the two messages, QUIT at the end.
+    // No RSET between two clean transactions, QUIT at the end.
     let cmds = &server.connections()[got[0].connection].commands;
     assert!(
-        cmds.iter().any(|c| c.eq_ignore_ascii_case("RSET")),
+        !cmds.iter().any(|c| c.eq_ignore_ascii_case("RSET")),
         "{cmds:?}"
     );
+    assert_eq!(cmds.last().map(String::as_str), Some("QUIT"));
     assert_eq!(env.queue_count().await, 0);
 
     // Nothing left: a second run sends nothing again; sendmail -q is the same command.
@@ -348,7 +351,7 @@ async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delive
     assert_eq!(ids.len(), N, "unique ids");
 
     let server = FakeM365::start(FakeConfig::mx()).await;
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
     let t = Instant::now();
     let o = env.run(&["queue", "flush", "-v"], b"").await;
     eprintln!("one queue run took {:?}", t.elapsed());
@@ -383,7 +386,8 @@ async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
     let env = BinEnv::new();
     // The hung runner must still be waiting when it is killed, however slow the machine.
     env.write_profile(&format!(
-        "mode = \"relay\"\n{}\n[profiles.p.timeouts]\nconnect = 5\ncommand = 5\ndata_end = 120\n",
+        "mode = \"relay\"\n{ONE_CONNECTION}\n{}\n[profiles.p.timeouts]\nconnect = 5\n\
+         command = 5\ndata_end = 120\n",
         BinEnv::endpoint(server.port(), Some(server.ca_file()))
     ));
     for i in 0..N {
@@ -627,11 +631,9 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         ("alerts@fabrikam.com", "from fabrikam"),
         ("alerts@contoso.com", "from contoso"),
     ] {
+        let text = format!("Subject: {subject}\n\nx\n");
         let o = env
-            .run(
-                &["-odq", "-f", sender, RCPT],
-                format!("Subject: {subject}\n\nx\n").as_bytes(),
-            )
+            .run(&["-odq", "-f", sender, RCPT], text.as_bytes())
             .await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         // Distinct creation seconds keep the order: fabrikam's entry is the group's first.
@@ -660,6 +662,105 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         "{err}"
     );
     assert_eq!(env.queue_count().await, 0, "{err}");
+}
+
+/// A reused connection costs one round trip per message: MAIL, RCPT and BDAT LAST with the
+/// body in one flight, and no RSET after a transaction that ended cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_run_sends_one_flight_per_message_and_no_rset() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = BinEnv::new();
+    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
+    for i in 0..3 {
+        let o = env.send(&["-odq"], &format!("flight {i}")).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let o = env.run(&["queue", "run"], b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.accepted().len(), 3);
+    let conns = server.connections();
+    assert_eq!(conns.len(), 1);
+    let c = &conns[0];
+    assert!(!c.commands.iter().any(|l| l == "RSET"), "{:?}", c.commands);
+    let flights = c.flights_after_tls();
+    assert_eq!(flights.len(), 5, "EHLO, 3 messages, QUIT: {flights:#?}");
+    for (f, m) in flights[1..4].iter().zip(server.accepted()) {
+        assert!(f.starts_with("MAIL FROM:<alerts@contoso.com>"), "{f}");
+        assert!(f.contains(&format!(
+            "RCPT TO:<{RCPT}>\r\nBDAT {} LAST\r\n",
+            m.data.len()
+        )));
+        assert!(f.ends_with(std::str::from_utf8(&m.data).unwrap()), "{f}");
+    }
+    assert_eq!(flights[4], "QUIT\r\n");
+}
+
+/// `queue_connections = 2`: two connections share the queue, each message goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connections_deliver_fifty_messages_exactly_once() {
+    const N: usize = 50;
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = BinEnv::new();
+    env.write(
+        server.port(),
+        Some(server.ca_file()),
+        "queue_connections = 2",
+    );
+    for i in 0..N {
+        let o = env.send(&["-odq"], &format!("parallel {i}")).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let o = env.run(&["queue", "run", "-v"], b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{N} delivered")),
+        "{}",
+        stderr(&o)
+    );
+    let got = server.accepted();
+    assert_eq!(got.len(), N, "no message twice");
+    let subjects: BTreeSet<String> = got.iter().map(|m| subject_of(&m.data)).collect();
+    let want: BTreeSet<String> = (0..N).map(|i| format!("parallel {i}")).collect();
+    assert_eq!(subjects, want, "each message once");
+    assert_eq!(server.connections().len(), 2);
+    for c in 0..2 {
+        assert!(
+            got.iter().any(|m| m.connection == c),
+            "connection {c} carried no message"
+        );
+    }
+    assert_eq!(env.queue_count().await, 0);
+}
+
+/// A queued message with 5000 recipients against a server that takes 500 per transaction and
+/// closes after 20 errors (Postfix's way): the first transaction teaches the limit, the
+/// queue runner reconnects at once and sends smaller transactions; everyone gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_message_with_5000_recipients_against_a_500_limit() {
+    let server = FakeM365::start(FakeConfig::mx().max_recipients(500).error_limit(20)).await;
+    let env = BinEnv::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+    let rcpts: Vec<String> = (0..5000).map(|i| format!("user{i}@contoso.com")).collect();
+    let mut args = vec!["-odq", "-f", SENDER];
+    args.extend(rcpts.iter().map(String::as_str));
+    let o = env.run(&args, b"Subject: everyone\n\nhello\n").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = env.run(&["queue", "run", "-v"], b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 delivered"), "{}", stderr(&o));
+    let got = server.accepted();
+    assert!(got.iter().all(|m| m.recipients.len() == 500), "500 each");
+    let mut all: Vec<&String> = got.iter().flat_map(|m| &m.recipients).collect();
+    assert_eq!(all.len(), 5000, "no one twice");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 5000, "everyone");
+    assert_eq!(
+        server.connections().len(),
+        2,
+        "one lesson, one reconnection"
+    );
+    assert_eq!(env.queue_count().await, 0);
 }
 
 /// A shared spool: an entry another user (nobody) wrote, naming a server of theirs, is not

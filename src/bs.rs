@@ -66,6 +66,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use crate::exit::{Exit, Failure};
 use crate::message::{Body, Envelope};
 use crate::secret::Secret;
+use crate::starttls::Upgradable;
 use crate::status::{EnhancedCode, Reply};
 
 /// Limits for one session.
@@ -378,55 +379,8 @@ impl<R: Unpin, W: Write + Unpin> AsyncWrite for Blocking<R, W> {
     }
 }
 
-/// The connection: plain, or after STARTTLS.
-enum Conn<S> {
-    Plain(S),
-    Tls(Box<tokio_rustls::server::TlsStream<S>>),
-    /// After a failed TLS handshake: reads end, writes fail.
-    Closed,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
-            Conn::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
-            Conn::Closed => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
-            Conn::Closed => Poll::Ready(Ok(())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
-            Conn::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
+/// The connection: plain, or after STARTTLS; `Gone` after a failed TLS handshake.
+type Conn<S> = Upgradable<S, tokio_rustls::server::TlsStream<S>>;
 
 struct Session<'l, S, H> {
     io: BufReader<Conn<S>>,
@@ -795,7 +749,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Hooks> Session<'_, S, H> {
         Pin::new(&mut self.io).consume(pending);
         let io = std::mem::replace(
             &mut self.io,
-            BufReader::with_capacity(IO_BUFFER, Conn::Closed),
+            BufReader::with_capacity(IO_BUFFER, Conn::Gone),
         );
         let Conn::Plain(plain) = io.into_inner() else {
             return Ok(Next::Close);

@@ -33,6 +33,7 @@ pub mod route;
 pub mod secret;
 pub mod serve;
 pub mod smtp;
+pub mod starttls;
 pub mod status;
 pub mod submit;
 pub mod transport;

@@ -229,7 +229,7 @@ fn send(
     tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
     if !args.dry_run {
         // The CA store loads while the message is read (a few ms off each message sent).
-        crate::smtp::preload_system_roots();
+        crate::transport::preload();
     }
 
     let mut input: Box<dyn Read> = if reads_stdin {

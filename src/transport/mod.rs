@@ -200,6 +200,12 @@ pub trait Connector: Send {
     fn last_session(&self) -> (bool, Option<&'static str>);
 }
 
+/// Start loading what every transport needs and takes a while to read (the system's CA
+/// certificates) on another thread, so that it overlaps with reading the message.
+pub fn preload() {
+    crate::smtp::preload_system_roots();
+}
+
 /// The connector for `endpoint`: credentials and TLS settings once. `sender` is the envelope
 /// sender the route was resolved for (it may pick the EHLO name).
 pub async fn connector<'a>(

@@ -24,6 +24,7 @@ pub mod exit;
 pub mod explain;
 pub mod fsutil;
 pub mod graph;
+pub mod http;
 pub mod man;
 pub mod message;
 pub mod printable;

@@ -293,15 +293,11 @@ impl OAuthSettings {
     }
 
     fn client(&self) -> Result<reqwest::Client, Failure> {
-        reqwest::Client::builder()
+        // No redirect is followed (the client secret, assertion or refresh token would go
+        // with it): post_form reports it.
+        crate::http::builder(self.connect_timeout, self.request_timeout)
             .use_rustls_tls()
             .https_only(!self.authority.starts_with("http://"))
-            // A redirect would carry the client secret, assertion or refresh token to another
-            // host: never followed (post_form reports it).
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.request_timeout)
-            .user_agent(concat!("m365send/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Failure::new(Exit::Software, format!("HTTP client: {e}")))
     }
@@ -375,7 +371,7 @@ async fn post_form<T: serde::de::DeserializeOwned>(
                          (a temporary failure)",
                         s.profile,
                         url,
-                        crate::graph::error_chain(e)
+                        crate::http::error_chain(e)
                     ),
                     secrets,
                 ),
@@ -410,7 +406,7 @@ async fn post_form<T: serde::de::DeserializeOwned>(
             format!(
                 "the token endpoint for profile \"{}\" ({url}) broke off its answer: {}",
                 s.profile,
-                crate::graph::error_chain(e)
+                crate::http::error_chain(e)
             ),
         ))
     })?;

@@ -1,8 +1,8 @@
 //! Microsoft Graph sendMail: the HTTP mechanics of sending one prepared message as a mailbox.
 //!
 //! Owns: the HTTPS client (rustls with the trust the caller hands over; `HTTPS_PROXY`,
-//! `NO_PROXY` honoured by reqwest) and the one-line wording of its errors, without the URL
-//! ([`error_chain`], which auth's token requests use too); the requests — `POST
+//! `NO_PROXY` honoured by reqwest; the settings it shares with auth's token requests are
+//! `http::builder`, its errors are worded by `http::error_chain`); the requests — `POST
 //! /users/{mailbox}/sendMail` with the MIME message base64-encoded as `text/plain` when it
 //! fits one request (Graph takes at most 4 MB per request) and a copy in Sent Items is
 //! wanted; otherwise a draft created from MIME (`POST /users/{mailbox}/messages`), its large
@@ -218,41 +218,11 @@ pub struct Client {
     requests: u32,
 }
 
-/// An HTTP client error as one line, without its URL (an upload URL carries a credential;
-/// so may a token endpoint's query): what failed, then each cause not already said. The
-/// token requests of `auth` use it too.
-pub fn error_chain(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connect() {
-        "cannot connect".to_owned()
-    } else {
-        e.to_string()
-    };
-    let mut src = std::error::Error::source(&e);
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
-}
-
 impl Client {
     pub fn new(s: Settings) -> Result<Client, GraphError> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::builder(s.connect_timeout, s.request_timeout)
             .use_preconfigured_tls((*s.tls).clone())
             .https_only(true)
-            // A redirect would carry the message (and, to the same host, the token) wherever
-            // the answer points: Graph's API does not redirect, so a 3xx is an error.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(s.connect_timeout)
-            .timeout(s.request_timeout)
-            .user_agent(concat!("m365send/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GraphError::Setup(e.to_string()))?;
         let host = if s.host.contains(':') {
@@ -763,7 +733,7 @@ impl Client {
     ) -> Result<(u16, Vec<u8>), GraphError> {
         let req = req
             .build()
-            .map_err(|e| GraphError::Setup(format!("{what}: {}", error_chain(e))))?;
+            .map_err(|e| GraphError::Setup(format!("{what}: {}", crate::http::error_chain(e))))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -779,7 +749,7 @@ impl Client {
                     // A request whose body went out and whose answer did not come back may
                     // have been carried out.
                     let maybe_sent = last && !e.is_connect();
-                    let what_failed = error_chain(e);
+                    let what_failed = crate::http::error_chain(e);
                     self.log(&format!("graph< no answer: {what_failed}"));
                     return Err(GraphError::Transport {
                         what: what_failed,

@@ -1,7 +1,7 @@
 //! DESIGN.md's "nevers" between modules, checked on the source so that a change that breaks
 //! one fails here instead of in a review: deliver, submit, the queue, `-bs` and app know no
-//! transport by name; explain and the leaf status types import nothing but leaves; smtp reads no argv and
-//! no configuration file.
+//! transport by name; explain and the leaf modules import nothing but leaves; smtp and graph
+//! read no argv and no configuration file; message talks to no server; auth knows no SMTP.
 
 use std::fs;
 use std::path::Path;
@@ -29,19 +29,24 @@ fn rust_files(dir: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The `crate::X` modules a file's `use` lines name.
+/// The `crate::X` modules a file names in its code (`use` lines and paths written inline;
+/// comments are skipped, and so are the file's unit tests).
 fn crate_imports(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("use crate::") || l.starts_with("pub use crate::"))
-        .filter_map(|l| l.split("crate::").nth(1))
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let mut names: Vec<String> = code
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .flat_map(|l| l.split("crate::").skip(1))
         .map(|rest| {
             rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
                 .next()
                 .unwrap_or_default()
                 .to_owned()
         })
-        .collect()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 #[test]
@@ -73,17 +78,69 @@ fn delivery_queue_and_bs_know_no_transport_by_name() {
 }
 
 #[test]
-fn explain_and_status_are_leaves() {
-    let explain = crate_imports(&source("src/explain.rs"));
-    for m in &explain {
-        assert!(
-            ["status", "config", "exit"].contains(&m.as_str()),
-            "src/explain.rs imports crate::{m}: the catalogue takes codes in and gives words out"
-        );
+fn explain_and_the_leaves_import_nothing_else() {
+    let mut explain = vec![("src/explain.rs".to_owned(), source("src/explain.rs"))];
+    explain.extend(rust_files("src/explain"));
+    for (name, text) in explain {
+        for m in crate_imports(&text) {
+            assert!(
+                ["status", "config", "exit"].contains(&m.as_str()),
+                "{name} imports crate::{m}: the catalogue takes codes in and gives words out"
+            );
+        }
     }
     for leaf in ["src/status.rs", "src/starttls.rs", "src/http.rs"] {
         let imports = crate_imports(&source(leaf));
         assert!(imports.is_empty(), "{leaf} imports {imports:?}");
+    }
+}
+
+#[test]
+fn message_never_talks_to_a_server() {
+    for name in ["src/message.rs", "src/aliases.rs", "src/address.rs"] {
+        let text = source(name);
+        for m in crate_imports(&text) {
+            assert!(
+                ![
+                    "smtp",
+                    "graph",
+                    "transport",
+                    "auth",
+                    "deliver",
+                    "submit",
+                    "queue",
+                    "serve",
+                    "http"
+                ]
+                .contains(&m.as_str()),
+                "{name} imports crate::{m}: preparing a message connects nowhere"
+            );
+        }
+        for banned in ["TcpStream", "reqwest", "hickory", "UdpSocket"] {
+            assert!(!text.contains(banned), "{name} names {banned}");
+        }
+    }
+}
+
+#[test]
+fn auth_knows_no_smtp_and_no_transport() {
+    for (name, text) in rust_files("src/auth") {
+        for m in crate_imports(&text) {
+            assert!(
+                ![
+                    "smtp",
+                    "graph",
+                    "transport",
+                    "deliver",
+                    "submit",
+                    "queue",
+                    "cli",
+                    "app"
+                ]
+                .contains(&m.as_str()),
+                "{name} imports crate::{m}: credentials are the same for every transport"
+            );
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! What a certificate says about itself (x509-parser): its names, its issuer and its validity
 //! dates, for the configuration's certificates and the server's. Parsing only: trust is
-//! rustls's business (the TLS handshake verifies the server; Microsoft verifies ours).
+//! rustls's business (the TLS handshake verifies the server; Microsoft verifies ours). Must
+//! not: decide whether a certificate is trusted.
 
 use x509_parser::extensions::GeneralName;
 

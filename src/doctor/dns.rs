@@ -1,7 +1,8 @@
 //! Group 2, DNS of the sender domain, through the profile's resolver (`endpoint.dns_server`,
 //! else the system's; built by `route::build_resolver`, the MX lookup is `route::lookup_mx`):
 //! the MX pointing at Microsoft 365, SPF including Microsoft's, the DKIM selector CNAMEs and
-//! DMARC. Each with the record text seen.
+//! DMARC. Each with the record text seen. Must not: ask any server but the profile's
+//! resolver, or build a resolver of its own.
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError, NetError};

@@ -1,6 +1,7 @@
 //! Group 7, queue and files: the spool writable, the entries waiting (the oldest's age and
 //! last error), the dead letter's size, the token cache's permissions. Reads only, except a
-//! temporary file created and removed in the spool to prove it writable.
+//! temporary file created and removed in the spool to prove it writable. Must not: change
+//! an entry, the dead letter or the cache, or print a token from it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

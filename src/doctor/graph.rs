@@ -3,7 +3,8 @@
 //! sending path's (`transport::graph::GraphConnector::settings`, `graph::Client::probe`: a
 //! `sendMail` with no recipient, which Graph refuses with 400 ErrorInvalidRecipients only
 //! after it has accepted the token and the mailbox's right to send); a Graph error is turned
-//! into the reply the catalogue explains (`status::graph_reply`).
+//! into the reply the catalogue explains (`status::graph_reply`). Must not: give Graph a
+//! recipient, or build a Graph client of its own.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -2,7 +2,8 @@
 //! when our handshake fails for want of a common version, a second connection goes as far as
 //! STARTTLS and sends a minimal TLS 1.1 ClientHello by hand; the version in the server's
 //! ServerHello says what it offers. Nothing else is sent and the connection is dropped right
-//! after the ServerHello: no handshake is completed, no data is exchanged.
+//! after the ServerHello: no handshake is completed, no data is exchanged. Must not: send
+//! anything after the ClientHello, or be used for anything but naming the version.
 
 use std::time::Duration;
 

@@ -17,12 +17,16 @@
 //! OAuth profile, the token endpoint (only when no valid token is cached).
 //!
 //! Groups, in the order a person would want them:
-//! 1. `setup`: configuration file, profile, secret sources, certificates;
-//! 2. `dns`: MX, SPF, DKIM, DMARC of the sender domain;
-//! 3. `probe`: TCP connect (network), STARTTLS and the negotiated TLS (tls);
-//! 4. `token`: the OAuth access token's claims;
-//! 5. `probe` again on the same connection: EHLO, AUTH, MAIL FROM, RCPT TO (smtp);
-//! 6. `files`: spool, queue, dead letter, token cache.
+//! 1. `setup`: configuration file, profile, secret sources, certificates (config.*);
+//! 2. `dns`: MX, SPF, DKIM, DMARC of the sender domain (dns.*);
+//! 3. `probe`: TCP connect (network.*);
+//! 4. `probe`: STARTTLS and the negotiated TLS (tls.*; `graph`: the HTTPS handshake);
+//! 5. `token`: the OAuth access token's claims (token);
+//! 6. `probe` again on the same connection: EHLO, AUTH, MAIL FROM, RCPT TO (smtp.*;
+//!    `graph`: the sendMail probe);
+//! 7. `files`: spool, queue, dead letter, token cache (files.*).
+//!
+//! The README's "When it does not work" lists the same seven groups for the user.
 
 mod cert;
 mod dns;

@@ -1,7 +1,9 @@
 //! Group 1, configuration: the file found and its permissions, the profile chosen and why,
 //! every secret source readable (resolved and dropped, never shown), and the certificate
 //! files: readable, the key matching, days to expiry, and for relay the name a certificate
-//! connector needs (an accepted domain).
+//! connector needs (an accepted domain). Must not: show a secret (each is resolved and
+//! dropped), or read a certificate or key another way than the sending path does (its
+//! loaders, with `trust`'s checks).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

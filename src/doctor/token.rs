@@ -1,7 +1,8 @@
-//! Group 4, the token (OAuth profiles): acquired through `auth` (or taken from its cache),
+//! Group 5, the token (OAuth profiles): acquired through `auth` (or taken from its cache),
 //! then its claims decoded with `auth::TokenClaims` — never printed: audience, tenant, app,
 //! roles or scopes, expiry. A token for another resource, without the sending permission
 //! (no admin consent), or from another tenant or app is a failure, with the catalogue's fix.
+//! Must not: print the token, or decide anything its claims do not say.
 
 use super::{Check, Ctx};
 use crate::auth::{self, Credentials, TokenClaims};

@@ -8,20 +8,22 @@
 //!
 //! # API for callers
 //!
-//! * `deliver(config, profile, message, endpoint, opts) -> Result<(), Failure>` — the
-//!   sendmail path: `attempt`, the per-message log line, then on failure write the dead
-//!   letter and return a `Failure` whose message is the user-facing report (one line quoting
-//!   the server reply, then the explanation, then who did and did not get the message).
-//! * `log_outcome(config, profile, message, &outcome, exit, verbose)` — the per-message log
-//!   line (`report::log_line`: syslog, `log.file`, or stderr at -v). `deliver` calls it; a
-//!   caller of `attempt` that decides the final outcome itself (queueing a temporary failure,
-//!   the queue runner) calls it once per message with the exit code it reports.
-//! * `attempt(config, profile, message, endpoint, opts) -> Outcome` — the same delivery with
+//! * `attempt(config, profile, message, endpoint, opts) -> Outcome` — the delivery with
 //!   in-process retries, but nothing printed (except the `-v` transcript and warnings) and
-//!   nothing written. The queue runner and the `-bs` server use it: `outcome.is_success()`,
-//!   `outcome.is_transient()` (→ keep it in the queue instead of a dead letter),
-//!   `outcome.exit()`, `outcome.report(..)`, `outcome.final_reply()` (the real server reply to
-//!   relay to an SMTP client).
+//!   nothing written. `submit` (the sendmail path, `-bs`) uses it: `outcome.is_success()`,
+//!   `outcome.is_transient()` (→ queue the pending recipients instead of a dead letter),
+//!   `outcome.exit()`, `outcome.report(..)`, `outcome.final_reply()` (the server reply the
+//!   outcome stands on, for the log line).
+//! * `log_outcome(config, profile, message, &outcome, exit, verbose)` — the per-message log
+//!   line (`report::log_line`: syslog, `log.file`, or stderr at -v), once per message with
+//!   the exit code the caller reports.
+//! * `failure(config, profile, message, &outcome)` — for an outcome that is final: the
+//!   `Failure` whose message is the user-facing report (one line quoting the server reply,
+//!   then the explanation, then who did and did not get the message), with the dead letter
+//!   written.
+//! * `deliver(config, profile, message, endpoint, opts) -> Result<(), Failure>` — the three
+//!   above in a row, as `submit` does for a profile with `queue = "never"` (tests and
+//!   benchmarks call it).
 //! * `Outcome::new(&envelope.recipients)` starts one; `outcome.apply(&result, host)` merges a
 //!   transport's `MessageResult` (one per transaction: a message with many recipients goes in
 //!   batches, `transport::batch`), `outcome.fail(problem)` a failure of the whole try;

@@ -1,9 +1,10 @@
-//! Authentication: credentials for the SMTP AUTH step.
+//! Authentication: credentials for the transports — SMTP AUTH, and the bearer token of
+//! Microsoft Graph (whose audience and cache slot `graph_settings` gives).
 //!
 //! Owns: turning a profile's auth settings into `Credentials` (a password from its source, or
 //! an OAuth2 access token from the cache, acquired or refreshed only when needed), the token
-//! cache, the device-code login, and `token status` / `token clear`. Must not: speak SMTP, or
-//! let a secret reach a log or an error message.
+//! cache, the device-code login, and `token status` / `token clear`. Must not: speak SMTP or
+//! know a transport (tests/design.rs), or let a secret reach a log or an error message.
 //!
 //! Token requests are plain form posts with reqwest (rustls, ring) rather than the oauth2
 //! crate: one code path serves client secret, certificate assertion (which oauth2 5 has no

@@ -5,7 +5,8 @@
 //! credentials and TLS set up once, hosts tried in order), the transport-neutral [`Problem`]
 //! and [`Options`], and the one place that picks the implementation for an endpoint
 //! ([`connector`]). Each implementation is one file: [`smtp`] (our SMTP session) and
-//! [`graph`] (Microsoft Graph sendMail, and the `fallback = "graph"` wrapper of smtp).
+//! [`graph`] (Microsoft Graph sendMail, and the `fallback = "graph"` wrapper of smtp);
+//! [`batch`] splits a message's recipients into transactions for every caller of the seam.
 //! Must not: retry across rounds, queue, write files, decide exit codes for the user or word
 //! explanations (deliver, the queue runner and explain do), or read argv or the config file
 //! beyond the `Profile`/`Config` values it is handed.

@@ -13,19 +13,10 @@ use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
 
 const MSG: &[u8] = b"From: alerts@contoso.com\nTo: ops@contoso.com\nSubject: nightly\n\nall good\n";
 
-async fn relay_env(server: &FakeM365) -> BinEnv {
-    let env = BinEnv::new();
-    env.write_profile(&format!(
-        "mode = \"relay\"\n{}",
-        BinEnv::endpoint(server.port(), Some(server.ca_file()))
-    ));
-    env
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_stderr_never_stops_delivery_with_or_without_v() {
     let server = FakeM365::start(FakeConfig::mx()).await;
-    let env = relay_env(&server).await;
+    let env = BinEnv::relay(server.port(), Some(server.ca_file()));
     for (i, verbose) in [&[][..], &["-v"][..], &["-v", "-v"][..]].iter().enumerate() {
         let mut args = verbose.to_vec();
         args.extend(["-f", "alerts@contoso.com", "ops@contoso.com"]);
@@ -45,7 +36,7 @@ async fn closed_stderr_keeps_the_exit_code_and_the_dead_letter_of_a_refusal() {
         "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
     )))
     .await;
-    let env = relay_env(&server).await;
+    let env = BinEnv::relay(server.port(), Some(server.ca_file()));
     for verbose in [&[][..], &["-v"][..]] {
         let mut args = verbose.to_vec();
         args.extend(["-f", "alerts@contoso.com", "nobody@contoso.com"]);
@@ -63,9 +54,8 @@ async fn closed_stderr_keeps_the_exit_code_and_the_dead_letter_of_a_refusal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_stdout_and_stderr_for_queue_list_explain_and_dry_run() {
-    let env = BinEnv::new();
     // Nothing listens: -odq queues without connecting, so `queue list` has a line to print.
-    env.write_profile(&format!("mode = \"relay\"\n{}", BinEnv::endpoint(9, None)));
+    let env = BinEnv::relay(9, None);
     let o = env
         .run(
             &["-odq", "-f", "alerts@contoso.com", "ops@contoso.com"],

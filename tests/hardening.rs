@@ -13,14 +13,11 @@ use bin_env::{BinEnv, stderr, stdout};
 use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
 use tokio::io::AsyncWriteExt;
 
-/// The binary's environment with its relay profile pointed at the fake server; `extra` is
-/// written after the profile (a `[log]` table...).
+/// The binary's environment with its relay profile pointed at the fake server; `extra`: more
+/// keys of the profile, or tables (a `[log]` table...).
 fn site(server: &FakeM365, extra: &str) -> BinEnv {
     let env = BinEnv::new();
-    env.write_profile(&format!(
-        "mode = \"relay\"\n{}{extra}",
-        BinEnv::endpoint(server.port(), Some(server.ca_file()))
-    ));
+    env.write_relay(server.port(), Some(server.ca_file()), extra);
     env
 }
 

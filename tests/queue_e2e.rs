@@ -8,7 +8,6 @@ mod bin_env;
 mod fake_m365;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,21 +22,11 @@ const ONE_CONNECTION: &str = "queue_connections = 1";
 
 /// The queue tests' words for the binary's environment (tests/support/bin_env.rs).
 trait QueueEnv {
-    /// Point the relay profile at `port` (nothing listening, or the fake server with its
-    /// CA); `keys` are more keys of the profile.
-    fn write(&self, port: u16, ca: Option<&Path>, keys: &str);
     /// Send one message through the sendmail interface.
     async fn send(&self, extra_args: &[&str], subject: &str) -> Output;
 }
 
 impl QueueEnv for BinEnv {
-    fn write(&self, port: u16, ca: Option<&Path>, keys: &str) {
-        self.write_profile(&format!(
-            "mode = \"relay\"\n{keys}\n{}",
-            BinEnv::endpoint(port, ca)
-        ));
-    }
-
     async fn send(&self, extra_args: &[&str], subject: &str) -> Output {
         let mut args = vec!["-f", SENDER];
         args.extend_from_slice(extra_args);
@@ -65,7 +54,7 @@ fn subject_of(data: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
     let env = BinEnv::new();
-    env.write(dead_port(), None, "");
+    env.write_relay(dead_port(), None, "");
     let o = env.send(&[], "down").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
@@ -93,7 +82,7 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
 
     // The server comes back; the entries wait for their backoff first.
     let server = FakeM365::start(FakeConfig::mx()).await;
-    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
+    env.write_relay(server.port(), Some(server.ca_file()), ONE_CONNECTION);
     let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 not due yet"), "{}", stderr(&o));
@@ -147,7 +136,7 @@ async fn transient_replies_stay_queued_with_the_reply_shown_in_mailq() {
     )
     .await;
     let env = BinEnv::new();
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write_relay(server.port(), Some(server.ca_file()), "");
 
     // 451 at the end of data during the in-process attempt: queued, exit 0.
     let o = env.send(&[], "four-five-one").await;
@@ -208,7 +197,7 @@ async fn permanent_failure_while_queued_bounces_to_the_sender_and_removes_the_en
     )
     .await;
     let env = BinEnv::new();
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write_relay(server.port(), Some(server.ca_file()), "");
     let o = env.send(&["-odq"], "doomed").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = env.run(&["queue", "run", "-v"], b"").await;
@@ -240,7 +229,7 @@ async fn permanent_failure_while_queued_bounces_to_the_sender_and_removes_the_en
 async fn dropped_mid_data_is_retried_and_delivered_once() {
     let server = FakeM365::start(FakeConfig::mx().rule(Rule::drop(Phase::MidData).times(1))).await;
     let env = BinEnv::new();
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write_relay(server.port(), Some(server.ca_file()), "");
     let o = env.send(&[], "dropped").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(env.queue_count().await, 1, "queued after the drop");
@@ -258,7 +247,7 @@ async fn dropped_mid_data_is_retried_and_delivered_once() {
 async fn odq_queues_without_connecting_and_never_policy_keeps_exit_75() {
     let server = FakeM365::start(FakeConfig::mx()).await;
     let env = BinEnv::new();
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write_relay(server.port(), Some(server.ca_file()), "");
     let o = env.send(&["-odq", "-v"], "later").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("queued as"), "{}", stderr(&o));
@@ -268,7 +257,7 @@ async fn odq_queues_without_connecting_and_never_policy_keeps_exit_75() {
     assert_eq!(list["entries"][0]["attempts"], 0, "due at once");
 
     // queue = "always": same, without -odq.
-    env.write(server.port(), Some(server.ca_file()), "queue = \"always\"");
+    env.write_relay(server.port(), Some(server.ca_file()), "queue = \"always\"");
     let o = env.send(&[], "always").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(server.connections().is_empty());
@@ -278,7 +267,7 @@ async fn odq_queues_without_connecting_and_never_policy_keeps_exit_75() {
     assert_eq!(server.accepted().len(), 2);
 
     // queue = "never": today's behaviour, exit 75 and the dead letter.
-    env.write(dead_port(), None, "queue = \"never\"");
+    env.write_relay(dead_port(), None, "queue = \"never\"");
     let o = env.send(&[], "never").await;
     assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
     assert!(stderr(&o).contains("message saved to"), "{}", stderr(&o));
@@ -297,7 +286,7 @@ async fn spool_not_writable_exits_73_and_keeps_the_message_in_the_dead_letter() 
     let file = env.dir.path().join("not-a-dir");
     std::fs::write(&file, "x").unwrap();
     let text = std::fs::read_to_string({
-        env.write(dead_port(), None, "");
+        env.write_relay(dead_port(), None, "");
         &env.config
     })
     .unwrap()
@@ -321,7 +310,7 @@ async fn spool_not_writable_exits_73_and_keeps_the_message_in_the_dead_letter() 
 async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delivers_all() {
     const N: usize = 200;
     let env = Arc::new(BinEnv::new());
-    env.write(dead_port(), None, "");
+    env.write_relay(dead_port(), None, "");
     let started = Instant::now();
     // All 200 processes are spawned; at most 50 run at once (2 cores shared).
     let gate = Arc::new(tokio::sync::Semaphore::new(50));
@@ -351,7 +340,7 @@ async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delive
     assert_eq!(ids.len(), N, "unique ids");
 
     let server = FakeM365::start(FakeConfig::mx()).await;
-    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
+    env.write_relay(server.port(), Some(server.ca_file()), ONE_CONNECTION);
     let t = Instant::now();
     let o = env.run(&["queue", "flush", "-v"], b"").await;
     eprintln!("one queue run took {:?}", t.elapsed());
@@ -444,7 +433,7 @@ async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
 async fn a_corrupt_entry_is_moved_aside_with_a_warning_and_the_run_goes_on() {
     let server = FakeM365::start(FakeConfig::mx()).await;
     let env = BinEnv::new();
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write_relay(server.port(), Some(server.ca_file()), "");
     for s in ["first", "second"] {
         let o = env.send(&["-odq"], s).await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -574,7 +563,7 @@ attempts = 1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odq_still_refuses_what_can_be_checked_offline() {
     let env = BinEnv::new();
-    env.write(dead_port(), None, "accepted_domains = [\"contoso.com\"]");
+    env.write_relay(dead_port(), None, "accepted_domains = [\"contoso.com\"]");
     let o = env
         .run(
             &["-odq", "-f", "root@fabrikam.com", RCPT],
@@ -595,7 +584,7 @@ async fn command_line_server_and_mode_are_kept_with_the_entry() {
     let server = FakeM365::start(FakeConfig::mx()).await;
     let env = BinEnv::new();
     // The profile points nowhere; --server names the fake server and is remembered.
-    env.write(dead_port(), Some(server.ca_file()), "");
+    env.write_relay(dead_port(), Some(server.ca_file()), "");
     let addr = format!("127.0.0.1:{}", server.port());
     let o = env.send(&["-odq", "--server", &addr], "elsewhere").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -622,7 +611,7 @@ async fn command_line_server_and_mode_are_kept_with_the_entry() {
 async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
     let server = FakeM365::start(FakeConfig::mx()).await;
     let env = BinEnv::new();
-    env.write(
+    env.write_relay(
         server.port(),
         Some(server.ca_file()),
         "accepted_domains = [\"contoso.com\", \"fabrikam.com\"]",
@@ -639,7 +628,7 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         // Distinct creation seconds keep the order: fabrikam's entry is the group's first.
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    env.write(
+    env.write_relay(
         server.port(),
         Some(server.ca_file()),
         "accepted_domains = [\"contoso.com\"]",
@@ -670,7 +659,7 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
 async fn queue_run_sends_one_flight_per_message_and_no_rset() {
     let server = FakeM365::start(FakeConfig::mx()).await;
     let env = BinEnv::new();
-    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
+    env.write_relay(server.port(), Some(server.ca_file()), ONE_CONNECTION);
     for i in 0..3 {
         let o = env.send(&["-odq"], &format!("flight {i}")).await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -701,7 +690,7 @@ async fn two_connections_deliver_fifty_messages_exactly_once() {
     const N: usize = 50;
     let server = FakeM365::start(FakeConfig::mx()).await;
     let env = BinEnv::new();
-    env.write(
+    env.write_relay(
         server.port(),
         Some(server.ca_file()),
         "queue_connections = 2",
@@ -739,7 +728,7 @@ async fn two_connections_deliver_fifty_messages_exactly_once() {
 async fn queued_message_with_5000_recipients_against_a_500_limit() {
     let server = FakeM365::start(FakeConfig::mx().max_recipients(500).error_limit(20)).await;
     let env = BinEnv::new();
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write_relay(server.port(), Some(server.ca_file()), "");
     let rcpts: Vec<String> = (0..5000).map(|i| format!("user{i}@contoso.com")).collect();
     let mut args = vec!["-odq", "-f", SENDER];
     args.extend(rcpts.iter().map(String::as_str));
@@ -773,7 +762,7 @@ async fn root_runner_never_sends_another_users_entry() {
         return;
     }
     let env = BinEnv::new();
-    env.write(dead_port(), None, "");
+    env.write_relay(dead_port(), None, "");
     let attacker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     attacker.set_nonblocking(true).unwrap();
     let evil = format!("127.0.0.1:{}", attacker.local_addr().unwrap().port());

@@ -55,6 +55,22 @@ impl BinEnv {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// A directory whose relay profile points at a test server on 127.0.0.1 (`ca`: its CA).
+    pub fn relay(port: u16, ca: Option<&Path>) -> BinEnv {
+        let env = BinEnv::new();
+        env.write_relay(port, ca, "");
+        env
+    }
+
+    /// (Re)write the configuration: a relay profile pointing at a test server on 127.0.0.1
+    /// (`ca`: its CA), with `keys` as more keys of the profile.
+    pub fn write_relay(&self, port: u16, ca: Option<&Path>, keys: &str) {
+        self.write_profile(&format!(
+            "mode = \"relay\"\n{keys}\n{}",
+            BinEnv::endpoint(port, ca)
+        ));
+    }
+
     /// The endpoint and CA lines pointing a profile at a test server on 127.0.0.1.
     pub fn endpoint(port: u16, ca: Option<&Path>) -> String {
         let mut s = format!("\n[profiles.p.endpoint]\nhost = \"127.0.0.1\"\nport = {port}\n");

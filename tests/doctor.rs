@@ -12,6 +12,8 @@ mod dns;
 mod fake_graph;
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/legacy_tls.rs"]
 mod legacy_tls;
 #[path = "support/token_server.rs"]

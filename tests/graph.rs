@@ -7,6 +7,8 @@
 mod fake_graph;
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/token_server.rs"]
 mod token_server;
 

@@ -2,6 +2,8 @@
 //! the certificate assertion (signature verified), device code login, refresh token rotation,
 //! the cache (lock, window, modes, key), and the error advice with its exit codes.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/token_server.rs"]
 mod token_server;
 

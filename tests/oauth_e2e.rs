@@ -9,6 +9,8 @@
 
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/token_server.rs"]
 mod token_server;
 

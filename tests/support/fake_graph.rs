@@ -18,6 +18,8 @@
 //!
 //! Scripting: `Rule`s answer an error (optionally with Retry-After, optionally the first N
 //! times, optionally after carrying the request out: a 504 that still sent).
+//!
+//! Requests are read by support/http.rs, which the test file includes beside this one.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -27,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// The largest request body Graph takes.
@@ -410,44 +412,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     cfg: Arc<Config>,
 ) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let head_end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p;
-            }
-            let n = sock.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let mut lines = head.split("\r\n");
-        let mut first = lines.next().unwrap_or("").split(' ');
-        let method = first.next().unwrap_or("").to_owned();
-        let path = first.next().unwrap_or("").to_owned();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body: Vec<u8> = buf.split_off(head_end + 4);
-        buf.clear();
-        while body.len() < len {
-            let n = sock.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        if body.len() > len {
-            buf = body.split_off(len);
-        }
+    while let Some(crate::http::Head {
+        method,
+        path,
+        headers,
+        body,
+    }) = crate::http::read_request(&mut sock, &mut buf).await?
+    {
         let req = Request {
             method,
             path,
@@ -477,6 +448,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         sock.write_all(resp.as_bytes()).await?;
         sock.flush().await?;
     }
+    Ok(())
 }
 
 fn handle(req: &Request, body: &[u8], st: &Arc<Mutex<State>>, cfg: &Config) -> Answer {

@@ -208,15 +208,6 @@ pub struct Entry {
     pub owner: Option<u32>,
 }
 
-/// What `list` returns for each entry.
-pub type EntrySummary = Entry;
-
-impl Entry {
-    pub fn entry_id(&self) -> EntryId {
-        EntryId(self.id.clone())
-    }
-}
-
 /// Why a message is being queued.
 #[derive(Debug, Clone, Copy)]
 pub enum Reason<'a> {
@@ -772,7 +763,7 @@ pub(crate) fn load_all(spool: &Spool, warnings: &mut Vec<String>) -> Result<Vec<
 
 /// Every entry in the queue, oldest first. Corrupt entries are moved to `spool/corrupt/`
 /// with a warning on stderr and left out.
-pub fn list(config: &Config) -> Result<Vec<EntrySummary>, Failure> {
+pub fn list(config: &Config) -> Result<Vec<Entry>, Failure> {
     let spool = Spool::existing(config)?;
     let mut warnings = Vec::new();
     load_all(&spool, &mut warnings)
@@ -923,12 +914,12 @@ fn human_size(n: u64) -> String {
 
 /// The `mailq` / `sendmail -bp` / `queue list` text. `explain` gives the one-line
 /// explanation of an entry's last reply (None: nothing to add).
-pub fn format_list(entries: &[EntrySummary], explain: &dyn Fn(&Entry) -> Option<String>) -> String {
+pub fn format_list(entries: &[Entry], explain: &dyn Fn(&Entry) -> Option<String>) -> String {
     format_list_at(entries, now_unix(), explain)
 }
 
 pub(crate) fn format_list_at(
-    entries: &[EntrySummary],
+    entries: &[Entry],
     now: i64,
     explain: &dyn Fn(&Entry) -> Option<String>,
 ) -> String {
@@ -990,12 +981,12 @@ pub(crate) fn format_list_at(
 /// has id, profile, created (RFC 3339), created_unix, age_seconds, size, sender, recipients,
 /// delivered, attempts, next_attempt, next_attempt_unix, last_reply {code, enhanced, text}
 /// or null, last_error, explanation, is_bounce. Field names are stable.
-pub fn format_json(entries: &[EntrySummary], explain: &dyn Fn(&Entry) -> Option<String>) -> String {
+pub fn format_json(entries: &[Entry], explain: &dyn Fn(&Entry) -> Option<String>) -> String {
     format_json_at(entries, now_unix(), explain)
 }
 
 pub(crate) fn format_json_at(
-    entries: &[EntrySummary],
+    entries: &[Entry],
     now: i64,
     explain: &dyn Fn(&Entry) -> Option<String>,
 ) -> String {

@@ -716,6 +716,13 @@ where
 pub const DEFAULT_QUEUE_CONNECTIONS: u32 = 4;
 
 impl Profile {
+    /// The queue runner's pacing, messages a minute (0: none): `rate_per_minute`, default 30
+    /// for submit (Microsoft's limit per mailbox), none otherwise.
+    pub fn rate_per_minute(&self) -> u32 {
+        self.rate_per_minute
+            .unwrap_or(if self.mode == Mode::Submit { 30 } else { 0 })
+    }
+
     /// Connections the queue runner opens in parallel to one endpoint (at least 1). A
     /// mailbox (submit, hve, acs, graph) gets 1 by default: Microsoft allows it 3 concurrent
     /// SMTP connections (4 concurrent Graph requests) and 30 messages a minute anyway.

@@ -252,7 +252,7 @@ impl Default for RunOptions<'_> {
     fn default() -> Self {
         RunOptions {
             flush: false,
-            lifetime: Duration::from_secs(5 * 24 * 3600),
+            lifetime: Config::default().queue_lifetime(),
             rate_per_minute: None,
             lock_wait: Duration::ZERO,
             bounce_attach_max: 10 * 1024 * 1024,
@@ -346,8 +346,7 @@ pub(crate) fn backoff(attempts: u32) -> Duration {
 fn pacing(profile: &Profile, opts: &RunOptions<'_>) -> Option<Duration> {
     let rate = opts
         .rate_per_minute
-        .or(profile.rate_per_minute)
-        .unwrap_or(if profile.mode == Mode::Submit { 30 } else { 0 });
+        .unwrap_or_else(|| profile.rate_per_minute());
     (rate > 0).then(|| Duration::from_secs_f64(60.0 / f64::from(rate)))
 }
 

@@ -1115,6 +1115,34 @@ async fn spf_without_microsoft() {
     assert_nothing_sent(&smtp);
 }
 
+/// The SPF fixes are sentences: one period at the end, never "..", whichever record is
+/// missing or wrong.
+#[tokio::test]
+async fn spf_fixes_end_in_one_period() {
+    let tok = good_token();
+    for txt in [
+        "v=spf1 include:_spf.example.net ~all",
+        "google-site-verification=abc123",
+    ] {
+        let (smtp, _tokens, env) = submit_setup(
+            Reply::token(&tok, 3600, None),
+            &tok,
+            vec![],
+            with(healthy_dns(), "contoso.com", Answer::Txt(vec![txt.into()])),
+        )
+        .await;
+        let (doc, _) = env.json(&[]).await;
+        let spf = check(&doc, "dns.spf");
+        assert_eq!(spf["status"], "warning", "{txt}: {spf:#}");
+        let fix = spf["fix"].as_str().unwrap();
+        assert!(
+            fix.ends_with('.') && !fix.ends_with("..") && !fix.contains(".."),
+            "{txt}: {fix}"
+        );
+        assert_nothing_sent(&smtp);
+    }
+}
+
 #[tokio::test]
 async fn spf_includes_are_followed() {
     let tok = good_token();

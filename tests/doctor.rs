@@ -1115,6 +1115,44 @@ async fn spf_without_microsoft() {
     assert_nothing_sent(&smtp);
 }
 
+/// doctor on a fresh install: the package's configuration is config.example.toml with every
+/// line commented out, so there is no profile. The fix says to define one in that file, not
+/// "give --profile NAME" (there is none to name).
+#[tokio::test]
+async fn a_fresh_install_is_told_to_define_a_profile() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .unwrap();
+    let commented: String = example
+        .lines()
+        .map(|l| {
+            if l.is_empty() || l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("# {l}\n")
+            }
+        })
+        .collect();
+    let env = Env::new("unused", "");
+    std::fs::write(&env.config, commented).unwrap();
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(78), "{doc:#}");
+    assert_check(
+        &doc,
+        "config.profile",
+        "failed",
+        &["no profile is defined"],
+        &[
+            &format!(
+                "Uncomment and edit the profile that fits this host in {}",
+                env.config.display()
+            ),
+            "m365send.toml(5)",
+        ],
+    );
+    assert!(!text(&check(&doc, "config.profile")["fix"]).contains("--profile"));
+}
+
 /// The SPF fixes are sentences: one period at the end, never "..", whichever record is
 /// missing or wrong.
 #[tokio::test]

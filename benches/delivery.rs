@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fake_m365::{FakeConfig, FakeM365};
-use m365send::config::{AuthMethod, Config, Mode, Profile, SecretSource, TlsVersion};
+use m365send::config::{AuthMethod, Chunking, Config, Mode, Profile, SecretSource, TlsVersion};
 use m365send::deliver::{Options, deliver};
 use m365send::message::{Body, Dsn, Envelope, Prepared};
 use m365send::route::{AuthKind, Endpoint, Host, TlsPolicy};
@@ -50,7 +50,11 @@ fn client(args: &[String]) {
     let port: u16 = args[0].parse().unwrap();
     let ca = PathBuf::from(&args[1]);
     let body = PathBuf::from(&args[2]);
-    let chunking = args.get(3).map(String::as_str) == Some("bdat");
+    let chunking = if args.get(3).map(String::as_str) == Some("bdat") {
+        Chunking::Auto
+    } else {
+        Chunking::Off
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

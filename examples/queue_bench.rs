@@ -2,7 +2,7 @@
 //! second, through the REAL delivery engine (`queue::TransportDeliverer`: our SMTP session, route,
 //! connector), in three ways:
 //!
-//! * "reuse": the queue runner, one SMTP session for the whole batch, RSET between messages;
+//! * "reuse": the queue runner, one SMTP session for the whole batch, one flight per message;
 //! * "per-message": the queue runner, but a new connection for every message;
 //! * "process": one `m365send -odi` process per message (the msmtpq way), with
 //!   `--binary target/release/m365send`.
@@ -181,6 +181,8 @@ fn bench(args: &Args, server: SocketAddr, reuse: bool) -> Result<(), String> {
         mode: Mode::Direct,
         name: "bench".into(),
         rate_per_minute: Some(0),
+        // One connection, as the modes above describe (scripts/bench-rtt.sh measures more).
+        queue_connections: Some(1),
         ..Profile::default()
     };
     profile.endpoint.host = Some(server.ip().to_string());

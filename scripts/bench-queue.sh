@@ -1,7 +1,7 @@
 #!/bin/sh
 # Benchmark (not a test): drain N queued messages to a local SMTP sink with pacing off,
 # through the real delivery engine (examples/queue_bench.rs):
-#   reuse        the queue runner, one connection for the batch (RSET between messages)
+#   reuse        the queue runner, one connection for the batch (one flight per message)
 #   per-message  the queue runner, a new connection per message
 #   process      one `m365send -odi` process per message (the msmtpq way)
 #

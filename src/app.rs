@@ -225,6 +225,10 @@ fn send(
         Err(f) => return Err(keep_unsent(None, None, args, unread_input(), false, f)),
     };
     tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
+    if !args.dry_run {
+        // The CA store loads while the message is read (a few ms off each message sent).
+        crate::smtp::preload_system_roots();
+    }
 
     let mut input: Box<dyn Read> = if reads_stdin {
         Box::new(stdin.lock())

@@ -288,6 +288,45 @@ pub enum QueuePolicy {
     Never,
 }
 
+/// Whether the message content goes with BDAT (CHUNKING, RFC 3030) or DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Chunking {
+    /// BDAT when the server offers CHUNKING (default).
+    #[default]
+    Auto,
+    /// `true`: the same as auto (BDAT can only be used where the server offers it).
+    On,
+    /// `false`: always DATA.
+    Off,
+}
+
+impl Chunking {
+    /// Use BDAT where the server offers CHUNKING.
+    pub fn enabled(self) -> bool {
+        self != Chunking::Off
+    }
+}
+
+impl<'de> Deserialize<'de> for Chunking {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "\"auto\", true or false")]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Chunking::On),
+            Raw::Bool(false) => Ok(Chunking::Off),
+            Raw::Text(t) if t.eq_ignore_ascii_case("auto") => Ok(Chunking::Auto),
+            // The value is not repeated: config errors never quote one.
+            Raw::Text(_) => Err(serde::de::Error::custom(
+                "invalid value, expected \"auto\", true or false",
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
 pub enum TlsVersion {
     #[default]
@@ -344,14 +383,22 @@ pub struct Profile {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub retry: RetryConfig,
-    /// Use BDAT (CHUNKING) when the server offers it. Default false (DATA).
+    /// BDAT (CHUNKING) or DATA: "auto" (default: BDAT when the server offers it), true, or
+    /// false (always DATA).
     #[serde(default)]
-    pub chunking: bool,
+    pub chunking: Chunking,
+    /// Most recipients in one SMTP transaction; a message with more goes in several
+    /// transactions. Default: 500 for Microsoft 365 hosts, 1000 for others; 0: no limit of
+    /// our own. A server that defers recipients (452) teaches a lower limit.
+    pub max_recipients: Option<usize>,
     #[serde(default)]
     pub queue: QueuePolicy,
     /// Queue runner pacing, messages per minute (0 = no pacing). Default: 30 for submit,
     /// none for relay and direct.
     pub rate_per_minute: Option<u32>,
+    /// Connections the queue runner opens in parallel to one endpoint. Default
+    /// `DEFAULT_QUEUE_CONNECTIONS` for relay and direct, 1 for the mailbox modes.
+    pub queue_connections: Option<u32>,
     /// Overrides the top-level `dead_letter` for this profile.
     pub dead_letter: Option<PathBuf>,
     /// Graph: keep a copy in the mailbox's Sent Items. Default true.
@@ -663,7 +710,24 @@ where
         .collect())
 }
 
+/// Parallel queue connections to one endpoint for relay and direct send by default: enough to
+/// drain a burst several times faster over a distant link, few enough to stay clear of
+/// Exchange Online's concurrent-connection throttling (`421 4.3.2 ... PRX`).
+pub const DEFAULT_QUEUE_CONNECTIONS: u32 = 4;
+
 impl Profile {
+    /// Connections the queue runner opens in parallel to one endpoint (at least 1). A
+    /// mailbox (submit, hve, acs, graph) gets 1 by default: Microsoft allows it 3 concurrent
+    /// SMTP connections (4 concurrent Graph requests) and 30 messages a minute anyway.
+    pub fn queue_connections(&self) -> u32 {
+        self.queue_connections
+            .unwrap_or(match self.mode {
+                Mode::Relay | Mode::Direct => DEFAULT_QUEUE_CONNECTIONS,
+                Mode::Submit | Mode::Hve | Mode::Acs | Mode::Graph => 1,
+            })
+            .max(1)
+    }
+
     /// Largest message accepted, bytes.
     pub fn max_size(&self) -> u64 {
         self.max_size.unwrap_or(35 * 1024 * 1024)
@@ -2097,6 +2161,8 @@ mod tests {
             "attempts",
             "initial_delay_ms",
             "chunking",
+            "max_recipients",
+            "queue_connections",
             "queue",
             "rate_per_minute",
             "env",
@@ -2135,6 +2201,28 @@ mod tests {
             });
             assert!(written, "config.example.toml does not document `{key}`");
         }
+    }
+
+    #[test]
+    fn chunking_is_auto_true_or_false() {
+        let chunking = |v: &str| {
+            parse(&format!("[profiles.a]\nmode = \"relay\"\n{v}\n"))
+                .map(|c| c.profiles["a"].chunking)
+        };
+        assert_eq!(chunking("").unwrap(), Chunking::Auto);
+        assert_eq!(chunking("chunking = \"auto\"").unwrap(), Chunking::Auto);
+        assert_eq!(chunking("chunking = true").unwrap(), Chunking::On);
+        assert_eq!(chunking("chunking = false").unwrap(), Chunking::Off);
+        assert!(Chunking::Auto.enabled() && Chunking::On.enabled());
+        assert!(!Chunking::Off.enabled());
+        let e = chunking("chunking = \"yes\"").unwrap_err();
+        assert!(
+            e.message.contains("profiles.a.chunking")
+                && e.message.contains("expected \"auto\", true or false")
+                && !e.message.contains("yes"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -23,8 +23,9 @@
 //!   `outcome.exit()`, `outcome.report(..)`, `outcome.final_reply()` (the real server reply to
 //!   relay to an SMTP client).
 //! * `Outcome::new(&envelope.recipients)` starts one; `outcome.apply(&result, host)` merges a
-//!   transport's `MessageResult`, `outcome.fail(problem)` a failure of the whole try;
-//!   `outcome.pending` says who is left.
+//!   transport's `MessageResult` (one per transaction: a message with many recipients goes in
+//!   batches, `transport::batch`), `outcome.fail(problem)` a failure of the whole try;
+//!   `outcome.pending` says who is left. One outcome for the whole message.
 
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ use crate::explain::{self, Context};
 use crate::message::Prepared;
 use crate::route::Endpoint;
 use crate::status::{MessageResult, Reply, Step};
-use crate::transport::{self, server_name};
+use crate::transport::{self, batch, server_name};
 
 pub use crate::transport::{Options, Problem};
 
@@ -156,7 +157,8 @@ impl Outcome {
             }
         }
         // Recipients not in this try stay pending as they were.
-        let tried: Vec<&String> = result.recipients.iter().map(|(a, _)| a).collect();
+        let tried: std::collections::HashSet<&String> =
+            result.recipients.iter().map(|(a, _)| a).collect();
         let untouched: Vec<String> = self
             .pending
             .iter()
@@ -304,6 +306,7 @@ async fn attempt_inner(
                 return outcome;
             }
         };
+    let mut limits = batch::RecipientLimits::new();
     let rounds = profile.retry.attempts();
     let mut delay = profile.retry.initial_delay();
     for round in 0..rounds {
@@ -320,31 +323,53 @@ async fn attempt_inner(
             delay = delay.saturating_mul(2).min(Duration::from_secs(300));
         }
         for host in &endpoint.hosts {
-            outcome.attempts += 1;
-            let opened = connector.open(host).await;
-            let (tls, auth) = connector.last_session();
-            outcome.tls = tls;
-            outcome.auth = auth.map(str::to_owned);
-            let mut transport = match opened {
-                Ok(t) => t,
-                Err(p) => {
-                    let transient = p.transient;
-                    outcome.fail(p);
-                    if transient {
-                        continue;
+            // Again at once (not a failed try) when the server taught a lower recipient
+            // limit by closing the connection: the next transactions are smaller.
+            let mut reconnect = true;
+            while std::mem::take(&mut reconnect) {
+                outcome.attempts += 1;
+                let opened = connector.open(host).await;
+                let (tls, auth) = connector.last_session();
+                outcome.tls = tls;
+                outcome.auth = auth.map(str::to_owned);
+                let transport = match opened {
+                    Ok(t) => t,
+                    Err(p) => {
+                        let transient = p.transient;
+                        outcome.fail(p);
+                        if transient {
+                            continue;
+                        }
+                        return outcome;
                     }
+                };
+                let host_name = transport.host().to_owned();
+                let mut envelope = message.envelope.clone();
+                envelope.recipients = outcome.pending.clone();
+                // The message in as many transactions as the recipients need, QUIT
+                // pipelined behind the last.
+                let sent = batch::send_in_batches(
+                    transport,
+                    message,
+                    &envelope,
+                    profile.max_recipients,
+                    &mut limits,
+                    true,
+                )
+                .await;
+                for result in &sent.results {
+                    outcome.apply(result, &host_name);
+                }
+                if let Some(p) = sent.problem {
+                    outcome.fail(p);
+                }
+                if let Some(t) = sent.transport {
+                    t.close().await;
+                }
+                if outcome.pending.is_empty() || !outcome.is_transient() {
                     return outcome;
                 }
-            };
-            let mut envelope = message.envelope.clone();
-            envelope.recipients = outcome.pending.clone();
-            match transport.send(message, &envelope).await {
-                Ok(result) => outcome.apply(&result, transport.host()),
-                Err(p) => outcome.fail(p),
-            }
-            transport.close().await;
-            if outcome.pending.is_empty() || !outcome.is_transient() {
-                return outcome;
+                reconnect = sent.reconnect;
             }
         }
     }

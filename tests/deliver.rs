@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use fake_m365::{FakeConfig, FakeM365, Phase, Rule};
 use m365send::config::{AuthMethod, Config, Mode, Profile, SecretSource, TlsVersion};
-use m365send::deliver::{Options, attempt, deliver};
+use m365send::deliver::{Options, Outcome, attempt, deliver};
 use m365send::exit::Exit;
 use m365send::message::{Body, Dsn, Envelope, Prepared};
 use m365send::route::{AuthKind, Endpoint, Host, TlsPolicy};
@@ -29,6 +29,19 @@ struct Env {
 }
 
 impl Env {
+    /// `attempt` with this environment's configuration, profile and endpoint: nothing
+    /// printed or written.
+    async fn attempt(&self, msg: &Prepared) -> Outcome {
+        attempt(
+            &self.config,
+            &self.profile,
+            msg,
+            &self.endpoint,
+            &Options::default(),
+        )
+        .await
+    }
+
     /// Deliver with this environment's configuration, profile and endpoint, default options.
     async fn deliver(&self, msg: &Prepared) -> Result<(), m365send::exit::Failure> {
         deliver(
@@ -790,4 +803,102 @@ async fn positive_reply_of_the_wrong_kind_is_never_exit_0() {
         assert!(env.dead.exists());
         assert!(server.accepted().is_empty());
     }
+}
+
+// ---- many recipients: batches (issue 9, part 1) ------------------------------------------------
+
+/// 5000 recipients against `server`: every one delivered exactly once, exit 0. Returns the
+/// transactions the server accepted (their recipient counts) and the connections used.
+async fn many_recipients(server: &FakeM365, max_recipients: Option<usize>) -> (Vec<usize>, usize) {
+    let mut env = setup(server, Mode::Relay);
+    env.profile.max_recipients = max_recipients;
+    let rcpts: Vec<String> = (0..5000).map(|i| format!("user{i}@contoso.com")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let msg = prepared("alerts@contoso.com", &refs, MSG);
+    let out = env.attempt(&msg).await;
+    assert!(out.is_success(), "{:?}", out.problem);
+    assert_eq!(out.exit(), Exit::Ok);
+    assert_eq!(out.delivered.len(), 5000);
+    let accepted = server.accepted();
+    let mut got: Vec<&String> = accepted.iter().flat_map(|m| &m.recipients).collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 5000, "every recipient once");
+    assert_eq!(
+        accepted.iter().map(|m| m.recipients.len()).sum::<usize>(),
+        5000,
+        "no recipient twice"
+    );
+    assert!(accepted.iter().all(|m| m.data == MSG));
+    (
+        accepted.iter().map(|m| m.recipients.len()).collect(),
+        server.connections().len(),
+    )
+}
+
+#[tokio::test]
+async fn five_thousand_recipients_against_a_1000_limit_with_an_error_cutoff() {
+    // Postfix: 1000 per transaction, 452 4.5.3 after that, 421 after 20 errors.
+    let server = FakeM365::start(FakeConfig::mx().max_recipients(1000).error_limit(20)).await;
+    let (txns, conns) = many_recipients(&server, None).await;
+    assert_eq!(txns, [1000; 5], "the default for other servers is 1000");
+    assert_eq!(conns, 1);
+
+    // No limit of our own: the first transaction teaches it (1000 before the 452s and the
+    // 421), and the next connection sends 5 transactions of 1000 — never the same
+    // transaction again.
+    let server = FakeM365::start(FakeConfig::mx().max_recipients(1000).error_limit(20)).await;
+    let (txns, conns) = many_recipients(&server, Some(0)).await;
+    assert_eq!(txns, [1000; 5]);
+    assert_eq!(conns, 2);
+    let first = &server.connections()[0];
+    assert_eq!(
+        first
+            .commands
+            .iter()
+            .filter(|c| c.starts_with("RCPT"))
+            .count(),
+        1021,
+        "1000 accepted, 20 deferred, the 21st error closed the connection"
+    );
+}
+
+#[tokio::test]
+async fn five_thousand_recipients_against_a_500_limit() {
+    // With an error cut-off: the first transaction of 1000 teaches 500, the next connection
+    // sends 10 of 500.
+    let server = FakeM365::start(FakeConfig::mx().max_recipients(500).error_limit(20)).await;
+    let (txns, conns) = many_recipients(&server, None).await;
+    assert_eq!(txns, [500; 10]);
+    assert_eq!(conns, 2);
+
+    // Exchange Online: 452 4.5.3 for every recipient over 500, no cut-off. The 500 accepted
+    // get the message, the deferred go in further transactions of the same connection.
+    let server = FakeM365::start(FakeConfig::mx().max_recipients(500)).await;
+    let (txns, conns) = many_recipients(&server, Some(0)).await;
+    assert_eq!(txns, [500; 10]);
+    assert_eq!(conns, 1);
+}
+
+#[tokio::test]
+async fn a_server_that_defers_every_recipient_is_a_temporary_failure() {
+    // 452 4.5.3 for everyone, even alone: nothing to learn, no loop, exit 75.
+    let server = FakeM365::start(FakeConfig::mx().max_recipients(0)).await;
+    let mut env = setup(&server, Mode::Relay);
+    env.profile.retry.attempts = Some(1);
+    let msg = prepared(
+        "alerts@contoso.com",
+        &["a@contoso.com", "b@contoso.com"],
+        MSG,
+    );
+    let out = env.attempt(&msg).await;
+    assert_eq!(out.exit(), Exit::TempFail);
+    assert_eq!(out.pending.len(), 2);
+    assert_eq!(server.connections().len(), 1);
+    let rcpts = server.connections()[0]
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("RCPT"))
+        .count();
+    assert_eq!(rcpts, 2, "one transaction, not repeated");
 }

@@ -18,6 +18,8 @@ use tokio::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_m365send");
 const SENDER: &str = "alerts@contoso.com";
 const RCPT: &str = "ops@contoso.com";
+/// For the tests about one connection reused (relay opens 4 in parallel by default).
+const ONE_CONNECTION: &str = "queue_connections = 1";
 
 /// A configuration directory: spool, dead letter, and one relay profile pointing at `port`.
 struct Env {
@@ -100,10 +102,15 @@ initial_delay_ms = 10
         let mut args = vec!["-f", SENDER];
         args.extend_from_slice(extra_args);
         args.push(RCPT);
-        let mut child = self.command(&args).stdin(Stdio::piped()).spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
         let text = format!("From: {SENDER}\nTo: {RCPT}\nSubject: {subject}\n\nbody of {subject}\n");
-        stdin.write_all(text.as_bytes()).await.unwrap();
+        self.run_with_input(&args, text.as_bytes()).await
+    }
+
+    /// Run the binary with `input` on stdin.
+    async fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self.command(args).stdin(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
         drop(stdin);
         child.wait_with_output().await.unwrap()
     }
@@ -188,7 +195,7 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
 
     // The server comes back; the entries wait for their backoff first.
     let server = start(FakeConfig::mx()).await;
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
     let o = env.run(&["queue", "run", "-v"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 not due yet"), "{}", stderr(&o));
@@ -208,12 +215,13 @@ async fn server_down_queues_exit_0_then_queue_run_delivers_exactly_once() {
     assert_eq!(subjects, ["down", "down verbose"].map(String::from).into());
     assert_eq!(got[0].sender, SENDER);
     assert_eq!(got[0].recipients, vec![RCPT.to_owned()]);
-    // RSET between the two messages, QUIT at the end.
+    // No RSET between two clean transactions, QUIT at the end.
     let cmds = &server.connections()[got[0].connection].commands;
     assert!(
-        cmds.iter().any(|c| c.eq_ignore_ascii_case("RSET")),
+        !cmds.iter().any(|c| c.eq_ignore_ascii_case("RSET")),
         "{cmds:?}"
     );
+    assert_eq!(cmds.last().map(String::as_str), Some("QUIT"));
     assert_eq!(env.count().await, 0);
 
     // Nothing left: a second run sends nothing again; sendmail -q is the same command.
@@ -448,7 +456,7 @@ async fn two_hundred_concurrent_senders_with_the_server_down_then_one_run_delive
     assert_eq!(ids.len(), N, "unique ids");
 
     let server = start(FakeConfig::mx()).await;
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
     let t = Instant::now();
     let o = env.run(&["queue", "flush", "-v"]).await;
     eprintln!("one queue run took {:?}", t.elapsed());
@@ -481,7 +489,7 @@ async fn second_runner_exits_cleanly_and_kill_9_mid_batch_loses_nothing() {
     )
     .await;
     let env = Env::new();
-    env.write(server.port(), Some(server.ca_file()), "");
+    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
     // The hung runner must still be waiting when it is killed, however slow the machine.
     let text = std::fs::read_to_string(&env.config)
         .unwrap()
@@ -630,18 +638,12 @@ attempts = 1
     std::fs::write(&env.config, text).unwrap();
 
     // ops@ gets it at once; later@ is refused for now: only later@ is queued.
-    let mut child = env
-        .command(&["-f", "app@contoso.com", RCPT, "later@contoso.com"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"Subject: partial\n\nhello\n")
-        .await
-        .unwrap();
-    drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
+    let o = env
+        .run_with_input(
+            &["-f", "app@contoso.com", RCPT, "later@contoso.com"],
+            b"Subject: partial\n\nhello\n",
+        )
+        .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let list = env.list().await;
     assert_eq!(list["count"], 1);
@@ -678,15 +680,12 @@ attempts = 1
 async fn odq_still_refuses_what_can_be_checked_offline() {
     let env = Env::new();
     env.write(dead_port(), None, "accepted_domains = [\"contoso.com\"]");
-    let mut child = env
-        .command(&["-odq", "-f", "root@fabrikam.com", RCPT])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"Subject: outside\n\nx\n").await.unwrap();
-    drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
+    let o = env
+        .run_with_input(
+            &["-odq", "-f", "root@fabrikam.com", RCPT],
+            b"Subject: outside\n\nx\n",
+        )
+        .await;
     assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("outside the accepted domains"),
@@ -737,18 +736,10 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         ("alerts@fabrikam.com", "from fabrikam"),
         ("alerts@contoso.com", "from contoso"),
     ] {
-        let mut child = env
-            .command(&["-odq", "-f", sender, RCPT])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(format!("Subject: {subject}\n\nx\n").as_bytes())
-            .await
-            .unwrap();
-        drop(stdin);
-        let o = child.wait_with_output().await.unwrap();
+        let text = format!("Subject: {subject}\n\nx\n");
+        let o = env
+            .run_with_input(&["-odq", "-f", sender, RCPT], text.as_bytes())
+            .await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         // Distinct creation seconds keep the order: fabrikam's entry is the group's first.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -776,6 +767,107 @@ async fn a_route_refusal_fails_only_its_own_message_not_the_group() {
         "{err}"
     );
     assert_eq!(env.count().await, 0, "{err}");
+}
+
+/// A reused connection costs one round trip per message: MAIL, RCPT and BDAT LAST with the
+/// body in one flight, and no RSET after a transaction that ended cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_run_sends_one_flight_per_message_and_no_rset() {
+    let server = start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), ONE_CONNECTION);
+    for i in 0..3 {
+        let o = env.send(&["-odq"], &format!("flight {i}")).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let o = env.run(&["queue", "run"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.accepted().len(), 3);
+    let conns = server.connections();
+    assert_eq!(conns.len(), 1);
+    let c = &conns[0];
+    assert!(!c.commands.iter().any(|l| l == "RSET"), "{:?}", c.commands);
+    let flights = c.flights_after_tls();
+    assert_eq!(flights.len(), 5, "EHLO, 3 messages, QUIT: {flights:#?}");
+    for (f, m) in flights[1..4].iter().zip(server.accepted()) {
+        assert!(f.starts_with("MAIL FROM:<alerts@contoso.com>"), "{f}");
+        assert!(f.contains(&format!(
+            "RCPT TO:<{RCPT}>\r\nBDAT {} LAST\r\n",
+            m.data.len()
+        )));
+        assert!(f.ends_with(std::str::from_utf8(&m.data).unwrap()), "{f}");
+    }
+    assert_eq!(flights[4], "QUIT\r\n");
+}
+
+/// `queue_connections = 2`: two connections share the queue, each message goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connections_deliver_fifty_messages_exactly_once() {
+    const N: usize = 50;
+    let server = start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(
+        server.port(),
+        Some(server.ca_file()),
+        "queue_connections = 2",
+    );
+    for i in 0..N {
+        let o = env.send(&["-odq"], &format!("parallel {i}")).await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{N} delivered")),
+        "{}",
+        stderr(&o)
+    );
+    let got = server.accepted();
+    assert_eq!(got.len(), N, "no message twice");
+    let subjects: BTreeSet<String> = got.iter().map(|m| subject_of(&m.data)).collect();
+    let want: BTreeSet<String> = (0..N).map(|i| format!("parallel {i}")).collect();
+    assert_eq!(subjects, want, "each message once");
+    assert_eq!(server.connections().len(), 2);
+    for c in 0..2 {
+        assert!(
+            got.iter().any(|m| m.connection == c),
+            "connection {c} carried no message"
+        );
+    }
+    assert_eq!(env.count().await, 0);
+}
+
+/// A queued message with 5000 recipients against a server that takes 500 per transaction and
+/// closes after 20 errors (Postfix's way): the first transaction teaches the limit, the
+/// queue runner reconnects at once and sends smaller transactions; everyone gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_message_with_5000_recipients_against_a_500_limit() {
+    let server = start(FakeConfig::mx().max_recipients(500).error_limit(20)).await;
+    let env = Env::new();
+    env.write(server.port(), Some(server.ca_file()), "");
+    let rcpts: Vec<String> = (0..5000).map(|i| format!("user{i}@contoso.com")).collect();
+    let mut args = vec!["-odq", "-f", SENDER];
+    args.extend(rcpts.iter().map(String::as_str));
+    let o = env
+        .run_with_input(&args, b"Subject: everyone\n\nhello\n")
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = env.run(&["queue", "run", "-v"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 delivered"), "{}", stderr(&o));
+    let got = server.accepted();
+    assert!(got.iter().all(|m| m.recipients.len() == 500), "500 each");
+    let mut all: Vec<&String> = got.iter().flat_map(|m| &m.recipients).collect();
+    assert_eq!(all.len(), 5000, "no one twice");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 5000, "everyone");
+    assert_eq!(
+        server.connections().len(),
+        2,
+        "one lesson, one reconnection"
+    );
+    assert_eq!(env.count().await, 0);
 }
 
 /// A shared spool: an entry another user (nobody) wrote, naming a server of theirs, is not

@@ -2,11 +2,14 @@
 //! (`transport::connector`), one open transport per group of entries.
 //!
 //! Owns: mapping a transport's answers to [`MessageOutcome`] (per recipient, with the reply,
-//! the error in words and the explanation from `explain`), and keeping the transport open
-//! across messages (reset between them, close at the end). Knows no transport by name.
+//! the error in words and the explanation from `explain`; one outcome for a message sent in
+//! several transactions by `transport::batch`), and keeping the transport open across
+//! messages (reset between them — nothing on the wire after a clean transaction — and close
+//! at the end). Knows no transport by name.
 //! Must not: retry (the runner backs off), decide bounces (the runner does), or touch the
 //! spool.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Profile};
@@ -15,7 +18,7 @@ use crate::explain::{self, Context};
 use crate::message::{Envelope, Prepared};
 use crate::report::LogRecord;
 use crate::status::{MessageResult, Reply, Step};
-use crate::transport::{self, Transport};
+use crate::transport::{self, Transport, batch};
 
 use super::runner::{BoxFuture, Deliverer, MessageOutcome, Problem, RecipientResult};
 
@@ -37,6 +40,8 @@ pub struct TransportDeliverer {
     auth: Option<&'static str>,
     /// The open connection uses TLS, for the log line.
     tls: bool,
+    /// Recipient limits the servers taught during this run.
+    limits: batch::RecipientLimits,
 }
 
 impl TransportDeliverer {
@@ -51,6 +56,7 @@ impl TransportDeliverer {
             config: None,
             auth: None,
             tls: false,
+            limits: batch::RecipientLimits::new(),
         }
     }
 
@@ -130,16 +136,78 @@ impl TransportDeliverer {
         Problem::reply(reply.clone(), self.explain(reply, sender, recipient))
     }
 
-    /// The session's answers for one message → the runner's outcome.
+    /// The answers for one transaction → the runner's outcome.
+    #[cfg(test)]
     fn outcome(&self, result: &MessageResult, message: &Prepared) -> MessageOutcome {
+        self.merge(std::slice::from_ref(result), None, message)
+    }
+
+    /// The answers of every transaction of one message (a message with many recipients goes
+    /// in batches), and the problem that stopped the rest, if any → one outcome for the
+    /// message. A recipient's last answer counts.
+    fn merge(
+        &self,
+        results: &[MessageResult],
+        problem: Option<MessageOutcome>,
+        message: &Prepared,
+    ) -> MessageOutcome {
         let sender = message.envelope.sender.as_str();
+        let mut answers: HashMap<&str, RecipientResult> = HashMap::new();
+        // What holds for the recipients without an answer of their own.
+        let mut rest = None;
+        for result in results {
+            match self.recipient_results(result, sender) {
+                Ok(list) => {
+                    for (addr, r) in list {
+                        answers.insert(addr, r);
+                    }
+                }
+                Err(whole) => rest = Some(whole),
+            }
+        }
+        if problem.is_some() {
+            rest = problem;
+        }
+        if answers.is_empty()
+            && let Some(whole) = rest
+        {
+            return whole;
+        }
+        let mut list = Vec::with_capacity(message.envelope.recipients.len());
+        for addr in &message.envelope.recipients {
+            let r = match (answers.remove(addr.as_str()), &rest) {
+                (Some(r), _) => r,
+                (None, Some(MessageOutcome::Transient(p))) => RecipientResult::Transient(p.clone()),
+                (None, Some(MessageOutcome::Permanent(p))) => RecipientResult::Permanent(p.clone()),
+                (None, _) => continue,
+            };
+            list.push((addr.clone(), r));
+        }
+        if list.len() == message.envelope.recipients.len()
+            && list
+                .iter()
+                .all(|(_, r)| matches!(r, RecipientResult::Delivered))
+        {
+            MessageOutcome::Delivered
+        } else {
+            MessageOutcome::Recipients(list)
+        }
+    }
+
+    /// One transaction's answers per recipient; `Err` with the outcome for all of them when
+    /// the sender was refused.
+    fn recipient_results<'r>(
+        &self,
+        result: &'r MessageResult,
+        sender: &str,
+    ) -> Result<Vec<(&'r str, RecipientResult)>, MessageOutcome> {
         if let Some((Step::Mail, reply)) = result.message_failure() {
             let p = self.reply_problem(reply, sender, None);
-            return if reply.is_transient() {
+            return Err(if reply.is_transient() {
                 MessageOutcome::Transient(p)
             } else {
                 MessageOutcome::Permanent(p)
-            };
+            });
         }
         let delivered = result.delivered();
         let data_failure = result.message_failure();
@@ -164,17 +232,9 @@ impl TransportDeliverer {
             } else {
                 RecipientResult::Transient(Problem::error("the server did not take the message"))
             };
-            list.push((addr.clone(), r));
+            list.push((addr.as_str(), r));
         }
-        if list
-            .iter()
-            .all(|(_, r)| matches!(r, RecipientResult::Delivered))
-            && list.len() == message.envelope.recipients.len()
-        {
-            MessageOutcome::Delivered
-        } else {
-            MessageOutcome::Recipients(list)
-        }
+        Ok(list)
     }
 }
 
@@ -289,6 +349,14 @@ impl Deliverer for TransportDeliverer {
         })
     }
 
+    /// One more connection for the same group: what this one learned about recipient
+    /// limits goes with it.
+    fn fork(&self) -> Option<Box<dyn Deliverer>> {
+        let mut d = TransportDeliverer::new(self.verbose);
+        d.limits = self.limits.clone();
+        Some(Box::new(d))
+    }
+
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Some(t) = self.transport.take() {
@@ -317,28 +385,55 @@ impl TransportDeliverer {
                 return MessageOutcome::Permanent(p.clone());
             }
         }
-        let Some(t) = self.transport.as_mut() else {
-            return MessageOutcome::Transient(Problem::error("not connected"));
-        };
-        match t.send(message, &message.envelope).await {
-            Ok(result) => self.outcome(&result, message),
-            Err(p) => {
-                if !t.is_open() {
-                    self.transport = None;
-                }
-                let transient = p.transient;
-                let explanation = p
-                    .reply
-                    .as_ref()
-                    .map(|r| self.explain(r, &message.envelope.sender, None))
-                    .unwrap_or_default();
-                let p = from_transport(p, explanation);
-                if transient {
-                    MessageOutcome::Transient(p)
-                } else {
-                    MessageOutcome::Permanent(p)
-                }
+        let configured = self.profile.as_ref().and_then(|p| p.max_recipients);
+        let mut envelope = message.envelope.clone();
+        let mut results = Vec::new();
+        // At most a few lessons: each one lowers the limit.
+        for _ in 0..8 {
+            let Some(t) = self.transport.take() else {
+                let p = Problem::error("not connected");
+                return self.merge(&results, Some(MessageOutcome::Transient(p)), message);
+            };
+            // As many transactions as the recipients need; the connection stays open for
+            // the next message.
+            let sent =
+                batch::send_in_batches(t, message, &envelope, configured, &mut self.limits, false)
+                    .await;
+            self.transport = sent.transport;
+            results.extend(sent.results);
+            let problem = sent
+                .problem
+                .map(|p| self.problem_outcome(p, &message.envelope.sender));
+            envelope.recipients = batch::unsettled(&envelope.recipients, &results);
+            if !sent.reconnect || envelope.recipients.is_empty() {
+                return self.merge(&results, problem, message);
             }
+            // The server closed the connection over its recipient limit, which is now
+            // known: again at once, in smaller transactions.
+            let (Some(config), Some(profile)) = (self.config.clone(), self.profile.clone()) else {
+                return self.merge(&results, problem, message);
+            };
+            if let Err(p) = self.open(&config, &profile, &message.envelope).await {
+                return self.merge(&results, Some(MessageOutcome::Transient(p)), message);
+            }
+        }
+        let p = Problem::error("the server kept closing the connection over its recipient limit");
+        self.merge(&results, Some(MessageOutcome::Transient(p)), message)
+    }
+
+    /// A transport problem as the outcome for the recipients it left without an answer.
+    fn problem_outcome(&self, p: transport::Problem, sender: &str) -> MessageOutcome {
+        let transient = p.transient;
+        let explanation = p
+            .reply
+            .as_ref()
+            .map(|r| self.explain(r, sender, None))
+            .unwrap_or_default();
+        let p = from_transport(p, explanation);
+        if transient {
+            MessageOutcome::Transient(p)
+        } else {
+            MessageOutcome::Permanent(p)
         }
     }
 }

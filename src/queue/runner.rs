@@ -2,11 +2,16 @@
 //!
 //! One runner at a time (exclusive lock on `SPOOL/runner.lock`; a second runner waits at most
 //! `RunOptions::lock_wait`, default 0, then returns cleanly with `skipped_locked` set: the
-//! running one will deliver the queue). Due entries are grouped by endpoint key; one session
-//! per group serves all its messages, with a reset (RSET) between them. Pacing sleeps between
-//! messages. Outcomes update, bounce or remove the entry. Only entries written by the
-//! runner's own user are delivered (their files' owner, as read; see `Entry::owner`).
+//! running one will deliver the queue). Due entries are grouped by endpoint key; up to the
+//! profile's `queue_connections` sessions per group (default 4 for relay and direct, 1 for
+//! the mailbox modes) serve its messages, each session taking the next entry when it is done
+//! with one, so every entry goes out once; a session is `reset` between two messages (the
+//! SMTP transport needs nothing on the wire after a clean transaction). Pacing spaces the
+//! messages across all sessions. Outcomes update, bounce or remove the entry. Only entries
+//! written by the runner's own user are delivered (their files' owner, as read; see
+//! `Entry::owner`).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -91,14 +96,17 @@ pub enum MessageOutcome {
     Recipients(Vec<(String, RecipientResult)>),
 }
 
-/// Delivery, injected. The lead implements it over the real SMTP session: `open` resolves the
-/// route and connects (EHLO, STARTTLS, AUTH), `send` runs MAIL/RCPT/DATA for one message,
-/// `reset` sends RSET, `close` sends QUIT. The runner calls, per group of entries with the
-/// same [`endpoint_key`](Deliverer::endpoint_key):
-/// `open`, then `send` for each message with `reset` between two messages, then `close`.
-/// When `reset` fails (connection lost), the runner closes and reopens before the next
-/// message. When `open` fails, every entry of the group is deferred with that problem (a
-/// connection or authentication failure is not the message's fault; the lifetime bounds it).
+/// Delivery, injected (the product's is `TransportDeliverer`, over the transport seam):
+/// `open` resolves the route and connects (EHLO, STARTTLS, AUTH), `send` sends one message
+/// (one flight with PIPELINING and CHUNKING), `reset` readies the session for the next
+/// message, `close` ends it (QUIT). The runner calls, per group of entries with the same
+/// [`endpoint_key`](Deliverer::endpoint_key), on each of its connections (this deliverer and
+/// its [`fork`](Deliverer::fork)s): `open`, then `send` for each message it takes with
+/// `reset` between two messages, then `close`. When `reset` fails (connection lost), the
+/// runner closes and reopens before the next message. When `open` fails, the entry at hand
+/// is deferred with that problem, and when no connection of the group could be opened every
+/// remaining entry is (a connection or authentication failure is not the message's fault;
+/// the lifetime bounds it).
 pub trait Deliverer {
     /// Messages with equal keys share one connection. Default: [`default_endpoint_key`].
     fn endpoint_key(&self, profile: &Profile, envelope: &Envelope) -> String {
@@ -117,6 +125,11 @@ pub trait Deliverer {
     fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>>;
     /// End the session (QUIT); errors are ignored.
     fn close(&mut self) -> BoxFuture<'_, ()>;
+    /// Another deliverer like this one, for one more parallel connection to the same
+    /// endpoint (`queue_connections`). None (the default): one connection only.
+    fn fork(&self) -> Option<Box<dyn Deliverer>> {
+        None
+    }
 }
 
 /// The profile name; for relay and direct send without a fixed `mx_host`, plus the sender's
@@ -141,6 +154,76 @@ pub fn default_endpoint_key(profile: &Profile, envelope: &Envelope) -> String {
         }
         _ => profile.name.clone(),
     }
+}
+
+/// One connection's share of a group: take the next entry, send it, record the outcome,
+/// until the group is done. Ends with the problem when the connection cannot be opened (the
+/// entry it held is deferred; other connections go on with the rest).
+async fn worker(
+    runner: &RefCell<&mut Runner<'_>>,
+    profile: &Profile,
+    queue: &RefCell<std::vec::IntoIter<Entry>>,
+    d: &mut dyn Deliverer,
+) -> Option<Problem> {
+    let (config, pace) = {
+        let r = runner.borrow();
+        (r.config, pacing(profile, r.opts))
+    };
+    let mut open = false;
+    let mut pending_reset = false;
+    loop {
+        // No RefCell borrow is held across an await.
+        let Some(entry) = queue.borrow_mut().next() else {
+            break;
+        };
+        let Some(locked) = runner.borrow_mut().lock(&entry) else {
+            continue;
+        };
+        let prepared = runner.borrow().prepared(&locked.entry);
+        if open && pending_reset && d.reset().await.is_err() {
+            d.close().await;
+            open = false;
+        }
+        if !open {
+            match d.open(config, profile, &prepared.envelope).await {
+                Ok(()) => {
+                    open = true;
+                    runner.borrow_mut().report.sessions += 1;
+                }
+                Err(problem) => {
+                    let mut r = runner.borrow_mut();
+                    r.log(format!(
+                        "{}: cannot connect: {}",
+                        locked.entry.id,
+                        problem.summary()
+                    ));
+                    r.transient(profile, locked.entry, &problem, Vec::new(), Vec::new());
+                    return Some(problem);
+                }
+            }
+        }
+        let slot = runner.borrow_mut().next_slot(pace);
+        if let Some(at) = slot {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let marker = runner.borrow().spool.inflight_path(&locked.entry.id);
+        // Best effort (it only produces a "possibly duplicated" note after a crash).
+        let _ = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&marker);
+        let outcome = d.send(&prepared).await;
+        runner.borrow_mut().outcome(profile, locked.entry, outcome);
+        let _ = fs::remove_file(&marker);
+        pending_reset = true;
+    }
+    if open {
+        d.close().await;
+    }
+    None
 }
 
 /// Options of one queue run.
@@ -596,66 +679,44 @@ impl Runner<'_> {
         self.report.deferred += 1;
     }
 
+    /// Deliver one group's entries over up to `queue_connections` connections at once (the
+    /// deliverer's forks), each taking the next entry as it is done with the last one.
     async fn group(&mut self, profile: &Profile, entries: Vec<Entry>, d: &mut dyn Deliverer) {
-        let pace = pacing(profile, self.opts);
-        let mut open = false;
-        let mut pending_reset = false;
-        let mut iter = entries.into_iter();
-        while let Some(entry) = iter.next() {
-            let Some(locked) = self.lock(&entry) else {
-                continue;
-            };
-            let prepared = self.prepared(&locked.entry);
-            if open && pending_reset && d.reset().await.is_err() {
-                d.close().await;
-                open = false;
+        let wanted = (profile.queue_connections() as usize).min(entries.len());
+        let mut forks: Vec<Box<dyn Deliverer>> = (1..wanted).map_while(|_| d.fork()).collect();
+        let queue = RefCell::new(entries.into_iter());
+        let last_problem = {
+            let runner = RefCell::new(&mut *self);
+            let mut workers: Vec<BoxFuture<'_, Option<Problem>>> =
+                vec![Box::pin(worker(&runner, profile, &queue, d))];
+            for f in forks.iter_mut() {
+                workers.push(Box::pin(worker(&runner, profile, &queue, f.as_mut())));
             }
-            if !open {
-                match d.open(self.config, profile, &prepared.envelope).await {
-                    Ok(()) => {
-                        open = true;
-                        self.report.sessions += 1;
-                    }
-                    Err(problem) => {
-                        // Defer the whole group: the endpoint is not reachable now.
-                        self.log(format!(
-                            "{}: cannot connect: {}",
-                            locked.entry.id,
-                            problem.summary()
-                        ));
-                        self.transient(profile, locked.entry, &problem, Vec::new(), Vec::new());
-                        for rest in iter.by_ref() {
-                            if let Some(l) = self.lock(&rest) {
-                                self.transient(profile, l.entry, &problem, Vec::new(), Vec::new());
-                            }
-                        }
-                        return;
-                    }
+            futures_util::future::join_all(workers)
+                .await
+                .into_iter()
+                .flatten()
+                .last()
+        };
+        // Every connection failed: the endpoint is not reachable now; defer the rest.
+        if let Some(problem) = last_problem {
+            for rest in queue.into_inner() {
+                if let Some(l) = self.lock(&rest) {
+                    self.transient(profile, l.entry, &problem, Vec::new(), Vec::new());
                 }
             }
-            if let Some(interval) = pace
-                && let Some(last) = self.last_send
-            {
-                tokio::time::sleep_until((last + interval).into()).await;
-            }
-            self.last_send = Some(Instant::now());
-            let marker = self.spool.inflight_path(&locked.entry.id);
-            // Best effort (it only produces a "possibly duplicated" note after a crash).
-            let _ = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&marker);
-            let outcome = d.send(&prepared).await;
-            self.outcome(profile, locked.entry, outcome);
-            let _ = fs::remove_file(&marker);
-            pending_reset = true;
         }
-        if open {
-            d.close().await;
-        }
+    }
+
+    /// The moment the next message may go (pacing across all connections), reserved.
+    fn next_slot(&mut self, interval: Option<Duration>) -> Option<Instant> {
+        let now = Instant::now();
+        let slot = match (interval, self.last_send) {
+            (Some(i), Some(last)) => (last + i).max(now),
+            _ => now,
+        };
+        self.last_send = Some(slot);
+        (slot > now).then_some(slot)
     }
 
     fn outcome(&mut self, profile: &Profile, entry: Entry, outcome: MessageOutcome) {

@@ -1,5 +1,7 @@
 //! One SMTP client connection: connect, greeting, EHLO, STARTTLS, EHLO, AUTH, then any number
-//! of messages (`send_message`, `rset`), then `quit`.
+//! of messages (the transactions are in `transaction.rs`), then `quit`; and the wire helpers
+//! they share: one write per flight (reading the server's replies meanwhile, so a large
+//! pipelined flight never deadlocks), reply parsing with secrets redacted.
 //!
 //! The session never decides whether to retry or what to tell the user: it reports each
 //! reply (per recipient) and each failure with the step it happened in. `deliver` and the
@@ -21,20 +23,17 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::caps::Capabilities;
-use super::data::{DotStuffer, xtext};
 use super::reply::{Reply, ReplyParser};
 use super::transcript::Sink;
 use crate::auth::Credentials;
-use crate::message::{Body, Envelope, Prepared, Ret};
 use crate::route::TlsPolicy;
 pub use crate::status::{MessageResult, Step};
 
-/// Bytes read from the body file per write (DATA and BDAT).
-pub const BODY_PIECE: usize = 64 * 1024;
-/// Largest BDAT chunk; a message up to this size goes out as a single `BDAT n LAST`.
-pub const BDAT_CHUNK: u64 = 16 * 1024 * 1024;
 /// Longest reply line accepted.
 const MAX_LINE: usize = 64 * 1024;
+/// Replies buffered while a flight is being written; beyond this the write waits (a server
+/// that sends this much unasked is hostile, and the command timeout ends it).
+const MAX_UNREAD: usize = 4 * 1024 * 1024;
 
 /// How to open one connection.
 #[derive(Clone)]
@@ -171,24 +170,6 @@ impl SessionError {
     }
 }
 
-/// What the message needs from the server (from `Prepared`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MessageFlags {
-    /// Ask for BODY=8BITMIME.
-    pub eight_bit: bool,
-    /// Needs SMTPUTF8.
-    pub smtputf8: bool,
-}
-
-impl From<&Prepared> for MessageFlags {
-    fn from(p: &Prepared) -> Self {
-        MessageFlags {
-            eight_bit: p.eight_bit,
-            smtputf8: p.smtputf8,
-        }
-    }
-}
-
 enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -242,13 +223,13 @@ impl AsyncWrite for Stream {
 }
 
 /// One line to send, with what the transcript shows instead when it carries a secret.
-struct Line {
+pub(super) struct Line {
     text: String,
     shown: Option<String>,
 }
 
 impl Line {
-    fn plain(text: impl Into<String>) -> Line {
+    pub(super) fn plain(text: impl Into<String>) -> Line {
         Line {
             text: text.into(),
             shown: None,
@@ -264,17 +245,20 @@ impl Line {
 
 /// An open SMTP session, after EHLO (and STARTTLS + EHLO when used).
 pub struct Session {
-    cfg: SessionConfig,
+    pub(super) cfg: SessionConfig,
     stream: Stream,
-    rbuf: Vec<u8>,
+    /// Bytes received and not yet parsed as replies (also filled while writing a flight).
+    pub(super) rbuf: Vec<u8>,
     /// What we sent that must not come back to the user: AUTH payloads, the token and the
     /// password. A server that echoes them in a reply (in an error text) gets them replaced.
     secrets: Vec<String>,
-    caps: Capabilities,
+    pub(super) caps: Capabilities,
     tls: bool,
     greeting: Reply,
     /// A transaction was started and not finished cleanly: RSET before the next message.
-    dirty: bool,
+    pub(super) dirty: bool,
+    /// QUIT was sent, or the connection failed: no more commands.
+    pub(super) closed: bool,
 }
 
 impl fmt::Debug for Session {
@@ -369,6 +353,7 @@ impl Session {
             tls: false,
             greeting: Reply::new(220, Vec::new()),
             dirty: false,
+            closed: false,
         };
         let greeting = s.read_reply(Step::Greeting, s.cfg.command_timeout).await?;
         s.greeting = expect(Step::Greeting, greeting, |c| c == 220)?;
@@ -408,6 +393,10 @@ impl Session {
     }
     pub fn greeting(&self) -> &Reply {
         &self.greeting
+    }
+    /// False once QUIT was sent or the connection failed: the session takes no more messages.
+    pub fn is_open(&self) -> bool {
+        !self.closed
     }
 
     async fn ehlo(&mut self) -> Result<(), SessionError> {
@@ -567,268 +556,6 @@ impl Session {
         expect(Step::Auth, reply, |c| c == 235).map(Some)
     }
 
-    /// Send one message. Can be called again on the same session for the next message (an
-    /// unfinished transaction is reset first). Per-recipient refusals are in the result;
-    /// `Err` means the session itself failed and should be dropped, except for
-    /// `Smtputf8NotOffered` and `TooLarge`, which are checked before anything is sent.
-    pub async fn send_message(
-        &mut self,
-        envelope: &Envelope,
-        body: &Body,
-        flags: MessageFlags,
-    ) -> Result<MessageResult, SessionError> {
-        if self.dirty {
-            self.rset().await?;
-        }
-        if flags.smtputf8 && !self.caps.smtputf8 {
-            return Err(SessionError::Smtputf8NotOffered);
-        }
-        let file = body
-            .open()
-            .map_err(|e| SessionError::Body(format!("{}: {e}", body.path().display())))?;
-        let size = file
-            .metadata()
-            .map_err(|e| SessionError::Body(format!("{}: {e}", body.path().display())))?
-            .len();
-        if let Some(limit) = self.caps.size
-            && limit > 0
-            && size > limit
-        {
-            return Err(SessionError::TooLarge { size, limit });
-        }
-        let mut file = tokio::fs::File::from_std(file);
-
-        let dsn = self.caps.dsn && envelope.dsn.is_requested();
-        let mut mail = format!("MAIL FROM:<{}>", envelope.sender);
-        if self.caps.size.is_some() {
-            mail.push_str(&format!(" SIZE={size}"));
-        }
-        if flags.eight_bit && self.caps.eight_bit_mime {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if flags.smtputf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        if dsn {
-            match envelope.dsn.ret {
-                Some(Ret::Full) => mail.push_str(" RET=FULL"),
-                Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
-                None => {}
-            }
-            if let Some(id) = &envelope.dsn.envid {
-                mail.push_str(&format!(" ENVID={}", xtext(id)));
-            }
-        }
-        let rcpts: Vec<String> = envelope
-            .recipients
-            .iter()
-            .map(|r| {
-                let mut l = format!("RCPT TO:<{r}>");
-                if dsn && let Some(n) = &envelope.dsn.notify {
-                    l.push_str(&format!(" NOTIFY={n} ORCPT=rfc822;{}", xtext(r)));
-                }
-                l
-            })
-            .collect();
-        let bdat = self.cfg.chunking && self.caps.chunking;
-
-        self.dirty = true;
-        let mut recipients = Vec::with_capacity(rcpts.len());
-        let mail_reply;
-        let mut data_reply = None;
-        if self.caps.pipelining {
-            // RFC 2920: MAIL, every RCPT and DATA in one write; replies in order.
-            let mut lines = vec![Line::plain(mail)];
-            lines.extend(rcpts.into_iter().map(Line::plain));
-            if !bdat {
-                lines.push(Line::plain("DATA"));
-            }
-            self.send(&lines, Step::Mail).await?;
-            mail_reply = self
-                .read_reply(Step::Mail, self.cfg.command_timeout)
-                .await
-                .and_then(|r| final_reply(Step::Mail, r))?;
-            // A server may hang up right after refusing the sender: the refusal is the news,
-            // not the lost connection.
-            let mail_refused = !mail_reply.is_positive();
-            let keep = |r: Result<Reply, SessionError>| match r {
-                Err(e) if !mail_refused => Err(e),
-                other => Ok(other.ok()),
-            };
-            for r in &envelope.recipients {
-                let reply = self
-                    .read_reply(Step::Rcpt, self.cfg.command_timeout)
-                    .await
-                    .and_then(|r| final_reply(Step::Rcpt, r));
-                match keep(reply)? {
-                    Some(reply) => recipients.push((r.clone(), reply)),
-                    None => {
-                        return Ok(MessageResult {
-                            mail: mail_reply,
-                            recipients,
-                            data: None,
-                        });
-                    }
-                }
-            }
-            if !bdat {
-                data_reply = keep(self.read_reply(Step::Data, self.cfg.command_timeout).await)?;
-            }
-        } else {
-            mail_reply = final_reply(
-                Step::Mail,
-                self.command(Line::plain(mail), Step::Mail).await?,
-            )?;
-            if !mail_reply.is_positive() {
-                return Ok(MessageResult {
-                    mail: mail_reply,
-                    recipients,
-                    data: None,
-                });
-            }
-            for (addr, line) in envelope.recipients.iter().zip(rcpts) {
-                let reply = self.command(Line::plain(line), Step::Rcpt).await?;
-                recipients.push((addr.clone(), final_reply(Step::Rcpt, reply)?));
-            }
-            if recipients.iter().any(|(_, r)| r.is_positive()) && !bdat {
-                data_reply = Some(self.command(Line::plain("DATA"), Step::Data).await?);
-            }
-        }
-        let go = mail_reply.is_positive() && recipients.iter().any(|(_, r)| r.is_positive());
-        let data = if bdat {
-            if go {
-                Some(self.send_bdat(&mut file, size).await?)
-            } else {
-                None
-            }
-        } else {
-            match data_reply {
-                None => None,
-                // Only 354 lets data follow; any other positive reply means the replies no
-                // longer match the commands (a server answering more or fewer of them).
-                Some(r) if r.is_positive() && r.code != 354 => {
-                    return Err(out_of_step(Step::Data, &r));
-                }
-                Some(r) if r.code == 354 && !self.rbuf.is_empty() => {
-                    return Err(SessionError::Protocol {
-                        step: Step::Data,
-                        detail: "the server sent more replies than there were commands".into(),
-                    });
-                }
-                Some(r) if r.code == 354 => {
-                    if go {
-                        Some((Step::DataEnd, self.send_data(&mut file).await?))
-                    } else {
-                        // RFC 2920 §3.1: DATA accepted although nothing else was: send an
-                        // empty message's end and forget the reply.
-                        self.send(&[Line::plain(".")], Step::DataEnd).await?;
-                        let _ = self
-                            .read_reply(Step::DataEnd, self.cfg.command_timeout)
-                            .await?;
-                        None
-                    }
-                }
-                Some(r) => {
-                    if go {
-                        Some((Step::Data, r))
-                    } else {
-                        None
-                    }
-                }
-            }
-        };
-        if matches!(&data, Some((Step::DataEnd, r)) if r.is_positive()) {
-            self.dirty = false;
-        }
-        Ok(MessageResult {
-            mail: mail_reply,
-            recipients,
-            data,
-        })
-    }
-
-    async fn send_data(&mut self, file: &mut tokio::fs::File) -> Result<Reply, SessionError> {
-        let mut stuffer = DotStuffer::new();
-        let mut buf = vec![0u8; BODY_PIECE];
-        let mut out = Vec::with_capacity(BODY_PIECE + BODY_PIECE / 8);
-        let mut total = 0u64;
-        loop {
-            let n = file
-                .read(&mut buf)
-                .await
-                .map_err(|e| SessionError::Body(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            stuffer.encode(&buf[..n], &mut out);
-            if out.len() >= BODY_PIECE {
-                self.write_raw(&out, Step::Data).await?;
-                out.clear();
-            }
-        }
-        // The last piece and the terminator go out in one write.
-        stuffer.finish(&mut out);
-        if let Some(t) = &self.cfg.transcript {
-            t.line(&format!("C: [message, {total} bytes]"));
-            t.line("C: .");
-        }
-        self.write_raw(&out, Step::Data).await?;
-        let r = self
-            .read_reply(Step::DataEnd, self.cfg.data_end_timeout)
-            .await?;
-        final_reply(Step::DataEnd, r)
-    }
-
-    /// BDAT chunks of at most BDAT_CHUNK bytes, each read from the file in BODY_PIECE pieces.
-    async fn send_bdat(
-        &mut self,
-        file: &mut tokio::fs::File,
-        size: u64,
-    ) -> Result<(Step, Reply), SessionError> {
-        let mut buf = vec![0u8; BODY_PIECE];
-        let mut left = size;
-        loop {
-            let chunk = left.min(BDAT_CHUNK);
-            let last = chunk == left;
-            let cmd = if last {
-                format!("BDAT {chunk} LAST")
-            } else {
-                format!("BDAT {chunk}")
-            };
-            self.send(&[Line::plain(cmd)], Step::Data).await?;
-            let mut remaining = chunk;
-            while remaining > 0 {
-                let want = remaining.min(BODY_PIECE as u64) as usize;
-                let n = file
-                    .read(&mut buf[..want])
-                    .await
-                    .map_err(|e| SessionError::Body(e.to_string()))?;
-                if n == 0 {
-                    return Err(SessionError::Body(
-                        "the body file became shorter while sending".into(),
-                    ));
-                }
-                self.write_raw(&buf[..n], Step::Data).await?;
-                remaining -= n as u64;
-            }
-            if let Some(t) = &self.cfg.transcript {
-                t.line(&format!("C: [message chunk, {chunk} bytes]"));
-            }
-            left -= chunk;
-            let wait = if last {
-                self.cfg.data_end_timeout
-            } else {
-                self.cfg.command_timeout
-            };
-            let step = if last { Step::DataEnd } else { Step::Data };
-            let r = final_reply(step, self.read_reply(step, wait).await?)?;
-            if last || !r.is_positive() {
-                return Ok((step, r));
-            }
-        }
-    }
-
     /// RSET: abandon the current transaction (the session stays usable).
     pub async fn rset(&mut self) -> Result<Reply, SessionError> {
         let r = self.command(Line::plain("RSET"), Step::Rset).await?;
@@ -839,34 +566,56 @@ impl Session {
 
     /// QUIT and close. Errors are reported but harmless: the messages are already decided.
     /// The reply is awaited at most 5 seconds (a server that hangs here must not hold up a
-    /// cron job once the message is delivered).
+    /// cron job once the message is delivered). Nothing is sent when the session is already
+    /// closed (QUIT went with the last message).
     pub async fn quit(mut self) -> Result<(), SessionError> {
-        let short = self.cfg.command_timeout.min(Duration::from_secs(5));
+        if self.closed {
+            self.shutdown().await;
+            return Ok(());
+        }
+        self.closed = true;
         let r = match self.send(&[Line::plain("QUIT")], Step::Quit).await {
-            Ok(()) => self.read_reply(Step::Quit, short).await,
+            Ok(()) => self.read_reply(Step::Quit, self.quit_timeout()).await,
             Err(e) => Err(e),
         };
-        let _ = timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+        self.shutdown().await;
         r.map(|_| ())
     }
 
     async fn quit_quietly(&mut self) {
-        let short = self.cfg.command_timeout.min(Duration::from_secs(5));
+        self.closed = true;
         if self.send(&[Line::plain("QUIT")], Step::Quit).await.is_ok() {
-            let _ = self.read_reply(Step::Quit, short).await;
+            let _ = self.read_reply(Step::Quit, self.quit_timeout()).await;
         }
+    }
+
+    /// How long the reply to QUIT is awaited.
+    pub(super) fn quit_timeout(&self) -> Duration {
+        self.cfg.command_timeout.min(Duration::from_secs(5))
+    }
+
+    /// Close our side of the connection (TLS close_notify, then FIN); at most 5 seconds.
+    pub(super) async fn shutdown(&mut self) {
+        self.closed = true;
+        let _ = timeout(Duration::from_secs(5), self.stream.shutdown()).await;
     }
 
     // ---- wire helpers -------------------------------------------------------------------
 
-    async fn command(&mut self, line: Line, step: Step) -> Result<Reply, SessionError> {
+    pub(super) async fn command(&mut self, line: Line, step: Step) -> Result<Reply, SessionError> {
         self.send(std::slice::from_ref(&line), step).await?;
         self.read_reply(step, self.cfg.command_timeout).await
     }
 
     /// Write the lines in one write (one flight) and log them.
-    async fn send(&mut self, lines: &[Line], step: Step) -> Result<(), SessionError> {
+    pub(super) async fn send(&mut self, lines: &[Line], step: Step) -> Result<(), SessionError> {
         let mut buf = Vec::new();
+        self.encode(lines, &mut buf);
+        self.write_raw(&buf, step).await
+    }
+
+    /// Append the lines to `buf` (each with CRLF) and log them in the transcript.
+    pub(super) fn encode(&mut self, lines: &[Line], buf: &mut Vec<u8>) {
         for l in lines {
             if let Some(t) = &self.cfg.transcript {
                 t.line(&format!("C: {}", l.shown.as_deref().unwrap_or(&l.text)));
@@ -879,15 +628,47 @@ impl Session {
             buf.extend_from_slice(l.text.as_bytes());
             buf.extend_from_slice(b"\r\n");
         }
-        self.write_raw(&buf, step).await
     }
 
-    async fn write_raw(&mut self, bytes: &[u8], step: Step) -> Result<(), SessionError> {
+    /// Write all of `bytes`, reading whatever the server sends meanwhile into `rbuf`. A
+    /// pipelined flight can be large (thousands of RCPTs, a body): a server that answers
+    /// each command as it reads it must never block on us while we block on it (RFC 2920
+    /// §3.1 deadlock), and replies that arrive before the server closes the connection are
+    /// kept for `read_reply` even when the write then fails.
+    pub(super) async fn write_raw(&mut self, bytes: &[u8], step: Step) -> Result<(), SessionError> {
         let t = self.cfg.command_timeout;
-        let fut = async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        };
+        let stream = &mut self.stream;
+        let rbuf = &mut self.rbuf;
+        let mut written = 0;
+        let mut reading = true;
+        let fut = std::future::poll_fn(|cx| {
+            loop {
+                if reading && rbuf.len() < MAX_UNREAD {
+                    let mut chunk = [0u8; 4096];
+                    let mut rb = ReadBuf::new(&mut chunk);
+                    match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                            rbuf.extend_from_slice(rb.filled());
+                            continue;
+                        }
+                        // End of stream or an error: the write below reports it.
+                        Poll::Ready(_) => reading = false,
+                        Poll::Pending => {}
+                    }
+                }
+                if written == bytes.len() {
+                    return Pin::new(&mut *stream).poll_flush(cx);
+                }
+                match Pin::new(&mut *stream).poll_write(cx, &bytes[written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)));
+                    }
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        });
         match timeout(t, fut).await {
             Err(_) => Err(SessionError::Timeout {
                 step,
@@ -898,7 +679,11 @@ impl Session {
         }
     }
 
-    async fn read_reply(&mut self, step: Step, wait: Duration) -> Result<Reply, SessionError> {
+    pub(super) async fn read_reply(
+        &mut self,
+        step: Step,
+        wait: Duration,
+    ) -> Result<Reply, SessionError> {
         let deadline = Instant::now() + wait;
         let mut parser = ReplyParser::default();
         loop {
@@ -1083,7 +868,7 @@ impl Session {
 
 /// A positive reply that is not the one the step expects (250 to DATA, a greeting of 250, 334
 /// after the last AUTH line): the server and we are out of step. Never a success.
-fn out_of_step(step: Step, reply: &Reply) -> SessionError {
+pub(super) fn out_of_step(step: Step, reply: &Reply) -> SessionError {
     SessionError::Protocol {
         step,
         detail: format!(
@@ -1093,7 +878,11 @@ fn out_of_step(step: Step, reply: &Reply) -> SessionError {
 }
 
 /// `reply` when `ok(code)`; a refusal as `Rejected`; any other positive reply `out_of_step`.
-fn expect(step: Step, reply: Reply, ok: impl Fn(u16) -> bool) -> Result<Reply, SessionError> {
+pub(super) fn expect(
+    step: Step,
+    reply: Reply,
+    ok: impl Fn(u16) -> bool,
+) -> Result<Reply, SessionError> {
     if ok(reply.code) {
         Ok(reply)
     } else if reply.is_positive() {
@@ -1105,7 +894,7 @@ fn expect(step: Step, reply: Reply, ok: impl Fn(u16) -> bool) -> Result<Reply, S
 
 /// A reply that ends a command (MAIL, RCPT, end of data): an intermediate 3xx is out of step
 /// (it would otherwise count as acceptance).
-fn final_reply(step: Step, reply: Reply) -> Result<Reply, SessionError> {
+pub(super) fn final_reply(step: Step, reply: Reply) -> Result<Reply, SessionError> {
     if (300..400).contains(&reply.code) {
         Err(out_of_step(step, &reply))
     } else {

@@ -62,6 +62,17 @@ fn system_roots() -> &'static [rustls_pki_types::CertificateDer<'static>] {
     ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
 }
 
+/// Start reading the system's CA certificates on another thread, so that the milliseconds
+/// it takes overlap with reading and spooling the message; `client_config` then finds them
+/// read (or waits for the read to end).
+pub fn preload_system_roots() {
+    let _ = std::thread::Builder::new()
+        .name("ca-roots".into())
+        .spawn(|| {
+            system_roots();
+        });
+}
+
 /// Build the rustls client configuration.
 pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -23,6 +23,7 @@
 //! After `send` or `reset` returned an error, `is_open` says whether the transport can still be
 //! used; if not, drop it and open another.
 
+pub mod batch;
 pub mod graph;
 pub mod smtp;
 
@@ -166,6 +167,23 @@ pub trait Transport: Send {
         message: &'a Prepared,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<MessageResult, Problem>>;
+    /// `send` for the connection's last message, then `close`: a transport that can end the
+    /// connection in the same round trip as the message does so (SMTP pipelines QUIT).
+    fn send_and_close<'a>(
+        self: Box<Self>,
+        message: &'a Prepared,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<MessageResult, Problem>>
+    where
+        Self: 'a,
+    {
+        Box::pin(async move {
+            let mut t = self;
+            let r = t.send(message, envelope).await;
+            t.close().await;
+            r
+        })
+    }
     /// Make the transport ready for the next message. An error closes it.
     fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>>;
     /// End the connection politely; errors are ignored.

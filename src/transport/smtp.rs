@@ -2,10 +2,15 @@
 //!
 //! Owns: building the session settings from the profile and endpoint (timeouts, TLS, EHLO
 //! name, CHUNKING: [`session_config`], [`tls_config`], which `doctor` probes with too),
-//! credentials once per connector, the 5.7.3 re-authentication with a
-//! replacement token (once per connector), the basic-auth warning, and turning session
-//! errors into the seam's [`Problem`]. Must not: retry, queue, decide exit codes beyond the
-//! class of a failure, or word explanations (explain does).
+//! credentials once per connector, the 5.7.3 re-authentication with a replacement token
+//! (once per connector), the basic-auth warning, and turning session
+//! errors into the seam's [`Problem`]. Each `send` is one transaction (one flight with
+//! PIPELINING and CHUNKING), `send_and_close` pipelines QUIT behind it, and `reset` sends
+//! nothing (the session pipelines RSET into the next flight when the last one did not end
+//! cleanly). A transaction the server cut short while answering the RCPTs comes back `Ok`
+//! with the replies received (for `batch` to learn the server's limit from) and the
+//! transport closed. Must not: retry, queue, decide exit codes beyond the class of a failure,
+//! or word explanations (explain does).
 
 use std::sync::Arc;
 
@@ -92,7 +97,7 @@ pub fn session_config(
         connect_timeout: t.connect(),
         command_timeout: t.command(),
         data_end_timeout: t.data_end(),
-        chunking: profile.chunking,
+        chunking: profile.chunking.enabled(),
         transcript,
     }
 }
@@ -253,7 +258,7 @@ impl Transport for SmtpTransport {
     }
 
     fn is_open(&self) -> bool {
-        self.session.is_some()
+        self.session.as_ref().is_some_and(Session::is_open)
     }
 
     fn send<'a>(
@@ -261,39 +266,30 @@ impl Transport for SmtpTransport {
         message: &'a Prepared,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<MessageResult, Problem>> {
-        Box::pin(async move {
-            let Some(session) = self.session.as_mut() else {
-                return Err(closed(&self.host));
-            };
-            let flags = MessageFlags::from(message);
-            match session.send_message(envelope, &message.body, flags).await {
-                Ok(r) => Ok(r),
-                Err(e) => {
-                    // Checked before anything was sent: the session is still usable.
-                    let usable = matches!(
-                        e,
-                        SessionError::Smtputf8NotOffered | SessionError::TooLarge { .. }
-                    );
-                    if !usable {
-                        self.session = None;
-                    }
-                    Err(Problem::session(&e, &self.host))
-                }
-            }
-        })
+        Box::pin(async move { self.transaction(message, envelope, false).await })
     }
 
+    fn send_and_close<'a>(
+        mut self: Box<Self>,
+        message: &'a Prepared,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<MessageResult, Problem>>
+    where
+        Self: 'a,
+    {
+        // QUIT goes in the same flight as the end of the message.
+        Box::pin(async move { self.transaction(message, envelope, true).await })
+    }
+
+    /// Nothing on the wire: a transaction that ended cleanly needs no RSET, and the
+    /// session pipelines one into the next flight after one that did not.
     fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>> {
         Box::pin(async move {
-            let Some(session) = self.session.as_mut() else {
-                return Err(closed(&self.host));
-            };
-            match session.rset().await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    self.session = None;
-                    Err(Problem::session(&e, &self.host))
-                }
+            if self.is_open() {
+                Ok(())
+            } else {
+                self.session = None;
+                Err(closed(&self.host))
             }
         })
     }
@@ -304,6 +300,31 @@ impl Transport for SmtpTransport {
                 let _ = s.quit().await;
             }
         })
+    }
+}
+
+impl SmtpTransport {
+    /// One transaction; a session that failed (or quit) is dropped.
+    async fn transaction(
+        &mut self,
+        message: &Prepared,
+        envelope: &Envelope,
+        quit: bool,
+    ) -> Result<MessageResult, Problem> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(closed(&self.host));
+        };
+        let flags = MessageFlags::from(message);
+        let r = session
+            .send_transaction(envelope, &message.body, flags, quit)
+            .await
+            .map_err(|e| Problem::session(&e, &self.host));
+        // After Smtputf8NotOffered and TooLarge (checked before anything was sent) the
+        // session is still usable.
+        if !session.is_open() {
+            self.session = None;
+        }
+        r
     }
 }
 

@@ -27,10 +27,16 @@
 //! phase, optionally only for a sender/recipient/user containing a string, optionally only
 //! the first N times (so "451 then success on retry" is one rule with `times(1)`).
 //!
+//! Limits, as Postfix and Exchange Online enforce them: `max_recipients(n)` answers
+//! `452 4.5.3 Too many recipients` to every RCPT after n accepted in one transaction, and
+//! `error_limit(n)` answers the next command after n error replies on a connection with
+//! `421 4.7.0 ... Error: too many errors` and closes (Postfix's smtpd_hard_error_limit).
+//!
 //! Recording: per connection, every read as received (after TLS decryption) — one entry per
-//! read, so tests can prove pipelining (MAIL+RCPTs+DATA in one read) — plus the decoded
-//! AUTH strings, whether a client certificate was presented, the TLS version; and per
-//! delivered message the envelope, the parameters, and the un-stuffed bytes.
+//! read, so tests can prove pipelining (MAIL+RCPTs+DATA in one read) — and every flight
+//! (all the client sent between two of the server's writes, whatever the reads), plus the
+//! decoded AUTH strings, whether a client certificate was presented, the TLS version; and
+//! per delivered message the envelope, the parameters, and the un-stuffed bytes.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -74,9 +80,11 @@ pub enum Phase {
     Mail,
     /// RCPT TO (matching on the recipient).
     Rcpt,
-    /// The DATA command itself (matching on the sender).
+    /// The DATA command itself, or the first BDAT (answered after its octets), matching on
+    /// the sender.
     Data,
-    /// After the first piece of message data was received (Drop here = drop mid-DATA).
+    /// After the first piece of message data was received (Drop here = drop mid-DATA; with
+    /// BDAT, after the first BDAT command line).
     MidData,
     /// After the whole message (end of DATA or BDAT LAST), matching on the sender.
     DataEnd,
@@ -168,6 +176,11 @@ pub struct FakeConfig {
     pub ehlo_before_tls: Option<Vec<String>>,
     pub ehlo_after_tls: Option<Vec<String>>,
     pub rules: Vec<Rule>,
+    /// Accepted RCPTs per transaction; later ones get `452 4.5.3 Too many recipients`.
+    pub max_recipients: Option<usize>,
+    /// Error replies (4xx/5xx) a connection may get; the next command gets 421 and the
+    /// connection is closed.
+    pub error_limit: Option<usize>,
     /// After AUTH, accept only the authenticated user as the sender (the null sender
     /// included): anything else is `550 5.7.60`, as Microsoft 365 answers a mailbox login.
     pub send_as_only: bool,
@@ -186,6 +199,8 @@ impl FakeConfig {
             ehlo_before_tls: None,
             ehlo_after_tls: None,
             rules: Vec::new(),
+            max_recipients: None,
+            error_limit: None,
             send_as_only: false,
         }
     }
@@ -201,6 +216,14 @@ impl FakeConfig {
     }
     pub fn rule(mut self, rule: Rule) -> Self {
         self.rules.push(rule);
+        self
+    }
+    pub fn max_recipients(mut self, n: usize) -> Self {
+        self.max_recipients = Some(n);
+        self
+    }
+    pub fn error_limit(mut self, n: usize) -> Self {
+        self.error_limit = Some(n);
         self
     }
     pub fn send_as_only(mut self) -> Self {
@@ -320,8 +343,13 @@ impl Pki {
 pub struct ConnRecord {
     /// Every read, in order, as received (plain text; after STARTTLS, decrypted).
     pub reads: Vec<Vec<u8>>,
+    /// Every flight: the bytes received between two writes of the server (one round trip
+    /// of the client's), in order.
+    pub flights: Vec<Vec<u8>>,
     /// Index into `reads` of the first read after the TLS handshake (None: no TLS).
     pub tls_from_read: Option<usize>,
+    /// Index into `flights` of the first flight after the TLS handshake.
+    pub tls_from_flight: Option<usize>,
     pub tls_version: Option<String>,
     /// The TLS handshake failed (reason).
     pub tls_error: Option<String>,
@@ -339,6 +367,20 @@ impl ConnRecord {
     /// All bytes received, concatenated.
     pub fn bytes(&self) -> Vec<u8> {
         self.reads.concat()
+    }
+    /// The flight that contains `needle` (e.g. "MAIL FROM"), as text.
+    pub fn flight_containing(&self, needle: &str) -> Option<String> {
+        self.flights
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .find(|r| r.contains(needle))
+    }
+    /// The flights after the TLS handshake (all without TLS), as text.
+    pub fn flights_after_tls(&self) -> Vec<String> {
+        self.flights[self.tls_from_flight.unwrap_or(0)..]
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect()
     }
     /// The read that contains `needle` (e.g. "MAIL FROM"), as text.
     pub fn read_containing(&self, needle: &str) -> Option<String> {
@@ -423,6 +465,8 @@ impl FakeM365 {
                 let conn = Conn {
                     io: Io::Plain(sock),
                     buf: Vec::new(),
+                    replied: true,
+                    errors: 0,
                     idx,
                     state: st.clone(),
                     cfg: cfg.clone(),
@@ -538,6 +582,10 @@ async fn write_flush<S: AsyncWrite + AsyncRead + Unpin>(
 struct Conn {
     io: Io,
     buf: Vec<u8>,
+    /// The server wrote since the last read: the next read starts a new flight.
+    replied: bool,
+    /// Error replies sent on this connection.
+    errors: usize,
     idx: usize,
     state: Arc<Mutex<State>>,
     cfg: Arc<FakeConfig>,
@@ -598,7 +646,14 @@ impl Conn {
         }
         chunk.truncate(n);
         self.buf.extend_from_slice(&chunk);
-        self.rec(|r| r.reads.push(chunk));
+        let new_flight = std::mem::take(&mut self.replied);
+        self.rec(|r| {
+            match r.flights.last_mut() {
+                Some(f) if !new_flight => f.extend_from_slice(&chunk),
+                _ => r.flights.push(chunk.clone()),
+            }
+            r.reads.push(chunk)
+        });
         Ok(())
     }
 
@@ -613,6 +668,10 @@ impl Conn {
     }
 
     async fn send(&mut self, reply: &str) -> Result<(), Stop> {
+        if reply.starts_with(['4', '5']) {
+            self.errors += 1;
+        }
+        self.replied = true;
         let mut out = reply.replace("\r\n", "\n").replace('\n', "\r\n");
         out.push_str("\r\n");
         self.io
@@ -621,10 +680,12 @@ impl Conn {
             .map_err(|_| Stop::Closed)
     }
 
-    /// Answer `default` unless a rule says otherwise. Ok(true) when the reply sent was the
-    /// default.
+    /// Answer `default` unless a rule says otherwise (an empty default: answer only when a
+    /// rule fires). Returns the reply sent.
     async fn answer(&mut self, phase: Phase, subject: &str, default: &str) -> Result<String, Stop> {
         match self.rule(phase, subject) {
+            // No default: nothing to say unless a rule says it.
+            None if default.is_empty() => Ok(String::new()),
             None => {
                 self.send(default).await?;
                 Ok(default.to_owned())
@@ -670,6 +731,11 @@ impl Conn {
         loop {
             let line = self.line().await?;
             self.rec(|r| r.commands.push(line.clone()));
+            if self.cfg.error_limit.is_some_and(|n| self.errors >= n) {
+                self.send(&format!("421 4.7.0 {host} Error: too many errors"))
+                    .await?;
+                return Err(Stop::Closed);
+            }
             let upper = line.to_ascii_uppercase();
             let verb = upper.split_whitespace().next().unwrap_or("").to_owned();
             match verb.as_str() {
@@ -723,11 +789,11 @@ impl Conn {
                                 .peer_certificates()
                                 .and_then(|cs| cs.first())
                                 .map(|c| c.as_ref().to_vec());
-                            let n = self.rec(|r| r.reads.len());
                             self.rec(|r| {
                                 r.tls_version = version;
                                 r.client_cert = cert;
-                                r.tls_from_read = Some(n);
+                                r.tls_from_read = Some(r.reads.len());
+                                r.tls_from_flight = Some(r.flights.len());
                             });
                             self.io = Io::Tls(Box::new(s));
                             self.buf.clear();
@@ -858,6 +924,14 @@ impl Conn {
                         self.send("503 5.5.1 Need mail command").await?;
                         continue;
                     }
+                    if self
+                        .cfg
+                        .max_recipients
+                        .is_some_and(|n| txn.recipients.len() >= n)
+                    {
+                        self.send("452 4.5.3 Too many recipients").await?;
+                        continue;
+                    }
                     let sent = self
                         .answer(Phase::Rcpt, &addr, "250 2.1.5 Recipient OK")
                         .await?;
@@ -894,26 +968,42 @@ impl Conn {
                     let n: usize = words.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
                     let last = words.get(2) == Some(&"LAST");
                     let sender = txn.sender.clone().unwrap_or_default();
-                    let mut first = txn.bdat_chunks.is_empty();
+                    let first = txn.bdat_chunks.is_empty();
+                    let valid = txn.sender.is_some() && !txn.recipients.is_empty();
+                    if first
+                        && valid
+                        && let Some(a) = self.rule(Phase::MidData, &sender)
+                    {
+                        match a {
+                            Action::Hang => return Err(Stop::Hang),
+                            Action::Drop => return Err(Stop::Closed),
+                            Action::Reply(_) | Action::ReplyAndClose(_) => {}
+                        }
+                    }
+                    // RFC 3030: the octets are read whatever the reply will be.
                     while self.buf.len() < n {
                         self.more().await?;
-                        if std::mem::take(&mut first)
-                            && let Some(a) = self.rule(Phase::MidData, &sender)
-                        {
-                            match a {
-                                Action::Hang => return Err(Stop::Hang),
-                                Action::Drop => return Err(Stop::Closed),
-                                Action::Reply(_) | Action::ReplyAndClose(_) => {}
-                            }
-                        }
                     }
                     let chunk: Vec<u8> = self.buf.drain(..n).collect();
                     txn.bdat.extend_from_slice(&chunk);
                     txn.bdat_chunks.push(n);
-                    if txn.sender.is_none() || txn.recipients.is_empty() {
-                        self.send("503 5.5.1 Need rcpt command").await?;
+                    if !valid {
+                        let reply = if txn.sender.is_none() {
+                            "503 5.5.1 Need mail command"
+                        } else {
+                            "554 5.5.1 No valid recipients"
+                        };
+                        self.send(reply).await?;
                         txn = Txn::default();
                         continue;
+                    }
+                    if first {
+                        let sent = self.answer(Phase::Data, &sender, "").await?;
+                        if !sent.is_empty() {
+                            // The content refused at its first chunk: the transaction ends.
+                            txn = Txn::default();
+                            continue;
+                        }
                     }
                     if last {
                         let data = std::mem::take(&mut txn.bdat);

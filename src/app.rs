@@ -178,7 +178,8 @@ fn explain(code: &str) -> Result<(), Failure> {
             .map_err(|e| Failure::io(format!("cannot write the explanation: {e}"))),
         None => Err(Failure::usage(format!(
             "explain: no explanation for \"{code}\" (give an SMTP reply such as 550, an \
-             enhanced code such as 5.7.60, or an identity platform code such as AADSTS700082)"
+             enhanced code such as 5.7.60, an identity platform code such as AADSTS700082, or \
+             a Microsoft Graph error such as ErrorSendAsDenied)"
         ))),
     }
 }

@@ -348,8 +348,9 @@ fn prepass(args: Vec<OsString>, values: &ValueOptions, subcommands: bool) -> Res
                 "i" => pre.special = Some(Special::Newaliases),
                 "d" | "D" => {
                     return Err(Failure::usage(format!(
-                        "option {s} is not supported: m365send is not a daemon and does not \
-                         accept mail from the network"
+                        "option {s} is not supported: sendmail's daemon mode is `m365send \
+                         serve`, an SMTP listener configured in [serve] (see `man m365send`, \
+                         and contrib/systemd/m365send-serve.service)"
                     )));
                 }
                 _ => {

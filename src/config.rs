@@ -982,12 +982,20 @@ pub fn load_file(path: &Path) -> Result<Config, Failure> {
             )));
         }
         Err(e) => {
+            // The fix on a line of its own. `--config` is no way out: it is refused to a user
+            // who does not own the file found, and to every `sendmail` caller.
             let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                " (every user that sends mail, e.g. www-data for PHP, must be able to read it: \
-                 chmod 644 it and keep secrets in separate files; or give another file with \
-                 --config)"
+                let fix = crate::trust::closed_directory(path).unwrap_or_else(|| {
+                    format!(
+                        "every user that sends mail (www-data for PHP, users' crontabs) reads \
+                         it: `chmod 644 {}`, with secrets kept in separate files (see \
+                         config.example.toml)",
+                        path.display()
+                    )
+                });
+                format!("\n  {fix}")
             } else {
-                ""
+                String::new()
             };
             return Err(Failure::config(format!(
                 "cannot read {}: {e}{hint}",

@@ -141,7 +141,8 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "HOME",
         "The default of the three above (~/.config, ~/.local/state, ~/.cache) and of the dead \
-         letter file, ~/dead.letter.",
+         letter file, ~/dead.letter. Without HOME (a web server's PHP), the queue, token cache \
+         and dead letter are under the home directory of the password database.",
     ),
 ];
 

@@ -7,7 +7,8 @@
 //! # Dead letter
 //!
 //! The file is `profile.dead_letter`, else `config.dead_letter`, else `$HOME/dead.letter`
-//! (a leading `~/` in a configured path is expanded with `$HOME`). Messages are appended in
+//! (a leading `~/` in a configured path is expanded with `$HOME`; without HOME, as for
+//! daemons, the home directory of the password database: `trust::home_dir`). Messages are appended in
 //! mboxrd format: a `From SENDER DATE` separator line, then `X-M365send-Failure: REASON` and
 //! `X-M365send-Envelope-To: RCPT, …` header lines (so the message can be re-sent; these may
 //! name Bcc recipients, which is why the file is private), then the message with CRLF turned
@@ -59,15 +60,15 @@ use crate::status::Reply;
 
 fn expand_home(path: &Path) -> PathBuf {
     if let Ok(rest) = path.strip_prefix("~")
-        && let Some(home) = std::env::var_os("HOME")
+        && let Some(home) = crate::trust::home_dir()
     {
-        return PathBuf::from(home).join(rest);
+        return home.join(rest);
     }
     path.to_path_buf()
 }
 
 /// The configured dead-letter path, or the default `$HOME/dead.letter` (None when no path is
-/// configured and HOME is unset).
+/// configured and the user has no home: HOME unset and none in the password database).
 pub fn dead_letter_path(config: &Config, profile: &Profile) -> Option<PathBuf> {
     if let Some(p) = profile
         .dead_letter
@@ -76,9 +77,7 @@ pub fn dead_letter_path(config: &Config, profile: &Profile) -> Option<PathBuf> {
     {
         return Some(expand_home(p));
     }
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|h| PathBuf::from(h).join("dead.letter"))
+    crate::trust::home_dir().map(|h| h.join("dead.letter"))
 }
 
 /// The shared-directory fallback used when `$HOME/dead.letter` cannot be written.

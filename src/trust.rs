@@ -17,8 +17,11 @@
 //!   add entries there but not replace ours.
 //!
 //! Owns: that rule (`check_file`, `check_dir`), opening a checked file without following a
-//! symbolic link at its last component (`open_file`), and naming a uid for messages. Must not:
-//! read what the files mean, or decide what a caller does about a refusal.
+//! symbolic link at its last component (`open_file`), naming a uid for messages, this user's
+//! home (`home_dir`: HOME, else the password database), and the fix for a file or directory
+//! the user may not read or create (`unreadable_fix`, `closed_directory`,
+//! `create_private_dir_fix`: the command root runs, in README.md's layout). Must not: read
+//! what the files mean, or decide what a caller does about a refusal.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -58,6 +61,31 @@ pub fn user_name(uid: u32) -> Option<String> {
     }
 }
 
+/// This user's home directory: `$HOME` when set (absolute), else the password database's entry
+/// for the effective uid. Daemons often run without HOME (PHP's mail() under Apache or
+/// PHP-FPM as www-data, services started by systemd): their home is still theirs to name, so
+/// the per-user spool and token cache have a place, and a message saying how to create it.
+pub fn home_dir() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("HOME").map(PathBuf::from)
+        && h.is_absolute()
+    {
+        return Some(h);
+    }
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: as in `user_name`.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(euid(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() || pw.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pw.pw_dir).to_str().ok()?;
+        let dir = PathBuf::from(dir);
+        dir.is_absolute().then_some(dir)
+    }
+}
+
 /// The uid of the account `name`, from the password database.
 pub fn uid_of(name: &str) -> Option<u32> {
     let c_name = std::ffi::CString::new(name).ok()?;
@@ -75,6 +103,184 @@ pub fn uid_of(name: &str) -> Option<u32> {
         );
         (rc == 0 && !result.is_null()).then_some(pw.pw_uid)
     }
+}
+
+/// The name of group `gid`, from the group database.
+pub fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: group is plain data filled by getgrgid_r; buf outlives the use of the pointers
+    // it holds; result is checked before gr is read.
+    unsafe {
+        let mut gr: libc::group = std::mem::zeroed();
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() || gr.gr_name.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(gr.gr_name);
+        name.to_str().ok().map(str::to_owned)
+    }
+}
+
+/// The effective gid and the supplementary groups of this process.
+fn my_groups() -> Vec<u32> {
+    // SAFETY: getegid has no preconditions; getgroups writes at most `n` entries into a
+    // buffer of that many.
+    unsafe {
+        let mut groups = vec![libc::getegid()];
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        if n > 0 {
+            let mut buf = vec![0 as libc::gid_t; n as usize];
+            let got = libc::getgroups(n, buf.as_mut_ptr());
+            if got > 0 {
+                groups.extend(buf.iter().take(got as usize).copied());
+            }
+        }
+        groups
+    }
+}
+
+/// The group README.md's layout shares secret files with the users that send mail through.
+const SHARED_GROUP: &str = "m365send";
+
+/// The gid of the group `name`, from the group database.
+fn gid_of(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: as in `group_name`.
+    unsafe {
+        let mut gr: libc::group = std::mem::zeroed();
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut gr,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        (rc == 0 && !result.is_null()).then_some(gr.gr_gid)
+    }
+}
+
+/// A group for a command line: its name, else its number.
+fn group_arg(gid: u32) -> String {
+    group_name(gid).unwrap_or_else(|| gid.to_string())
+}
+
+/// Whether this process may read (`bit` 4) or enter (`bit` 1) what `meta` describes, by its
+/// mode bits alone.
+fn mode_allows(meta: &Metadata, euid: u32, groups: &[u32], bit: u32) -> bool {
+    let mode = meta.mode();
+    if euid == 0 {
+        return true;
+    }
+    if meta.uid() == euid {
+        mode & (bit << 6) != 0
+    } else if groups.contains(&meta.gid()) {
+        mode & (bit << 3) != 0
+    } else {
+        mode & bit != 0
+    }
+}
+
+/// The directory above `path` that this process's user may not enter, and the fix.
+pub fn closed_directory(path: &Path) -> Option<String> {
+    let euid = euid();
+    let groups = my_groups();
+    let absolute = std::path::absolute(path).ok()?;
+    let mut dirs: Vec<&Path> = absolute.ancestors().skip(1).collect();
+    dirs.reverse();
+    for d in dirs {
+        let meta = std::fs::metadata(d).ok()?;
+        if !mode_allows(&meta, euid, &groups, 0o1) {
+            return Some(format!(
+                "{} may not enter directory {} (mode {:04o}, owner {}): `chmod 755 {}`, as \
+                 README.md lays out /etc/m365send",
+                describe_owner_arg(euid),
+                d.display(),
+                meta.mode() & 0o7777,
+                describe_owner_arg(meta.uid()),
+                d.display()
+            ));
+        }
+    }
+    None
+}
+
+/// After a "permission denied" reading `path`: which directory above it or which bit of its
+/// mode keeps this process's user out, and the command that lets the users that send mail read
+/// it (the layout of README.md: files shared through a group such as `m365send`). None when
+/// the modes allow the read (an ACL or a security module refused it).
+pub fn unreadable_fix(path: &Path) -> Option<String> {
+    if let Some(fix) = closed_directory(path) {
+        return Some(fix);
+    }
+    let euid = euid();
+    let groups = my_groups();
+    let who = describe_owner_arg(euid);
+    let absolute = std::path::absolute(path).ok()?;
+    let meta = std::fs::metadata(&absolute).ok()?;
+    if mode_allows(&meta, euid, &groups, 0o4) {
+        return None;
+    }
+    let shown = absolute.display();
+    let mode = meta.mode() & 0o7777;
+    let (owner, gid) = (describe_owner_arg(meta.uid()), meta.gid());
+    if meta.uid() == euid {
+        return Some(format!(
+            "it is {who}'s own file but mode {mode:04o}: `chmod u+r {shown}`"
+        ));
+    }
+    let restart = format!(
+        "then restart what sends as {who} (PHP-FPM, the web server; a login shell: log in \
+         again) so that it has the group"
+    );
+    if gid != 0 && mode & 0o040 != 0 {
+        return Some(format!(
+            "it is readable by group {g} (mode {mode:04o}), and {who} is not in that group: \
+             `usermod -aG {g} {who}`, {restart}",
+            g = group_arg(gid)
+        ));
+    }
+    if gid != 0 {
+        let join = if groups.contains(&gid) {
+            String::new()
+        } else {
+            format!(" and `usermod -aG {g} {who}`", g = group_arg(gid))
+        };
+        return Some(format!(
+            "group {g} may not read it (mode {mode:04o}): `chmod g+r {shown}`{join}",
+            g = group_arg(gid)
+        ));
+    }
+    // The group README.md's layout shares secrets through: made, and joined, only if needed.
+    let shared = gid_of(SHARED_GROUP);
+    let mut steps = Vec::new();
+    if shared.is_none() {
+        steps.push(format!("groupadd --system {SHARED_GROUP}"));
+    }
+    if !shared.is_some_and(|g| groups.contains(&g)) {
+        steps.push(format!("usermod -aG {SHARED_GROUP} {who}"));
+    }
+    steps.push(format!("chgrp {SHARED_GROUP} {shown} && chmod 640 {shown}"));
+    Some(format!(
+        "only {owner} may read it (mode {mode:04o}). To share it with the users that send mail, \
+         as README.md lays out /etc/m365send: `{}`, {restart}; or send {who}'s mail through a \
+         profile that does not need it",
+        steps.join("; ")
+    ))
+}
+
+/// The fix when `euid` (not root) may not create its private directory `dir` (the spool, the
+/// token cache) because a directory above it is not its to write, as with a home directory
+/// that root owns (www-data's /var/www on Debian): root creates it for that user.
+pub fn create_private_dir_fix(dir: &Path, euid: u32) -> String {
+    let who = describe_owner_arg(euid);
+    format!(
+        "{who} may not create it (a directory above it, such as its home, is not {who}'s to \
+         write): as root, `install -d -o {who} -m 0700 {}`",
+        dir.display()
+    )
 }
 
 /// Why a file or directory is not trusted, worded for the user: what is wrong and the command
@@ -129,7 +335,8 @@ fn check_meta(meta: &Metadata, euid: u32, path: &Path, is_dir: bool) -> Result<(
     Ok(())
 }
 
-fn describe_owner_arg(uid: u32) -> String {
+/// A user for a command line (`chown NAME`, `install -o NAME`): its name, else its number.
+pub fn describe_owner_arg(uid: u32) -> String {
     user_name(uid).unwrap_or_else(|| uid.to_string())
 }
 
@@ -231,8 +438,10 @@ pub fn open_file(path: &Path, euid: u32) -> std::io::Result<Result<File, Untrust
 /// Why a checked read gave nothing.
 #[derive(Debug)]
 pub enum ReadError {
-    /// The file cannot be opened or read (missing, no permission, an I/O error).
+    /// The file cannot be opened or read (missing, an I/O error).
     Io(std::io::Error),
+    /// This user may not read it: the error and what lets them (`unreadable_fix`).
+    Denied(std::io::Error, Option<String>),
     /// It could be read, but another user could have written it.
     Untrusted(Untrusted),
     /// It holds more than the caller's limit.
@@ -246,6 +455,9 @@ pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     let file = match open_file(path, euid()) {
         Ok(Ok(f)) => f,
         Ok(Err(u)) => return Err(ReadError::Untrusted(u)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ReadError::Denied(e, unreadable_fix(path)));
+        }
         Err(e) => return Err(ReadError::Io(e)),
     };
     let mut buf = Vec::new();
@@ -261,7 +473,9 @@ pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::Io(e) | ReadError::Denied(e, None) => write!(f, "{e}"),
+            // The fix on a line of its own: the message's first line says what happened.
+            ReadError::Denied(e, Some(fix)) => write!(f, "{e}\n  {fix}"),
             ReadError::Untrusted(u) => write!(f, "refused: {u}"),
             ReadError::TooLarge(n) => write!(f, "larger than {} KiB", n / 1024),
         }

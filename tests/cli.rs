@@ -204,6 +204,19 @@ fn unknown_option_is_a_usage_error_naming_it() {
     }
 }
 
+/// `sendmail -bd` (an init script starting "the MTA daemon"): m365send has a listener now,
+/// and the refusal says which command it is, rather than that there is none.
+#[test]
+fn daemon_mode_points_at_serve() {
+    for flag in ["-bd", "-bD"] {
+        let o = run_as(Some("sendmail"), &[flag]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{flag}: {e}");
+        assert!(e.contains("m365send serve") && e.contains("[serve]"), "{e}");
+        assert!(!e.contains("not a daemon"), "{e}");
+    }
+}
+
 #[test]
 fn bad_dsn_values_are_usage_errors() {
     for args in [&["-N", "always", "root"][..], &["-R", "body", "root"]] {

@@ -526,3 +526,50 @@ fn a_user_reads_roots_configuration_but_not_a_strangers() {
         stderr(&o)
     );
 }
+
+/// Every TOML example README.md shows is accepted as written, and so is each commented-out
+/// alternative in it once uncommented (`# graph_host = ...`): a reader copies them. The
+/// `[serve]` example names the profiles "cron" and "lab", which come before it.
+#[test]
+fn the_readme_configuration_examples_are_accepted() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 5, "{}", blocks.len());
+    let profiles = "[profiles.cron]\nmode = \"relay\"\nsender = \"alerts@contoso.com\"\n\n\
+                    [profiles.lab]\nmode = \"direct\"\nsender = \"scanner@contoso.com\"\n";
+    for block in blocks {
+        let mut variants = vec![block.to_owned()];
+        // Each commented key alone, uncommented (alternatives of one key exclude each other).
+        for (i, line) in block.lines().enumerate() {
+            let Some(rest) = line.strip_prefix("# ") else {
+                continue;
+            };
+            if !rest.contains(" = ") || rest.starts_with(char::is_uppercase) {
+                continue;
+            }
+            let key = rest.split(" = ").next().unwrap().trim();
+            let text: Vec<&str> = block
+                .lines()
+                .enumerate()
+                .filter(|(j, l)| *j == i || !l.trim_start().starts_with(&format!("{key} =")))
+                .map(|(j, l)| if j == i { rest } else { l })
+                .collect();
+            variants.push(text.join("\n"));
+        }
+        for text in variants {
+            let full = if text.contains("[serve]") && !text.contains("[profiles.cron]") {
+                format!("{profiles}\n{text}")
+            } else {
+                text.clone()
+            };
+            if let Err(f) = Config::parse(&full, Path::new("README.md")) {
+                panic!("README example refused: {}\n{full}", f.message);
+            }
+        }
+    }
+}

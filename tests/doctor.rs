@@ -1120,6 +1120,72 @@ async fn spf_without_microsoft() {
     assert_nothing_sent(&smtp);
 }
 
+/// doctor on a fresh install: the package's configuration is config.example.toml with every
+/// line commented out, so there is no profile. The fix says to define one in that file, not
+/// "give --profile NAME" (there is none to name).
+#[tokio::test]
+async fn a_fresh_install_is_told_to_define_a_profile() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .unwrap();
+    let commented: String = example
+        .lines()
+        .map(|l| {
+            if l.is_empty() || l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("# {l}\n")
+            }
+        })
+        .collect();
+    let env = Env::new("unused", "");
+    std::fs::write(&env.config, commented).unwrap();
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(78), "{doc:#}");
+    assert_check(
+        &doc,
+        "config.profile",
+        "failed",
+        &["no profile is defined"],
+        &[
+            &format!(
+                "Uncomment and edit the profile that fits this host in {}",
+                env.config.display()
+            ),
+            "m365send.toml(5)",
+        ],
+    );
+    assert!(!text(&check(&doc, "config.profile")["fix"]).contains("--profile"));
+}
+
+/// The SPF fixes are sentences: one period at the end, never "..", whichever record is
+/// missing or wrong.
+#[tokio::test]
+async fn spf_fixes_end_in_one_period() {
+    let tok = good_token();
+    for txt in [
+        "v=spf1 include:_spf.example.net ~all",
+        "google-site-verification=abc123",
+    ] {
+        let (smtp, _tokens, env) = submit_setup(
+            Reply::token(&tok, 3600, None),
+            &tok,
+            vec![],
+            with(healthy_dns(), "contoso.com", Answer::Txt(vec![txt.into()])),
+        )
+        .await;
+        let (doc, _) = env.json(&[]).await;
+        let spf = check(&doc, "dns.spf");
+        assert_eq!(spf["status"], "warning", "{txt}: {spf:#}");
+        let fix = spf["fix"].as_str().unwrap();
+        assert!(
+            fix.ends_with('.') && !fix.ends_with("..") && !fix.contains(".."),
+            "{txt}: {fix}"
+        );
+        assert_nothing_sent(&smtp);
+    }
+}
+
 #[tokio::test]
 async fn spf_includes_are_followed() {
     let tok = good_token();

@@ -787,3 +787,20 @@ fn explain_command_shows_each_new_code() {
         assert!(!text.contains("not in the catalogue"), "{code}: {text}");
     }
 }
+
+/// A code explain does not know: the usage error names every kind of code it does know,
+/// Graph's included (the README lists `explain ErrorSendAsDenied`).
+#[test]
+fn an_unknown_code_names_every_kind_explain_knows() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_m365send"))
+        .args(["explain", "NotACode"])
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for kind in ["5.7.60", "AADSTS700082", "ErrorSendAsDenied"] {
+        assert!(err.contains(kind), "lacks {kind}: {err}");
+    }
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

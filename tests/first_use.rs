@@ -379,3 +379,30 @@ async fn a_configuration_without_profiles_lists_the_queue_and_refuses_to_send() 
     );
     assert!(env.dead_letter().contains("fresh install"));
 }
+
+/// A relay host given by address whose port is closed: the error names the address once, not
+/// "cannot connect to 127.0.0.1:P: 127.0.0.1:P: Connection refused" (each address is named
+/// only when a host name resolved to several).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_names_the_address_once() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let env = BinEnv::new();
+    env.write_profile(&format!(
+        "mode = \"relay\"\nsender = \"alerts@contoso.com\"\nqueue = \"never\"\n{}",
+        BinEnv::endpoint(port, None)
+    ));
+    let o = env.run(&["ops@contoso.com"], b"Subject: x\n\nbody\n").await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    let first = err.lines().next().unwrap();
+    assert_eq!(
+        first.matches(&format!("127.0.0.1:{port}")).count(),
+        1,
+        "{err}"
+    );
+    assert!(first.contains("Connection refused"), "{err}");
+    assert!(env.dead_letter().contains("body"), "{err}");
+}

@@ -1,7 +1,9 @@
 //! The token cache: one JSON file per profile, plus a lock file beside it.
 //!
 //! Owns: the cache directory (config `cache_dir`; root /var/cache/m365send; users
-//! $XDG_CACHE_HOME/m365send or ~/.cache/m365send; created 0700; an existing one must be this
+//! $XDG_CACHE_HOME/m365send or ~/.cache/m365send, `~` being HOME or else the password
+//! database's home; created 0700, and when the user may not create it the error gives root's
+//! `install -d` command; an existing one must be this
 //! user's and writable by no one else, see `trust::check_private_dir`), reading an entry
 //! (ignored when its key — profile, tenant, client id, scope, flow, authority — no longer
 //! matches the profile), writing it atomically (temp file 0600 in the same directory, fsync, rename) and the
@@ -115,10 +117,11 @@ fn default_dir(config: &Config) -> Result<PathBuf, Failure> {
     {
         return Ok(x.join("m365send"));
     }
-    match std::env::var_os("HOME").map(PathBuf::from) {
-        Some(h) if h.is_absolute() => Ok(h.join(".cache").join("m365send")),
-        _ => Err(Failure::config(
-            "no token cache directory: set `cache_dir` in the configuration, or HOME",
+    match crate::trust::home_dir() {
+        Some(h) => Ok(h.join(".cache").join("m365send")),
+        None => Err(Failure::config(
+            "no token cache directory: HOME is not set and this user has no home directory; \
+             set XDG_CACHE_HOME for it",
         )),
     }
 }
@@ -173,7 +176,16 @@ pub fn ensure_dir(dir: &Path) -> Result<(), Failure> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| io_fail("create directory", dir, e))?;
+        .map_err(|e| {
+            let denied = e.kind() == std::io::ErrorKind::PermissionDenied;
+            let mut f = io_fail("create directory", dir, e);
+            let euid = crate::trust::euid();
+            if denied && euid != 0 {
+                let fix = crate::trust::create_private_dir_fix(dir, euid);
+                f.message = format!("{}\n  {fix}", f.message);
+            }
+            f
+        })?;
     // The umask may have removed bits but never adds any; make sure of 0700 anyway.
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| io_fail("set permissions on", dir, e))

@@ -275,7 +275,7 @@ async fn spf(ctx: &Ctx<'_>, resolver: &TokioResolver, domain: &str) -> Check {
     };
     let ip_note = if by_ip {
         format!(
-            " This host's public IP must be in it too (ip4:ADDRESS), as {} by IP",
+            " This host's public IP must be in it too (ip4:ADDRESS), as {} by IP.",
             if p.mode == Mode::Relay {
                 "the connector recognises this host"
             } else {
@@ -301,7 +301,7 @@ async fn spf(ctx: &Ctx<'_>, resolver: &TokioResolver, domain: &str) -> Check {
             format!("no SPF record at {domain} ({why})"),
             format!(
                 "Publish a TXT record at {domain}: \"{wanted}\". Without it receivers may treat \
-                 mail from {domain} as spoofed.{ip_note}."
+                 mail from {domain} as spoofed.{ip_note}"
             ),
         ),
         Found::Records(all) => {
@@ -310,7 +310,7 @@ async fn spf(ctx: &Ctx<'_>, resolver: &TokioResolver, domain: &str) -> Check {
                 [] => Check::warning(
                     NAME,
                     format!("no SPF record at {domain} (TXT records, none v=spf1)"),
-                    format!("Publish a TXT record at {domain}: \"{wanted}\".{ip_note}."),
+                    format!("Publish a TXT record at {domain}: \"{wanted}\".{ip_note}"),
                 ),
                 [record] => {
                     let evidence = format!("{domain}: \"{record}\"");
@@ -321,7 +321,7 @@ async fn spf(ctx: &Ctx<'_>, resolver: &TokioResolver, domain: &str) -> Check {
                             format!(
                                 "Add include:{include} to the SPF record of {domain} (e.g. \
                                  \"{wanted}\"): Microsoft 365's servers send the mail out, and \
-                                 receivers check them against SPF.{ip_note}."
+                                 receivers check them against SPF.{ip_note}"
                             ),
                         );
                     }
@@ -338,8 +338,8 @@ async fn spf(ctx: &Ctx<'_>, resolver: &TokioResolver, domain: &str) -> Check {
                             format!("{evidence}: includes {include}, lists no IP address"),
                             format!(
                                 "Add this host's public IP (ip4:ADDRESS) to the SPF record of \
-                                 {domain}.{ip_note} (doctor does not contact the internet to \
-                                 learn that address)."
+                                 {domain}.{ip_note} Doctor does not contact the internet to \
+                                 learn that address."
                             ),
                         )
                     } else if by_ip {

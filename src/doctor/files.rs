@@ -28,12 +28,20 @@ fn spool(ctx: &Ctx<'_>) -> Check {
             return Check::from_failure(NAME, &f, "Set spool_dir in the configuration.");
         }
     };
-    let fix = format!(
-        "Create it for the users that send: `install -d -m 0700 {}` (owned by the user that \
-         sends, e.g. root for cron mail), or set spool_dir to a directory they can write.",
-        dir.display()
-    );
+    // Each user has a spool of their own (README.md, Spools on a multi-user host): the fix
+    // makes it this user's, never a shared one.
+    let euid = crate::trust::euid();
+    let who = crate::trust::describe_uid(euid);
     if dir.is_dir() {
+        let fix = if euid == 0 {
+            format!("`chown -R root {0} && chmod 700 {0}`", dir.display())
+        } else {
+            format!(
+                "The spool must be {who}'s own: as root, `chown -R {} {1} && chmod 700 {1}`",
+                crate::trust::describe_owner_arg(euid),
+                dir.display()
+            )
+        };
         let mode = std::fs::metadata(&dir)
             .map(|m| {
                 format!(
@@ -61,6 +69,11 @@ fn spool(ctx: &Ctx<'_>) -> Check {
             ),
         };
     }
+    let fix = if euid == 0 {
+        format!("Create it: `install -d -m 0700 {}`", dir.display())
+    } else {
+        crate::trust::create_private_dir_fix(&dir, euid)
+    };
     match existing_ancestor(&dir) {
         Some(parent) if writable(parent) => Check::passed(
             NAME,
@@ -150,6 +163,30 @@ fn dead_letter(ctx: &Ctx<'_>) -> Check {
             "no dead letter path (HOME is not set and none is configured)",
         );
     };
+    // Where ~/dead.letter cannot be written (www-data's home belongs to root), messages went
+    // to the shared-directory fallback instead: those were lost from view too.
+    let configured = ctx.profile.dead_letter.is_some() || ctx.config.dead_letter.is_some();
+    let fallback = crate::report::fallback_dead_letter_path();
+    if !configured
+        && let Ok(m) = std::fs::metadata(&fallback)
+        && m.len() > 0
+    {
+        return Check::warning(
+            NAME,
+            format!(
+                "{}: {} bytes of undelivered mail ({} could not be written)",
+                fallback.display(),
+                m.len(),
+                path.display()
+            ),
+            format!(
+                "It holds messages that could not be delivered (mbox, each with the reason in an \
+                 X-M365send-Failure header): read it (`mail -f {}`), send again what matters, \
+                 then empty it.",
+                fallback.display()
+            ),
+        );
+    }
     match std::fs::metadata(&path) {
         Err(_) => Check::passed(
             NAME,
@@ -180,13 +217,27 @@ fn token_cache(ctx: &Ctx<'_>) -> Check {
         Err(f) => return Check::from_failure(NAME, &f, "Set cache_dir in the configuration."),
     };
     let Ok(meta) = std::fs::metadata(&dir) else {
-        return Check::passed(
-            NAME,
-            format!(
-                "{} does not exist yet (created 0700 with the first token)",
-                dir.display()
+        let euid = crate::trust::euid();
+        return match existing_ancestor(&dir) {
+            Some(parent) if euid == 0 || writable(parent) => Check::passed(
+                NAME,
+                format!(
+                    "{} does not exist yet (created 0700 with the first token)",
+                    dir.display()
+                ),
             ),
-        );
+            parent => Check::failed(
+                NAME,
+                Exit::NoPerm,
+                format!(
+                    "{} does not exist and {} cannot be written: no token can be cached, so \
+                     no message can be sent",
+                    dir.display(),
+                    parent.map(|p| p.display().to_string()).unwrap_or_default()
+                ),
+                crate::trust::create_private_dir_fix(&dir, euid),
+            ),
+        };
     };
     let mut loose = Vec::new();
     let dmode = meta.permissions().mode() & 0o777;

@@ -78,11 +78,25 @@ pub fn config_file(explicit: Option<&Path>) -> Result<(Config, Check), Check> {
 /// `config.profile`: the profile chosen and why.
 pub fn profile(config: &Config, name: Option<&str>, all: bool) -> Result<(Profile, Check), Check> {
     let profile = config.select_profile(name, None).map_err(|f| {
-        Check::from_failure(
-            "config.profile",
-            &f,
-            "Give --profile NAME, or set default_profile in the configuration.",
-        )
+        // A fresh install (the package's file, all commented out) has no profile to name.
+        let fix = if config.profiles.is_empty() {
+            format!(
+                "Uncomment and edit the profile that fits this host in {} (and \
+                 default_profile), delete the others, then run doctor again; every key is \
+                 explained in config.example.toml and m365send.toml(5).",
+                config
+                    .path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "the configuration".into())
+            )
+        } else {
+            format!(
+                "Give --profile NAME (defined: {}), or set default_profile in the configuration.",
+                config.profile_names()
+            )
+        };
+        Check::from_failure("config.profile", &f, &fix)
     })?;
     let why = match (name, all) {
         (Some(_), true) => "checked by --all".to_owned(),

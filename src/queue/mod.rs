@@ -237,7 +237,8 @@ pub(crate) fn now_unix() -> i64 {
 }
 
 /// The spool directory: `spool_dir` from the configuration; else /var/spool/m365send for
-/// root; else `$XDG_STATE_HOME/m365send/spool` or `~/.local/state/m365send/spool`.
+/// root; else `$XDG_STATE_HOME/m365send/spool` or `~/.local/state/m365send/spool` (`~`: HOME,
+/// else the password database's home, as for www-data under a web server).
 pub fn spool_dir(config: &Config) -> Result<PathBuf, Failure> {
     if let Some(dir) = &config.spool_dir {
         return Ok(dir.clone());
@@ -251,11 +252,12 @@ pub fn spool_dir(config: &Config) -> Result<PathBuf, Failure> {
     {
         return Ok(state.join("m365send").join("spool"));
     }
-    match std::env::var_os("HOME").map(PathBuf::from) {
-        Some(home) if home.is_absolute() => Ok(home.join(".local/state/m365send/spool")),
-        _ => Err(Failure::new(
+    match crate::trust::home_dir() {
+        Some(home) => Ok(home.join(".local/state/m365send/spool")),
+        None => Err(Failure::new(
             Exit::CantCreat,
-            "cannot locate the queue: HOME is not set; set `spool_dir` in the configuration",
+            "cannot locate the queue: HOME is not set and this user has no home directory; \
+             set XDG_STATE_HOME for it",
         )),
     }
 }
@@ -296,7 +298,15 @@ impl Spool {
                 .mode(0o700)
                 .create(&dir)
                 .map_err(|e| {
-                    cant_create(&spool.root, &format!("creating {}", dir.display()), &e)
+                    let mut f =
+                        cant_create(&spool.root, &format!("creating {}", dir.display()), &e);
+                    let euid = crate::trust::euid();
+                    if dir == spool.root && e.kind() == io::ErrorKind::PermissionDenied && euid != 0
+                    {
+                        let fix = crate::trust::create_private_dir_fix(&spool.root, euid);
+                        f.message = format!("{}\n  {fix}", f.message);
+                    }
+                    f
                 })?;
             // Make the new directory entry itself durable.
             if let Some(parent) = dir.parent() {

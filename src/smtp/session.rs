@@ -269,22 +269,32 @@ impl Session {
         }
         let mut errors = Vec::new();
         let mut tcp = None;
+        let shown = format!("{host}:{}", cfg.port);
+        // Each address is named when the host had several, or is a name: not "cannot connect
+        // to 127.0.0.1:25: 127.0.0.1:25: Connection refused".
+        let name_each =
+            addrs.len() > 1 || addrs.first().map(|a| a.to_string()) != Some(shown.clone());
         for addr in &addrs {
+            let at = if name_each {
+                format!("{addr}: ")
+            } else {
+                String::new()
+            };
             match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     tcp = Some(s);
                     break;
                 }
-                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Ok(Err(e)) => errors.push(format!("{at}{e}")),
                 Err(_) => errors.push(format!(
-                    "{addr}: timed out after {} s",
+                    "{at}timed out after {} s",
                     cfg.connect_timeout.as_secs_f32()
                 )),
             }
         }
         let Some(tcp) = tcp else {
             return Err(SessionError::Connect {
-                host: format!("{host}:{}", cfg.port),
+                host: shown,
                 reason: errors.join("; "),
             });
         };

@@ -10,6 +10,8 @@
 mod dns;
 #[path = "support/fake_m365.rs"]
 mod fake_m365;
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/token_server.rs"]
 mod token_server;
 

@@ -43,8 +43,26 @@ impl PasswordHash {
             return Ok(PasswordHash::Argon2(s.to_owned()));
         }
         if s.starts_with("$6$") {
-            sha_crypt::PasswordHashRef::new(s)
-                .map_err(|e| format!("not a valid SHA-512-crypt hash: {e}"))?;
+            // The parser takes a placeholder (`$6$...`) or a hash cut off when pasted; no
+            // password could ever match one, and the device would be locked out with nothing
+            // saying why. A whole hash ends in 86 characters of crypt's base64.
+            let whole = s.rsplit('$').next().is_some_and(|h| {
+                h.len() == 86
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+            });
+            let parsed = sha_crypt::PasswordHashRef::new(s).map_err(|e| e.to_string());
+            if let Err(why) = parsed.and_then(|_| {
+                whole.then_some(()).ok_or_else(|| {
+                    "the hash part is not 86 characters of [./0-9A-Za-z] (a placeholder or a hash \
+                     cut off?)"
+                        .to_owned()
+                })
+            }) {
+                return Err(format!(
+                    "not a valid SHA-512-crypt hash ({why}): make one with `openssl passwd -6`"
+                ));
+            }
             return Ok(PasswordHash::Sha512Crypt(s.to_owned()));
         }
         Err(

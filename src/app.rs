@@ -1173,6 +1173,14 @@ fn serve_accept(m: crate::serve::Accepted) -> crate::serve::LocalFuture<Result<E
         };
         let (message_args, profile, prepared) =
             session_message(&m.config, m.profile.as_deref(), &args, m.envelope, m.body)?;
+        if let Some((patterns, who)) = &m.senders {
+            crate::serve::access::check_header_senders(
+                patterns,
+                &prepared.envelope.sender,
+                &prepared.header_block,
+                who,
+            )?;
+        }
         let opts = crate::deliver::Options::default();
         queue_at_once(&m.config, &profile, &prepared, &message_args, &opts, &|f| f).await
     })

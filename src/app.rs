@@ -573,6 +573,14 @@ fn serve_accept(m: crate::serve::Accepted) -> crate::serve::LocalFuture<Result<E
             queue_only: true,
             ..request(&args)
         };
+        if let Some((patterns, who)) = &m.senders {
+            crate::serve::access::check_header_senders(
+                patterns,
+                &prepared.envelope.sender,
+                &prepared.header_block,
+                who,
+            )?;
+        }
         let opts = crate::deliver::Options::default();
         crate::submit::queue_at_once(&m.config, &profile, &prepared, &request, &opts, false).await
     })

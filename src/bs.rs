@@ -175,11 +175,15 @@ impl BsOutcome {
     }
 
     /// The reply a client gets for a message the delivery path did not take: the class
-    /// follows the exit code (75 → 451 4.3.0, 67 → 550 5.1.1, 77 → 550 5.7.1, 65 → 554 5.6.0,
-    /// 68 → 550 5.4.4, else 554 5.3.0), the text is the first line the user would have read.
+    /// follows the exit code (75, and the local system's 71, 73, 74 — a full disk, a spool
+    /// that cannot be written — → 451 4.3.0: they pass, and the client keeps the message
+    /// meanwhile; 67 → 550 5.1.1, 77 → 550 5.7.1, 65 → 554 5.6.0, 68 → 550 5.4.4, else
+    /// 554 5.3.0), the text is the first line the user would have read.
     pub fn from_failure(f: &Failure) -> BsOutcome {
         let (code, enhanced) = match f.exit {
-            Exit::TempFail => (451, EnhancedCode::new(4, 3, 0)),
+            Exit::TempFail | Exit::OsErr | Exit::CantCreat | Exit::IoErr => {
+                (451, EnhancedCode::new(4, 3, 0))
+            }
             Exit::NoUser => (550, EnhancedCode::new(5, 1, 1)),
             Exit::NoPerm => (550, EnhancedCode::new(5, 7, 1)),
             Exit::DataErr => (554, EnhancedCode::new(5, 6, 0)),
@@ -1148,4 +1152,34 @@ fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding (medium): a message that could not be stored for a local reason (a full disk:
+    /// exit 73, 74, 71) was refused for good (554 5.3.0), so a client dropped it; it is a
+    /// temporary 451 4.3.0, as Postfix answers when its queue file cannot be written.
+    #[test]
+    fn a_local_failure_to_store_is_temporary() {
+        for exit in [Exit::CantCreat, Exit::IoErr, Exit::OsErr, Exit::TempFail] {
+            let f = Failure::new(
+                exit,
+                "cannot write to the mail queue: No space left on device",
+            );
+            match BsOutcome::from_failure(&f) {
+                BsOutcome::Failed(r) => {
+                    assert_eq!(r.code, 451, "{exit:?}");
+                    assert_eq!(
+                        r.to_string(),
+                        "451 4.3.0 cannot write to the mail queue: No space left on device"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let f = Failure::new(Exit::DataErr, "bad");
+        assert!(matches!(BsOutcome::from_failure(&f), BsOutcome::Failed(r) if r.code == 554));
+    }
 }

@@ -97,6 +97,9 @@ pub struct ServeConfig {
     pub profile: Option<String>,
     /// Most simultaneous connections. Default 100.
     pub max_connections: Option<usize>,
+    /// Most simultaneous connections from one client address. Default half of
+    /// `max_connections`.
+    pub max_connections_per_client: Option<usize>,
     /// Largest message, bytes. Default: the default profile's `max_size` (35 MB).
     pub max_message_size: Option<u64>,
     /// Most recipients per message. Default 500.

@@ -1,8 +1,9 @@
 //! Careful file writes shared by the queue spool, the token cache, the dead letter and the log.
 //!
 //! Owns: replacing a small file atomically (a reader sees the old or the new contents, never a
-//! mix, and a crash leaves one of them), syncing a directory after a rename, and opening a
-//! private file for appending without trusting what is at its path ([`open_private_append`]).
+//! mix, and a crash leaves one of them), syncing a directory after a rename, opening a
+//! private file for appending without trusting what is at its path ([`open_private_append`]),
+//! and the room left on a file system ([`free_bytes`]).
 //! Must not: know what the files mean.
 
 use std::fs::{File, OpenOptions};
@@ -25,6 +26,20 @@ pub fn replace_file(tmp_dir: &Path, dest: &Path, bytes: &[u8], mode: u32) -> io:
         Some(dir) => sync_dir(dir),
         None => Ok(()),
     }
+}
+
+/// The bytes an unprivileged writer may still put on the file system that holds `path`
+/// (statvfs(3): available blocks × fragment size); None when it cannot be asked.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: zeroed statvfs is a valid value for statvfs(3) to fill; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the pointers outlive the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// fsync a directory, so that a rename or removal in it survives a power loss.

@@ -1,10 +1,10 @@
 //! The HTTPS client settings that Microsoft Graph (`graph`) and the identity platform's token
-//! requests (`auth`) share, and the one-line wording of a failed request.
+//! requests (`auth`) share, the one-line wording of a failed request, and a bounded read of an answer.
 //!
 //! Owns: [`builder`] — redirects never followed (every request carries a token, a client
 //! secret, an assertion or a message, and a redirect would carry it wherever the answer
 //! points; Graph and the token endpoint do not redirect, so each caller reports a 3xx as an
-//! error), the timeouts, our User-Agent — and [`error_chain`]. Must not: choose the TLS
+//! error), the timeouts, our User-Agent — [`error_chain`] and [`read_body`]. Must not: choose the TLS
 //! trust or whether plain HTTP is allowed (the caller does), or import anything from the
 //! crate.
 
@@ -40,4 +40,19 @@ pub fn error_chain(e: reqwest::Error) -> String {
         src = c.source();
     }
     s
+}
+
+/// The body of `resp`, at most `limit` bytes: the rest is not read (the connection goes with
+/// the answer), so a huge or endless answer costs no more memory than that.
+pub async fn read_body(mut resp: reqwest::Response, limit: usize) -> reqwest::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit.saturating_sub(body.len());
+        if chunk.len() >= room {
+            body.extend_from_slice(&chunk[..room]);
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

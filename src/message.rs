@@ -901,6 +901,32 @@ impl HeaderInfo {
     }
 }
 
+/// Who a header block says the message is from: each From and Sender field in order, with
+/// its addresses (None for a mailbox whose address cannot be read, and a field that holds no
+/// address at all gives one None). For checking a client's claim (`serve`'s senders), so
+/// nothing unreadable is taken as harmless.
+pub fn sender_fields(header_block: &str) -> Vec<(String, Vec<Option<String>>)> {
+    let mut raw = header_block.as_bytes().to_vec();
+    raw.extend_from_slice(b"\r\n");
+    let Some(msg) = MessageParser::default().parse_headers(&raw) else {
+        return vec![("From".to_owned(), vec![None])];
+    };
+    let mut out = Vec::new();
+    for h in msg.headers() {
+        let name = h.name.as_str().trim();
+        if !name.eq_ignore_ascii_case("from") && !name.eq_ignore_ascii_case("sender") {
+            continue;
+        }
+        let addrs: Vec<Option<String>> = match &h.value {
+            HeaderValue::Address(list) => list.iter().map(address::addr_of).collect(),
+            _ => Vec::new(),
+        };
+        let addrs = if addrs.is_empty() { vec![None] } else { addrs };
+        out.push((name.to_owned(), addrs));
+    }
+    out
+}
+
 /// Read header fields until the empty line. A line that is not a header field ends the block
 /// and is returned as the start of the body. A leading mbox `From ` line is dropped.
 fn read_header_block(r: &mut dyn BufRead) -> Result<(Vec<Field>, Vec<u8>), Failure> {

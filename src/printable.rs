@@ -3,7 +3,8 @@
 //!
 //! Owns: the escaping of control characters (C0, DEL, C1 — ESC among them, which starts
 //! terminal control sequences), of Unicode format characters that reorder or hide text
-//! (bidirectional overrides, zero-width characters), and of the quote of a log field.
+//! (bidirectional overrides, zero-width characters), of the quote of a log field, and the
+//! bounded excerpt of foreign text quoted in a message ([`excerpt`]).
 //! Must not: know where the text came from or where it goes.
 
 use std::borrow::Cow;
@@ -90,6 +91,20 @@ pub fn log_quoted(s: &str) -> String {
     out
 }
 
+/// At most `max` characters of `s` for quoting in a message or a report, unsafe characters
+/// escaped as in [`for_terminal`] (TAB too), and `…` when something was cut: text from
+/// outside (an error body, a DNS record) may be megabytes long.
+pub fn excerpt(s: &str, max: usize) -> String {
+    let mut chars = s.char_indices();
+    let cut = chars.nth(max).map(|(i, _)| i);
+    let head = &s[..cut.unwrap_or(s.len())];
+    let mut out = for_terminal(head, false).into_owned();
+    if cut.is_some() {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +119,15 @@ mod tests {
         assert_eq!(for_terminal("a\tb\r\n", true), "a\tb\\r\\n");
         assert_eq!(for_terminal("a\tb", false), "a\\tb");
         assert_eq!(for_terminal("J\u{f6}rg \\ x", false), "J\u{f6}rg \\ x");
+    }
+
+    #[test]
+    fn excerpts_are_short_and_escaped() {
+        assert_eq!(excerpt("short", 10), "short");
+        assert_eq!(excerpt("0123456789", 10), "0123456789");
+        assert_eq!(excerpt("0123456789a", 10), "0123456789…");
+        assert_eq!(excerpt("\x1b[2J\u{202e}", 10), "\\x1b[2J\\u{202e}");
+        assert_eq!(excerpt("\u{f6}\u{f6}\u{f6}", 2), "\u{f6}\u{f6}…");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! scanners, line-of-business apps) to Microsoft 365.
 //!
 //! Owns: the listening sockets (from `[serve] listen`, or inherited from systemd with the
-//! LISTEN_FDS protocol), who may connect (client networks, connection limit), the per-connection
-//! [`bs::Hooks`] (AUTH against `[serve.users]`, allowed senders, rate limit, lockout, the
-//! `Received:` trace field), the in-process queue runner (woken when a message is accepted and
-//! on a timer), and the signals: SIGTERM/SIGINT stop gracefully, SIGHUP re-reads the
+//! LISTEN_FDS protocol), who may connect (client networks, connection limits overall and per
+//! client address), the per-connection [`bs::Hooks`] (AUTH against `[serve.users]`, allowed
+//! senders — handed to `accept` for the From and Sender fields too —, rate limit, lockout,
+//! room left in the spool, the `Received:` trace field), where the data of a message waits
+//! while it arrives (the spool's `tmp/`), the in-process queue runner (woken when a message
+//! is accepted and on a timer), and the signals: SIGTERM/SIGINT stop gracefully, SIGHUP re-reads the
 //! configuration. Must not: speak SMTP itself (the session is `bs`, shared with `-bs`), decide
 //! what happens to a message (the caller's [`Steps::accept`]: the same prepare → profile →
 //! route → queue steps as the sendmail path), or deliver (the queue runner does, through
@@ -58,6 +60,10 @@ pub struct Accepted {
     pub envelope: Envelope,
     /// The data as received (CRLF, dots removed), with our `Received:` field first.
     pub body: Body,
+    /// The senders this client may use (the user's `senders`, or `[serve] senders` for a
+    /// client that did not log in), for the From and Sender fields of the prepared message
+    /// ([`access::check_header_senders`]), and who they are in a refusal; None: any.
+    pub senders: Option<(Vec<String>, String)>,
 }
 
 /// The steps `serve` does not own, given by `app`.
@@ -83,6 +89,7 @@ struct Settings {
     profile: Option<String>,
     users: BTreeMap<String, User>,
     max_connections: usize,
+    max_connections_per_client: usize,
     client_rate_per_minute: u32,
     auth_failures: u32,
     lockout: Duration,
@@ -110,12 +117,18 @@ impl Settings {
                 .map(|p| p.max_size())
                 .unwrap_or_else(|_| config::Profile::default().max_size()),
         };
+        // The data of a message being received waits in the spool's own tmp directory: on
+        // the spool's disk, not in /tmp (often a RAM tmpfs, where many slow clients would pin
+        // max_message_size of memory each).
+        let spool_tmp = crate::queue::spool_tmp_dir(&config)?;
         let limits = bs::Limits {
             hostname: sv.hostname.clone().unwrap_or_else(bs::local_hostname),
             max_size,
             max_recipients: sv.max_recipients.unwrap_or(500),
+            temp_dir: Some(spool_tmp),
             ..bs::Limits::default()
         };
+        let max_connections = sv.max_connections.unwrap_or(100);
         Ok(Settings {
             listen: sv.listen(),
             networks: sv.networks(),
@@ -126,7 +139,10 @@ impl Settings {
             senders: sv.senders.clone(),
             profile: sv.profile.clone(),
             users,
-            max_connections: sv.max_connections.unwrap_or(100),
+            max_connections,
+            max_connections_per_client: sv
+                .max_connections_per_client
+                .unwrap_or(max_connections.div_ceil(2)),
             client_rate_per_minute: sv.client_rate_per_minute.unwrap_or(0),
             auth_failures: sv.auth_failures.unwrap_or(5),
             lockout: Duration::from_secs(sv.lockout_minutes.unwrap_or(15) * 60),
@@ -160,9 +176,14 @@ impl Shared {
     }
 }
 
-/// Say something on stderr (the journal under systemd).
+/// Say something on stderr (the journal under systemd). What clients said is part of it
+/// (user names, addresses): control and format characters are escaped, so a record stays one
+/// line and reads as written.
 fn note(text: &str) {
-    crate::console::err_line(&format!("m365send: serve: {text}"));
+    crate::console::err_line(&format!(
+        "m365send: serve: {}",
+        crate::printable::for_terminal(text, false)
+    ));
 }
 
 /// Run the server until SIGTERM or SIGINT. `config_path`: `--config`, re-read on SIGHUP.
@@ -433,6 +454,15 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Counts a client's open connection while it lives.
+struct ClientGuard(Arc<Shared>, IpAddr);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.throttle().connection_closed(self.1);
+    }
+}
+
 /// Refuse a connection with one reply and close it.
 async fn refuse(mut sock: TcpStream, line: &str) {
     let write = async {
@@ -471,6 +501,24 @@ async fn connection(
         refuse(sock, "421 4.7.0 Too many connections, try again later").await;
         return;
     }
+    // One client may not hold every slot (and keep them: a byte now and then resets the idle
+    // timeout), or the other devices could not connect at all.
+    if !shared
+        .throttle()
+        .connection_opened(ip, settings.max_connections_per_client)
+    {
+        note(&format!(
+            "refused {ip}: {} connections from it open (serve.max_connections_per_client)",
+            settings.max_connections_per_client
+        ));
+        refuse(
+            sock,
+            &format!("421 4.7.0 Too many connections from {ip}, try again later"),
+        )
+        .await;
+        return;
+    }
+    let _client = ClientGuard(shared.clone(), ip);
     let local = sock
         .local_addr()
         .map(|a| a.ip())
@@ -520,36 +568,60 @@ impl bs::Hooks for Client {
         let shared = self.shared.clone();
         let ip = self.ip;
         async move {
-            if let Some(left) = shared.throttle().locked(ip, Instant::now()) {
-                return Verdict::Refuse(reply(
-                    454,
-                    &format!(
-                        "4.7.0 Too many failed authentications from {ip}; try again in {} \
-                         minute(s)",
-                        left.as_secs().div_ceil(60).max(1)
-                    ),
-                ));
+            // Counted before the password is checked: AUTH sent at once on many connections
+            // gets no more checks than `auth_failures` allows.
+            let begun = shared.throttle().begin_auth(
+                ip,
+                settings.auth_failures,
+                settings.lockout,
+                Instant::now(),
+            );
+            match begun {
+                Ok(()) => {}
+                Err(access::AuthRefused::Locked(left)) => {
+                    return Verdict::Refuse(reply(
+                        454,
+                        &format!(
+                            "4.7.0 Too many failed authentications from {ip}; try again in {} \
+                             minute(s)",
+                            left.as_secs().div_ceil(60).max(1)
+                        ),
+                    ));
+                }
+                Err(access::AuthRefused::Busy) => {
+                    return Verdict::Refuse(reply(
+                        454,
+                        &format!(
+                            "4.7.0 Too many authentications in progress from {ip}; try again \
+                             later"
+                        ),
+                    ));
+                }
             }
-            let hash = settings.users.get(&user).map(|u| u.hash.clone());
+            // An unknown user costs a hash check too (the first user's hash, whatever the
+            // password), so the time of the answer does not tell which user names exist.
+            let known = settings.users.get(&user).map(|u| u.hash.clone());
+            let exists = known.is_some();
+            let hash = known.or_else(|| settings.users.values().next().map(|u| u.hash.clone()));
             // argon2 takes tens of milliseconds: off the thread that serves the sessions.
             let ok = match hash {
                 Some(h) => tokio::task::spawn_blocking(move || h.verify(&password))
                     .await
                     .unwrap_or(false),
                 None => false,
-            };
-            if ok {
-                shared.throttle().auth_ok(ip);
-                tracing::debug!(client = %ip, %user, "authenticated");
-                return Verdict::Accept;
-            }
-            let locked = shared.throttle().auth_failed(
+            } && exists;
+            let locked = shared.throttle().end_auth(
                 ip,
+                ok,
                 settings.auth_failures,
                 settings.lockout,
                 Instant::now(),
             );
-            let name: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
+            if ok {
+                tracing::debug!(client = %ip, %user, "authenticated");
+                return Verdict::Accept;
+            }
+            let name: String = user.chars().take(64).collect();
             note(&format!("AUTH failed for \"{name}\" from {ip}"));
             if locked {
                 note(&format!(
@@ -591,6 +663,22 @@ impl bs::Hooks for Client {
                 }
             }
         }
+        // Room for the message in the spool, with a margin (as Postfix asks for 1.5 times its
+        // message_size_limit): a full disk is a temporary condition the client retries after,
+        // not a reason to refuse the message for good.
+        if let Some(dir) = &s.limits.temp_dir
+            && let Some(free) = crate::fsutil::free_bytes(dir)
+            && free < s.limits.max_size.saturating_add(s.limits.max_size / 2)
+        {
+            note(&format!(
+                "refused a message from {}: {free} bytes left in the spool's file system",
+                self.ip
+            ));
+            return Verdict::Refuse(reply(
+                452,
+                "4.3.1 Insufficient system storage, try again later",
+            ));
+        }
         let rate = s.client_rate_per_minute;
         if !self
             .shared
@@ -616,7 +704,14 @@ impl bs::Hooks for Client {
             (false, true) => "ESMTPA",
             (true, true) => "ESMTPSA",
         };
-        let helo = if helo.is_empty() { "unknown" } else { helo };
+        // The name as the client gave it, but within a header line: printable ASCII only (what
+        // is not becomes `?`), at most 255 characters (the longest domain name).
+        let helo: String = helo
+            .chars()
+            .take(255)
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
+        let helo = if helo.is_empty() { "unknown" } else { &helo };
         Some(format!(
             "Received: from {helo} ([{}])\r\n\tby {} (m365send) with {proto};\r\n\t{}",
             self.ip,
@@ -639,6 +734,15 @@ impl bs::Hooks for Client {
             .and_then(|u| settings.users.get(u))
             .and_then(|u| u.profile.clone())
             .or_else(|| settings.profile.clone());
+        let senders = match user.and_then(|u| settings.users.get(u).map(|e| (u, e))) {
+            Some((name, entry)) => Some((entry.senders.clone(), format!("user {name}"))),
+            None => settings.senders.clone().map(|list| {
+                (
+                    list,
+                    "a client that did not log in (serve.senders)".to_owned(),
+                )
+            }),
+        };
         let user = user.map(str::to_owned);
         async move {
             let summary = format!(
@@ -652,6 +756,7 @@ impl bs::Hooks for Client {
                 profile,
                 envelope,
                 body,
+                senders,
             };
             let handle = tokio::runtime::Handle::current();
             let done = tokio::task::spawn_blocking(move || handle.block_on(accept(request))).await;

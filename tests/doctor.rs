@@ -1620,3 +1620,77 @@ async fn graph_token_without_mail_send() {
     );
     assert!(graph.sent().is_empty());
 }
+
+/// Finding (medium, attacker's review): doctor printed what DNS, the server and certificates
+/// say as it came: a TXT record (anyone who controls the domain's DNS, or spoofs an answer
+/// over UDP, writes it), a reply text and a certificate name with terminal escapes (clear the
+/// screen, set the title, hide text with U+202E) reached the terminal raw, and a record of
+/// any size was printed whole. Now every evidence and fix is escaped (printable) and cut at
+/// 2,000 characters (unit test `doctor::tests::evidence_is_escaped_and_bounded`), in the text
+/// and in --json.
+#[tokio::test]
+async fn hostile_dns_replies_and_certificate_names_are_printed_escaped() {
+    let hostile = "\x1b]0;owned\x07\x1b[2J\u{202e}evil\u{2028}";
+    let smtp = FakeM365::start(FakeConfig::mx().rule(Rule::reply(
+        Phase::Rcpt,
+        "550 5.7.1 rejected \u{202e}gnp.exe\u{2066}",
+    )))
+    .await;
+    let spf = format!("v=spf1 include:spf.protection.outlook.com {hostile} -all");
+    let mut dns = with(healthy_dns(), "contoso.com", Answer::Txt(vec![spf]));
+    dns = with(
+        dns,
+        "_dmarc.contoso.com",
+        Answer::Txt(vec![format!("v=DMARC1; p=none; {hostile}")]),
+    );
+    let dns = start_stub_dns(dns);
+    let placeholder = (PathBuf::from("/x.crt"), PathBuf::from("/x.key"));
+    let env = Env::new("cron", &relay_profile(&smtp, &placeholder, dns));
+    // A client certificate the fake server trusts, its CN hostile.
+    let names = vec!["mail.contoso.com".to_owned()];
+    let (cert, key, _, _) = smtp.pki.leaf(&names, &format!("mail.contoso.com{hostile}"));
+    let (c, k) = (env.path("relay.crt"), env.path("relay.key"));
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("/x.crt", &c.display().to_string())
+        .replace("/x.key", &k.display().to_string());
+    std::fs::write(&env.config, config).unwrap();
+
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n') || matches!(c, '\u{202e}' | '\u{2028}' | '\u{2066}')
+    };
+    for args in [&["--to", RCPT][..], &["--json", "--to", RCPT][..]] {
+        let o = env.doctor(args).await;
+        let out = stdout(&o);
+        let err = stderr(&o);
+        for (what, s) in [("stdout", &out), ("stderr", &err)] {
+            assert!(
+                !s.chars().any(unsafe_char),
+                "{what} of doctor {args:?} has raw control or format characters:\n{s:?}"
+            );
+        }
+        let shown = if args[0] == "--json" {
+            let doc: Value = serde_json::from_str(&out).unwrap();
+            [
+                "dns.spf",
+                "dns.dmarc",
+                "config.client_certificate",
+                "smtp.rcpt_to",
+            ]
+            .iter()
+            .map(|n| text(&check(&doc, n)["evidence"]))
+            .collect::<Vec<_>>()
+            .join("\n")
+        } else {
+            out.clone()
+        };
+        assert!(shown.contains("\\x1b]0;owned\\x07"), "{shown}");
+        assert!(shown.contains("\\u{202e}evil\\u{2028}"), "{shown}");
+        assert!(
+            shown.contains("rejected \\u{202e}gnp.exe\\u{2066}"),
+            "{shown}"
+        );
+    }
+}

@@ -950,3 +950,43 @@ retry = {{ attempts = 1 }}
     );
     assert_no_secret(&o);
 }
+
+/// Finding (low, attacker's review): Graph's answers were read whole into memory and its
+/// error code copied as it came: a hostile or broken answer (a TLS-inspecting proxy, a wrong
+/// graph_host) of tens of megabytes cost as much memory, and a code with terminal escapes
+/// reached stderr, the log and the dead letter raw, at any length. Now an error answer is
+/// read up to 64 KiB (a success up to 16 MiB), and the code and message are cleaned and cut.
+#[test]
+fn a_huge_hostile_graph_error_costs_bounded_memory_and_prints_clean() {
+    let code = format!(
+        "ErrorEvil\x1b]0;owned\x07\x1b[2J\u{202e}{}",
+        "C".repeat(100_000)
+    );
+    let message = format!("boom\u{202e}{}", "m".repeat(48 * 1024 * 1024));
+    let server = FakeGraph::start(
+        Accept::Token(TOKEN.into()),
+        vec![Rule::error("POST sendMail", 400, &code, &message)],
+    );
+    let env = Env::new(&server, "queue = \"never\"");
+    let (o, m) = env.run_measured(
+        &["-v", "-i", "ops@contoso.com"],
+        Input::Bytes(b"Subject: e\n\nx\n"),
+    );
+    let e = stderr(&o);
+    assert_ne!(o.status.code(), Some(0), "{e}");
+    assert!(m.hwm < RSS_BOUND_KIB, "{m:?}");
+    assert!(
+        !e.chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+        "raw control characters on stderr: {:?}",
+        &e[..e.len().min(2000)]
+    );
+    assert!(e.len() < 16 * 1024, "{} bytes on stderr", e.len());
+    let dead = std::fs::read_to_string(env.dir.path().join("dead.letter")).unwrap_or_default();
+    assert!(
+        !dead.contains('\x1b') && dead.len() < 64 * 1024,
+        "{} bytes",
+        dead.len()
+    );
+    assert_no_secret(&o);
+}

@@ -1529,3 +1529,38 @@ fn a_token_cache_others_could_write_is_refused() {
     assert!(f.message.contains("owned by uid 65534"), "{}", f.message);
     assert_eq!(server.count(), 1);
 }
+
+/// Finding (low, attacker's review): the token endpoint's answer was read whole and its
+/// `error` and `error_description` quoted as they came: an answer of megabytes (a broken
+/// proxy, a wrong auth.authority) cost as much memory and became the error printed on stderr,
+/// written to the log and the dead letter, with terminal escapes raw. Now the answer is read
+/// up to 1 MiB and what is quoted from it is cleaned and cut.
+#[test]
+fn a_hostile_token_error_is_quoted_clean_and_short() {
+    // Under the 1 MiB read limit: quoted, cleaned and cut. Over it: not read as an error body.
+    for (size, quoted) in [(500 * 1024, true), (3 * 1024 * 1024, false)] {
+        let description = format!(
+            "AADSTS7000215: Invalid client secret.\x1b]0;owned\x07\u{202e}{}",
+            "d".repeat(size)
+        );
+        let error = format!("invalid_client\x1b[2J{}", "e".repeat(100_000));
+        let srv = TokenServer::scripted(vec![Reply::json(
+            401,
+            json!({"error": error, "error_description": description, "error_codes": [7000215]}),
+        )]);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let p = app_profile(&srv.authority());
+        let f = err(block(auth::credentials(&cfg, &p, false)));
+        assert!(
+            !f.message
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{:?}",
+            &f.message[..f.message.len().min(500)]
+        );
+        assert!(f.message.len() < 4096, "{} bytes", f.message.len());
+        assert_eq!(f.message.contains("AADSTS7000215"), quoted, "{}", f.message);
+        assert!(!f.message.contains(SECRET));
+    }
+}

@@ -1153,3 +1153,316 @@ async fn bad_configurations_stop_serve_at_start() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert!(err.contains("another program listens there"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// An attacker on the LAN (issue: attacker's review of serve). Each test says what a hostile
+// client tries and what it must see.
+
+/// AUTH PLAIN's initial response for `user` and `password`.
+fn plain_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+/// Two users; the attacker knows the scanner's password (it is on the printer's web page)
+/// and guesses the CEO's.
+fn two_users(extra: &str) -> String {
+    format!(
+        r#"auth_failures = 3
+{extra}
+
+[serve.users.scanner]
+password_hash = "{SECRET_HASH}"
+senders = ["scanner@contoso.com"]
+
+[serve.users.ceo]
+password_hash = "{SECRET_HASH}"
+senders = ["ceo@contoso.com"]
+"#
+    )
+}
+
+/// Finding (medium): a successful login forgot the address's failed attempts, so an attacker
+/// who knows one account's password logged in with it after every few guesses and guessed
+/// another account's password without ever being locked out. Now the failures of an address
+/// count for `lockout_minutes` whatever logs in meanwhile.
+#[tokio::test]
+async fn a_login_with_a_known_password_does_not_reset_the_lockout() {
+    let (_server, _env, serve) = started(&two_users("")).await;
+    let mut replies = Vec::new();
+    for round in 0..3 {
+        for guess in 0..2 {
+            let mut c = Raw::connect(serve.port).await;
+            c.reply().await;
+            c.cmd("EHLO t").await;
+            let r = c
+                .cmd(&format!(
+                    "AUTH PLAIN {}",
+                    plain_auth("ceo", &format!("g{round}{guess}"))
+                ))
+                .await;
+            replies.push(r);
+        }
+        let mut c = Raw::connect(serve.port).await;
+        c.reply().await;
+        c.cmd("EHLO t").await;
+        replies.push(
+            c.cmd(&format!("AUTH PLAIN {}", plain_auth("scanner", "secret")))
+                .await,
+        );
+    }
+    // 2 guesses, the scanner's login (fine), the 3rd guess locks the address out; from then
+    // on nothing is even tried.
+    assert!(replies[0].starts_with("535 "), "{replies:?}");
+    assert!(replies[1].starts_with("535 "), "{replies:?}");
+    assert!(replies[2].starts_with("235 "), "{replies:?}");
+    assert_eq!(
+        replies[3], "421 4.7.0 Too many failed authentications, try again later\r\n",
+        "{replies:?}"
+    );
+    for r in &replies[4..] {
+        assert!(
+            r.starts_with("454 4.7.0 Too many failed authentications"),
+            "{replies:?}"
+        );
+    }
+}
+
+/// Finding (medium): the lockout was checked before the password and counted after it, so
+/// AUTH sent at once on many connections had every password verified: 60 guesses where
+/// `auth_failures` allows 3. Now an attempt is counted before its password is checked: at
+/// most `auth_failures` are verified, the others refused unchecked.
+#[tokio::test]
+async fn concurrent_auth_attempts_get_no_more_guesses_than_the_lockout_allows() {
+    let (_server, _env, serve) = started(&two_users("")).await;
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        let mut c = Raw::connect(serve.port).await;
+        c.reply().await;
+        c.cmd("EHLO t").await;
+        clients.push(c);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.w.write_all(format!("AUTH PLAIN {}\r\n", plain_auth("ceo", &format!("g{i}"))).as_bytes())
+            .await
+            .unwrap();
+    }
+    for c in clients.iter_mut() {
+        let r = c.reply().await;
+        assert!(
+            r.starts_with("535 ") || r.starts_with("421 4.7.0") || r.starts_with("454 4.7.0"),
+            "{r}"
+        );
+    }
+    serve.wait_log("locked out").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let failed = serve.log().matches("AUTH failed for \"ceo\"").count();
+    assert!(failed <= 3, "{failed} passwords checked\n{}", serve.log());
+}
+
+/// Finding (medium): `max_connections` was the only limit, so one client took every slot
+/// (and kept them: a byte every few minutes resets `idle_timeout`), and the printers got 421.
+/// Now one address may hold at most `max_connections_per_client` (default half of
+/// `max_connections`).
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let (_server, _env, serve) =
+        started("max_connections = 6\nmax_connections_per_client = 2\n").await;
+    let mut mine = Vec::new();
+    for _ in 0..2 {
+        let mut c = Raw::connect(serve.port).await;
+        assert!(c.reply().await.starts_with("220 "));
+        mine.push(c);
+    }
+    let mut third = Raw::connect(serve.port).await;
+    assert_eq!(
+        third.reply().await,
+        "421 4.7.0 Too many connections from 127.0.0.1, try again later\r\n"
+    );
+    assert!(third.closed().await);
+    // One closes: the address may connect again.
+    mine.pop().unwrap().cmd("QUIT").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = Raw::connect(serve.port).await;
+    assert!(again.reply().await.starts_with("220 "));
+}
+
+/// Finding (medium): the per-user sender restriction covered the envelope only: the scanner
+/// (allowed scanner@contoso.com) sent `From: CEO <ceo@contoso.com>` through a relay
+/// profile, and Microsoft 365 relays whatever From an accepted domain has. Now the From and
+/// Sender fields must name addresses the user may use too (or the profile's own sender when
+/// the profile rewrites them): 550 5.7.1 otherwise, and nothing is queued.
+#[tokio::test]
+async fn a_user_cannot_put_another_sender_in_the_from_field() {
+    let (server, env, serve) = started(&two_users("")).await;
+    let send = |from_header: &'static str| {
+        let port = serve.port;
+        async move {
+            let mut c = Raw::connect(port).await;
+            c.reply().await;
+            c.cmd("EHLO t").await;
+            let r = c
+                .cmd(&format!("AUTH PLAIN {}", plain_auth("scanner", "secret")))
+                .await;
+            assert!(r.starts_with("235 "), "{r}");
+            assert!(
+                c.cmd("MAIL FROM:<scanner@contoso.com>")
+                    .await
+                    .starts_with("250 ")
+            );
+            assert!(c.cmd("RCPT TO:<all@contoso.com>").await.starts_with("250 "));
+            assert!(c.cmd("DATA").await.starts_with("354"));
+            c.cmd(&format!(
+                "{from_header}To: all@contoso.com\r\nSubject: wire the money\r\n\r\nplease\r\n."
+            ))
+            .await
+        }
+    };
+    for spoof in [
+        "From: CEO <ceo@contoso.com>\r\n",
+        "From: CEO <CEO@Contoso.com>\r\n",
+        "From: scanner@contoso.com\r\nSender: ceo@contoso.com\r\n",
+        "From: scanner@contoso.com, ceo@contoso.com\r\n",
+        "From: scanner@contoso.com\r\nFrom: ceo@contoso.com\r\n",
+    ] {
+        let r = send(spoof).await;
+        assert!(
+            r.starts_with("550 5.7.1 ")
+                && r.to_ascii_lowercase().contains("<ceo@contoso.com>")
+                && r.contains("user scanner"),
+            "{spoof:?}: {r}"
+        );
+    }
+    assert_eq!(env.queue_count().await, 0);
+    // Its own address (any case, with a display name) goes.
+    let r = send("From: Scanner <Scanner@contoso.com>\r\n").await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let got = delivered(&server, 1, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1, "{}", serve.log());
+}
+
+/// Finding (low): the EHLO name went into the `Received:` field as given: 980 characters made
+/// a header line longer than RFC 5322's 998, and bytes that are not UTF-8 became raw U+FFFD
+/// in a header. Now the name in the trace field is at most 255 printable ASCII characters.
+#[tokio::test]
+async fn the_received_field_stays_well_formed_whatever_the_ehlo_name() {
+    let (server, _env, serve) = started("").await;
+    let mut s = TcpStream::connect(("127.0.0.1", serve.port)).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let _ = s.read(&mut buf).await.unwrap();
+    let mut dialogue = Vec::new();
+    dialogue.extend_from_slice(b"EHLO ");
+    dialogue.extend_from_slice("h".repeat(100).as_bytes());
+    dialogue.extend_from_slice(b"\xff\xfe(x)");
+    dialogue.extend_from_slice("h".repeat(880).as_bytes());
+    dialogue
+        .extend_from_slice(b"\r\nMAIL FROM:<a@contoso.com>\r\nRCPT TO:<b@contoso.com>\r\nDATA\r\n");
+    s.write_all(&dialogue).await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("354 ") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    s.write_all(b"Subject: t\r\n\r\nx\r\n.\r\nQUIT\r\n")
+        .await
+        .unwrap();
+    let got = delivered(&server, 1, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1, "{}", serve.log());
+    let data = &got[0].data;
+    let head = text(data).split("\r\n\r\n").next().unwrap().to_owned();
+    for line in head.split("\r\n") {
+        assert!(line.len() <= 998, "{} characters: {line}", line.len());
+        assert!(line.is_ascii(), "{line:?}");
+    }
+    let received = head
+        .split("\r\n")
+        .find(|l| l.starts_with("Received: "))
+        .unwrap();
+    assert!(
+        received.starts_with(&format!(
+            "Received: from {}??(x){} ([127.0.0.1])",
+            "h".repeat(100),
+            "h".repeat(150)
+        )),
+        "{received}"
+    );
+}
+
+/// Finding (medium): the data of a session went to a temporary file in $TMPDIR (/tmp: a RAM
+/// tmpfs on Debian 13, private per unit but the same memory): 100 clients × 35 MB pinned
+/// GBs of memory while they sent slowly. Now it goes to the spool's tmp directory, on the
+/// spool's disk, where queued mail goes anyway.
+#[tokio::test]
+async fn data_in_transit_is_kept_in_the_spool_not_in_tmp() {
+    let server = FakeM365::start(FakeConfig::mx()).await;
+    let env = Env::new();
+    env.write(server.port(), server.ca_file(), "");
+    let tmp = env.dir.path().join("tmpdir");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&env.config)
+        .arg("serve")
+        .env("TMPDIR", &tmp);
+    let serve = Serve::spawn(cmd).await;
+    let mut c = Raw::connect(serve.port).await;
+    c.reply().await;
+    c.cmd("EHLO t").await;
+    c.cmd("MAIL FROM:<a@contoso.com>").await;
+    c.cmd("RCPT TO:<b@contoso.com>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.w.write_all(b"Subject: slow\r\n\r\n").await.unwrap();
+    c.w.write_all("x".repeat(100_000).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_tmp: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(in_tmp.is_empty(), "{in_tmp:?}");
+    let in_spool = std::fs::read_dir(env.spool.join("tmp")).unwrap().count();
+    assert_eq!(in_spool, 1);
+    let r = c.cmd("\r\n.").await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+}
+
+/// Finding (medium): when the spool's disk was full, the message got `554 5.3.0` (exit 73
+/// became a permanent refusal), so a printer dropped it for a condition that passes. Now
+/// serve refuses MAIL with `452 4.3.1` when the spool's file system has less room than one
+/// and a half of the largest message (as Postfix does), and a failure to write the spool is a
+/// temporary 451.
+#[tokio::test]
+async fn too_little_room_in_the_spool_is_a_temporary_refusal() {
+    let (_server, env, serve) = started("max_message_size = 1000000000000000\n").await;
+    let mut c = Raw::connect(serve.port).await;
+    c.reply().await;
+    c.cmd("EHLO t").await;
+    let r = c.cmd("MAIL FROM:<a@contoso.com>").await;
+    assert!(
+        r.starts_with("452 4.3.1 Insufficient system storage"),
+        "{r}"
+    );
+    assert_eq!(env.queue_count().await, 0);
+}
+
+/// Finding (low): a user name or address given by a client reached stderr (the journal) with
+/// Unicode format characters raw: U+202E reorders what the administrator reads, U+2028 starts
+/// a new line in some viewers. Now they are escaped.
+#[tokio::test]
+async fn what_a_client_says_reaches_the_log_escaped() {
+    let (_server, _env, serve) = started(&two_users("")).await;
+    let mut c = Raw::connect(serve.port).await;
+    c.reply().await;
+    c.cmd("EHLO t").await;
+    let r = c
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            plain_auth("ceo\u{202e}nimda\u{2028}fake", "x")
+        ))
+        .await;
+    assert!(r.starts_with("535 "), "{r}");
+    serve.wait_log("AUTH failed for").await;
+    let log = serve.log();
+    assert!(
+        !log.contains('\u{202e}') && !log.contains('\u{2028}'),
+        "{log:?}"
+    );
+    assert!(log.contains("\\u{202e}"), "{log}");
+}

@@ -3,15 +3,16 @@
 //! Owns: the cache directory (config `cache_dir`; root /var/cache/m365send; users
 //! $XDG_CACHE_HOME/m365send or ~/.cache/m365send, `~` being HOME or else the password
 //! database's home; created 0700, and when the user may not create it the error gives root's
-//! `install -d` command; an existing one must be this
-//! user's and writable by no one else, see `trust::check_private_dir`), reading an entry
+//! `install -d` command; it must be this user's and writable by no one else, checked before
+//! use and again before every write or lock, see `trust::check_private_dir`; the lock file is
+//! never opened through a link), reading an entry
 //! (ignored when its key — profile, tenant, client id, scope, flow, authority — no longer
 //! matches the profile), writing it atomically (temp file 0600 in the same directory, fsync, rename) and the
 //! exclusive lock that makes concurrent processes ask the token endpoint once.
 //! Must not: talk to the network, or print a token (Debug is redacted).
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -167,28 +168,48 @@ fn io_fail(what: &str, path: &Path, e: std::io::Error) -> Failure {
     )
 }
 
-/// Create the directory (mode 0700) if it does not exist.
+/// Create the directory (mode 0700) if it does not exist, then check it is this user's
+/// private directory, whoever made it: [`dir`] checks only a directory that exists, and
+/// between that check and this creation (or a token request later) another user who may
+/// write the parent (a `cache_dir` under /tmp) could have made it, to read or plant tokens.
 pub fn ensure_dir(dir: &Path) -> Result<(), Failure> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| {
-            let denied = e.kind() == std::io::ErrorKind::PermissionDenied;
-            let mut f = io_fail("create directory", dir, e);
-            let euid = crate::trust::euid();
-            if denied && euid != 0 {
-                let fix = crate::trust::create_private_dir_fix(dir, euid);
-                f.message = format!("{}\n  {fix}", f.message);
+    if !dir.is_dir() {
+        let made = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+        match made {
+            Ok(()) => {
+                // The umask may have removed bits but never adds any; make sure of 0700.
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| io_fail("set permissions on", dir, e))?;
             }
-            f
-        })?;
-    // The umask may have removed bits but never adds any; make sure of 0700 anyway.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| io_fail("set permissions on", dir, e))
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                let denied = e.kind() == std::io::ErrorKind::PermissionDenied;
+                let mut f = io_fail("create directory", dir, e);
+                let euid = crate::trust::euid();
+                if denied && euid != 0 {
+                    let fix = crate::trust::create_private_dir_fix(dir, euid);
+                    f.message = format!("{}\n  {fix}", f.message);
+                }
+                return Err(f);
+            }
+        }
+    }
+    let euid = crate::trust::euid();
+    crate::trust::check_private_dir(dir, &[], euid).map_err(|u| {
+        Failure::new(
+            Exit::NoPerm,
+            format!(
+                "the token cache {} is not safe to use: {u}. It holds {}'s tokens, so only \
+                 that user may write it",
+                dir.display(),
+                crate::trust::describe_uid(euid)
+            ),
+        )
+    })?;
+    Ok(())
 }
 
 /// Read the entry for `key`. None: no file, unreadable content, or a different key.
@@ -232,11 +253,14 @@ pub struct Lock {
 fn open_lock(dir: &Path, profile: &str) -> Result<File, Failure> {
     ensure_dir(dir)?;
     let path = lock_path(dir, profile);
+    // Not through a symbolic link: opened with create, it would make an empty root-owned
+    // file wherever the link points (/etc/nologin).
     OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode_0600()
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| io_fail("open lock file", &path, e))
 }
@@ -300,5 +324,62 @@ pub async fn lock_within(
             ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const NOBODY: u32 = 65534;
+
+    fn entry() -> Entry {
+        let mut e = Entry::new(CacheKey {
+            profile: "app".into(),
+            tenant: "t".into(),
+            client_id: "c".into(),
+            scope: "s".into(),
+            flow: "f".into(),
+            authority: "a".into(),
+        });
+        e.access_token = Some("at-secret".into());
+        e
+    }
+
+    /// Finding (low, attacker's review): `dir` checks the cache only when it exists; a
+    /// directory another user made after that check (a `cache_dir` under /tmp) was then
+    /// used, and the tokens written into it. Now every write checks the directory first.
+    #[test]
+    fn a_cache_directory_another_user_made_is_not_written() {
+        if crate::trust::euid() != 0 {
+            return; // needs chown
+        }
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(NOBODY), None).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = write(&dir, &entry()).unwrap_err();
+        assert_eq!(e.exit, Exit::NoPerm, "{}", e.message);
+        assert!(e.message.contains("owned by uid 65534"), "{}", e.message);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // A proper one is written.
+        let mine = top.path().join("mine");
+        write(&mine, &entry()).unwrap();
+        assert!(read_any(&mine, "app").is_some());
+    }
+
+    /// Finding (low): the lock file was opened with create through a symbolic link, so a link
+    /// planted in a cache directory made root create an empty file wherever it pointed.
+    #[test]
+    fn the_lock_file_is_not_opened_through_a_symbolic_link() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("cache");
+        ensure_dir(&dir).unwrap();
+        let target = top.path().join("nologin");
+        std::os::unix::fs::symlink(&target, lock_path(&dir, "app")).unwrap();
+        assert!(lock_blocking(&dir, "app").is_err());
+        assert!(!target.exists());
     }
 }

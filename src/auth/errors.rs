@@ -127,11 +127,16 @@ pub fn from_response(
             exit: Exit::TempFail,
         };
     }
+    // Quoted from the answer, which may not come from Microsoft (a proxy, a wrong
+    // authority): short, one line, no terminal escapes.
+    let error = crate::printable::excerpt(&resp.error, 100);
     let quoted = match (code.as_deref(), resp.first_line()) {
-        (_, "") => resp.error.clone(),
-        (Some(c), line) if line.contains(c) => format!("{}: {line}", resp.error),
-        (Some(c), line) => format!("{} {c}: {line}", resp.error),
-        (None, line) => format!("{}: {line}", resp.error),
+        (_, "") => error,
+        (Some(c), line) if line.contains(c) => {
+            format!("{error}: {}", crate::printable::excerpt(line, 400))
+        }
+        (Some(c), line) => format!("{error} {c}: {}", crate::printable::excerpt(line, 400)),
+        (None, line) => format!("{error}: {}", crate::printable::excerpt(line, 400)),
     };
     let msg = format!(
         "OAuth token request for profile \"{}\" failed (HTTP {status}, {quoted}).\n  {}\n  {}",

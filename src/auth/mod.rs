@@ -401,16 +401,20 @@ async fn post_form<T: serde::de::DeserializeOwned>(
             s.profile
         ))));
     }
-    let body = resp.bytes().await.map_err(|e| {
-        PostError::Failed(Failure::new(
-            Exit::TempFail,
-            format!(
-                "the token endpoint for profile \"{}\" ({url}) broke off its answer: {}",
-                s.profile,
-                crate::http::error_chain(e)
-            ),
-        ))
-    })?;
+    // A token answer is a few kilobytes; a huge one (a proxy, a wrong authority) is not read
+    // past 1 MiB.
+    let body = crate::http::read_body(resp, 1024 * 1024)
+        .await
+        .map_err(|e| {
+            PostError::Failed(Failure::new(
+                Exit::TempFail,
+                format!(
+                    "the token endpoint for profile \"{}\" ({url}) broke off its answer: {}",
+                    s.profile,
+                    crate::http::error_chain(e)
+                ),
+            ))
+        })?;
     if (200..300).contains(&status) {
         return serde_json::from_slice(&body).map_err(|_| {
             PostError::Failed(Failure::new(

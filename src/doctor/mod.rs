@@ -5,7 +5,9 @@
 //! the fix; their text and JSON rendering; and the exit code (0 when nothing failed, else the
 //! sysexits code of the first failure).
 //!
-//! Must not: send a message (the SMTP probe ends with RSET and QUIT before DATA), print a
+//! Must not: send a message (the SMTP probe ends with RSET and QUIT before DATA), print what
+//! it saw outside raw (evidence is escaped and bounded where it is rendered: DNS records,
+//! replies and certificate names may hold terminal escapes and be huge), print a
 //! secret (secret sources are resolved and dropped; token claims are decoded, the token is
 //! never shown), or hold any step's logic: the route, the resolver, the credentials, the
 //! session settings and every explanation of a reply or an identity-platform error come from
@@ -157,6 +159,17 @@ impl Check {
     }
 }
 
+/// The longest evidence or fix shown, in characters: a DNS record or a server's reply may be
+/// tens of kilobytes.
+const MAX_SHOWN: usize = 2000;
+
+/// Text seen outside (DNS records, server replies, certificate names, token claims) as it is
+/// shown, in the text report and in JSON alike: control and format characters escaped
+/// (no terminal escape sequence, no reordered text), at most [`MAX_SHOWN`] characters.
+fn shown(s: &str) -> String {
+    crate::printable::excerpt(s, MAX_SHOWN)
+}
+
 /// A step's error message → (first line, the rest joined into one line).
 pub fn split_failure(message: &str) -> (String, Option<String>) {
     let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
@@ -208,12 +221,17 @@ impl Report {
         for p in &self.profiles {
             match (&p.profile, p.mode) {
                 (Some(name), Some(mode)) => {
-                    let _ = writeln!(s, "m365send doctor: profile \"{name}\" ({})", mode.as_str());
+                    let _ = writeln!(
+                        s,
+                        "m365send doctor: profile \"{}\" ({})",
+                        shown(name),
+                        mode.as_str()
+                    );
                 }
                 _ => s.push_str("m365send doctor\n"),
             }
             for c in &p.contacts {
-                let _ = writeln!(s, "  contacts: {c}");
+                let _ = writeln!(s, "  contacts: {}", shown(c));
             }
             s.push('\n');
             for c in &p.checks {
@@ -222,10 +240,10 @@ impl Report {
                     "  {:<7}  {:<width$}  {}",
                     c.status.as_str(),
                     c.name,
-                    c.evidence
+                    shown(&c.evidence)
                 );
                 if let Some(fix) = &c.fix {
-                    let _ = writeln!(s, "  {:<7}  {:<width$}  fix: {fix}", "", "");
+                    let _ = writeln!(s, "  {:<7}  {:<width$}  fix: {}", "", "", shown(fix));
                 }
             }
             s.push('\n');
@@ -262,11 +280,11 @@ impl Report {
             .flat_map(|p| {
                 p.checks.iter().map(move |c| {
                     serde_json::json!({
-                        "profile": p.profile,
+                        "profile": p.profile.as_deref().map(shown),
                         "name": c.name,
                         "status": c.status.as_str(),
-                        "evidence": c.evidence,
-                        "fix": c.fix,
+                        "evidence": shown(&c.evidence),
+                        "fix": c.fix.as_deref().map(shown),
                         "exit": c.exit.map(Exit::code),
                     })
                 })
@@ -277,9 +295,9 @@ impl Report {
             .iter()
             .map(|p| {
                 serde_json::json!({
-                    "profile": p.profile,
+                    "profile": p.profile.as_deref().map(shown),
                     "mode": p.mode.map(Mode::as_str),
-                    "contacts": p.contacts,
+                    "contacts": p.contacts.iter().map(|c| shown(c)).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -369,7 +387,7 @@ pub fn run(opts: &Options<'_>, out: &mut dyn Write) -> Result<(), Failure> {
                     "doctor: {failed} check{} failed; the first is {}: {}",
                     if failed == 1 { "" } else { "s" },
                     first.name,
-                    first.evidence
+                    shown(&first.evidence)
                 ),
             ))
         }
@@ -601,6 +619,31 @@ mod tests {
         assert_eq!(v["checks"][0]["fix"], "add one");
         assert_eq!(v["checks"][0]["profile"], "app");
         assert_eq!(v["summary"]["warning"], 1);
+    }
+
+    /// Evidence from outside is escaped and bounded in both renderings.
+    #[test]
+    fn evidence_is_escaped_and_bounded() {
+        let huge = format!("v=spf1 \x1b[2J\u{202e}{}", "x".repeat(100_000));
+        let r = report(vec![Check::warning("dns.spf", huge, "fix \x07 it")]);
+        let t = r.to_text();
+        assert!(
+            !t.contains('\x1b') && !t.contains('\u{202e}') && !t.contains('\x07'),
+            "{t}"
+        );
+        assert!(t.contains("v=spf1 \\x1b[2J\\u{202e}xxx"), "{t}");
+        assert!(t.contains("xxx…\n"), "{}", t.len());
+        assert!(t.len() < 3_000, "{}", t.len());
+        let j = r.to_json();
+        assert!(!j.contains('\u{202e}') && j.len() < 3_000, "{}", j.len());
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert!(
+            v["checks"][0]["evidence"]
+                .as_str()
+                .unwrap()
+                .starts_with("v=spf1 \\x1b[2J")
+        );
+        assert_eq!(v["checks"][0]["fix"], "fix \\x07 it");
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub const UPLOAD_CHUNK: usize = 10 * 320 * 1024;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// Requests retried after a 429/503 with Retry-After, per request.
 const THROTTLE_RETRIES: u32 = 3;
+/// The most read of a successful answer (a draft's JSON holds its body; an attachment's, its
+/// bytes in base64): beyond it the rest is not read.
+pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// The most read of an error answer (Graph's are a few hundred bytes).
+pub const MAX_ERROR_ANSWER: usize = 64 * 1024;
 
 /// Where a line of the (redacted) transcript goes.
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
@@ -760,7 +765,14 @@ impl Client {
             };
             let status = resp.status().as_u16();
             let retry_after = retry_after(resp.headers());
-            let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            let limit = if (200..300).contains(&status) {
+                MAX_ANSWER
+            } else {
+                MAX_ERROR_ANSWER
+            };
+            let body = crate::http::read_body(resp, limit)
+                .await
+                .unwrap_or_default();
             self.log(&format!(
                 "graph< {status}{}",
                 match error_body(&body) {
@@ -833,9 +845,27 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Graph's error code and message, made safe to show: the code is an identifier (letters,
+/// digits, `_.-`; at most 100), the message one line of at most 400 characters with unsafe
+/// characters escaped. An answer may come from a proxy or a wrong host, not Graph.
 fn error_body(body: &[u8]) -> Option<(String, String)> {
     let e: ErrorBody = serde_json::from_slice(body).ok()?;
-    (!e.error.code.is_empty()).then_some((e.error.code, e.error.message))
+    let code: String = e
+        .error
+        .code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c))
+        .take(100)
+        .collect();
+    // Graph's messages may hold line breaks: spaces, one line.
+    let flat: String = e
+        .error
+        .message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let message = crate::printable::excerpt(&flat, 400);
+    (!code.is_empty()).then_some((code, message))
 }
 
 fn error_of(
@@ -852,16 +882,7 @@ fn error_of(
             .unwrap_or("error");
         (reason.replace(' ', ""), format!("HTTP {status} {reason}"))
     });
-    // One line, bounded: it becomes a reply text.
-    let mut message: String = message.chars().filter(|c| !c.is_control()).collect();
-    if message.len() > 400 {
-        let mut cut = 400;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push('…');
-    }
+    // One line, bounded (error_body made sure): it becomes a reply text.
     GraphError::Status {
         status,
         code,

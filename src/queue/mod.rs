@@ -386,6 +386,14 @@ impl Spool {
     }
 }
 
+/// The spool's directory for temporary files, the spool created (and checked) if need be: a
+/// file there is on the spool's file system, private to this user, and removed by the queue
+/// runner when a crash left it behind (older than an hour). `serve` keeps the data of the
+/// messages it is receiving there.
+pub fn spool_tmp_dir(config: &Config) -> Result<PathBuf, Failure> {
+    Ok(Spool::create(config)?.tmp())
+}
+
 /// Take an exclusive lock (flock(2) on Linux) without blocking: Ok(false) when another
 /// holder has it.
 pub(crate) fn try_lock(file: &File) -> io::Result<bool> {

@@ -3,7 +3,8 @@
 //!
 //! Owns: parsing and checking password hashes (argon2 PHC strings, SHA-512-crypt `$6$`) and
 //! verifying a password against one (RustCrypto's `argon2` and `sha-crypt`), the network and
-//! sender rules, and the counters behind rate limits and lockouts. Must not: speak SMTP (it
+//! sender rules (the envelope's, and the From and Sender fields of the prepared message), and
+//! the counters behind connection and rate limits and lockouts. Must not: speak SMTP (it
 //! answers with decisions; `serve` turns them into replies), or keep or log a password.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -143,6 +144,39 @@ pub fn load_users(cfg: &ServeConfig) -> Result<BTreeMap<String, User>, Failure> 
     Ok(users)
 }
 
+/// Whether the From and Sender fields of a prepared message name only addresses the client
+/// may use: one of its sender `patterns` (a user's `senders`, or `[serve] senders`), or the
+/// message's envelope sender as prepared (the client's checked MAIL FROM, or the profile's
+/// own sender when the profile rewrote it). The envelope alone is not enough: Microsoft 365
+/// relays any From in an accepted domain, and recipients read the From. `who` names the rule
+/// in the refusal ("user scanner"). Exit 77 (550 5.7.1 to the client) otherwise.
+pub fn check_header_senders(
+    patterns: &[String],
+    envelope_sender: &str,
+    header_block: &str,
+    who: &str,
+) -> Result<(), Failure> {
+    for (field, addrs) in crate::message::sender_fields(header_block) {
+        for addr in addrs {
+            let allowed = addr.as_deref().is_some_and(|a| {
+                a.eq_ignore_ascii_case(envelope_sender)
+                    || patterns.iter().any(|p| sender_matches(p, a))
+            });
+            if !allowed {
+                let shown = match &addr {
+                    Some(a) => format!("<{}>", crate::printable::for_terminal(a, false)),
+                    None => "an address that cannot be read".to_owned(),
+                };
+                return Err(Failure::new(
+                    crate::exit::Exit::NoPerm,
+                    format!("{field}: {shown} is not an address {who} may send as"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, from a dual-stack socket) as IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -168,30 +202,75 @@ pub fn auth_needs_tls(policy: PlaintextAuth, local: IpAddr) -> bool {
     }
 }
 
-/// Per-client counters: messages in the last minute, failed AUTH attempts.
+/// Per-client counters: open connections, messages in the last minute, AUTH attempts.
+///
+/// Lockout: every failed AUTH of an address counts for the lockout window, whatever logs in
+/// from that address meanwhile (a success forgets nothing: otherwise one known password, a
+/// printer's, lets its holder guess another user's password for ever). An attempt is
+/// counted before its password is checked ([`Throttle::begin_auth`]), so AUTH sent at once
+/// on many connections gets no more password checks than the limit allows.
 #[derive(Debug, Default)]
 pub struct Throttle {
     messages: HashMap<IpAddr, VecDeque<Instant>>,
     failures: HashMap<IpAddr, Failures>,
+    connections: HashMap<IpAddr, usize>,
+    /// The size of `failures`/`messages` at which stale entries are forgotten next.
+    prune_at: usize,
 }
 
 #[derive(Debug, Default)]
 struct Failures {
     /// Times of recent failures (within the lockout window).
     times: VecDeque<Instant>,
+    /// Attempts whose password is being checked.
+    pending: u32,
     locked_until: Option<Instant>,
 }
 
+/// Why an AUTH attempt is not even checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefused {
+    /// The address is locked out for this long.
+    Locked(Duration),
+    /// As many attempts as may still fail are being checked already.
+    Busy,
+}
+
 const MINUTE: Duration = Duration::from_secs(60);
+/// Table size below which nothing is pruned.
+const PRUNE_FLOOR: usize = 10_000;
 
 impl Throttle {
+    /// Count a new connection from `ip` if it has fewer than `max` open; false otherwise
+    /// (and not counted). Each counted one is given back with [`Throttle::connection_closed`].
+    pub fn connection_opened(&mut self, ip: IpAddr, max: usize) -> bool {
+        let n = self.connections.entry(ip).or_default();
+        if *n >= max {
+            if *n == 0 {
+                self.connections.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn connection_closed(&mut self, ip: IpAddr) {
+        if let Some(n) = self.connections.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.connections.remove(&ip);
+            }
+        }
+    }
+
     /// Count a message from `ip` if fewer than `per_minute` came in the last minute; false
     /// (and not counted) otherwise. `per_minute` 0: no limit.
     pub fn allow_message(&mut self, ip: IpAddr, per_minute: u32, now: Instant) -> bool {
         if per_minute == 0 {
             return true;
         }
-        self.prune(now);
+        self.prune(now, MINUTE);
         let times = self.messages.entry(ip).or_default();
         while times
             .front()
@@ -215,10 +294,21 @@ impl Throttle {
             .filter(|d| !d.is_zero())
     }
 
-    /// Record a failed AUTH; true when `ip` is now locked out (`max` failures within
-    /// `window`; the lockout lasts `window`).
-    pub fn auth_failed(&mut self, ip: IpAddr, max: u32, window: Duration, now: Instant) -> bool {
-        self.prune(now);
+    /// Before checking a password from `ip`: refused when the address is locked out, or when
+    /// its recent failures plus the attempts being checked reach `max` (this attempt could
+    /// not fail without passing the limit). Otherwise the attempt is counted as pending; end
+    /// it with [`Throttle::end_auth`].
+    pub fn begin_auth(
+        &mut self,
+        ip: IpAddr,
+        max: u32,
+        window: Duration,
+        now: Instant,
+    ) -> Result<(), AuthRefused> {
+        if let Some(left) = self.locked(ip, now) {
+            return Err(AuthRefused::Locked(left));
+        }
+        self.prune(now, window);
         let f = self.failures.entry(ip).or_default();
         while f
             .times
@@ -227,8 +317,31 @@ impl Throttle {
         {
             f.times.pop_front();
         }
+        if f.times.len() + f.pending as usize >= max.max(1) as usize {
+            return Err(AuthRefused::Busy);
+        }
+        f.pending += 1;
+        Ok(())
+    }
+
+    /// The end of an attempt [`Throttle::begin_auth`] let through: a failure is recorded;
+    /// true when `ip` is now locked out (`max` failures within `window`; the lockout lasts
+    /// `window`). A success changes nothing else.
+    pub fn end_auth(
+        &mut self,
+        ip: IpAddr,
+        ok: bool,
+        max: u32,
+        window: Duration,
+        now: Instant,
+    ) -> bool {
+        let f = self.failures.entry(ip).or_default();
+        f.pending = f.pending.saturating_sub(1);
+        if ok {
+            return false;
+        }
         f.times.push_back(now);
-        if f.times.len() >= max as usize {
+        if f.times.len() >= max.max(1) as usize {
             f.times.clear();
             f.locked_until = Some(now + window);
             return true;
@@ -236,23 +349,24 @@ impl Throttle {
         false
     }
 
-    /// A successful AUTH forgets the earlier failures.
-    pub fn auth_ok(&mut self, ip: IpAddr) {
-        self.failures.remove(&ip);
-    }
-
-    /// Forget stale entries once the tables grow (a scan of many addresses must not grow them
-    /// without bound).
-    fn prune(&mut self, now: Instant) {
-        const LIMIT: usize = 10_000;
-        if self.messages.len() > LIMIT {
-            self.messages
-                .retain(|_, t| t.back().is_some_and(|t| now.duration_since(*t) < MINUTE));
+    /// Forget stale entries once the tables grow (a scan of many addresses must not grow
+    /// them without bound). Amortised: after a pass, the next waits until the tables have
+    /// doubled, so a table full of live entries is not scanned on every call.
+    fn prune(&mut self, now: Instant, window: Duration) {
+        let at = self.prune_at.max(PRUNE_FLOOR);
+        if self.messages.len() <= at && self.failures.len() <= at {
+            return;
         }
-        if self.failures.len() > LIMIT {
-            self.failures
-                .retain(|_, f| f.locked_until.is_some_and(|u| u > now) || !f.times.is_empty());
-        }
+        self.messages
+            .retain(|_, t| t.back().is_some_and(|t| now.duration_since(*t) < MINUTE));
+        self.failures.retain(|_, f| {
+            f.pending > 0
+                || f.locked_until.is_some_and(|u| u > now)
+                || f.times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < window)
+        });
+        self.prune_at = 2 * self.messages.len().max(self.failures.len());
     }
 }
 
@@ -319,6 +433,44 @@ mod tests {
     }
 
     #[test]
+    fn from_and_sender_fields_must_be_allowed_addresses() {
+        let mine = vec!["scanner@contoso.com".to_owned()];
+        let check =
+            |block: &str| check_header_senders(&mine, "scanner@contoso.com", block, "user scanner");
+        for ok in [
+            "From: Scanner <SCANNER@contoso.com>\r\nTo: a@b.c\r\n",
+            "From: scanner@contoso.com\r\nSender: scanner@contoso.com\r\n",
+            "To: a@b.c\r\nFrom: \"ceo@contoso.com\" <scanner@contoso.com>\r\n",
+        ] {
+            assert!(check(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "From: CEO <ceo@contoso.com>\r\n",
+            "From: scanner@contoso.com\r\nSender: ceo@contoso.com\r\n",
+            "From: scanner@contoso.com,\r\n ceo@contoso.com\r\n",
+            "From: scanner@contoso.com\r\nFROM: ceo@contoso.com\r\n",
+            "From: scanner@contoso.com <ceo@contoso.com>\r\n",
+            "From: ceo@contoso.com (scanner@contoso.com)\r\n",
+            "From: undisclosed:;\r\n",
+            "From:\r\n",
+        ] {
+            let e = check(bad).unwrap_err();
+            assert_eq!(e.exit, crate::exit::Exit::NoPerm, "{bad:?}");
+            assert!(e.message.contains("user scanner"), "{bad:?}: {}", e.message);
+        }
+        // The envelope sender as prepared (a profile's own sender after rewriting) is fine.
+        assert!(
+            check_header_senders(
+                &mine,
+                "scans@contoso.com",
+                "From: scans@contoso.com\r\n",
+                "u"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn networks_and_loopback() {
         let nets: Vec<ipnet::IpNet> = ["127.0.0.0/8", "192.168.10.0/24", "2001:db8::/32"]
             .iter()
@@ -358,16 +510,95 @@ mod tests {
         assert!(t.allow_message(ip, 0, t0));
 
         let w = Duration::from_secs(600);
-        assert!(!t.auth_failed(ip, 3, w, t0));
-        assert!(!t.auth_failed(ip, 3, w, t0));
+        let fail = |t: &mut Throttle, ip| {
+            assert_eq!(t.begin_auth(ip, 3, w, t0), Ok(()));
+            t.end_auth(ip, false, 3, w, t0)
+        };
+        assert!(!fail(&mut t, ip));
+        assert!(!fail(&mut t, ip));
         assert_eq!(t.locked(ip, t0), None);
-        assert!(t.auth_failed(ip, 3, w, t0));
+        assert!(fail(&mut t, ip));
         assert!(t.locked(ip, t0 + Duration::from_secs(1)).is_some());
+        assert!(matches!(
+            t.begin_auth(ip, 3, w, t0 + Duration::from_secs(1)),
+            Err(AuthRefused::Locked(_))
+        ));
         assert_eq!(t.locked(other, t0), None);
         assert_eq!(t.locked(ip, t0 + w), None);
-        // Success resets the count.
-        assert!(!t.auth_failed(other, 2, w, t0));
-        t.auth_ok(other);
-        assert!(!t.auth_failed(other, 2, w, t0));
+        // A success forgets no failure: one known password does not buy more guesses.
+        assert!(!fail(&mut t, other));
+        assert_eq!(t.begin_auth(other, 3, w, t0), Ok(()));
+        assert!(!t.end_auth(other, true, 3, w, t0));
+        assert!(!fail(&mut t, other));
+        assert!(fail(&mut t, other));
+        // Failures older than the window are forgotten.
+        let later = t0 + w + w;
+        assert_eq!(t.begin_auth(other, 3, w, later), Ok(()));
+        assert!(!t.end_auth(other, false, 3, w, later));
+    }
+
+    /// Attempts being checked count: with 2 failures allowed and 2 in progress, a third is
+    /// refused unchecked (not counted), and a success gives its place back.
+    #[test]
+    fn pending_attempts_count_towards_the_limit() {
+        let mut t = Throttle::default();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let w = Duration::from_secs(600);
+        let t0 = Instant::now();
+        assert_eq!(t.begin_auth(ip, 2, w, t0), Ok(()));
+        assert_eq!(t.begin_auth(ip, 2, w, t0), Ok(()));
+        assert_eq!(t.begin_auth(ip, 2, w, t0), Err(AuthRefused::Busy));
+        assert!(!t.end_auth(ip, true, 2, w, t0));
+        assert_eq!(t.begin_auth(ip, 2, w, t0), Ok(()));
+        assert!(!t.end_auth(ip, false, 2, w, t0));
+        assert!(t.end_auth(ip, false, 2, w, t0));
+        assert!(t.locked(ip, t0).is_some());
+    }
+
+    #[test]
+    fn connections_per_client() {
+        let mut t = Throttle::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(t.connection_opened(a, 2));
+        assert!(t.connection_opened(a, 2));
+        assert!(!t.connection_opened(a, 2));
+        assert!(t.connection_opened(b, 2));
+        t.connection_closed(a);
+        assert!(t.connection_opened(a, 2));
+        assert!(!t.connection_opened(b, 0));
+    }
+
+    /// Many addresses with one old failure each are forgotten once the table is large; a
+    /// locked-out address is kept.
+    #[test]
+    fn stale_entries_are_pruned() {
+        let mut t = Throttle::default();
+        let w = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let locked: IpAddr = "10.255.255.255".parse().unwrap();
+        let long = Duration::from_secs(600);
+        for _ in 0..2 {
+            assert_eq!(t.begin_auth(locked, 2, long, t0), Ok(()));
+            t.end_auth(locked, false, 2, long, t0);
+        }
+        for i in 0..(PRUNE_FLOOR as u32 + 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert_eq!(t.begin_auth(ip, 5, w, t0), Ok(()));
+            t.end_auth(ip, false, 5, w, t0);
+        }
+        // Later, new addresses keep coming: the table is pruned before it doubles, and the
+        // old entries go.
+        let later = t0 + Duration::from_secs(61);
+        for i in 0..(3 * PRUNE_FLOOR as u32) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            assert_eq!(t.begin_auth(ip, 5, w, later), Ok(()));
+            t.end_auth(ip, false, 5, w, later);
+        }
+        // The new ones and the locked-out one; none of the stale ones.
+        assert_eq!(t.failures.len(), 3 * PRUNE_FLOOR + 1);
+        let old = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000));
+        assert!(!t.failures.contains_key(&old));
+        assert!(t.locked(locked, later).is_some());
     }
 }

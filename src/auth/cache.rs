@@ -88,20 +88,27 @@ pub fn dir(config: &Config) -> Result<PathBuf, Failure> {
     // Tokens another user could plant or replace would be used as this user's: the cache
     // must be this user's private directory (checked when it exists; created 0700 if not).
     if dir.exists() {
-        let euid = crate::trust::euid();
-        crate::trust::check_private_dir(&dir, &[], euid).map_err(|u| {
-            Failure::new(
-                Exit::NoPerm,
-                format!(
-                    "the token cache {} is not safe to use: {u}. It holds {}'s tokens, so only \
-                     that user may write it",
-                    dir.display(),
-                    crate::trust::describe_uid(euid)
-                ),
-            )
-        })?;
+        check_dir(&dir)?;
     }
     Ok(dir)
+}
+
+/// The cache directory must be this user's private directory: tokens another user could
+/// plant or replace would be used as this user's.
+fn check_dir(dir: &Path) -> Result<(), Failure> {
+    let euid = crate::trust::euid();
+    crate::trust::check_private_dir(dir, &[], euid).map_err(|u| {
+        Failure::new(
+            Exit::NoPerm,
+            format!(
+                "the token cache {} is not safe to use: {u}. It holds {}'s tokens, so only \
+                 that user may write it",
+                dir.display(),
+                crate::trust::describe_uid(euid)
+            ),
+        )
+    })?;
+    Ok(())
 }
 
 /// The cache directory by configuration, user and environment.
@@ -197,19 +204,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), Failure> {
             }
         }
     }
-    let euid = crate::trust::euid();
-    crate::trust::check_private_dir(dir, &[], euid).map_err(|u| {
-        Failure::new(
-            Exit::NoPerm,
-            format!(
-                "the token cache {} is not safe to use: {u}. It holds {}'s tokens, so only \
-                 that user may write it",
-                dir.display(),
-                crate::trust::describe_uid(euid)
-            ),
-        )
-    })?;
-    Ok(())
+    check_dir(dir)
 }
 
 /// Read the entry for `key`. None: no file, unreadable content, or a different key.

@@ -990,3 +990,108 @@ fn a_huge_hostile_graph_error_costs_bounded_memory_and_prints_clean() {
     );
     assert_no_secret(&o);
 }
+
+/// A CONNECT proxy on 127.0.0.1 that tunnels every request to `target` (whatever host the
+/// client names) and records the `host:port` each CONNECT asked for.
+fn connect_proxy(target: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let asked = line.split(' ').nth(1).unwrap_or("").to_owned();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                log.lock()
+                    .unwrap()
+                    .push(format!("{} {asked}", line.split(' ').next().unwrap()));
+                let server = std::net::TcpStream::connect(("127.0.0.1", target)).unwrap();
+                let mut client_w = client;
+                client_w
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .unwrap();
+                let (mut s_r, mut s_w) = (server.try_clone().unwrap(), server);
+                let mut c_w = client_w.try_clone().unwrap();
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut reader, &mut s_w);
+                    let _ = s_w.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut s_r, &mut c_w);
+                let _ = c_w.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// HTTPS_PROXY is honoured for Graph (README, Proxies): the profile names a port where nothing
+/// listens, so the message can only arrive through the proxy's tunnel; NO_PROXY naming the
+/// host makes the same send go direct (and fail: nothing listens there).
+#[test]
+fn graph_goes_through_the_https_proxy_and_no_proxy_bypasses_it() {
+    let server = FakeGraph::start(Accept::Token(TOKEN.into()), vec![]);
+    let (proxy, seen) = connect_proxy(server.port());
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = unused.local_addr().unwrap().port();
+    drop(unused);
+    let env = Env::new(&server, "queue = \"never\"");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("port = {}", server.port()),
+        &format!("port = {nowhere}"),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let run = |no_proxy: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(["-i", "ops@contoso.com"])
+            .env("M365SEND_CONFIG", &env.config)
+            .env("HOME", env.dir.path())
+            .env("GRAPH_TEST_TOKEN", TOKEN)
+            .env_remove("M365SEND_LOG")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("no_proxy")
+            .env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match no_proxy {
+            Some(v) => c.env("NO_PROXY", v),
+            None => c.env_remove("NO_PROXY"),
+        };
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"Subject: through the proxy\n\nx\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = run(None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_no_secret(&o);
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec![format!("CONNECT 127.0.0.1:{nowhere}")]
+    );
+    assert_eq!(server.sent().len(), 1);
+    assert_eq!(server.sent()[0].recipients(), vec!["ops@contoso.com"]);
+
+    let o = run(Some("127.0.0.1"));
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(seen.lock().unwrap().len(), 1, "NO_PROXY was not honoured");
+    assert_eq!(server.sent().len(), 1);
+}

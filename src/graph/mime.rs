@@ -209,10 +209,11 @@ fn has_stray_address(field_raw: &[u8], named: &[Mailbox]) -> bool {
         })
 }
 
-/// `"Name" <addr>` (RFC 2047 for a non-ASCII name), or the bare address.
+/// `"Name" <addr>` (RFC 2047 for a non-ASCII name), or `<addr>`: brackets even without a
+/// name, or a quoted local part (`"odd local"@x`) is read as a name and `@x`.
 fn format_mailbox(m: &Mailbox) -> String {
     match &m.name {
-        None => m.address.clone(),
+        None => format!("<{}>", m.address),
         Some(n) if n.is_ascii() && !n.chars().any(|c| c.is_ascii_control()) => {
             format!(
                 "\"{}\" <{}>",
@@ -1002,7 +1003,7 @@ mod tests {
         for (raw, written) in [
             (
                 "To: x@evil.example\" <support@contoso.com>",
-                "Bcc: support@contoso.com",
+                "Bcc: <support@contoso.com>",
             ),
             (
                 "To: x@evil.example <support@contoso.com>",
@@ -1010,7 +1011,7 @@ mod tests {
             ),
             (
                 "Cc: support@contoso.com x@evil.example",
-                "Bcc: support@contoso.com",
+                "Bcc: <support@contoso.com>",
             ),
             (
                 "To: <support@contoso.com> (x@evil.example",
@@ -1037,7 +1038,7 @@ mod tests {
                 // ... and outside quoted strings there is nothing else: no other '@'.
                 let bare = outside_quotes(field.split_once(':').unwrap().1);
                 assert!(
-                    bare == " support@contoso.com" || bare == "  <support@contoso.com>",
+                    bare == " <support@contoso.com>" || bare == "  <support@contoso.com>",
                     "{raw:?}: {field} is {bare:?} outside quotes"
                 );
             }
@@ -1048,6 +1049,25 @@ mod tests {
         let h = rewrite_headers(block, &rcpts(&["support@contoso.com"]));
         assert!(!h.changed, "{}", String::from_utf8_lossy(&h.block));
         assert_eq!(h.block, block);
+    }
+
+    /// Finding (low, fuzz/graph_mime): a recipient with a quoted local part was written bare
+    /// (`Bcc: "odd local"@contoso.com`), which mail_parser reads as the name `odd local` and
+    /// the address `@contoso.com`: the message would not go to the envelope's recipient.
+    /// A mailbox without a name is now written in angle brackets.
+    #[test]
+    fn a_quoted_local_part_is_read_back_whole() {
+        let envelope = rcpts(&["\"odd local\"@contoso.com", "bob@contoso.com"]);
+        let block = b"From: a@contoso.com\r\nTo: \"odd local\"@contoso.com\r\nSubject: x\r\n\r\n";
+        let h = rewrite_headers(block, &envelope);
+        let parsed = MessageParser::default().parse_headers(&h.block).unwrap();
+        let read: Vec<_> = [parsed.to(), parsed.cc(), parsed.bcc()]
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l.iter())
+            .map(|m| m.address.as_deref().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(read, envelope, "{}", String::from_utf8_lossy(&h.block));
     }
 
     #[test]
@@ -1072,7 +1092,7 @@ mod tests {
             text.contains("Cc: \"Ops, Team\" <ops@contoso.com>\r\n"),
             "{text}"
         );
-        assert!(text.contains("Bcc: bob@contoso.com\r\n"), "{text}");
+        assert!(text.contains("Bcc: <bob@contoso.com>\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
         assert_eq!(h.recipients.cc[0].address, "ops@contoso.com");
         assert_eq!(h.recipients.bcc[0].address, "bob@contoso.com");

@@ -22,6 +22,7 @@ use m365send::bs::{self, AuthOffer, BsOutcome, Hooks, Limits, Options, Verdict, 
 use m365send::message::{Body, Envelope};
 use m365send::secret::Secret;
 use m365send::serve::access::{AuthRefused, Throttle, check_header_senders};
+use m365send_fuzz::{assert_no_bare_lf, assert_reply_lines, ends_of_data};
 
 const MAX_FAILURES: u32 = 3;
 
@@ -123,11 +124,7 @@ impl Hooks for FuzzHooks {
         assert!(allowed(&envelope.sender, user), "{:?}", envelope.sender);
         assert!(!envelope.recipients.is_empty());
         let bytes = std::fs::read(body.path()).expect("the message file");
-        for (i, &b) in bytes.iter().enumerate() {
-            if b == b'\n' {
-                assert!(i > 0 && bytes[i - 1] == b'\r', "bare LF handed over");
-            }
-        }
+        assert_no_bare_lf(&bytes);
         // The header check serve's accept step runs on the prepared message: any text.
         let head = String::from_utf8_lossy(&bytes);
         let head = head.split("\r\n\r\n").next().unwrap_or("");
@@ -206,18 +203,8 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => &out[..i + READY.len()],
         None => &out[..],
     };
-    let text = String::from_utf8(plain.to_vec()).expect("replies are UTF-8");
-    for line in text.split_terminator("\r\n") {
-        let b = line.as_bytes();
-        assert!(
-            b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit),
-            "{line:?}"
-        );
-        assert!(b[3] == b' ' || b[3] == b'-', "{line:?}");
-        assert!(!line.chars().any(char::is_control), "{line:?}");
-    }
-    let ends = input.windows(4).filter(|w| w == b"\n.\r\n").count()
-        + usize::from(input.starts_with(b".\r\n"));
+    assert_reply_lines(plain);
+    let ends = ends_of_data(input);
     assert!(
         hooks.handed <= ends,
         "{} messages from {ends} ends of data",

@@ -8,6 +8,7 @@ use std::io::Cursor;
 use libfuzzer_sys::fuzz_target;
 use m365send::bs::{BsOutcome, Limits, serve};
 use m365send::message::{Body, Envelope};
+use m365send_fuzz::{assert_no_bare_lf, assert_reply_lines, ends_of_data};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {
@@ -22,11 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let mut handler = |env: Envelope, body: Body| {
         handed += 1;
         let bytes = std::fs::read(body.path()).expect("the message file");
-        for (i, &b) in bytes.iter().enumerate() {
-            if b == b'\n' {
-                assert!(i > 0 && bytes[i - 1] == b'\r', "bare LF handed over");
-            }
-        }
+        assert_no_bare_lf(&bytes);
         assert!(!env.recipients.is_empty());
         if data.first().is_some_and(|b| b & 1 == 1) {
             BsOutcome::Queued
@@ -36,18 +33,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut out = Vec::new();
     serve(Cursor::new(data), &mut out, &limits, &mut handler).expect("writing to memory");
-    let text = String::from_utf8(out).expect("replies are UTF-8");
-    for line in text.split_terminator("\r\n") {
-        let b = line.as_bytes();
-        assert!(
-            b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit),
-            "{line:?}"
-        );
-        assert!(b[3] == b' ' || b[3] == b'-', "{line:?}");
-        assert!(!line.chars().any(char::is_control), "{line:?}");
-    }
-    // Each end of data is <CR><LF>.<CR><LF>, or ".<CR><LF>" right after the DATA line.
-    let ends = data.windows(4).filter(|w| w == b"\n.\r\n").count()
-        + usize::from(data.starts_with(b".\r\n"));
+    assert_reply_lines(&out);
+    let ends = ends_of_data(data);
     assert!(handed <= ends, "{handed} messages from {ends} ends of data");
 });

@@ -14,7 +14,11 @@
 //! keeps every To/Cc field whose addresses are all envelope recipients byte for byte,
 //! rewrites a field that names someone outside the envelope to the addresses that are in
 //! it (display names kept), drops it when none are, and adds a `Bcc:` field for envelope
-//! recipients the headers do not name. Exchange removes Bcc before delivery.
+//! recipients the headers do not name. Exchange removes Bcc before delivery. A field is
+//! kept byte for byte only if nothing else in it could be read as an address: an `x@y`
+//! outside quoted strings and comments that the parser did not read, or a quote or comment
+//! left open, makes it written anew from the mailboxes read (a lenient reader must not find
+//! a recipient the parser missed).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -166,10 +170,50 @@ fn mailboxes(field_raw: &[u8]) -> Vec<Mailbox> {
     .unwrap_or_default()
 }
 
-/// `"Name" <addr>` (RFC 2047 for a non-ASCII name), or the bare address.
+/// Whether an address field holds something a reader other than mail_parser may take for
+/// an address that `named` (what mail_parser read) does not have: an `x@y` token outside
+/// quoted strings and comments, or a quoted string or comment left open at the end.
+fn has_stray_address(field_raw: &[u8], named: &[Mailbox]) -> bool {
+    let value = field_raw
+        .iter()
+        .position(|b| *b == b':')
+        .map_or(field_raw, |p| &field_raw[p + 1..]);
+    let mut outside = Vec::with_capacity(value.len());
+    let (mut quoted, mut comment, mut escaped) = (false, 0usize, false);
+    for &b in value {
+        let inside = quoted || comment > 0;
+        if escaped {
+            escaped = false;
+        } else if b == b'\\' && inside {
+            escaped = true;
+        } else if b == b'"' && comment == 0 {
+            quoted = !quoted;
+        } else if b == b'(' && !quoted {
+            comment += 1;
+        } else if b == b')' && comment > 0 && !quoted {
+            comment -= 1;
+        } else if !inside {
+            outside.push(b);
+        }
+    }
+    if quoted || comment > 0 {
+        return true;
+    }
+    outside
+        .split(|b| b.is_ascii_whitespace() || b"<>,;:".contains(b))
+        .filter(|t| t.contains(&b'@') && t.first() != Some(&b'@') && t.last() != Some(&b'@'))
+        .any(|t| {
+            !named
+                .iter()
+                .any(|m| m.address.as_bytes().eq_ignore_ascii_case(t))
+        })
+}
+
+/// `"Name" <addr>` (RFC 2047 for a non-ASCII name), or `<addr>`: brackets even without a
+/// name, or a quoted local part (`"odd local"@x`) is read as a name and `@x`.
 fn format_mailbox(m: &Mailbox) -> String {
     match &m.name {
-        None => m.address.clone(),
+        None => format!("<{}>", m.address),
         Some(n) if n.is_ascii() && !n.chars().any(|c| c.is_ascii_control()) => {
             format!(
                 "\"{}\" <{}>",
@@ -220,15 +264,16 @@ pub fn rewrite_headers(block: &[u8], envelope: &[String]) -> Headers {
             continue;
         }
         let named = mailboxes(f.raw);
+        // A field holding more than mail_parser read is written anew from what it read.
+        let mut write_anew = has_stray_address(f.raw, &named);
         let mut kept = Vec::new();
-        let mut dropped = false;
         for m in named {
             let lower = m.address.to_ascii_lowercase();
             if wanted.contains(&lower) && !placed.contains(&lower) {
                 placed.push(lower);
                 kept.push(m);
             } else {
-                dropped = true;
+                write_anew = true;
             }
         }
         let target = if is_to {
@@ -236,7 +281,7 @@ pub fn rewrite_headers(block: &[u8], envelope: &[String]) -> Headers {
         } else {
             &mut recipients.cc
         };
-        if !dropped {
+        if !write_anew {
             out.extend_from_slice(f.raw);
         } else {
             changed = true;
@@ -931,6 +976,100 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Finding (low, attacker's review; fuzz/graph_mime found it): a field whose addresses,
+    /// as mail_parser reads them, are all envelope recipients (or which it reads none from)
+    /// was kept byte for byte, even when it holds another address a lenient reader may take:
+    /// a contact form writing `To: {name} <support@contoso.com>` with the name
+    /// `x@evil.example"` sent, through Graph (which reads only the headers), a message whose
+    /// To an unbalanced quote leaves open to reading. Such a field is now written anew from
+    /// the mailboxes read (none: dropped, and the recipient goes to Bcc). The third case was
+    /// already rewritten (mail_parser reads one odd address there); it stays as a guard.
+    #[test]
+    fn a_field_with_a_stray_address_is_written_anew() {
+        /// The text outside quoted strings (backslash escapes inside them skipped).
+        fn outside_quotes(s: &str) -> String {
+            let (mut out, mut quoted, mut escaped) = (String::new(), false, false);
+            for c in s.chars() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' if quoted => escaped = true,
+                    '"' => quoted = !quoted,
+                    _ if quoted => {}
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+        for (raw, written) in [
+            (
+                "To: x@evil.example\" <support@contoso.com>",
+                "Bcc: <support@contoso.com>",
+            ),
+            (
+                "To: x@evil.example <support@contoso.com>",
+                "To: \"x@evil.example\" <support@contoso.com>",
+            ),
+            (
+                "Cc: support@contoso.com x@evil.example",
+                "Bcc: <support@contoso.com>",
+            ),
+            (
+                "To: <support@contoso.com> (x@evil.example",
+                "To: \"x@evil.example\" <support@contoso.com>",
+            ),
+        ] {
+            let block = format!("From: a@contoso.com\r\n{raw}\r\nSubject: x\r\n\r\n");
+            let h = rewrite_headers(block.as_bytes(), &rcpts(&["support@contoso.com"]));
+            let text = String::from_utf8(h.block.clone()).unwrap();
+            assert!(h.changed, "{raw:?} kept as is: {text}");
+            let fields: Vec<&str> = text
+                .split("\r\n")
+                .filter(|l| ["To:", "Cc:", "Bcc:"].iter().any(|n| l.starts_with(n)))
+                .collect();
+            for field in &fields {
+                // Read by mail_parser, the field names exactly the one address ...
+                let text = format!("{field}\r\n\r\n");
+                let parsed = MessageParser::default()
+                    .parse_headers(text.as_bytes())
+                    .unwrap();
+                let list = parsed.to().or(parsed.cc()).or(parsed.bcc()).unwrap();
+                let read: Vec<_> = list.iter().map(|m| m.address.as_deref()).collect();
+                assert_eq!(read, [Some("support@contoso.com")], "{raw:?}: {field}");
+                // ... and outside quoted strings there is nothing else: no other '@'.
+                let bare = outside_quotes(field.split_once(':').unwrap().1);
+                assert!(
+                    bare == " <support@contoso.com>" || bare == "  <support@contoso.com>",
+                    "{raw:?}: {field} is {bare:?} outside quotes"
+                );
+            }
+            assert_eq!(fields, [written], "{raw:?}");
+        }
+        // An ordinary field stays as it is.
+        let block = b"To: \"Support (desk)\" <support@contoso.com> (comment x@y.z)\r\n\r\n";
+        let h = rewrite_headers(block, &rcpts(&["support@contoso.com"]));
+        assert!(!h.changed, "{}", String::from_utf8_lossy(&h.block));
+        assert_eq!(h.block, block);
+    }
+
+    /// Finding (low, fuzz/graph_mime): a recipient with a quoted local part was written bare
+    /// (`Bcc: "odd local"@contoso.com`), which mail_parser reads as the name `odd local` and
+    /// the address `@contoso.com`: the message would not go to the envelope's recipient.
+    /// A mailbox without a name is now written in angle brackets.
+    #[test]
+    fn a_quoted_local_part_is_read_back_whole() {
+        let envelope = rcpts(&["\"odd local\"@contoso.com", "bob@contoso.com"]);
+        let block = b"From: a@contoso.com\r\nTo: \"odd local\"@contoso.com\r\nSubject: x\r\n\r\n";
+        let h = rewrite_headers(block, &envelope);
+        let parsed = MessageParser::default().parse_headers(&h.block).unwrap();
+        let read: Vec<_> = [parsed.to(), parsed.cc(), parsed.bcc()]
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l.iter())
+            .map(|m| m.address.as_deref().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(read, envelope, "{}", String::from_utf8_lossy(&h.block));
+    }
+
     #[test]
     fn header_recipients_equal_to_the_envelope_keep_the_block() {
         let block = b"From: a@contoso.com\r\nTo: Bob <bob@contoso.com>,\r\n carol@contoso.com\r\nSubject: x\r\n\r\n";
@@ -953,7 +1092,7 @@ mod tests {
             text.contains("Cc: \"Ops, Team\" <ops@contoso.com>\r\n"),
             "{text}"
         );
-        assert!(text.contains("Bcc: bob@contoso.com\r\n"), "{text}");
+        assert!(text.contains("Bcc: <bob@contoso.com>\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
         assert_eq!(h.recipients.cc[0].address, "ops@contoso.com");
         assert_eq!(h.recipients.bcc[0].address, "bob@contoso.com");

@@ -3,13 +3,14 @@
 //!
 //! Owns: mapping a transport's answers to [`MessageOutcome`] (per recipient, with the reply,
 //! the error in words and the explanation from `explain`; one outcome for a message sent in
-//! several transactions by `transport::batch`), and keeping the transport open across
+//! several transactions by `transport::batch`), keeping the transport open across
 //! messages (reset between them — nothing on the wire after a clean transaction — and close
-//! at the end). Knows no transport by name.
+//! at the end), and which messages may be started behind others on it (one transaction's
+//! worth of recipients; the transport decides the rest). Knows no transport by name.
 //! Must not: retry (the runner backs off), decide bounces (the runner does), or touch the
 //! spool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Profile};
@@ -42,6 +43,9 @@ pub struct TransportDeliverer {
     tls: bool,
     /// Recipient limits the servers taught during this run.
     limits: batch::RecipientLimits,
+    /// When each message `start`ed and not finished was started, oldest first (for the
+    /// log line's duration).
+    started: VecDeque<Instant>,
 }
 
 impl TransportDeliverer {
@@ -57,6 +61,7 @@ impl TransportDeliverer {
             auth: None,
             tls: false,
             limits: batch::RecipientLimits::new(),
+            started: VecDeque::new(),
         }
     }
 
@@ -327,6 +332,55 @@ impl Deliverer for TransportDeliverer {
             let started = Instant::now();
             let outcome = self.send_one(message).await;
             self.log(message, &outcome, started.elapsed());
+            outcome
+        })
+    }
+
+    /// Only a message for the open connection's route, in one transaction (recipients
+    /// within the limit and the ones every server takes: a message needing batches, or
+    /// whose recipients a server may defer with 452, is sent alone).
+    fn start<'a>(&'a mut self, message: &'a Prepared) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if self.refused.is_some() {
+                return false;
+            }
+            let configured = self.profile.as_ref().and_then(|p| p.max_recipients);
+            let limit = self
+                .limits
+                .get(configured, &self.host)
+                .min(batch::SURELY_ACCEPTED);
+            if message.envelope.recipients.len() > limit {
+                return false;
+            }
+            let Some(t) = self.transport.as_mut() else {
+                return false;
+            };
+            let started = t.start(message, &message.envelope).await;
+            if started {
+                self.started.push_back(Instant::now());
+            }
+            started
+        })
+    }
+
+    fn finish<'a>(&'a mut self, message: &'a Prepared) -> BoxFuture<'a, MessageOutcome> {
+        Box::pin(async move {
+            let began = self.started.pop_front().unwrap_or_else(Instant::now);
+            let answer = match self.transport.as_mut() {
+                Some(t) => t.finish().await,
+                None => Err(transport::Problem::local(crate::exit::Failure::new(
+                    Exit::TempFail,
+                    "not connected",
+                ))),
+            };
+            let outcome = match answer {
+                Ok(result) => self.merge(std::slice::from_ref(&result), None, message),
+                Err(p) => {
+                    let o = self.problem_outcome(p, &message.envelope.sender);
+                    self.merge(&[], Some(o), message)
+                }
+            };
+            self.log(message, &outcome, began.elapsed());
             outcome
         })
     }

@@ -6,13 +6,15 @@
 //! profile's `queue_connections` sessions per group (default 4 for relay and direct, 1 for
 //! the mailbox modes) serve its messages, each session taking the next entry when it is done
 //! with one, so every entry goes out once; a session is `reset` between two messages (the
-//! SMTP transport needs nothing on the wire after a clean transaction). Pacing spaces the
-//! messages across all sessions. Outcomes update, bounce or remove the entry. Only entries
-//! written by the runner's own user are delivered (their files' owner, as read; see
-//! `Entry::owner`).
+//! SMTP transport needs nothing on the wire after a clean transaction). Where the deliverer
+//! can `start` a message before the last one's outcome is read (SMTP with PIPELINING and
+//! CHUNKING), a session keeps two on the wire and records their outcomes in order. Pacing
+//! spaces the messages across all sessions (a paced session does not overlap them).
+//! Outcomes update, bounce or remove the entry. Only entries written by the runner's own
+//! user are delivered (their files' owner, as read; see `Entry::owner`).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -101,9 +103,10 @@ pub enum MessageOutcome {
 /// (one flight with PIPELINING and CHUNKING), `reset` readies the session for the next
 /// message, `close` ends it (QUIT). The runner calls, per group of entries with the same
 /// [`endpoint_key`](Deliverer::endpoint_key), on each of its connections (this deliverer and
-/// its [`fork`](Deliverer::fork)s): `open`, then `send` for each message it takes with
-/// `reset` between two messages, then `close`. When `reset` fails (connection lost), the
-/// runner closes and reopens before the next message. When `open` fails, the entry at hand
+/// its [`fork`](Deliverer::fork)s): `open`, then `send` (or `start`, and later `finish`) for
+/// each message it takes with `reset` between two messages while none is started, then
+/// `close`. When `reset` fails (connection lost), the runner closes and reopens before the
+/// next message. When `open` fails, the entry at hand
 /// is deferred with that problem, and when no connection of the group could be opened every
 /// remaining entry is (a connection or authentication failure is not the message's fault;
 /// the lifetime bounds it).
@@ -121,6 +124,17 @@ pub trait Deliverer {
     ) -> BoxFuture<'a, Result<(), Problem>>;
     /// Send one message in the open session.
     fn send<'a>(&'a mut self, message: &'a Prepared) -> BoxFuture<'a, MessageOutcome>;
+    /// Start `message` in the open session behind the messages started before it, without
+    /// waiting for their outcome, where the session allows it (its flight written, its
+    /// replies not read). `false` (the default): nothing was sent — `finish` every started
+    /// message, then `send` this one.
+    fn start<'a>(&'a mut self, _message: &'a Prepared) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
+    /// The outcome of the oldest message `start`ed; `message` is that message.
+    fn finish<'a>(&'a mut self, _message: &'a Prepared) -> BoxFuture<'a, MessageOutcome> {
+        Box::pin(async { MessageOutcome::Transient(Problem::error("the message was not sent")) })
+    }
     /// Make the session ready for the next message (RSET). An error closes the session.
     fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>>;
     /// End the session (QUIT); errors are ignored.
@@ -156,21 +170,33 @@ pub fn default_endpoint_key(profile: &Profile, envelope: &Envelope) -> String {
     }
 }
 
+/// Messages a connection has on the wire at once, their outcomes not read yet (the
+/// deliverer's `start`): two halve the round trips per message, one more would not.
+const IN_FLIGHT: usize = 2;
+
+/// A message started (`Deliverer::start`) whose outcome is not read yet.
+struct Started {
+    locked: Locked,
+    prepared: Prepared,
+    marker: PathBuf,
+}
+
 /// One connection's share of a group: take the next entry, send it, record the outcome,
-/// until the group is done. Ends with the problem when the connection cannot be opened (the
-/// entry it held is deferred; other connections go on with the rest).
+/// until the group is done. Where the deliverer can (`start`), the next message goes out
+/// before the last one's outcome is read, at most `IN_FLIGHT` at once, and the outcomes
+/// are read and recorded in order; a message that cannot be started waits until those are
+/// recorded and is sent alone. Ends with the problem when the connection cannot be opened
+/// (the entry it held is deferred; other connections go on with the rest).
 async fn worker(
     runner: &RefCell<&mut Runner<'_>>,
     profile: &Profile,
     queue: &RefCell<std::vec::IntoIter<Entry>>,
     d: &mut dyn Deliverer,
 ) -> Option<Problem> {
-    let (config, pace) = {
-        let r = runner.borrow();
-        (r.config, pacing(profile, r.opts))
-    };
+    let pace = pacing(profile, runner.borrow().opts);
     let mut open = false;
     let mut pending_reset = false;
+    let mut started: VecDeque<Started> = VecDeque::new();
     loop {
         // No RefCell borrow is held across an await.
         let Some(entry) = queue.borrow_mut().next() else {
@@ -180,31 +206,27 @@ async fn worker(
             continue;
         };
         let prepared = runner.borrow().prepared(&locked.entry);
-        if open && pending_reset && d.reset().await.is_err() {
-            d.close().await;
-            open = false;
-        }
-        if !open {
-            match d.open(config, profile, &prepared.envelope).await {
-                Ok(()) => {
-                    open = true;
-                    runner.borrow_mut().report.sessions += 1;
-                }
-                Err(problem) => {
-                    let mut r = runner.borrow_mut();
-                    r.log(format!(
-                        "{}: cannot connect: {}",
-                        locked.entry.id,
-                        problem.summary()
-                    ));
-                    r.transient(profile, locked.entry, &problem, Vec::new(), Vec::new());
-                    return Some(problem);
-                }
-            }
+        let mut locked = locked;
+        if started.is_empty() {
+            locked = match ready(runner, profile, d, &mut open, pending_reset, locked).await {
+                Ok(l) => l,
+                Err(problem) => return Some(problem),
+            };
         }
         let slot = runner.borrow_mut().next_slot(pace);
         if let Some(at) = slot {
+            // Paced: overlapping gains nothing; the outcomes on the wire are read first.
+            let drained = !started.is_empty();
+            while let Some(s) = started.pop_front() {
+                finish(runner, profile, d, s).await;
+            }
             tokio::time::sleep_until(at.into()).await;
+            if drained {
+                locked = match ready(runner, profile, d, &mut open, true, locked).await {
+                    Ok(l) => l,
+                    Err(problem) => return Some(problem),
+                };
+            }
         }
         let marker = runner.borrow().spool.inflight_path(&locked.entry.id);
         // Best effort (it only produces a "possibly duplicated" note after a crash).
@@ -215,15 +237,96 @@ async fn worker(
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&marker);
+        pending_reset = true;
+        if d.start(&prepared).await {
+            started.push_back(Started {
+                locked,
+                prepared,
+                marker,
+            });
+            if started.len() >= IN_FLIGHT
+                && let Some(s) = started.pop_front()
+            {
+                finish(runner, profile, d, s).await;
+            }
+            continue;
+        }
+        // Not started (nothing sent): the started ones first, then this one alone.
+        let drained = !started.is_empty();
+        while let Some(s) = started.pop_front() {
+            finish(runner, profile, d, s).await;
+        }
+        if drained {
+            locked = match ready(runner, profile, d, &mut open, true, locked).await {
+                Ok(l) => l,
+                Err(problem) => {
+                    let _ = fs::remove_file(&marker);
+                    return Some(problem);
+                }
+            };
+        }
         let outcome = d.send(&prepared).await;
         runner.borrow_mut().outcome(profile, locked.entry, outcome);
         let _ = fs::remove_file(&marker);
-        pending_reset = true;
+    }
+    while let Some(s) = started.pop_front() {
+        finish(runner, profile, d, s).await;
     }
     if open {
         d.close().await;
     }
     None
+}
+
+/// Make the connection ready for the `locked` entry: reset it after a message (closed and
+/// reopened when that fails), open it when it is not. When it cannot be opened, the entry
+/// is deferred with the problem (and logged), and the problem returned.
+async fn ready(
+    runner: &RefCell<&mut Runner<'_>>,
+    profile: &Profile,
+    d: &mut dyn Deliverer,
+    open: &mut bool,
+    after_message: bool,
+    locked: Locked,
+) -> Result<Locked, Problem> {
+    let config = runner.borrow().config;
+    if *open && after_message && d.reset().await.is_err() {
+        d.close().await;
+        *open = false;
+    }
+    if !*open {
+        match d.open(config, profile, &locked.entry.envelope).await {
+            Ok(()) => {
+                *open = true;
+                runner.borrow_mut().report.sessions += 1;
+            }
+            Err(problem) => {
+                let mut r = runner.borrow_mut();
+                r.log(format!(
+                    "{}: cannot connect: {}",
+                    locked.entry.id,
+                    problem.summary()
+                ));
+                r.transient(profile, locked.entry, &problem, Vec::new(), Vec::new());
+                return Err(problem);
+            }
+        }
+    }
+    Ok(locked)
+}
+
+/// Read a started message's outcome and record it.
+async fn finish(
+    runner: &RefCell<&mut Runner<'_>>,
+    profile: &Profile,
+    d: &mut dyn Deliverer,
+    s: Started,
+) {
+    let outcome = d.finish(&s.prepared).await;
+    runner
+        .borrow_mut()
+        .outcome(profile, s.locked.entry, outcome);
+    let _ = fs::remove_file(&s.marker);
 }
 
 /// Options of one queue run.

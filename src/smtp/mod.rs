@@ -30,5 +30,5 @@ pub use session::{
     hello_name, is_microsoft_host,
 };
 pub use tls::{TlsSettings, TlsSetupError, client_config, preload_system_roots};
-pub use transaction::MessageFlags;
+pub use transaction::{Flight, MessageFlags};
 pub use transcript::{MemoryBuffer, Sink};

@@ -211,6 +211,11 @@ pub struct Session {
     pub(super) dirty: bool,
     /// QUIT was sent, or the connection failed: no more commands.
     pub(super) closed: bool,
+    /// Flights written by `start_transaction` whose replies are not read yet.
+    pub(super) unread: usize,
+    /// A transaction ended in a failure of the connection (not a refusal): the replies of
+    /// any flight behind it can no longer be matched to its commands.
+    pub(super) broken: bool,
 }
 
 impl fmt::Debug for Session {
@@ -316,6 +321,8 @@ impl Session {
             greeting: Reply::new(220, Vec::new()),
             dirty: false,
             closed: false,
+            unread: 0,
+            broken: false,
         };
         let greeting = s.read_reply(Step::Greeting, s.cfg.command_timeout).await?;
         s.greeting = expect(Step::Greeting, greeting, |c| c == 220)?;

@@ -13,6 +13,13 @@
 //! dot-stuffed, with `.` [and `QUIT`] the next. Without PIPELINING every command waits for
 //! its reply.
 //!
+//! Several messages on one session (the queue runner): `start_transaction` writes a small
+//! message's whole flight, behind flights whose replies are not read yet (RFC 3030 lets BDAT
+//! transactions follow each other without waiting), with RSET at its head so that an
+//! earlier transaction that fails cannot leave the server's state indeterminate for it;
+//! `finish_transaction` reads the oldest flight's replies. After a connection failure no
+//! reply of a later flight is read: those messages are not delivered.
+//!
 //! Owns: the transaction's wire dialogue and its per-recipient replies. Must not: split
 //! recipients into batches (`batch` does) or decide about retries.
 
@@ -193,6 +200,112 @@ impl Session {
         flags: MessageFlags,
         quit: bool,
     ) -> Result<Transaction, SessionError> {
+        if self.unread > 0 {
+            return Err(SessionError::Protocol {
+                step: Step::Mail,
+                detail: "a message was sent while another one's replies were unread".into(),
+            });
+        }
+        let out = self.outgoing(envelope, recipients, body, flags)?;
+        let mut t = Transaction::default();
+        let result = if self.caps.pipelining {
+            self.pipelined(&mut t, out, quit).await
+        } else {
+            // No pipelining: QUIT waits for the end-of-data reply (below).
+            self.one_by_one(&mut t, out).await
+        };
+        Ok(self.conclude(t, result, quit).await)
+    }
+
+    /// Whether a message of `size` octets can be started (`start_transaction`) behind the
+    /// transactions already written: the session is open and the whole message is one flight
+    /// (PIPELINING and CHUNKING offered, BDAT in use, the body at most `FLIGHT_BODY_MAX`).
+    pub fn can_overlap(&self, size: u64) -> bool {
+        !self.closed && self.caps.pipelining && self.bdat() && size <= FLIGHT_BODY_MAX
+    }
+
+    /// Write one message's whole flight (`MAIL, RCPT…, BDAT <size> LAST` + the body) without
+    /// reading any reply, also while earlier flights' replies are unread; `finish_transaction`
+    /// reads them, oldest first. A flight written behind an unread one starts with RSET: the
+    /// earlier transaction may yet fail, and after a failed BDAT the server's state is
+    /// indeterminate until RSET (RFC 3030 §2) — a transaction left open there must never
+    /// take this message's recipients. RSET costs no round trip in the flight. `Ok(None)`:
+    /// nothing was written, this message cannot go that way (`can_overlap`); `Err` only for
+    /// the checks before anything is written, as for `send_message`. A failed write is
+    /// reported by `finish_transaction`.
+    pub async fn start_transaction(
+        &mut self,
+        envelope: &Envelope,
+        body: &Body,
+        flags: MessageFlags,
+    ) -> Result<Option<Flight>, SessionError> {
+        let out = self.outgoing(envelope, &envelope.recipients, body, flags)?;
+        if !self.can_overlap(out.size) {
+            return Ok(None);
+        }
+        let flight = self.write_flight(out, false).await;
+        self.unread += 1;
+        Ok(Some(flight))
+    }
+
+    /// The replies to the oldest flight `start_transaction` wrote, as `send_transaction` gives
+    /// them. When an earlier transaction ended with the connection failing, no reply of this
+    /// one is read (they could be another command's): `Err`, and the message was not
+    /// delivered. Only a 250 to its `BDAT LAST` makes a message delivered.
+    pub async fn finish_transaction(
+        &mut self,
+        flight: Flight,
+    ) -> Result<MessageResult, SessionError> {
+        self.unread = self.unread.saturating_sub(1);
+        let wanted = flight.recipients.len();
+        if self.broken {
+            self.closed = true;
+            return Err(flight
+                .write_error
+                .unwrap_or(SessionError::Closed { step: Step::Mail }));
+        }
+        let mut t = Transaction::default();
+        let result = self.read_flight(&mut t, flight).await;
+        self.conclude(t, result, false)
+            .await
+            .into_partial_result(wanted)
+    }
+
+    /// What one transaction leaves for the next: the session closed after a failure (and
+    /// `broken`), QUIT said when it could not go with the content, RSET owed when it did not
+    /// end cleanly.
+    async fn conclude(
+        &mut self,
+        mut t: Transaction,
+        result: Result<(), SessionError>,
+        quit: bool,
+    ) -> Transaction {
+        if let Err(e) = result {
+            t.error = Some(e);
+        }
+        if t.error.is_some() {
+            self.closed = true;
+            self.broken = true;
+        } else if quit && !self.closed {
+            // QUIT could not go with the content (it was refused before): say it now.
+            self.closed = true;
+            if self.send(&[Line::plain("QUIT")], Step::Quit).await.is_ok() {
+                let _ = self.read_reply(Step::Quit, self.quit_timeout()).await;
+            }
+        }
+        self.dirty = !matches!(&t.data, Some((Step::DataEnd, r)) if r.is_positive() && t.go());
+        t
+    }
+
+    /// The checks before anything is sent (session open, SMTPUTF8, SIZE), and what the
+    /// transaction will send.
+    fn outgoing<'r>(
+        &self,
+        envelope: &Envelope,
+        recipients: &'r [String],
+        body: &Body,
+        flags: MessageFlags,
+    ) -> Result<Outgoing<'r>, SessionError> {
         if self.closed {
             return Err(SessionError::Closed { step: Step::Mail });
         }
@@ -212,34 +325,13 @@ impl Session {
         {
             return Err(SessionError::TooLarge { size, limit });
         }
-        let out = Outgoing {
+        Ok(Outgoing {
             mail: self.mail_line(envelope, size, flags),
             rcpts: self.rcpt_lines(envelope, recipients),
             recipients,
             file: tokio::fs::File::from_std(file),
             size,
-        };
-        let mut t = Transaction::default();
-        let result = if self.caps.pipelining {
-            self.pipelined(&mut t, out, quit).await
-        } else {
-            // No pipelining: QUIT waits for the end-of-data reply (below).
-            self.one_by_one(&mut t, out).await
-        };
-        if let Err(e) = result {
-            t.error = Some(e);
-        }
-        if t.error.is_some() {
-            self.closed = true;
-        } else if quit && !self.closed {
-            // QUIT could not go with the content (it was refused before): say it now.
-            self.closed = true;
-            if self.send(&[Line::plain("QUIT")], Step::Quit).await.is_ok() {
-                let _ = self.read_reply(Step::Quit, self.quit_timeout()).await;
-            }
-        }
-        self.dirty = !matches!(&t.data, Some((Step::DataEnd, r)) if r.is_positive() && t.go());
-        Ok(t)
+        })
     }
 
     fn mail_line(&self, envelope: &Envelope, size: u64, flags: MessageFlags) -> String {
@@ -295,6 +387,11 @@ impl Session {
         out: Outgoing<'_>,
         quit: bool,
     ) -> Result<(), SessionError> {
+        let bdat = self.bdat();
+        if bdat && out.size <= FLIGHT_BODY_MAX {
+            let flight = self.write_flight(out, quit).await;
+            return self.read_flight(t, flight).await;
+        }
         let Outgoing {
             mail,
             rcpts,
@@ -303,33 +400,125 @@ impl Session {
             size,
         } = out;
         let file = &mut file;
-        let bdat = self.bdat();
-        let body_in_flight = bdat && size <= FLIGHT_BODY_MAX;
         let rset = self.dirty;
+        let buf = self.envelope_commands(rset, mail, rcpts, !bdat);
+        // A write that failed part-way: the server may have answered (and closed) before
+        // reading everything; its replies are read below, and the reading then fails.
+        let write_error = match self.write_raw(&buf, Step::Mail).await {
+            Ok(()) => None,
+            Err(e @ SessionError::Timeout { .. }) => return Err(e),
+            Err(e) => Some(e),
+        };
+        self.read_envelope(t, rset, recipients).await?;
+        if bdat {
+            if let Some(e) = write_error {
+                return Err(e);
+            }
+            if t.go() {
+                let chunks = self.write_bdat(file, size, Vec::new(), quit).await?;
+                if quit {
+                    self.closed = true;
+                }
+                t.data = self.read_bdat_replies(chunks).await?;
+                if quit {
+                    self.read_quit_reply(t).await;
+                }
+            }
+        } else {
+            let reply = self
+                .read_reply(Step::Data, self.cfg.command_timeout)
+                .await?;
+            if let Some(e) = write_error {
+                return Err(e);
+            }
+            self.after_data_reply(t, reply, file, quit).await?;
+        }
+        self.no_extra_replies()
+    }
+
+    /// Write a whole message as one flight: `[RSET] MAIL, RCPT…, BDAT <size> LAST` + the body
+    /// [+ `QUIT`]. RSET leads when the last transaction did not end cleanly or one is still
+    /// unread (see `start_transaction`). A failed write closes the session for further
+    /// flights; the replies that came before it are still read (`read_flight`).
+    async fn write_flight(&mut self, out: Outgoing<'_>, quit: bool) -> Flight {
+        let rset = self.dirty || self.unread > 0;
+        let buf = self.envelope_commands(rset, out.mail, out.rcpts, false);
+        let (recipients, mut file, size) = (out.recipients, out.file, out.size);
+        let (chunks, write_error) = match self.write_bdat(&mut file, size, buf, quit).await {
+            Ok(n) => (n, None),
+            Err(e) => {
+                self.closed = true;
+                (chunks_for(size), Some(e))
+            }
+        };
+        Flight {
+            recipients: recipients.to_vec(),
+            chunks,
+            rset,
+            quit,
+            write_error,
+        }
+    }
+
+    /// The replies to a flight `write_flight` wrote, in order. A refused MAIL or refused
+    /// RCPTs do not stop the server from reading the BDAT octets, so every reply is read.
+    async fn read_flight(&mut self, t: &mut Transaction, f: Flight) -> Result<(), SessionError> {
+        let Flight {
+            recipients,
+            chunks,
+            rset,
+            quit,
+            mut write_error,
+        } = f;
+        // A timeout or an unreadable body: the server has not got the flight, nor answered.
+        if let Some(e) = write_error
+            .take_if(|e| matches!(e, SessionError::Timeout { .. } | SessionError::Body(_)))
+        {
+            return Err(e);
+        }
+        self.read_envelope(t, rset, &recipients).await?;
+        if write_error.is_none() && quit {
+            self.closed = true;
+        }
+        let data = self.read_bdat_replies(chunks).await?;
+        if t.go() {
+            t.data = data;
+        }
+        if quit {
+            self.read_quit_reply(t).await;
+        }
+        self.no_extra_replies()
+    }
+
+    /// `[RSET,] MAIL, RCPT…[, DATA]` encoded for one write.
+    fn envelope_commands(
+        &mut self,
+        rset: bool,
+        mail: String,
+        rcpts: Vec<Line>,
+        data: bool,
+    ) -> Vec<u8> {
         let mut lines = Vec::with_capacity(rcpts.len() + 3);
         if rset {
             lines.push(Line::plain("RSET"));
         }
         lines.push(Line::plain(mail));
         lines.extend(rcpts);
-        if !bdat {
+        if data {
             lines.push(Line::plain("DATA"));
         }
         let mut buf = Vec::new();
         self.encode(&lines, &mut buf);
-        drop(lines);
-        let written = if body_in_flight {
-            self.write_bdat(file, size, buf, quit).await
-        } else {
-            self.write_raw(&buf, Step::Mail).await.map(|()| 0)
-        };
-        // A write that failed part-way: the server may have answered (and closed) before
-        // reading everything; its replies are read below, and the reading then fails.
-        let (chunks, write_error) = match written {
-            Ok(n) => (n, None),
-            Err(e @ (SessionError::Timeout { .. } | SessionError::Body(_))) => return Err(e),
-            Err(e) => (chunks_for(size), Some(e)),
-        };
+        buf
+    }
+
+    /// The replies to `[RSET,] MAIL` and the RCPTs of a pipelined flight, into `t`.
+    async fn read_envelope(
+        &mut self,
+        t: &mut Transaction,
+        rset: bool,
+        recipients: &[String],
+    ) -> Result<(), SessionError> {
         if rset {
             let r = self
                 .read_reply(Step::Rset, self.cfg.command_timeout)
@@ -355,41 +544,13 @@ impl Session {
                 .await?;
             t.recipients.push((r.clone(), reply));
         }
-        if body_in_flight {
-            if write_error.is_none() && quit {
-                self.closed = true;
-            }
-            let data = self.read_bdat_replies(chunks).await?;
-            if t.go() {
-                t.data = data;
-            }
-            if quit {
-                self.read_quit_reply(t).await;
-            }
-        } else if bdat {
-            if let Some(e) = write_error {
-                return Err(e);
-            }
-            if t.go() {
-                let chunks = self.write_bdat(file, size, Vec::new(), quit).await?;
-                if quit {
-                    self.closed = true;
-                }
-                t.data = self.read_bdat_replies(chunks).await?;
-                if quit {
-                    self.read_quit_reply(t).await;
-                }
-            }
-        } else {
-            let reply = self
-                .read_reply(Step::Data, self.cfg.command_timeout)
-                .await?;
-            if let Some(e) = write_error {
-                return Err(e);
-            }
-            self.after_data_reply(t, reply, file, quit).await?;
-        }
-        if !self.closed && !self.rbuf.is_empty() {
+        Ok(())
+    }
+
+    /// After the last reply of a flight: nothing more may have come, unless it is the
+    /// replies to a flight still unread (or the session ended).
+    fn no_extra_replies(&self) -> Result<(), SessionError> {
+        if !self.closed && self.unread == 0 && !self.rbuf.is_empty() {
             return Err(SessionError::Protocol {
                 step: Step::DataEnd,
                 detail: "the server sent more replies than there were commands".into(),
@@ -655,6 +816,21 @@ impl Session {
         }
         self.write_raw(&out, Step::Data).await
     }
+}
+
+/// A message's flight written by `start_transaction`, its replies not read yet.
+#[derive(Debug)]
+pub struct Flight {
+    /// The recipients, in the order of their RCPTs.
+    recipients: Vec<String>,
+    /// BDAT commands in the flight.
+    chunks: usize,
+    /// The flight starts with RSET.
+    rset: bool,
+    /// QUIT ends the flight.
+    quit: bool,
+    /// The write failed (the replies that came before are read, then this is the result).
+    write_error: Option<SessionError>,
 }
 
 /// What one transaction sends: its commands and its content.

@@ -22,7 +22,9 @@
 //!
 //! Between two messages on one transport call `reset` (a no-op where nothing needs resetting).
 //! After `send` or `reset` returned an error, `is_open` says whether the transport can still be
-//! used; if not, drop it and open another.
+//! used; if not, drop it and open another. A caller with several messages for one connection
+//! may `start` the next before the last one's answers are read and `finish` them in order
+//! (the queue runner keeps two in flight); `send` only when none is started.
 
 pub mod batch;
 pub mod graph;
@@ -183,6 +185,26 @@ pub trait Transport: Send {
             let r = t.send(message, envelope).await;
             t.close().await;
             r
+        })
+    }
+    /// Start sending `message` to `envelope`'s recipients without waiting for the answers to
+    /// the messages started before it, where the connection can (SMTP with PIPELINING and
+    /// CHUNKING, a body small enough for one flight). `false`: nothing was sent — `finish`
+    /// the started messages, then `send` this one. Default: never.
+    fn start<'a>(
+        &'a mut self,
+        _message: &'a Prepared,
+        _envelope: &'a Envelope,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
+    /// The answers to the oldest message `start`ed, as `send` gives them.
+    fn finish(&mut self) -> BoxFuture<'_, Result<MessageResult, Problem>> {
+        Box::pin(async {
+            Err(Problem::local(Failure::new(
+                Exit::Software,
+                "no message was started on this connection",
+            )))
         })
     }
     /// Make the transport ready for the next message. An error closes it.

@@ -5,13 +5,16 @@
 //! credentials once per connector, the 5.7.3 re-authentication with a replacement token
 //! (once per connector), the basic-auth warning, and turning session
 //! errors into the seam's [`Problem`]. Each `send` is one transaction (one flight with
-//! PIPELINING and CHUNKING), `send_and_close` pipelines QUIT behind it, and `reset` sends
+//! PIPELINING and CHUNKING), `send_and_close` pipelines QUIT behind it, `start` writes a
+//! small message's flight behind the unread ones and `finish` reads the oldest's replies
+//! (the session's `start_transaction`/`finish_transaction`), and `reset` sends
 //! nothing (the session pipelines RSET into the next flight when the last one did not end
 //! cleanly). A transaction the server cut short while answering the RCPTs comes back `Ok`
 //! with the replies received (for `batch` to learn the server's limit from) and the
 //! transport closed. Must not: retry, queue, decide exit codes beyond the class of a failure,
 //! or word explanations (explain does).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::auth::{self, Credentials};
@@ -20,8 +23,8 @@ use crate::exit::{Exit, Failure};
 use crate::message::{Envelope, Prepared};
 use crate::route::{AuthKind, Endpoint, Host};
 use crate::smtp::{
-    MessageFlags, Session, SessionConfig, SessionError, Sink, Step, TlsFailure, TlsSettings,
-    client_config, hello_name, is_microsoft_host,
+    Flight, MessageFlags, Session, SessionConfig, SessionError, Sink, Step, TlsFailure,
+    TlsSettings, client_config, hello_name, is_microsoft_host,
 };
 
 use super::{BoxFuture, Connector, MessageResult, Options, Problem, Transport};
@@ -235,6 +238,7 @@ impl Connector for SmtpConnector<'_> {
             let t: Box<dyn Transport> = Box::new(SmtpTransport {
                 host: host.name.clone(),
                 session: Some(session),
+                flights: VecDeque::new(),
             });
             Ok(t)
         })
@@ -248,8 +252,10 @@ impl Connector for SmtpConnector<'_> {
 /// One SMTP session behind the seam.
 pub struct SmtpTransport {
     host: String,
-    /// None once the connection is unusable.
+    /// None once the connection is unusable (and no started message is left to finish).
     session: Option<Session>,
+    /// Messages started (flight written) and not finished, oldest first.
+    flights: VecDeque<Flight>,
 }
 
 impl Transport for SmtpTransport {
@@ -281,6 +287,49 @@ impl Transport for SmtpTransport {
         Box::pin(async move { self.transaction(message, envelope, true).await })
     }
 
+    fn start<'a>(
+        &'a mut self,
+        message: &'a Prepared,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(session) = self.session.as_mut() else {
+                return false;
+            };
+            let flags = MessageFlags::from(message);
+            // An error here is a check before anything was written: `send` reports it.
+            match session
+                .start_transaction(envelope, &message.body, flags)
+                .await
+            {
+                Ok(Some(f)) => {
+                    self.flights.push_back(f);
+                    true
+                }
+                Ok(None) | Err(_) => false,
+            }
+        })
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, Result<MessageResult, Problem>> {
+        Box::pin(async move {
+            let Some(flight) = self.flights.pop_front() else {
+                return Err(closed(&self.host));
+            };
+            let Some(session) = self.session.as_mut() else {
+                return Err(closed(&self.host));
+            };
+            let r = session
+                .finish_transaction(flight)
+                .await
+                .map_err(|e| Problem::session(&e, &self.host));
+            if !session.is_open() && self.flights.is_empty() {
+                self.session = None;
+            }
+            r
+        })
+    }
+
     /// Nothing on the wire: a transaction that ended cleanly needs no RSET, and the
     /// session pipelines one into the next flight after one that did not.
     fn reset(&mut self) -> BoxFuture<'_, Result<(), Problem>> {
@@ -288,7 +337,10 @@ impl Transport for SmtpTransport {
             if self.is_open() {
                 Ok(())
             } else {
-                self.session = None;
+                // Started messages still get their replies read by `finish`.
+                if self.flights.is_empty() {
+                    self.session = None;
+                }
                 Err(closed(&self.host))
             }
         })

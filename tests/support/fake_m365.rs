@@ -102,6 +102,10 @@ pub enum Action {
     Drop,
     /// Send this reply, then close the connection (as Microsoft does after some refusals).
     ReplyAndClose(String),
+    /// Hold the reply until the client has sent this (e.g. the next message's "MAIL FROM"),
+    /// at most 2 s, then answer as the next matching rule or the default says;
+    /// `ConnRecord::holds` says whether it came first. Put it before the rule it delays.
+    HoldUntil(String),
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +148,14 @@ impl Rule {
             phase,
             matching: None,
             action: Action::Drop,
+            times: None,
+        }
+    }
+    pub fn hold_until(phase: Phase, needle: &str) -> Rule {
+        Rule {
+            phase,
+            matching: None,
+            action: Action::HoldUntil(needle.to_owned()),
             times: None,
         }
     }
@@ -361,6 +373,8 @@ pub struct ConnRecord {
     pub authenticated: Option<String>,
     /// Command lines received (body data excluded), in order.
     pub commands: Vec<String>,
+    /// Per `Action::HoldUntil` fired: whether what it waited for arrived before the reply.
+    pub holds: Vec<bool>,
 }
 
 impl ConnRecord {
@@ -467,6 +481,7 @@ impl FakeM365 {
                     buf: Vec::new(),
                     replied: true,
                     errors: 0,
+                    last_sent: None,
                     idx,
                     state: st.clone(),
                     cfg: cfg.clone(),
@@ -586,6 +601,8 @@ struct Conn {
     replied: bool,
     /// Error replies sent on this connection.
     errors: usize,
+    /// The last reply sent.
+    last_sent: Option<String>,
     idx: usize,
     state: Arc<Mutex<State>>,
     cfg: Arc<FakeConfig>,
@@ -672,6 +689,7 @@ impl Conn {
             self.errors += 1;
         }
         self.replied = true;
+        self.last_sent = Some(reply.to_owned());
         let mut out = reply.replace("\r\n", "\n").replace('\n', "\r\n");
         out.push_str("\r\n");
         self.io
@@ -683,7 +701,16 @@ impl Conn {
     /// Answer `default` unless a rule says otherwise (an empty default: answer only when a
     /// rule fires). Returns the reply sent.
     async fn answer(&mut self, phase: Phase, subject: &str, default: &str) -> Result<String, Stop> {
-        match self.rule(phase, subject) {
+        let mut action = self.rule(phase, subject);
+        if let Some(Action::HoldUntil(needle)) = &action {
+            // Held, then answered as the next rule (or the default) says.
+            let arrived = self.wait_for(needle.as_bytes()).await?;
+            self.rec(|r| r.holds.push(arrived));
+            action = self
+                .rule(phase, subject)
+                .filter(|a| !matches!(a, Action::HoldUntil(_)));
+        }
+        match action {
             // No default: nothing to say unless a rule says it.
             None if default.is_empty() => Ok(String::new()),
             None => {
@@ -700,7 +727,20 @@ impl Conn {
                 self.send(&r).await?;
                 Err(Stop::Closed)
             }
+            Some(Action::HoldUntil(_)) => unreachable!("filtered above"),
         }
+    }
+
+    /// Read until the unread input contains `needle` (true) or 2 s passed (false).
+    async fn wait_for(&mut self, needle: &[u8]) -> Result<bool, Stop> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !self.buf.windows(needle.len()).any(|w| w == needle) {
+            match tokio::time::timeout_at(deadline, self.more()).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     async fn run(mut self) {
@@ -977,7 +1017,7 @@ impl Conn {
                         match a {
                             Action::Hang => return Err(Stop::Hang),
                             Action::Drop => return Err(Stop::Closed),
-                            Action::Reply(_) | Action::ReplyAndClose(_) => {}
+                            Action::Reply(_) | Action::ReplyAndClose(_) | Action::HoldUntil(_) => {}
                         }
                     }
                     // RFC 3030: the octets are read whatever the reply will be.
@@ -1070,6 +1110,7 @@ impl Conn {
             final_reply: String::new(),
         };
         *txn = Txn::default();
+        self.last_sent = None;
         let result = self
             .answer(
                 Phase::DataEnd,
@@ -1077,9 +1118,10 @@ impl Conn {
                 "250 2.0.0 OK <fake@outlook.office365.com> [Hostname=FAKE0001.prod.outlook.com] Queued mail for delivery",
             )
             .await;
+        // A reply sent before closing (`ReplyAndClose`) counts.
         msg.final_reply = match &result {
             Ok(r) => r.clone(),
-            Err(_) => "(no reply)".into(),
+            Err(_) => self.last_sent.take().unwrap_or_else(|| "(no reply)".into()),
         };
         self.state.lock().unwrap().messages.push(msg);
         result.map(|_| ())

@@ -759,6 +759,42 @@ async fn queue_run_writes_the_next_message_before_reading_the_last_ones_reply() 
     assert_eq!(env.queue_count().await, 0);
 }
 
+/// A body larger than fits in the socket buffers (here 200 KB) is never written behind an
+/// unread flight: a server still busy with the first message would stall the write, and a
+/// write that timed out would end the connection with the first message's reply unread (and
+/// it sent again). It waits for the first message's replies, then goes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_is_not_written_behind_an_unread_one() {
+    let server = FakeM365::start(
+        FakeConfig::mx().rule(Rule::hold_until(Phase::DataEnd, "MAIL FROM").times(1)),
+    )
+    .await;
+    let env = BinEnv::new();
+    env.write_relay(server.port(), Some(server.ca_file()), ONE_CONNECTION);
+    queue_messages(&env, "small", 1).await;
+    let big = format!(
+        "To: {RCPT}\nSubject: large 0\n\n{}",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(3200)
+    );
+    let o = env
+        .run(&["-odq", "-f", "alerts@contoso.com", "-t"], big.as_bytes())
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = env.run(&["queue", "run", "-v"], b"").await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 delivered"), "{}", stderr(&o));
+    let conns = server.connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(
+        conns[0].holds,
+        vec![false],
+        "the large message was written behind"
+    );
+    assert_eq!(accepted_with(&server, "small 0"), 1);
+    assert_eq!(accepted_with(&server, "large 0"), 1);
+    assert_eq!(env.queue_count().await, 0);
+}
+
 /// The sender of one message refused (550 5.7.60) while the next message is already on the
 /// wire behind it: that one is refused and bounced, the next delivered as if alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,11 @@ pub const BDAT_CHUNK: u64 = 16 * 1024 * 1024;
 /// of a fast link: a larger body waits for the RCPT replies, one round trip more, so that a
 /// refused sender or recipients do not cost its whole upload.
 pub const FLIGHT_BODY_MAX: u64 = 1024 * 1024;
+/// Largest body written behind a flight whose replies are still unread. It fits in the
+/// socket buffers, so the write never waits for a server still busy with the earlier
+/// message: a write that timed out there would end the connection with the earlier
+/// message's reply unread, and a message the server took would be sent again.
+pub const OVERLAP_BODY_MAX: u64 = 64 * 1024;
 
 /// What the message needs from the server (from `Prepared`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -219,9 +224,14 @@ impl Session {
 
     /// Whether a message of `size` octets can be started (`start_transaction`) behind the
     /// transactions already written: the session is open and the whole message is one flight
-    /// (PIPELINING and CHUNKING offered, BDAT in use, the body at most `FLIGHT_BODY_MAX`).
+    /// (PIPELINING and CHUNKING offered, BDAT in use, the body at most `FLIGHT_BODY_MAX`), and
+    /// behind an unread flight the body at most `OVERLAP_BODY_MAX`.
     pub fn can_overlap(&self, size: u64) -> bool {
-        !self.closed && self.caps.pipelining && self.bdat() && size <= FLIGHT_BODY_MAX
+        !self.closed
+            && self.caps.pipelining
+            && self.bdat()
+            && size <= FLIGHT_BODY_MAX
+            && (self.unread == 0 || size <= OVERLAP_BODY_MAX)
     }
 
     /// Write one message's whole flight (`MAIL, RCPT…, BDAT <size> LAST` + the body) without

@@ -81,10 +81,9 @@ initial_delay_ms = 10
         self.run_measured(args, Input::Bytes(stdin)).0
     }
 
-    /// Run, and measure the child's memory (see [`Memory`]).
-    // The child is reaped with wait4 (for its rusage), not Child::wait.
-    #[allow(clippy::zombie_processes)]
-    fn run_measured(&self, args: &[&str], stdin: Input<'_>) -> (Output, Memory) {
+    /// The binary with this configuration and no proxy from the environment; stdout and
+    /// stderr piped.
+    fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
             .env("M365SEND_CONFIG", &self.config)
@@ -94,8 +93,18 @@ initial_delay_ms = 10
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
             .env_remove("ALL_PROXY")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        c
+    }
+
+    /// Run, and measure the child's memory (see [`Memory`]).
+    // The child is reaped with wait4 (for its rusage), not Child::wait.
+    #[allow(clippy::zombie_processes)]
+    fn run_measured(&self, args: &[&str], stdin: Input<'_>) -> (Output, Memory) {
+        let mut c = self.command(args);
         let data = match stdin {
             Input::Bytes(b) => {
                 c.stdin(Stdio::piped());
@@ -1054,23 +1063,12 @@ fn graph_goes_through_the_https_proxy_and_no_proxy_bypasses_it() {
     );
     std::fs::write(&env.config, text).unwrap();
     let run = |no_proxy: Option<&str>| {
-        let mut c = Command::new(BIN);
-        c.args(["-i", "ops@contoso.com"])
-            .env("M365SEND_CONFIG", &env.config)
-            .env("HOME", env.dir.path())
-            .env("GRAPH_TEST_TOKEN", TOKEN)
-            .env_remove("M365SEND_LOG")
-            .env_remove("https_proxy")
-            .env_remove("ALL_PROXY")
-            .env_remove("no_proxy")
-            .env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        match no_proxy {
-            Some(v) => c.env("NO_PROXY", v),
-            None => c.env_remove("NO_PROXY"),
-        };
+        let mut c = env.command(&["-i", "ops@contoso.com"]);
+        c.env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy}"))
+            .stdin(Stdio::piped());
+        if let Some(v) = no_proxy {
+            c.env("NO_PROXY", v);
+        }
         let mut child = c.spawn().unwrap();
         child
             .stdin

@@ -736,24 +736,38 @@ async fn queue_run_sends_no_rset_between_clean_transactions() {
     );
 }
 
-/// Two queued messages on one connection: the second message's flight reaches the server
-/// before it answers the first message's BDAT LAST (the server holds that reply until it
-/// has the second MAIL: a client waiting for it would make it wait 2 s in vain).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_run_writes_the_next_message_before_reading_the_last_ones_reply() {
+/// A relay profile on one connection to a server that holds its reply to the first message's
+/// end of data until the next MAIL arrives (or 2 s pass).
+async fn holding_first_reply() -> (FakeM365, BinEnv) {
     let server = FakeM365::start(
         FakeConfig::mx().rule(Rule::hold_until(Phase::DataEnd, "MAIL FROM").times(1)),
     )
     .await;
     let env = BinEnv::new();
     env.write_relay(server.port(), Some(server.ca_file()), ONE_CONNECTION);
-    queue_messages(&env, "overlap", 2).await;
+    (server, env)
+}
+
+/// `queue run` delivers the two queued messages on one connection; whether the held reply
+/// saw the next MAIL first.
+async fn drain_two_on_one_connection(server: &FakeM365, env: &BinEnv) -> Vec<bool> {
     let o = env.run(&["queue", "run", "-v"], b"").await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 delivered"), "{}", stderr(&o));
     let conns = server.connections();
     assert_eq!(conns.len(), 1);
-    assert_eq!(conns[0].holds, vec![true], "message 2's MAIL came first");
+    conns[0].holds.clone()
+}
+
+/// Two queued messages on one connection: the second message's flight reaches the server
+/// before it answers the first message's BDAT LAST (the server holds that reply until it
+/// has the second MAIL: a client waiting for it would make it wait 2 s in vain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_run_writes_the_next_message_before_reading_the_last_ones_reply() {
+    let (server, env) = holding_first_reply().await;
+    queue_messages(&env, "overlap", 2).await;
+    let holds = drain_two_on_one_connection(&server, &env).await;
+    assert_eq!(holds, vec![true], "message 2's MAIL came first");
     assert_eq!(accepted_with(&server, "overlap 0"), 1);
     assert_eq!(accepted_with(&server, "overlap 1"), 1);
     assert_eq!(env.queue_count().await, 0);
@@ -765,12 +779,7 @@ async fn queue_run_writes_the_next_message_before_reading_the_last_ones_reply() 
 /// it sent again). It waits for the first message's replies, then goes alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_message_is_not_written_behind_an_unread_one() {
-    let server = FakeM365::start(
-        FakeConfig::mx().rule(Rule::hold_until(Phase::DataEnd, "MAIL FROM").times(1)),
-    )
-    .await;
-    let env = BinEnv::new();
-    env.write_relay(server.port(), Some(server.ca_file()), ONE_CONNECTION);
+    let (server, env) = holding_first_reply().await;
     queue_messages(&env, "small", 1).await;
     let big = format!(
         "To: {RCPT}\nSubject: large 0\n\n{}",
@@ -780,16 +789,8 @@ async fn a_large_message_is_not_written_behind_an_unread_one() {
         .run(&["-odq", "-f", "alerts@contoso.com", "-t"], big.as_bytes())
         .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let o = env.run(&["queue", "run", "-v"], b"").await;
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("2 delivered"), "{}", stderr(&o));
-    let conns = server.connections();
-    assert_eq!(conns.len(), 1);
-    assert_eq!(
-        conns[0].holds,
-        vec![false],
-        "the large message was written behind"
-    );
+    let holds = drain_two_on_one_connection(&server, &env).await;
+    assert_eq!(holds, vec![false], "the large message was written behind");
     assert_eq!(accepted_with(&server, "small 0"), 1);
     assert_eq!(accepted_with(&server, "large 0"), 1);
     assert_eq!(env.queue_count().await, 0);

@@ -10,12 +10,13 @@
 //! * the queue: `--queue N` messages drained by one `m365send queue run` on one connection,
 //!   against a loop of one msmtp process per message;
 //! * relay with several connections (`queue_connections` = each of `--connections`);
-//! * peak RSS (VmHWM of the process, from wait4) sending 1 MB and 100 MB, for both.
+//! * peak RSS (VmHWM of the process, from wait4) sending 1 MB and 100 MB, for both: the
+//!   median of `--rss-runs` alternating runs.
 //!
 //! ```text
 //! scripts/bench-rtt.sh [--rtt-ms 50] [--runs 9] [--queue 200] [--connections 1,2,4,8]
 //!     [--relay-server 127.0.0.1:PORT --relay-ca CA.pem] [--skip-rss | --rss-only]
-//!     [--serve SECONDS]
+//!     [--rss-runs 3] [--serve SECONDS]
 //! ```
 //!
 //! Environment: M365SEND_BIN (default target/release/m365send), MSMTP (default msmtp).
@@ -51,6 +52,9 @@ struct Args {
     relay_server: Option<SocketAddr>,
     relay_ca: Option<PathBuf>,
     rss: bool,
+    /// Runs of each tool per message size for the peak RSS (the fake server keeps every
+    /// message it receives in memory: 100 MB each).
+    rss_runs: usize,
     /// Only the peak RSS part.
     rss_only: bool,
     /// Only set up the servers, proxies and configurations, print them, and wait this long
@@ -67,6 +71,7 @@ fn args() -> Args {
         relay_server: None,
         relay_ca: None,
         rss: true,
+        rss_runs: 3,
         rss_only: false,
         serve: None,
     };
@@ -87,6 +92,7 @@ fn args() -> Args {
             "--relay-ca" => a.relay_ca = Some(v().into()),
             "--skip-rss" => a.rss = false,
             "--rss-only" => a.rss_only = true,
+            "--rss-runs" => a.rss_runs = v().parse().expect("--rss-runs N"),
             "--serve" => a.serve = Some(v().parse().expect("--serve SECONDS")),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -351,7 +357,7 @@ async fn run(a: Args) {
 
     // ---- memory -----------------------------------------------------------------------
     if a.rss {
-        rss(&setup, &submit).await;
+        rss(&setup, &submit, a.rss_runs).await;
     }
 }
 
@@ -497,39 +503,56 @@ async fn timings(
     write(1);
 }
 
-/// Peak RSS sending 1 MB and 100 MB, for both tools.
-async fn rss(setup: &Setup, submit: &FakeM365) {
+/// Peak RSS sending 1 MB and 100 MB, for both tools: the median (and range) of `runs`
+/// alternating runs of each. One run varies by about half a megabyte: most of either
+/// tool's resident set is its code and libraries' pages, which depend on the page cache.
+async fn rss(setup: &Setup, submit: &FakeM365, runs: usize) {
     {
-        println!("\n## Peak RSS (VmHWM), submit straight to the fake server\n");
+        println!(
+            "\n## Peak RSS (VmHWM), submit straight to the fake server, median of {runs} (range)\n"
+        );
         println!("| message | m365send | msmtp |");
         println!("|---|---|---|");
+        let mb = |kib: i64| kib as f64 / 1024.0;
+        let cell = |mut v: Vec<i64>| {
+            v.sort();
+            format!(
+                "{:.1} MB ({:.1}–{:.1})",
+                mb(v[v.len() / 2]),
+                mb(v[0]),
+                mb(v[v.len() - 1])
+            )
+        };
         for (label, size) in [("1 MB", 1_000_000usize), ("100 MB", 100_000_000)] {
             let body = write_body(setup.dir.path(), label, size);
             let token = PathBuf::from(TOKEN);
-            let ours = peak_rss(
-                &setup.m365send,
-                &["--profile", "direct", "-i", "-f", MAILBOX, RCPT],
-                &[
-                    ("M365SEND_CONFIG", &setup.config),
-                    ("BENCH_TOKEN", &token),
-                    ("HOME", setup.dir.path()),
-                ],
-                &body,
-            )
-            .await;
             let rc = setup.msmtprc.display().to_string();
-            let theirs = peak_rss(
-                &setup.msmtp,
-                &["-C", &rc, "-a", "direct", RCPT],
-                &[("HOME", setup.dir.path())],
-                &body,
-            )
-            .await;
-            println!(
-                "| {label} | {:.1} MB | {:.1} MB |",
-                ours as f64 / 1024.0,
-                theirs as f64 / 1024.0
-            );
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..runs.max(1) {
+                ours.push(
+                    peak_rss(
+                        &setup.m365send,
+                        &["--profile", "direct", "-i", "-f", MAILBOX, RCPT],
+                        &[
+                            ("M365SEND_CONFIG", &setup.config),
+                            ("BENCH_TOKEN", &token),
+                            ("HOME", setup.dir.path()),
+                        ],
+                        &body,
+                    )
+                    .await,
+                );
+                theirs.push(
+                    peak_rss(
+                        &setup.msmtp,
+                        &["-C", &rc, "-a", "direct", RCPT],
+                        &[("HOME", setup.dir.path())],
+                        &body,
+                    )
+                    .await,
+                );
+            }
+            println!("| {label} | {} | {} |", cell(ours), cell(theirs));
         }
         let got = submit.accepted();
         assert!(

@@ -5,7 +5,7 @@
 # See benches/rtt.rs for what is measured and printed.
 #
 #   scripts/bench-rtt.sh [--postfix] [--rtt-ms 50] [--runs 9] [--queue 200]
-#                        [--connections 1,2,4,8] [--skip-rss]
+#                        [--connections 1,2,4,8] [--skip-rss | --rss-only] [--rss-runs 3]
 #
 # --postfix   relay goes to a loopback-only Postfix started here, as tests/interop/run.sh
 #             starts its MX instance: its own config, queue and data directories in a

@@ -1694,3 +1694,158 @@ async fn hostile_dns_replies_and_certificate_names_are_printed_escaped() {
         );
     }
 }
+
+/// A submit profile with `fallback = "graph"`: the fake SMTP server with `smtp_rules`, the fake
+/// Graph with `graph_rules`, one CA file trusting both, and a token endpoint handing out the
+/// token for the audience asked (the scope).
+async fn fallback_setup(
+    smtp_rules: Vec<Rule>,
+    graph_rules: Vec<fake_graph::Rule>,
+) -> (
+    FakeM365,
+    fake_graph::FakeGraph,
+    TokenServer,
+    Env,
+    [String; 2],
+) {
+    let smtp_tok = good_token();
+    let graph_tok = graph_token(&["Mail.Send"]);
+    let mut cfg = FakeConfig::submission().user(MAILBOX, &smtp_tok);
+    for r in smtp_rules {
+        cfg = cfg.rule(r);
+    }
+    let smtp = FakeM365::start(cfg).await;
+    let graph =
+        fake_graph::FakeGraph::start(fake_graph::Accept::Token(graph_tok.clone()), graph_rules);
+    let (st, gt) = (smtp_tok.clone(), graph_tok.clone());
+    let tokens = TokenServer::start(move |req, _| {
+        let graph = req
+            .field("scope")
+            .unwrap_or("")
+            .contains("graph.microsoft.com");
+        Reply::token(if graph { &gt } else { &st }, 3600, None)
+    });
+    let dns = start_stub_dns(healthy_dns());
+    let profile = submit_profile(&smtp, &tokens, dns).replace(
+        &format!("ca_file = \"{}\"", smtp.ca_file().display()),
+        "ca_file = \"@CA@\"",
+    );
+    let env = Env::new(
+        "app",
+        &format!(
+            "{profile}fallback = \"graph\"\ngraph_host = \"{}\"\n",
+            graph.host()
+        ),
+    );
+    let ca = env.path("ca.pem");
+    std::fs::write(
+        &ca,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(smtp.ca_file()).unwrap(),
+            graph.ca_pem()
+        ),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("@CA@", &ca.display().to_string());
+    std::fs::write(&env.config, text).unwrap();
+    (smtp, graph, tokens, env, [smtp_tok, graph_tok])
+}
+
+const SMTP_AUTH_DISABLED: &str =
+    "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.";
+
+/// `fallback = "graph"` with SMTP AUTH disabled: the Graph path the fallback takes is probed
+/// (fallback.*) and, as it works, the refusal is a warning and doctor exits 0 — mail flows.
+/// With Graph refusing too, both fail and the SMTP refusal decides.
+#[tokio::test]
+async fn smtp_auth_disabled_with_the_graph_fallback() {
+    let (smtp, graph, _tokens, env, toks) =
+        fallback_setup(vec![Rule::reply(Phase::Auth, SMTP_AUTH_DISABLED)], vec![]).await;
+    let o = env.doctor(&[]).await;
+    assert_clean(&o, &[&toks[0], &toks[1]]);
+    assert!(
+        stdout(&o).contains("Microsoft Graph 127.0.0.1:") && stdout(&o).contains("the fallback's"),
+        "{}",
+        stdout(&o)
+    );
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_check(
+        &doc,
+        "smtp.auth",
+        "warning",
+        &["535 5.7.139", "mail goes through the Graph fallback"],
+        &["Set-CASMailbox"],
+    );
+    assert_check(
+        &doc,
+        "fallback.token",
+        "passed",
+        &["aud=https://graph.microsoft.com", "roles=Mail.Send"],
+        &[],
+    );
+    assert_check(
+        &doc,
+        "fallback.graph.sendmail",
+        "passed",
+        &["HTTP 400 ErrorInvalidRecipients", "nothing was sent"],
+        &[],
+    );
+    assert_nothing_sent(&smtp);
+    assert!(graph.sent().is_empty());
+
+    let (smtp, graph, _tokens, env, _) = fallback_setup(
+        vec![Rule::reply(Phase::Auth, SMTP_AUTH_DISABLED)],
+        vec![fake_graph::Rule::error(
+            "POST sendMail",
+            403,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+        )],
+    )
+    .await;
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(77), "{doc:#}");
+    assert_eq!(first_failure(&doc), "smtp.auth");
+    assert_check(&doc, "smtp.auth", "failed", &["535 5.7.139"], &[]);
+    assert_check(
+        &doc,
+        "fallback.graph.sendmail",
+        "failed",
+        &["HTTP 403 ErrorAccessDenied"],
+        &["Mail.Send"],
+    );
+    assert_nothing_sent(&smtp);
+    assert_graph_probe_only(&graph);
+}
+
+/// While SMTP AUTH works, a fallback that would fail is a warning: mail flows today, and the
+/// warning says it would stop the day SMTP AUTH is turned off.
+#[tokio::test]
+async fn a_broken_graph_fallback_is_a_warning_while_smtp_works() {
+    let (smtp, graph, _tokens, env, _) = fallback_setup(
+        vec![],
+        vec![fake_graph::Rule::error(
+            "POST sendMail",
+            403,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+        )],
+    )
+    .await;
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_check(&doc, "smtp.auth", "passed", &[], &[]);
+    assert_check(
+        &doc,
+        "fallback.graph.sendmail",
+        "warning",
+        &["HTTP 403 ErrorAccessDenied", "the day it is turned off"],
+        &["Mail.Send"],
+    );
+    assert_nothing_sent(&smtp);
+    assert_graph_probe_only(&graph);
+}

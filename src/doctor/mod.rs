@@ -26,12 +26,15 @@
 //! 5. `token`: the OAuth access token's claims (token);
 //! 6. `probe` again on the same connection: EHLO, AUTH, MAIL FROM, RCPT TO (smtp.*;
 //!    `graph`: the sendMail probe);
+//!    `fallback`, for a submit profile with `fallback = "graph"`: the Graph path the
+//!    fallback would take, probed as for a graph profile (fallback.*);
 //! 7. `files`: spool, queue, dead letter, token cache (files.*).
 //!
 //! The README's "When it does not work" lists the same seven groups for the user.
 
 mod cert;
 mod dns;
+mod fallback;
 mod files;
 mod graph;
 mod legacy_tls;
@@ -484,7 +487,14 @@ fn config_only(check: Check) -> Report {
 async fn profile_checks(ctx: &Ctx<'_>) -> Vec<Check> {
     let mut checks = setup::profile_files(ctx);
     checks.extend(dns::checks(ctx).await);
-    checks.extend(probe::checks(ctx).await);
+    let mut probed = probe::checks(ctx).await;
+    let fallback = if fallback::applies(ctx.profile) {
+        fallback::checks(ctx, &mut probed).await
+    } else {
+        Vec::new()
+    };
+    checks.extend(probed);
+    checks.extend(fallback);
     checks.extend(files::checks(ctx));
     checks
 }
@@ -512,15 +522,22 @@ fn contacts(ctx: &Ctx<'_>) -> Vec<String> {
             s.token_endpoint()
         ));
     }
-    if p.mode == Mode::Graph {
+    if p.mode == Mode::Graph || fallback::applies(p) {
         let host = crate::route::graph_host(p)
             .map(|(h, _)| h.to_string())
             .unwrap_or_else(|_| "the Graph host".to_owned());
         v.push(format!(
-            "Microsoft Graph {host} (TCP connect, a TLS handshake, then POST sendMail with a \
-             message without recipients, which Graph refuses: nothing is sent)"
+            "Microsoft Graph {host}{} (TCP connect, a TLS handshake, then POST sendMail with a \
+             message without recipients, which Graph refuses: nothing is sent)",
+            if p.mode == Mode::Graph {
+                ""
+            } else {
+                ", the fallback's"
+            }
         ));
-        return v;
+        if p.mode == Mode::Graph {
+            return v;
+        }
     }
     let relay_like = matches!(p.mode, Mode::Relay | Mode::Direct);
     let port = p.endpoint.port.unwrap_or(if relay_like { 25 } else { 587 });

@@ -1508,6 +1508,16 @@ fn graph_setup(
     (graph, tokens, env)
 }
 
+/// Graph's 403 ErrorAccessDenied to sendMail (Mail.Send not granted, or an access policy).
+fn access_denied() -> fake_graph::Rule {
+    fake_graph::Rule::error(
+        "POST sendMail",
+        403,
+        "ErrorAccessDenied",
+        "Access is denied. Check credentials and try again.",
+    )
+}
+
 /// Graph got exactly the probe: one sendMail, JSON, and sent nothing.
 fn assert_graph_probe_only(graph: &fake_graph::FakeGraph) {
     assert_eq!(
@@ -1579,15 +1589,7 @@ async fn a_healthy_graph_profile_passes_every_check() {
 #[tokio::test]
 async fn graph_access_denied() {
     let tok = graph_token(&["Mail.Send"]);
-    let (graph, _tokens, env) = graph_setup(
-        &tok,
-        vec![fake_graph::Rule::error(
-            "POST sendMail",
-            403,
-            "ErrorAccessDenied",
-            "Access is denied. Check credentials and try again.",
-        )],
-    );
+    let (graph, _tokens, env) = graph_setup(&tok, vec![access_denied()]);
     let (doc, code) = env.json(&[]).await;
     assert_eq!(code, Some(77), "{doc:#}");
     assert_eq!(first_failure(&doc), "graph.sendmail");
@@ -1799,12 +1801,7 @@ async fn smtp_auth_disabled_with_the_graph_fallback() {
 
     let (smtp, graph, _tokens, env, _) = fallback_setup(
         vec![Rule::reply(Phase::Auth, SMTP_AUTH_DISABLED)],
-        vec![fake_graph::Rule::error(
-            "POST sendMail",
-            403,
-            "ErrorAccessDenied",
-            "Access is denied. Check credentials and try again.",
-        )],
+        vec![access_denied()],
     )
     .await;
     let (doc, code) = env.json(&[]).await;
@@ -1826,16 +1823,7 @@ async fn smtp_auth_disabled_with_the_graph_fallback() {
 /// warning says it would stop the day SMTP AUTH is turned off.
 #[tokio::test]
 async fn a_broken_graph_fallback_is_a_warning_while_smtp_works() {
-    let (smtp, graph, _tokens, env, _) = fallback_setup(
-        vec![],
-        vec![fake_graph::Rule::error(
-            "POST sendMail",
-            403,
-            "ErrorAccessDenied",
-            "Access is denied. Check credentials and try again.",
-        )],
-    )
-    .await;
+    let (smtp, graph, _tokens, env, _) = fallback_setup(vec![], vec![access_denied()]).await;
     let (doc, code) = env.json(&[]).await;
     assert_eq!(code, Some(0), "{doc:#}");
     assert_check(&doc, "smtp.auth", "passed", &[], &[]);

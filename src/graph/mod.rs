@@ -773,17 +773,21 @@ impl Client {
             let body = crate::http::read_body(resp, limit)
                 .await
                 .unwrap_or_default();
+            // Only an error answer is read for Graph's error code: a 2xx one may be a draft
+            // of megabytes.
+            let ok = (200..300).contains(&status);
+            let parsed = if ok { None } else { error_body(&body) };
             self.log(&format!(
                 "graph< {status}{}",
-                match error_body(&body) {
-                    Some((code, message)) => format!(" {code}: {message}"),
-                    None => String::new(),
-                }
+                parsed
+                    .as_ref()
+                    .map(|(code, message)| format!(" {code}: {message}"))
+                    .unwrap_or_default()
             ));
-            if (200..300).contains(&status) {
+            if ok {
                 return Ok((status, body));
             }
-            let e = error_of(status, &body, retry_after, what, last && status == 504);
+            let e = error_of(status, parsed, retry_after, what, last && status == 504);
             match throttle_wait(&e, attempt) {
                 Some(wait) => {
                     self.log(&format!(
@@ -868,14 +872,16 @@ fn error_body(body: &[u8]) -> Option<(String, String)> {
     (!code.is_empty()).then_some((code, message))
 }
 
+/// The error of a non-2xx answer; `parsed`: Graph's code and message from its body
+/// ([`error_body`]), if it had them.
 fn error_of(
     status: u16,
-    body: &[u8],
+    parsed: Option<(String, String)>,
     retry_after: Option<Duration>,
     request: &str,
     maybe_sent: bool,
 ) -> GraphError {
-    let (code, message) = error_body(body).unwrap_or_else(|| {
+    let (code, message) = parsed.unwrap_or_else(|| {
         let reason = reqwest::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
@@ -909,7 +915,7 @@ mod tests {
     #[test]
     fn graph_errors_are_parsed_and_bounded() {
         let body = br#"{"error":{"code":"ErrorSendAsDenied","message":"The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account.\r\nCannot submit message."}}"#;
-        let e = error_of(403, body, None, "POST sendMail", false);
+        let e = error_of(403, error_body(body), None, "POST sendMail", false);
         match &e {
             GraphError::Status { code, message, .. } => {
                 assert_eq!(code, "ErrorSendAsDenied");
@@ -918,18 +924,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!e.is_transient());
-        let e = error_of(504, b"<html>gateway</html>", None, "POST send", true);
+        let e = error_of(
+            504,
+            error_body(b"<html>gateway</html>"),
+            None,
+            "POST send",
+            true,
+        );
         assert!(e.is_transient() && e.maybe_sent());
         let e = error_of(
             429,
-            b"{}",
+            error_body(b"{}"),
             Some(Duration::from_secs(2)),
             "POST sendMail",
             false,
         );
         assert_eq!(throttle_wait(&e, 1), Some(Duration::from_secs(2)));
         assert_eq!(throttle_wait(&e, THROTTLE_RETRIES + 1), None);
-        let long = error_of(429, b"{}", Some(Duration::from_secs(3600)), "x", false);
+        let long = error_of(
+            429,
+            error_body(b"{}"),
+            Some(Duration::from_secs(3600)),
+            "x",
+            false,
+        );
         assert_eq!(throttle_wait(&long, 1), None);
     }
 }

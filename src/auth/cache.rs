@@ -175,6 +175,15 @@ fn io_fail(what: &str, path: &Path, e: std::io::Error) -> Failure {
     )
 }
 
+/// chmod 0700 on the directory at `dir` itself, never on what a link there points to.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?
+        .set_permissions(fs::Permissions::from_mode(0o700))
+}
+
 /// Create the directory (mode 0700) if it does not exist, then check it is this user's
 /// private directory, whoever made it: [`dir`] checks only a directory that exists, and
 /// between that check and this creation (or a token request later) another user who may
@@ -187,9 +196,11 @@ pub fn ensure_dir(dir: &Path) -> Result<(), Failure> {
             .create(dir);
         match made {
             Ok(()) => {
-                // The umask may have removed bits but never adds any; make sure of 0700.
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| io_fail("set permissions on", dir, e))?;
+                // The umask may have removed bits but never adds any; make sure of 0700. On
+                // the directory opened without following a link: create() also succeeds when
+                // another user swapped in a link to a directory of theirs or root's since the
+                // check above, and a chmod by path would then change that directory.
+                make_private(dir).map_err(|e| io_fail("set permissions on", dir, e))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => {
@@ -325,6 +336,26 @@ pub async fn lock_within(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link swapped in where the cache directory was just created: the chmod to 0700 must
+    /// not reach the directory it points to (by path, it did).
+    #[test]
+    fn making_the_directory_private_never_follows_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("usr-bin");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = t.path().join("cache");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(make_private(&link).is_err());
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        make_private(&real).unwrap();
+        let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
     use std::os::unix::fs::PermissionsExt;
 
     const NOBODY: u32 = 65534;

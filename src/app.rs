@@ -228,8 +228,11 @@ fn send(
         Err(f) => return Err(keep_unsent(None, None, args, unread_input(), false, f)),
     };
     tracing::debug!(profile = %profile.name, mode = profile.mode.as_str(), "profile chosen");
-    if !args.dry_run {
-        // The CA store loads while the message is read (a few ms off each message sent).
+    let queued_at_once =
+        args.delivery == DeliveryMode::Queue || profile.queue == config::QueuePolicy::Always;
+    if !args.dry_run && !queued_at_once {
+        // The CA store loads while the message is read (a few ms off each message sent); a
+        // message that goes into the queue without connecting needs none.
         crate::transport::preload();
     }
 

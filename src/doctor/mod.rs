@@ -540,7 +540,10 @@ fn contacts(ctx: &Ctx<'_>) -> Vec<String> {
         }
     }
     let relay_like = matches!(p.mode, Mode::Relay | Mode::Direct);
-    let port = p.endpoint.port.unwrap_or(if relay_like { 25 } else { 587 });
+    let port = p
+        .endpoint
+        .port
+        .unwrap_or(crate::route::default_port(p.mode));
     let endpoint = match (&p.endpoint.mx_host, &p.endpoint.host, relay_like) {
         (Some(h), _, true) | (_, Some(h), _) => crate::route::Host {
             name: h.clone(),

@@ -230,13 +230,7 @@ async fn worker(
         }
         let marker = runner.borrow().spool.inflight_path(&locked.entry.id);
         // Best effort (it only produces a "possibly duplicated" note after a crash).
-        let _ = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&marker);
+        let _ = super::private_file(&marker);
         pending_reset = true;
         if d.start(&prepared).await {
             started.push_back(Started {

@@ -551,7 +551,7 @@ impl Session {
         r.map(|_| ())
     }
 
-    async fn quit_quietly(&mut self) {
+    pub(super) async fn quit_quietly(&mut self) {
         self.closed = true;
         if self.send(&[Line::plain("QUIT")], Step::Quit).await.is_ok() {
             let _ = self.read_reply(Step::Quit, self.quit_timeout()).await;

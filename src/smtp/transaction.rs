@@ -29,7 +29,7 @@ use tokio::io::AsyncReadExt;
 
 use super::data::{DotStuffer, xtext};
 use super::reply::Reply;
-use super::session::{Line, Session, SessionError, Step, final_reply, out_of_step};
+use super::session::{Line, Session, SessionError, Step, expect, final_reply, out_of_step};
 use crate::message::{Body, Envelope, Prepared, Ret};
 use crate::status::MessageResult;
 
@@ -249,6 +249,11 @@ impl Session {
         body: &Body,
         flags: MessageFlags,
     ) -> Result<Option<Flight>, SessionError> {
+        // What needs no size first: a server that cannot take overlapping flights costs no
+        // opening of the body here (`send` opens it).
+        if self.closed || !self.caps.pipelining || !self.bdat() {
+            return Ok(None);
+        }
         let out = self.outgoing(envelope, &envelope.recipients, body, flags)?;
         if !self.can_overlap(out.size) {
             return Ok(None);
@@ -298,10 +303,7 @@ impl Session {
             self.broken = true;
         } else if quit && !self.closed {
             // QUIT could not go with the content (it was refused before): say it now.
-            self.closed = true;
-            if self.send(&[Line::plain("QUIT")], Step::Quit).await.is_ok() {
-                let _ = self.read_reply(Step::Quit, self.quit_timeout()).await;
-            }
+            self.quit_quietly().await;
         }
         self.dirty = !matches!(&t.data, Some((Step::DataEnd, r)) if r.is_positive() && t.go());
         t
@@ -533,16 +535,7 @@ impl Session {
             let r = self
                 .read_reply(Step::Rset, self.cfg.command_timeout)
                 .await?;
-            if r.code != 250 {
-                return Err(if r.is_positive() {
-                    out_of_step(Step::Rset, &r)
-                } else {
-                    SessionError::Rejected {
-                        step: Step::Rset,
-                        reply: r,
-                    }
-                });
-            }
+            expect(Step::Rset, r, |c| c == 250)?;
         }
         let mail = self
             .read_final(Step::Mail, self.cfg.command_timeout)

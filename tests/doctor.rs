@@ -1819,6 +1819,25 @@ async fn smtp_auth_disabled_with_the_graph_fallback() {
     assert_graph_probe_only(&graph);
 }
 
+/// A 5.7.139 that is not SMTP AUTH being disabled (security defaults lock the user) does not
+/// send mail to Graph, so doctor does not say it would: the refusal stays a failure.
+#[tokio::test]
+async fn a_5_7_139_the_fallback_does_not_answer_stays_a_failure() {
+    let (smtp, _graph, _tokens, env, _) = fallback_setup(
+        vec![Rule::reply(
+            Phase::Auth,
+            "535 5.7.139 Authentication unsuccessful, user is locked by your organization's security defaults policy.",
+        )],
+        vec![],
+    )
+    .await;
+    let (doc, code) = env.json(&[]).await;
+    assert_eq!(code, Some(77), "{doc:#}");
+    assert_check(&doc, "smtp.auth", "failed", &["security defaults"], &[]);
+    assert_check(&doc, "fallback.graph.sendmail", "passed", &[], &[]);
+    assert_nothing_sent(&smtp);
+}
+
 /// While SMTP AUTH works, a fallback that would fail is a warning: mail flows today, and the
 /// warning says it would stop the day SMTP AUTH is turned off.
 #[tokio::test]

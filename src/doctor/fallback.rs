@@ -4,9 +4,10 @@
 //! `route::graph_host`), its checks named `fallback.*`.
 //!
 //! How the two paths weigh: while SMTP AUTH works, a broken fallback is a warning (mail
-//! flows; it would stop the day SMTP AUTH is turned off). When SMTP AUTH was refused in the
-//! way the fallback answers (535 5.7.139, SMTP AUTH disabled) and every fallback check
-//! passed, that refusal is a warning: mail goes through Graph.
+//! flows; it would stop the day SMTP AUTH is turned off). When SMTP AUTH was refused in a way
+//! the fallback answers (`transport::graph::graph_call`, recorded by `probe` on the
+//! `smtp.auth` check) and every fallback check passed, that refusal is a warning: mail goes
+//! through Graph.
 //!
 //! Must not: hold any Graph or SMTP logic of its own (the probes are `probe`'s and `graph`'s),
 //! or send a message.
@@ -73,7 +74,7 @@ pub async fn checks(ctx: &Ctx<'_>, smtp_checks: &mut [Check]) -> Vec<Check> {
     let auth = smtp_checks.iter_mut().find(|c| c.name == "smtp.auth");
     let auth_disabled = auth
         .as_ref()
-        .is_some_and(|c| c.status == Status::Failed && c.evidence.contains("5.7.139"));
+        .is_some_and(|c| c.status == Status::Failed && c.calls_for_graph);
     let fallback_works = checks.iter().all(|c| c.status == Status::Passed);
     if let Some(auth) = auth
         && auth_disabled

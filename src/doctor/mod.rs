@@ -100,6 +100,10 @@ pub struct Check {
     pub fix: Option<String>,
     /// For a failure: the sysexits code it means.
     pub exit: Option<Exit>,
+    /// `smtp.auth` refused in a way that sends a `fallback = "graph"` profile to Graph
+    /// (`transport::graph::graph_call`; the Mail.Send a 5.7.3 also needs is what
+    /// `fallback.graph.sendmail` proves).
+    pub calls_for_graph: bool,
 }
 
 impl Check {
@@ -110,6 +114,7 @@ impl Check {
             evidence: evidence.into(),
             fix: None,
             exit: None,
+            calls_for_graph: false,
         }
     }
     pub fn warning(
@@ -123,6 +128,7 @@ impl Check {
             evidence: evidence.into(),
             fix: Some(fix.into()),
             exit: None,
+            calls_for_graph: false,
         }
     }
     pub fn failed(
@@ -137,6 +143,7 @@ impl Check {
             evidence: evidence.into(),
             fix: Some(fix.into()),
             exit: Some(exit),
+            calls_for_graph: false,
         }
     }
     pub fn skipped(name: &'static str, why: impl Into<String>) -> Check {
@@ -146,6 +153,7 @@ impl Check {
             evidence: why.into(),
             fix: None,
             exit: None,
+            calls_for_graph: false,
         }
     }
     /// A failure from a step's own error: its first line is the evidence, the lines after it

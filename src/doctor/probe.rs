@@ -17,6 +17,7 @@ use crate::explain;
 use crate::route::{AuthKind, Endpoint, Host};
 use crate::smtp::{EnhancedCode, Reply, Session, SessionError, Sink, Step, TlsFailure, TlsInfo};
 use crate::transport::Problem;
+use crate::transport::graph::{GraphCall, graph_call};
 use crate::transport::smtp::{session_config, tls_config};
 
 /// Network, TLS, token and SMTP checks, in that order.
@@ -620,19 +621,18 @@ async fn authenticate(
                 .flatten()
                 .collect::<Vec<_>>()
                 .join(" ");
-            (
-                Check::failed(
-                    NAME,
-                    exit,
-                    format!("AUTH {mech} → {reply}{note}"),
-                    if fix.is_empty() {
-                        "The server refused the login; its reply says why.".to_owned()
-                    } else {
-                        fix
-                    },
-                ),
-                false,
-            )
+            let mut check = Check::failed(
+                NAME,
+                exit,
+                format!("AUTH {mech} → {reply}{note}"),
+                if fix.is_empty() {
+                    "The server refused the login; its reply says why.".to_owned()
+                } else {
+                    fix
+                },
+            );
+            check.calls_for_graph = graph_call(&reply, ctx.profile) != GraphCall::No;
+            (check, false)
         }
         Err(e @ SessionError::AuthNotOffered { .. }) => (
             Check::failed(

@@ -313,6 +313,34 @@ impl Transport for GraphTransport {
 // ---------------------------------------------------------------------------------------------
 // fallback = "graph"
 
+/// What a refusal of SMTP AUTH means for `fallback = "graph"` (also for `doctor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphCall {
+    /// Not a refusal the fallback answers.
+    No,
+    /// 535 5.7.139 naming SmtpClientAuthentication: SMTP AUTH is disabled; go to Graph.
+    Yes,
+    /// 535 5.7.3 to an app-only login: go to Graph if the same app holds Graph's Mail.Send.
+    IfMailSend,
+}
+
+/// How `r`, Microsoft 365's refusal of this profile's SMTP AUTH, bears on the fallback.
+pub fn graph_call(r: &Reply, profile: &Profile) -> GraphCall {
+    if r.enhanced == Some(EnhancedCode::new(5, 7, 139))
+        && r.text()
+            .to_ascii_lowercase()
+            .contains("smtpclientauthentication")
+    {
+        GraphCall::Yes
+    } else if r.enhanced == Some(EnhancedCode::new(5, 7, 3))
+        && profile.auth.flow == OAuthFlow::ClientCredentials
+    {
+        GraphCall::IfMailSend
+    } else {
+        GraphCall::No
+    }
+}
+
 /// Client submission, switching to Graph (same app registration, same prepared message) when
 /// Microsoft 365 refuses SMTP AUTH because it is disabled.
 pub struct FallbackConnector<'a> {
@@ -358,23 +386,15 @@ impl<'a> FallbackConnector<'a> {
             return false;
         }
         let Some(r) = &p.reply else { return false };
-        if r.enhanced == Some(EnhancedCode::new(5, 7, 139))
-            && r.text()
-                .to_ascii_lowercase()
-                .contains("smtpclientauthentication")
-        {
-            return true;
-        }
-        if r.enhanced == Some(EnhancedCode::new(5, 7, 3))
-            && self.profile.auth.flow == OAuthFlow::ClientCredentials
-        {
-            return match self.graph.token().await {
+        match graph_call(r, self.profile) {
+            GraphCall::Yes => true,
+            GraphCall::IfMailSend => match self.graph.token().await {
                 Ok(t) => TokenClaims::of(&t.token)
                     .is_some_and(|c| c.roles.iter().any(|r| r == "Mail.Send")),
                 Err(_) => false,
-            };
+            },
+            GraphCall::No => false,
         }
-        false
     }
 
     async fn open_any(&mut self, host: &Host) -> Result<Box<dyn Transport>, Problem> {

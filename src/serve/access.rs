@@ -270,7 +270,7 @@ impl Throttle {
         if per_minute == 0 {
             return true;
         }
-        self.prune(now, MINUTE);
+        self.prune(now, None);
         let times = self.messages.entry(ip).or_default();
         while times
             .front()
@@ -308,7 +308,7 @@ impl Throttle {
         if let Some(left) = self.locked(ip, now) {
             return Err(AuthRefused::Locked(left));
         }
-        self.prune(now, window);
+        self.prune(now, Some(window));
         let f = self.failures.entry(ip).or_default();
         while f
             .times
@@ -352,20 +352,24 @@ impl Throttle {
     /// Forget stale entries once the tables grow (a scan of many addresses must not grow
     /// them without bound). Amortised: after a pass, the next waits until the tables have
     /// doubled, so a table full of live entries is not scanned on every call.
-    fn prune(&mut self, now: Instant, window: Duration) {
+    fn prune(&mut self, now: Instant, lockout_window: Option<Duration>) {
         let at = self.prune_at.max(PRUNE_FLOOR);
         if self.messages.len() <= at && self.failures.len() <= at {
             return;
         }
         self.messages
             .retain(|_, t| t.back().is_some_and(|t| now.duration_since(*t) < MINUTE));
-        self.failures.retain(|_, f| {
-            f.pending > 0
-                || f.locked_until.is_some_and(|u| u > now)
-                || f.times
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < window)
-        });
+        // The failures only with the lockout's window (a message rate's minute would forget
+        // failures that still count).
+        if let Some(window) = lockout_window {
+            self.failures.retain(|_, f| {
+                f.pending > 0
+                    || f.locked_until.is_some_and(|u| u > now)
+                    || f.times
+                        .back()
+                        .is_some_and(|t| now.duration_since(*t) < window)
+            });
+        }
         self.prune_at = 2 * self.messages.len().max(self.failures.len());
     }
 }
@@ -567,6 +571,28 @@ mod tests {
         t.connection_closed(a);
         assert!(t.connection_opened(a, 2));
         assert!(!t.connection_opened(b, 0));
+    }
+
+    /// Pruning the message-rate table (past the prune floor) keeps AUTH failures that still
+    /// count for the lockout: it used the rate's minute for both, and a flood of messages from
+    /// many addresses gave a guesser back its guesses.
+    #[test]
+    fn a_flood_of_messages_does_not_forget_auth_failures() {
+        let mut t = Throttle::default();
+        let window = Duration::from_secs(900);
+        let t0 = Instant::now();
+        let guesser: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(t.begin_auth(guesser, 2, window, t0), Ok(()));
+        t.end_auth(guesser, false, 2, window, t0);
+        // Two minutes later, messages from more addresses than the prune floor.
+        let later = t0 + Duration::from_secs(120);
+        for i in 0..(PRUNE_FLOOR as u32 + 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(t.allow_message(ip, 10, later));
+        }
+        // The first failure still counts: the second locks the address out.
+        assert_eq!(t.begin_auth(guesser, 2, window, later), Ok(()));
+        assert!(t.end_auth(guesser, false, 2, window, later));
     }
 
     /// Many addresses with one old failure each are forgotten once the table is large; a

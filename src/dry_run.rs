@@ -184,17 +184,18 @@ pub fn report(
         TlsVersion::V1_2 => "TLS 1.2 or 1.3",
         TlsVersion::V1_3 => "TLS 1.3 only",
     };
+    let ca_row: (String, String) = (
+        "CA certificates".into(),
+        match &endpoint.ca_file {
+            Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
+            None => "system roots".into(),
+        },
+    );
     if endpoint.mode == Mode::Graph {
         if let Some(h) = endpoint.hosts.first() {
             rows.extend(graph_rows(profile, h, prepared));
         }
-        rows.push((
-            "CA certificates".into(),
-            match &endpoint.ca_file {
-                Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
-                None => "system roots".into(),
-            },
-        ));
+        rows.push(ca_row.clone());
         s.push('\n');
         section(&mut s, "Endpoint", rows);
         rows = Vec::new();
@@ -219,13 +220,7 @@ pub fn report(
                 TlsPolicy::Opportunistic => format!("STARTTLS when offered, {min}"),
             },
         ));
-        rows.push((
-            "CA certificates".into(),
-            match &endpoint.ca_file {
-                Some(p) => format!("system roots + {}{}", p.display(), unreadable(p)),
-                None => "system roots".into(),
-            },
-        ));
+        rows.push(ca_row.clone());
         rows.push((
             "client certificate".into(),
             match &endpoint.client_cert {
